@@ -1,0 +1,163 @@
+"""Evaluate a model: perplexity, agreement with a reference, size, speed, memory."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import _blas
+from .backend import backend_of
+from .errors import SLMError
+from .stats import weight_stats
+
+
+def read_text(text) -> str:
+    """A list of strings, or a .txt / .jsonl path (each JSON line's "text" field)."""
+    if isinstance(text, (list, tuple)):
+        return "\n\n".join(str(t) for t in text)
+    path = Path(text)
+    if not path.is_file():
+        raise SLMError(f"no such text file: {path}")
+    if path.suffix.lower() == ".jsonl":
+        pieces = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                pieces.append(json.loads(line)["text"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise SLMError(f"{path}:{number}: each line must be a JSON object with a \"text\" field") from None
+        return "\n\n".join(pieces)
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def token_windows(tokenizer, text, seq_len: int, max_windows: int | None) -> np.ndarray:
+    """Non-overlapping windows of ``seq_len`` token ids, ``[W, seq_len]`` int32."""
+    if seq_len < 2:
+        raise SLMError("seq_len must be at least 2")
+    ids = np.asarray(tokenizer.encode(read_text(text), add_special_tokens=False), dtype=np.int32)
+    count = len(ids) // seq_len
+    if max_windows is not None:
+        count = min(count, max_windows)
+    if count == 0:
+        raise SLMError(f"the text has {len(ids)} tokens, fewer than one window of {seq_len}")
+    return ids[: count * seq_len].reshape(count, seq_len)
+
+
+class Runner:
+    """Uniform access to a model of either backend: logits and greedy decoding."""
+
+    def __init__(self, model, stack: ExitStack):
+        self.model = model
+        self.backend = backend_of(model)
+        if self.backend == "mlx":
+            from .runtime import fast_cpu
+
+            stack.enter_context(fast_cpu(model))
+
+    def logits(self, tokens: np.ndarray) -> np.ndarray:
+        """tokens ``[T]`` -> float32 logits ``[T, V]``."""
+        if self.backend == "numpy":
+            return self.model(tokens[None])[0]
+        import mlx.core as mx
+
+        out = self.model(mx.array(tokens)[None])[0].astype(mx.float32)
+        mx.eval(out)
+        return np.array(out)
+
+    def decode_speed(self, prompt: np.ndarray, steps: int) -> float:
+        """Greedy tokens per second after prefilling ``prompt``, with a KV cache."""
+        if self.backend == "numpy":
+            cache = self.model.make_cache()
+            logits = self.model(prompt[None], cache=cache)
+            start = time.perf_counter()
+            for _ in range(steps):
+                logits = self.model(logits[:, -1:].argmax(-1), cache=cache)
+            return steps / (time.perf_counter() - start)
+        import mlx.core as mx
+        from mlx_lm.models.cache import make_prompt_cache
+
+        cache = make_prompt_cache(self.model)
+        logits = self.model(mx.array(prompt)[None], cache=cache)
+        mx.eval(logits)
+        start = time.perf_counter()
+        for _ in range(steps):
+            logits = self.model(mx.argmax(logits[:, -1:], axis=-1), cache=cache)
+            mx.eval(logits)
+        return steps / (time.perf_counter() - start)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def peak_memory(backend: str) -> int:
+    """Peak MLX allocation for MLX models; the process's peak RSS for numpy ones."""
+    if backend == "mlx":
+        import mlx.core as mx
+
+        return int(mx.get_peak_memory())
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def evaluate(model, tokenizer, text, reference=None, seq_len: int = 512, max_windows: int | None = None,
+             decode_tokens: int = 32, progress: bool = True) -> dict:
+    """Measure ``model`` on ``text``.
+
+    text: a .txt/.jsonl path or a list of strings. reference: a model (same tokenizer)
+    to compare against. Each window of ``seq_len`` tokens scores its last
+    ``seq_len - 1`` tokens. Returns a dict with ``ppl``, ``kld`` (mean per-token
+    KL(reference || model), None without a reference), ``top1`` (argmax agreement),
+    ``bpw``, ``size_bytes``, ``tokens_per_s`` (greedy decode), ``eval_tokens_per_s``,
+    ``peak_memory_bytes`` and the window counts.
+    """
+    windows = token_windows(tokenizer, text, seq_len, max_windows)
+    backend = backend_of(model)
+    if backend == "mlx":
+        import mlx.core as mx
+
+        mx.reset_peak_memory()
+    nll_sum = kl_sum = agree = scored = 0.0
+    model_seconds = 0.0
+    with ExitStack() as stack:
+        runner = Runner(model, stack)
+        ref_runner = Runner(reference, stack) if reference is not None else None
+        for window in tqdm(windows, desc="evaluating", disable=not progress):
+            start = time.perf_counter()
+            logprobs = log_softmax(runner.logits(window))[:-1]
+            model_seconds += time.perf_counter() - start
+            targets = window[1:]
+            nll_sum += -logprobs[np.arange(len(targets)), targets].sum()
+            scored += len(targets)
+            if ref_runner is not None:
+                ref_logprobs = log_softmax(ref_runner.logits(window))[:-1]
+                kl_sum += (np.exp(ref_logprobs) * (ref_logprobs - logprobs)).sum()
+                agree += (ref_logprobs.argmax(-1) == logprobs.argmax(-1)).sum()
+        decode = runner.decode_speed(windows[0][: min(16, seq_len)], decode_tokens) if decode_tokens else None
+    stats = weight_stats(model)
+    return {
+        "ppl": float(np.exp(nll_sum / scored)),
+        "nll": float(nll_sum / scored),
+        "kld": float(kl_sum / scored) if reference is not None else None,
+        "top1": float(agree / scored) if reference is not None else None,
+        "bpw": stats["bpw"],
+        "size_bytes": stats["size_bytes"],
+        "tokens_per_s": decode,
+        "eval_tokens_per_s": float(windows.size / model_seconds),
+        "peak_memory_bytes": peak_memory(backend),
+        "windows": int(len(windows)),
+        "scored_tokens": int(scored),
+        "seq_len": int(seq_len),
+        "backend": backend,
+        "blas": _blas.describe() if backend == "mlx" else "numpy's bundled BLAS",
+    }

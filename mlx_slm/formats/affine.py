@@ -1,0 +1,104 @@
+"""The affine format, bit for bit the same as ``mx.quantize(mode="affine")``.
+
+A weight ``w`` of shape ``[N, K]`` is cut into groups of ``group_size`` along K.
+Each group keeps one scale and one bias (in the weight's dtype) and b-bit codes
+``q`` so that ``w ≈ scale * q + bias``. Codes are packed as one little-endian bit
+stream, read as uint32 words: ``packed`` has shape ``[N, K * bits // 32]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import SLMError
+from .dtypes import as_float32, round_to
+
+BITS = (2, 3, 4, 5, 6, 8)
+GROUP_SIZES = (32, 64, 128)
+
+
+def check_params(shape: tuple, bits: int, group_size: int) -> None:
+    """Raise SLMError unless ``bits``/``group_size`` fit a weight of ``shape``."""
+    if bits not in BITS:
+        raise SLMError(f"affine format supports bits {BITS}, not {bits}")
+    if group_size not in GROUP_SIZES:
+        raise SLMError(f"affine format supports group sizes {GROUP_SIZES}, not {group_size}")
+    if shape[-1] % group_size:
+        raise SLMError(
+            f"the last dimension {shape[-1]} is not divisible by the group size {group_size}"
+        )
+
+
+def quantize_codes(w: np.ndarray, bits: int, group_size: int):
+    """Choose codes, scales and biases exactly as MLX does.
+
+    w: ``[..., K]`` float array (float16, bfloat16 or float32).
+    Returns ``(q uint8 [..., K], scales [..., K/g], biases [..., K/g])``; scales and
+    biases carry w's dtype.
+    """
+    check_params(w.shape, bits, group_size)
+    n_bins = np.float32((1 << bits) - 1)
+    groups = as_float32(w).reshape(*w.shape[:-1], -1, group_size)
+    w_max = groups.max(axis=-1)
+    w_min = groups.min(axis=-1)
+    min_is_edge = np.abs(w_min) > np.abs(w_max)
+    scale = np.maximum((w_max - w_min) / n_bins, np.float32(1e-7))
+    scale = np.where(min_is_edge, scale, -scale)
+    edge = np.where(min_is_edge, w_min, w_max)
+    q0 = np.rint(edge / scale)
+    nonzero = q0 != 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(nonzero, edge / np.where(nonzero, q0, 1), scale)
+    bias = np.where(nonzero, edge, np.float32(0))
+    q = np.rint((groups - bias[..., None]) / scale[..., None])
+    q = np.clip(q, 0, n_bins).astype(np.uint8).reshape(w.shape)
+    return q, round_to(scale, w.dtype), round_to(bias, w.dtype)
+
+
+def pack_codes(q: np.ndarray, bits: int) -> np.ndarray:
+    """Pack uint8 codes ``[..., K]`` into uint32 words ``[..., K*bits/32]`` (LSB first)."""
+    if (q.shape[-1] * bits) % 32:
+        raise SLMError(f"{q.shape[-1]} codes of {bits} bits do not fill whole 32-bit words")
+    stream = np.unpackbits(q[..., None], axis=-1, bitorder="little")[..., :bits]
+    packed = np.packbits(stream.reshape(*q.shape[:-1], -1), axis=-1, bitorder="little")
+    return np.ascontiguousarray(packed).view("<u4")
+
+
+def unpack_codes(packed: np.ndarray, bits: int) -> np.ndarray:
+    """Inverse of :func:`pack_codes`: uint32 ``[..., W]`` -> uint8 codes ``[..., W*32/bits]``."""
+    stream = np.unpackbits(np.ascontiguousarray(packed).view(np.uint8), axis=-1, bitorder="little")
+    stream = stream.reshape(*packed.shape[:-1], -1, bits)
+    pad = np.zeros((*stream.shape[:-1], 8 - bits), np.uint8)
+    return np.packbits(np.concatenate([stream, pad], axis=-1), axis=-1, bitorder="little")[..., 0]
+
+
+def pack(w: np.ndarray, bits: int = 4, group_size: int = 64):
+    """numpy twin of ``mx.quantize``: returns ``(packed uint32, scales, biases)``."""
+    q, scales, biases = quantize_codes(w, bits, group_size)
+    return pack_codes(q, bits), scales, biases
+
+
+def unpack(packed: np.ndarray, scales: np.ndarray, biases: np.ndarray, bits: int = 4,
+           group_size: int = 64, dtype=None) -> np.ndarray:
+    """numpy twin of ``mx.dequantize``: ``scale * q + bias`` per group, in ``dtype``.
+
+    dtype defaults to the scales' dtype, as in MLX; pass ``np.float32`` for an
+    exact float32 weight.
+    """
+    dtype = scales.dtype if dtype is None else np.dtype(dtype)
+    q = unpack_codes(packed, bits)
+    groups = q.reshape(*q.shape[:-1], -1, group_size).astype(dtype)
+    w = scales.astype(dtype)[..., None] * groups + biases.astype(dtype)[..., None]
+    return w.reshape(q.shape)
+
+
+def matmul(x: np.ndarray, packed: np.ndarray, scales: np.ndarray, biases: np.ndarray,
+           bits: int = 4, group_size: int = 64) -> np.ndarray:
+    """``x @ W.T`` for an affine-packed ``W`` of shape [N, K]; x: [..., K] -> [..., N] float32."""
+    w = unpack(packed, scales, biases, bits, group_size, dtype=np.float32)
+    return as_float32(x) @ w.T
+
+
+def bits_per_weight(bits: int, group_size: int, scale_bits: int = 16) -> float:
+    """Storage cost of one weight including its share of scale and bias."""
+    return bits + 2 * scale_bits / group_size

@@ -1,0 +1,20 @@
+"""numpy dtypes MLX has and numpy lacks (bfloat16, through ml_dtypes)."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+
+bfloat16 = np.dtype(ml_dtypes.bfloat16)
+
+FLOAT_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "bfloat16": bfloat16}
+
+
+def as_float32(x: np.ndarray) -> np.ndarray:
+    """Exact float32 view of a float16/bfloat16/float32 array (no copy if already f32)."""
+    return np.asarray(x, dtype=np.float32)
+
+
+def round_to(x: np.ndarray, dtype) -> np.ndarray:
+    """Round float32 values to ``dtype`` with round-to-nearest-even, as a C++ cast does."""
+    return np.asarray(x, dtype=np.float32).astype(dtype)

@@ -1,0 +1,98 @@
+"""Rebuild a Hugging Face fast tokenizer from the vocabulary inside a GGUF file.
+
+Only byte-level BPE vocabularies (``tokenizer.ggml.model == "gpt2"``) are
+supported: GPT-2, SmolLM, StarCoder, Llama-3 and Qwen2 styles. The tokenizer is
+assembled from the `tokenizers` library's parts; the pre-tokenizer follows
+llama.cpp's ``tokenizer.ggml.pre`` name.
+"""
+
+from __future__ import annotations
+
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+from ..errors import SLMError
+
+# Token types used by GGUF: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
+CONTROL, USER_DEFINED = 3, 4
+
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def _byte_level(use_regex: bool):
+    return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=use_regex)
+
+
+def _split(pattern: str):
+    return pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(pattern), behavior="isolated"), _byte_level(False)]
+    )
+
+
+PRE_TOKENIZERS = {
+    "default": lambda: _byte_level(True),
+    "gpt2": lambda: _byte_level(True),
+    "smollm": lambda: pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), _byte_level(True)]
+    ),
+    "starcoder": lambda: pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), _byte_level(True)]
+    ),
+    "llama-bpe": lambda: _split(LLAMA3_SPLIT),
+    "llama3": lambda: _split(LLAMA3_SPLIT),
+    "qwen2": lambda: _split(QWEN2_SPLIT),
+}
+
+
+def tokenizer_from_gguf_fields(fields: dict):
+    """Build a ``transformers.PreTrainedTokenizerFast`` from GGUF ``tokenizer.*`` fields.
+
+    fields: GGUF key -> decoded value (str, int, list).
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    kind = fields.get("tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise SLMError(
+            f"GGUF tokenizer model {kind!r} is not supported; mlx_slm rebuilds byte-level BPE "
+            "('gpt2') vocabularies only"
+        )
+    pre = fields.get("tokenizer.ggml.pre", "default")
+    if pre not in PRE_TOKENIZERS:
+        raise SLMError(
+            f"GGUF pre-tokenizer {pre!r} is not supported; known: {', '.join(sorted(PRE_TOKENIZERS))}"
+        )
+    tokens = fields["tokenizer.ggml.tokens"]
+    types = fields.get("tokenizer.ggml.token_type", [1] * len(tokens))
+    merges = [tuple(m.split(" ", 1)) for m in fields.get("tokenizer.ggml.merges", [])]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    tokenizer.pre_tokenizer = PRE_TOKENIZERS[pre]()
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == CONTROL]
+    )
+    tokenizer.add_tokens(
+        [AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == USER_DEFINED]
+    )
+
+    def token(key):
+        index = fields.get(f"tokenizer.ggml.{key}_token_id")
+        return tokens[index] if index is not None and 0 <= index < len(tokens) else None
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=token("bos"),
+        eos_token=token("eos"),
+        unk_token=token("unknown"),
+        pad_token=token("padding"),
+        chat_template=fields.get("tokenizer.chat_template"),
+        clean_up_tokenization_spaces=False,
+    )

@@ -1,0 +1,83 @@
+"""safetensors files as numpy arrays, bfloat16 included.
+
+The `safetensors` package's numpy API has no bfloat16 (numpy lacks the type),
+so this small reader/writer maps BF16 to ml_dtypes' bfloat16. The file layout
+is: 8-byte little-endian header length, a JSON header, then raw tensor bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SLMError
+from ..formats.dtypes import bfloat16
+
+DTYPES = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": bfloat16,
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
+
+def read_header(path: Path) -> tuple[dict, int]:
+    """Return ``(header dict, byte offset of the data section)``."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise SLMError(f"{path} is not a safetensors file (too short)")
+        (length,) = struct.unpack("<Q", raw)
+        if length > size - 8:
+            raise SLMError(f"{path} is truncated or not a safetensors file")
+        try:
+            header = json.loads(f.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise SLMError(f"{path} has a corrupt safetensors header") from None
+    return header, 8 + length
+
+
+def load(path) -> dict[str, np.ndarray]:
+    """All tensors of one safetensors file, memory-mapped read-only."""
+    path = Path(path)
+    header, start = read_header(path)
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info.get("dtype") not in DTYPES:
+            raise SLMError(f"{path}: tensor {name} has unsupported dtype {info.get('dtype')}")
+        begin, end = (start + int(o) for o in info["data_offsets"])
+        if end > data.size:
+            raise SLMError(f"{path} is truncated: tensor {name} runs past the end of the file")
+        dtype = DTYPES[info["dtype"]]
+        tensors[name] = data[begin:end].view(dtype).reshape(info["shape"])
+    return tensors
+
+
+def save(path, tensors: dict[str, np.ndarray], metadata: dict | None = None) -> None:
+    """Write tensors (any dtype in DTYPES) to one safetensors file."""
+    header, offset, blobs = {}, 0, []
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name])
+        if array.dtype not in NAMES:
+            raise SLMError(f"cannot store tensor {name} of dtype {array.dtype} in safetensors")
+        header[name] = {"dtype": NAMES[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+        blobs.append(array)
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)))
+        f.write(encoded)
+        for array in blobs:
+            f.write(array.tobytes())

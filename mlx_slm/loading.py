@@ -1,0 +1,124 @@
+"""``load``: one entry point for Hugging Face folders, Hub ids, and GGUF files.
+
+With MLX the model is an mlx-lm ``nn.Module`` (its own architecture classes);
+without it, a :class:`~mlx_slm.models.numpy_llama.NumpyLlama`. Either way the
+model's full config dict is reachable with :func:`model_config`.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+
+from .backend import resolve_backend
+from .errors import SLMError
+from .io import hf
+from .io.gguf import read_gguf
+
+CONFIG_ATTRIBUTE = "slm_config"
+
+
+def model_config(model) -> dict:
+    """The Hugging Face / mlx-lm config dict the model was built from (a copy)."""
+    config = getattr(model, "config", None) if getattr(model, "backend", None) == "numpy" else \
+        getattr(model, CONFIG_ATTRIBUTE, None)
+    if config is None:
+        raise SLMError("this model was not loaded by mlx_slm.load: its config is unknown")
+    return copy.deepcopy(config)
+
+
+def set_model_config(model, config: dict) -> None:
+    if getattr(model, "backend", None) == "numpy":
+        model.config = config
+    else:  # plain attribute: nn.Module would treat a dict as a parameter tree
+        object.__setattr__(model, CONFIG_ATTRIBUTE, config)
+
+
+def sanitize_numpy_weights(config: dict, weights: dict) -> dict:
+    """Drop tensors mlx-lm's Llama-family sanitize drops (rotary caches, tied heads)."""
+    weights = {k: v for k, v in weights.items() if "rotary_emb.inv_freq" not in k}
+    if config.get("tie_word_embeddings", False):
+        weights.pop("lm_head.weight", None)
+    return weights
+
+
+def mlx_array(values: np.ndarray):
+    import mlx.core as mx
+
+    if values.dtype.name == "bfloat16":
+        return mx.array(values.astype(np.float32)).astype(mx.bfloat16)
+    return mx.array(values)
+
+
+def build_mlx_model(config: dict, weights: dict):
+    """An mlx-lm model for ``config`` holding the numpy ``weights`` (mlx-lm names)."""
+    import mlx.core as mx
+    from mlx_lm.utils import _get_classes
+
+    try:
+        model_class, args_class = _get_classes(config)
+    except ValueError as err:
+        raise SLMError(f"unsupported architecture: {err}") from None
+    model = model_class(args_class.from_dict(config))
+    arrays = {name: mlx_array(value) for name, value in weights.items()}
+    if hasattr(model, "sanitize"):
+        arrays = model.sanitize(arrays)
+    try:
+        model.load_weights(list(arrays.items()))
+    except ValueError as err:
+        raise SLMError(f"the weights do not fit a {config.get('model_type')} model: {err}") from None
+    mx.eval(model.parameters())
+    model.eval()
+    set_model_config(model, config)
+    return model
+
+
+def load_folder_mlx(folder: Path):
+    from mlx_lm.utils import load_model, load_tokenizer
+
+    hf.check_weights(folder)
+    try:
+        model, config = load_model(folder)
+    except ValueError as err:
+        raise SLMError(f"cannot load {folder}: {err}") from None
+    set_model_config(model, config)
+    return model, load_tokenizer(folder, eos_token_ids=config.get("eos_token_id"))
+
+
+def load_folder_numpy(folder: Path):
+    from transformers import AutoTokenizer
+
+    from .models.numpy_llama import NumpyLlama
+
+    config = hf.read_config(folder)
+    weights = sanitize_numpy_weights(config, hf.read_weights(folder))
+    return NumpyLlama(config, weights), AutoTokenizer.from_pretrained(str(folder))
+
+
+def load(source, backend: str | None = None, dtype: str = "float16", progress: bool = True):
+    """Load a model and its tokenizer.
+
+    source: a Hugging Face / MLX folder, a Hub repo id (``org/name``), or a ``.gguf`` file.
+    backend: "mlx" or "numpy" (default: MLX when importable).
+    dtype: float dtype for tensors decoded from GGUF ("float16", "bfloat16", "float32").
+    Returns ``(model, tokenizer)``.
+    """
+    backend = resolve_backend(backend)
+    path = Path(str(source)).expanduser()
+    if path.suffix.lower() == ".gguf" or path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise SLMError(f"{path} is a file but not a .gguf model")
+        config, weights, tokenizer = read_gguf(path, dtype=dtype, progress=progress)
+        if backend == "numpy":
+            from .models.numpy_llama import NumpyLlama
+
+            return NumpyLlama(config, weights), tokenizer
+        from mlx_lm.tokenizer_utils import TokenizerWrapper
+
+        model = build_mlx_model(config, weights)
+        return model, TokenizerWrapper(tokenizer, eos_token_ids=[config["eos_token_id"]]
+                                       if "eos_token_id" in config else None)
+    folder = hf.resolve(source)
+    return load_folder_numpy(folder) if backend == "numpy" else load_folder_mlx(folder)

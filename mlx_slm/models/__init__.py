@@ -1,0 +1,1 @@
+"""Model code mlx-lm does not provide: the numpy forward pass of the Llama family."""

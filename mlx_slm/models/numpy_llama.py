@@ -1,0 +1,189 @@
+"""A numpy forward pass of the Llama family (Llama, Mistral, Qwen2, Qwen3, SmolLM).
+
+It runs wherever numpy does, computes in float32 on numpy's BLAS, and is the
+reference the MLX paths are held against. Weights use mlx-lm names; affine
+quantized layers (``.weight`` uint32 + ``.scales`` + ``.biases``) are
+dequantized once to float32 and cached.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import SLMError
+from ..formats import affine
+from ..formats.dtypes import as_float32
+from ..qconfig import saved_layer_params
+
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "smollm")
+
+
+def rope_inverse_frequencies(config: dict, head_dim: int) -> np.ndarray:
+    """Angular speed per rotated pair, ``[head_dim // 2]``, with the model's scaling."""
+    base = float(config.get("rope_theta", 10000.0))
+    exponents = np.arange(0, head_dim, 2, dtype=np.float64) / head_dim
+    periods = base**exponents
+    scaling = config.get("rope_scaling") or {}
+    kind = scaling.get("type") or scaling.get("rope_type") or "default"
+    if kind == "default":
+        return (1.0 / periods).astype(np.float32)
+    if kind == "linear":
+        return (1.0 / (periods * float(scaling["factor"]))).astype(np.float32)
+    if kind == "llama3":
+        factor = float(scaling["factor"])
+        low = float(scaling.get("low_freq_factor", 1.0))
+        high = float(scaling.get("high_freq_factor", 4.0))
+        old = float(scaling.get("original_max_position_embeddings", 8192))
+        wavelengths = 2 * np.pi * periods
+        periods = np.where(wavelengths > old / low, periods * factor, periods)
+        medium = (wavelengths > old / high) & (wavelengths < old / low)
+        smooth = (old / wavelengths - low) / (high - low)
+        smoothed = periods / ((1 - smooth) / factor + smooth)
+        return (1.0 / np.where(medium, smoothed, periods)).astype(np.float32)
+    raise SLMError(f"rope scaling {kind!r} is not supported by the numpy backend")
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """x: [..., D] float32; weight: [D]."""
+    scale = 1.0 / np.sqrt(np.mean(np.square(x), axis=-1, keepdims=True) + np.float32(eps))
+    return (x * scale) * weight
+
+
+def apply_rope(x: np.ndarray, inv_freq: np.ndarray, offset: int) -> np.ndarray:
+    """Rotate halves (non-traditional RoPE). x: [B, H, T, Dh]."""
+    positions = np.arange(offset, offset + x.shape[2], dtype=np.float32)
+    angles = positions[:, None] * inv_freq[None, :]
+    cos, sin = np.cos(angles), np.sin(angles)
+    half = inv_freq.shape[0]
+    x1, x2 = x[..., :half], x[..., half : 2 * half]
+    rotated = np.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+    if 2 * half < x.shape[-1]:
+        rotated = np.concatenate([rotated, x[..., 2 * half :]], axis=-1)
+    return rotated
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    shifted = np.exp(x - x.max(axis=axis, keepdims=True))
+    return shifted / shifted.sum(axis=axis, keepdims=True)
+
+
+class KVCache:
+    """Per-layer keys and values, ``[B, H_kv, S, Dh]`` each, grown by concatenation."""
+
+    def __init__(self, num_layers: int):
+        self.keys = [None] * num_layers
+        self.values = [None] * num_layers
+
+    @property
+    def offset(self) -> int:
+        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+
+    def update(self, layer: int, keys: np.ndarray, values: np.ndarray):
+        if self.keys[layer] is not None:
+            keys = np.concatenate([self.keys[layer], keys], axis=2)
+            values = np.concatenate([self.values[layer], values], axis=2)
+        self.keys[layer], self.values[layer] = keys, values
+        return keys, values
+
+
+class NumpyLlama:
+    """The model: ``model(tokens [B, T] int) -> logits [B, T, vocab] float32``.
+
+    config: Hugging Face / mlx-lm config dict (``quantization`` included if any).
+    weights: mlx-lm parameter name -> numpy array.
+    """
+
+    backend = "numpy"
+
+    def __init__(self, config: dict, weights: dict):
+        model_type = config.get("model_type")
+        if model_type not in SUPPORTED:
+            raise SLMError(
+                f"the numpy backend supports model types {', '.join(SUPPORTED)}, not {model_type!r}"
+            )
+        self.config = config
+        self.weights = weights
+        self._float32 = {}
+        self.num_layers = int(config["num_hidden_layers"])
+        self.num_heads = int(config["num_attention_heads"])
+        self.num_kv_heads = int(config.get("num_key_value_heads") or self.num_heads)
+        self.head_dim = int(config.get("head_dim") or config["hidden_size"] // self.num_heads)
+        self.eps = float(config.get("rms_norm_eps", 1e-6))
+        self.inv_freq = rope_inverse_frequencies(config, self.head_dim)
+        self.tied = bool(config.get("tie_word_embeddings", False)) or "lm_head.weight" not in weights
+
+    def make_cache(self) -> KVCache:
+        return KVCache(self.num_layers)
+
+    def dense(self, name: str) -> np.ndarray:
+        """Float32 weight ``name`` (a layer path), dequantized if it is quantized."""
+        if name not in self._float32:
+            weight = self.weights[f"{name}.weight"]
+            if f"{name}.scales" in self.weights:
+                scales = self.weights[f"{name}.scales"]
+                bits, group_size = saved_layer_params(self.config["quantization"], name)
+                weight = affine.unpack(weight, scales, self.weights[f"{name}.biases"], bits,
+                                       group_size, dtype=np.float32)
+            self._float32[name] = as_float32(weight)
+        return self._float32[name]
+
+    def linear(self, name: str, x: np.ndarray) -> np.ndarray:
+        out = x @ self.dense(name).T
+        bias = self.weights.get(f"{name}.bias")
+        return out if bias is None else out + as_float32(bias)
+
+    def norm(self, name: str, x: np.ndarray) -> np.ndarray:
+        return rms_norm(x, as_float32(self.weights[f"{name}.weight"]), self.eps)
+
+    def attention(self, layer: int, x: np.ndarray, cache: KVCache | None) -> np.ndarray:
+        prefix = f"model.layers.{layer}.self_attn"
+        batch, length, _ = x.shape
+        offset = cache.offset if cache is not None else 0
+
+        def heads(name, count):
+            out = self.linear(f"{prefix}.{name}", x).reshape(batch, length, count, self.head_dim)
+            return out.transpose(0, 2, 1, 3)
+
+        queries, keys, values = heads("q_proj", self.num_heads), heads("k_proj", self.num_kv_heads), heads("v_proj", self.num_kv_heads)
+        if f"{prefix}.q_norm.weight" in self.weights:
+            queries = self.norm(f"{prefix}.q_norm", queries)
+            keys = self.norm(f"{prefix}.k_norm", keys)
+        queries = apply_rope(queries, self.inv_freq, offset)
+        keys = apply_rope(keys, self.inv_freq, offset)
+        if cache is not None:
+            keys, values = cache.update(layer, keys, values)
+        repeats = self.num_heads // self.num_kv_heads
+        keys = np.repeat(keys, repeats, axis=1)
+        values = np.repeat(values, repeats, axis=1)
+        scores = (queries @ keys.transpose(0, 1, 3, 2)) * np.float32(self.head_dim**-0.5)
+        total = keys.shape[2]
+        future = np.arange(total)[None, :] > (np.arange(length)[:, None] + offset)
+        scores = np.where(future, np.float32(-np.inf), scores)
+        out = softmax(scores) @ values
+        out = out.transpose(0, 2, 1, 3).reshape(batch, length, -1)
+        return self.linear(f"{prefix}.o_proj", out)
+
+    def mlp(self, layer: int, x: np.ndarray) -> np.ndarray:
+        prefix = f"model.layers.{layer}.mlp"
+        gate = self.linear(f"{prefix}.gate_proj", x)
+        up = self.linear(f"{prefix}.up_proj", x)
+        return self.linear(f"{prefix}.down_proj", gate / (1.0 + np.exp(-gate)) * up)
+
+    def __call__(self, tokens, cache: KVCache | None = None) -> np.ndarray:
+        tokens = np.asarray(tokens)
+        h = self.dense("model.embed_tokens")[tokens]
+        for layer in range(self.num_layers):
+            prefix = f"model.layers.{layer}"
+            h = h + self.attention(layer, self.norm(f"{prefix}.input_layernorm", h), cache)
+            h = h + self.mlp(layer, self.norm(f"{prefix}.post_attention_layernorm", h))
+        h = self.norm("model.norm", h)
+        head = "model.embed_tokens" if self.tied else "lm_head"
+        return h @ self.dense(head).T
+
+    def parameters_numpy(self) -> dict:
+        """Parameter name -> array, as saved."""
+        return dict(self.weights)
+
+    def drop_cache(self) -> None:
+        """Forget dequantized float32 copies (after the weights change)."""
+        self._float32.clear()

@@ -1,0 +1,41 @@
+"""``save``: a folder that stock ``mlx_lm.load`` loads, written atomically."""
+
+from __future__ import annotations
+
+import json
+
+from .backend import backend_of
+from .io import safetensors_np
+from .io.atomic import atomic_directory
+from .loading import model_config
+
+
+def save_config(config: dict, path) -> None:
+    config = dict(config)
+    if "quantization" in config:
+        config["quantization_config"] = config["quantization"]
+    with open(path, "w") as f:
+        json.dump(dict(sorted(config.items())), f, indent=2)
+
+
+def write_weights(model, path) -> None:
+    if backend_of(model) == "numpy":
+        safetensors_np.save(path, model.parameters_numpy(), metadata={"format": "mlx"})
+        return
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    mx.save_safetensors(str(path), dict(tree_flatten(model.parameters())), metadata={"format": "mlx"})
+
+
+def save(model, tokenizer, out_dir, overwrite: bool = False):
+    """Write ``model.safetensors``, ``config.json`` and the tokenizer files to ``out_dir``.
+
+    Returns the output folder path.
+    """
+    config = model_config(model)
+    with atomic_directory(out_dir, overwrite=overwrite) as folder:
+        write_weights(model, folder / "model.safetensors")
+        save_config(config, folder / "config.json")
+        tokenizer.save_pretrained(str(folder))
+    return out_dir

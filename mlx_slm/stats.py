@@ -1,0 +1,48 @@
+"""Size and bits per weight of a model's parameters."""
+
+from __future__ import annotations
+
+from .backend import backend_of
+from .loading import model_config
+from .qconfig import saved_layer_params
+
+
+def named_arrays(model) -> dict:
+    """Parameter name -> array (numpy or MLX); both expose .shape, .size, .nbytes."""
+    if backend_of(model) == "numpy":
+        return model.parameters_numpy()
+    from mlx.utils import tree_flatten
+
+    return dict(tree_flatten(model.parameters()))
+
+
+def weight_stats(model) -> dict:
+    """Parameter bytes, and bits per weight over the matrices (linear + embedding).
+
+    Returns ``{"size_bytes", "bpw", "matrix_weights", "quantized_layers"}``. bpw counts
+    a quantized layer's packed codes plus its scales and biases; float matrices
+    count their dtype's bits.
+    """
+    arrays = named_arrays(model)
+    quantization = model_config(model).get("quantization") or {}
+    bits_total = weights_total = quantized = 0
+    for name, array in arrays.items():
+        if not name.endswith(".weight") or len(array.shape) != 2:
+            continue
+        path = name[: -len(".weight")]
+        if f"{path}.scales" in arrays:
+            _, group_size = saved_layer_params(quantization, path)
+            count = arrays[f"{path}.scales"].size * group_size
+            extra = arrays[f"{path}.scales"].nbytes + arrays[f"{path}.biases"].nbytes
+            bits_total += (array.nbytes + extra) * 8
+            weights_total += count
+            quantized += 1
+        else:
+            bits_total += array.nbytes * 8
+            weights_total += array.size
+    return {
+        "size_bytes": int(sum(a.nbytes for a in arrays.values())),
+        "bpw": bits_total / weights_total if weights_total else 0.0,
+        "matrix_weights": int(weights_total),
+        "quantized_layers": quantized,
+    }
