@@ -15,6 +15,7 @@ from .evaluate import evaluate  # noqa: E402
 from .loading import load, model_config  # noqa: E402
 from .quantize import quantize  # noqa: E402
 from .saving import save  # noqa: E402
+from . import stats  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["load", "save", "quantize", "evaluate", "model_config", "SLMError", "MLXRequiredError"]

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from . import _blas
 from .backend import backend_of
 from .errors import SLMError
+from .loading import model_config
 from .stats import weight_stats
 
 
@@ -51,20 +52,39 @@ def token_windows(tokenizer, text, seq_len: int, max_windows: int | None) -> np.
 
 
 class Runner:
-    """Uniform access to a model of either backend: logits and greedy decoding."""
+    """Uniform access to a model: float32 logits and greedy decode speed."""
 
-    def __init__(self, model, stack: ExitStack):
+    engine = "numpy"
+
+    def __init__(self, model):
         self.model = model
-        self.backend = backend_of(model)
-        if self.backend == "mlx":
-            from .runtime import fast_cpu
-
-            stack.enter_context(fast_cpu(model))
 
     def logits(self, tokens: np.ndarray) -> np.ndarray:
         """tokens ``[T]`` -> float32 logits ``[T, V]``."""
-        if self.backend == "numpy":
-            return self.model(tokens[None])[0]
+        return self.model(tokens[None])[0]
+
+    def decode_speed(self, prompt: np.ndarray, steps: int) -> float:
+        """Greedy tokens per second after prefilling ``prompt``, with a KV cache."""
+        cache = self.model.make_cache()
+        logits = self.model(prompt[None], cache=cache)
+        start = time.perf_counter()
+        for _ in range(steps):
+            logits = self.model(logits[:, -1:].argmax(-1), cache=cache)
+        return steps / (time.perf_counter() - start)
+
+
+class MLXRunner(Runner):
+    """An mlx-lm model run by MLX (float32 dense weights on a CPU, see runtime.fast_cpu)."""
+
+    engine = "mlx"
+
+    def __init__(self, model, stack: ExitStack):
+        from .runtime import fast_cpu
+
+        super().__init__(model)
+        stack.enter_context(fast_cpu(model))
+
+    def logits(self, tokens: np.ndarray) -> np.ndarray:
         import mlx.core as mx
 
         out = self.model(mx.array(tokens)[None])[0].astype(mx.float32)
@@ -72,14 +92,6 @@ class Runner:
         return np.array(out)
 
     def decode_speed(self, prompt: np.ndarray, steps: int) -> float:
-        """Greedy tokens per second after prefilling ``prompt``, with a KV cache."""
-        if self.backend == "numpy":
-            cache = self.model.make_cache()
-            logits = self.model(prompt[None], cache=cache)
-            start = time.perf_counter()
-            for _ in range(steps):
-                logits = self.model(logits[:, -1:].argmax(-1), cache=cache)
-            return steps / (time.perf_counter() - start)
         import mlx.core as mx
         from mlx_lm.models.cache import make_prompt_cache
 
@@ -93,14 +105,42 @@ class Runner:
         return steps / (time.perf_counter() - start)
 
 
+def choose_engine(model, cpu_engine: str | None) -> str:
+    """"numpy" or "mlx". On a CPU, Llama-family MLX models default to the numpy engine:
+    MLX's CPU backend computes exp() in scalar code (~70M/s), which makes softmax and
+    SiLU cost more than the matmuls; numpy's vectorized exp and bundled OpenBLAS do not.
+    """
+    if backend_of(model) == "numpy":
+        return "numpy"
+    if cpu_engine not in (None, "numpy", "mlx"):
+        raise SLMError(f"cpu_engine must be 'numpy' or 'mlx', not {cpu_engine!r}")
+    from .models.numpy_llama import SUPPORTED
+    from .runtime import computes_on_cpu
+
+    if not computes_on_cpu() or cpu_engine == "mlx":
+        return "mlx"
+    return "numpy" if model_config(model).get("model_type") in SUPPORTED else "mlx"
+
+
+def make_runner(model, stack: ExitStack, cpu_engine: str | None) -> Runner:
+    engine = choose_engine(model, cpu_engine)
+    if engine == "mlx":
+        return MLXRunner(model, stack)
+    if backend_of(model) == "mlx":
+        from .runtime import numpy_twin
+
+        return Runner(numpy_twin(model))
+    return Runner(model)
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def peak_memory(backend: str) -> int:
-    """Peak MLX allocation for MLX models; the process's peak RSS for numpy ones."""
-    if backend == "mlx":
+def peak_memory(engine: str) -> int:
+    """Peak MLX allocation for the MLX engine; the process's peak RSS for numpy."""
+    if engine == "mlx":
         import mlx.core as mx
 
         return int(mx.get_peak_memory())
@@ -111,7 +151,7 @@ def peak_memory(backend: str) -> int:
 
 
 def evaluate(model, tokenizer, text, reference=None, seq_len: int = 512, max_windows: int | None = None,
-             decode_tokens: int = 32, progress: bool = True) -> dict:
+             decode_tokens: int = 32, progress: bool = True, cpu_engine: str | None = None) -> dict:
     """Measure ``model`` on ``text``.
 
     text: a .txt/.jsonl path or a list of strings. reference: a model (same tokenizer)
@@ -119,19 +159,20 @@ def evaluate(model, tokenizer, text, reference=None, seq_len: int = 512, max_win
     ``seq_len - 1`` tokens. Returns a dict with ``ppl``, ``kld`` (mean per-token
     KL(reference || model), None without a reference), ``top1`` (argmax agreement),
     ``bpw``, ``size_bytes``, ``tokens_per_s`` (greedy decode), ``eval_tokens_per_s``,
-    ``peak_memory_bytes`` and the window counts.
+    ``peak_memory_bytes`` and the window counts. cpu_engine: on a CPU, run MLX models on
+    the "numpy" engine (default for the Llama family) or on "mlx".
     """
     windows = token_windows(tokenizer, text, seq_len, max_windows)
     backend = backend_of(model)
-    if backend == "mlx":
-        import mlx.core as mx
-
-        mx.reset_peak_memory()
     nll_sum = kl_sum = agree = scored = 0.0
     model_seconds = 0.0
     with ExitStack() as stack:
-        runner = Runner(model, stack)
-        ref_runner = Runner(reference, stack) if reference is not None else None
+        runner = make_runner(model, stack, cpu_engine)
+        ref_runner = make_runner(reference, stack, cpu_engine) if reference is not None else None
+        if runner.engine == "mlx":
+            import mlx.core as mx
+
+            mx.reset_peak_memory()
         for window in tqdm(windows, desc="evaluating", disable=not progress):
             start = time.perf_counter()
             logprobs = log_softmax(runner.logits(window))[:-1]
@@ -154,10 +195,11 @@ def evaluate(model, tokenizer, text, reference=None, seq_len: int = 512, max_win
         "size_bytes": stats["size_bytes"],
         "tokens_per_s": decode,
         "eval_tokens_per_s": float(windows.size / model_seconds),
-        "peak_memory_bytes": peak_memory(backend),
+        "peak_memory_bytes": peak_memory(runner.engine),
         "windows": int(len(windows)),
         "scored_tokens": int(scored),
         "seq_len": int(seq_len),
         "backend": backend,
-        "blas": _blas.describe() if backend == "mlx" else "numpy's bundled BLAS",
+        "engine": runner.engine,
+        "blas": _blas.describe() if runner.engine == "mlx" else "numpy's bundled BLAS",
     }

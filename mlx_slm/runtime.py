@@ -41,6 +41,20 @@ def dense_twin(layer) -> nn.Module:
     return twin
 
 
+def numpy_twin(model):
+    """A NumpyLlama holding the MLX model's exact weights (bfloat16 widened to float32)."""
+    import numpy as np
+
+    from .loading import model_config
+    from .models.numpy_llama import NumpyLlama
+
+    weights = {
+        name: np.array(value.astype(mx.float32) if value.dtype == mx.bfloat16 else value)
+        for name, value in tree_flatten(model.parameters())
+    }
+    return NumpyLlama(model_config(model), weights)
+
+
 @contextmanager
 def fast_cpu(model: nn.Module, enabled: bool | None = None):
     """Within the block the model computes in float32 with dense weights (CPU only)."""

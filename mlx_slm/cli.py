@@ -1,0 +1,187 @@
+"""The ``mlx-slm`` command: convert, quantize, eval, info.
+
+Errors in the input (a wrong path, an unsupported architecture, bad settings, a
+corrupt file) print one line and exit with status 2; ``MLX_SLM_DEBUG=1`` shows
+the traceback of unexpected failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+EPILOG = "Set MLX_SLM_BACKEND=numpy to run without MLX, MLX_SLM_DEBUG=1 for tracebacks."
+
+
+def add_backend(parser) -> None:
+    parser.add_argument("--backend", choices=("mlx", "numpy"), default=None,
+                        help="compute backend (default: MLX when importable, else numpy)")
+
+
+def cmd_convert(args) -> None:
+    import mlx_slm
+
+    model, tokenizer = mlx_slm.load(args.source, backend=args.backend, dtype=args.dtype)
+    mlx_slm.save(model, tokenizer, args.output, overwrite=args.overwrite)
+    print(f"wrote {args.output}")
+
+
+def cmd_quantize(args) -> None:
+    import mlx_slm
+
+    model, tokenizer = mlx_slm.load(args.model, backend=args.backend)
+    mlx_slm.quantize(model, bits=args.bits, group_size=args.group_size, method=args.method,
+                     config=args.config)
+    mlx_slm.save(model, tokenizer, args.output, overwrite=args.overwrite)
+    stats = mlx_slm.stats.weight_stats(model)
+    print(f"wrote {args.output}: {stats['bpw']:.3f} bits per weight, {stats['size_bytes'] / 1e6:.1f} MB")
+
+
+def format_report(report: dict) -> str:
+    rows = [("perplexity", f"{report['ppl']:.4f}")]
+    if report["kld"] is not None:
+        rows += [("KL(ref || model)", f"{report['kld']:.5f}"), ("top-1 agreement", f"{report['top1']:.2%}")]
+    rows += [
+        ("bits per weight", f"{report['bpw']:.3f}"),
+        ("size", f"{report['size_bytes'] / 1e6:.1f} MB"),
+        ("decode tokens/s", "-" if report["tokens_per_s"] is None else f"{report['tokens_per_s']:.1f}"),
+        ("eval tokens/s", f"{report['eval_tokens_per_s']:.1f}"),
+        ("peak memory", f"{report['peak_memory_bytes'] / 1e6:.0f} MB"),
+        ("windows x seq_len", f"{report['windows']} x {report['seq_len']}"),
+        ("backend", f"{report['backend']}, {report['engine']} engine ({report['blas']})"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def cmd_eval(args) -> None:
+    import mlx_slm
+    from mlx_slm.io.atomic import atomic_file
+
+    model, tokenizer = mlx_slm.load(args.model, backend=args.backend)
+    reference = mlx_slm.load(args.ref, backend=args.backend)[0] if args.ref else None
+    report = mlx_slm.evaluate(model, tokenizer, text=args.text, reference=reference, seq_len=args.seq_len,
+                              max_windows=args.max_windows, decode_tokens=args.decode_tokens,
+                              cpu_engine=args.cpu_engine)
+    print(format_report(report))
+    if args.json:
+        with atomic_file(args.json) as path:
+            path.write_text(json.dumps({"model": str(args.model), "ref": args.ref, **report}, indent=2))
+        print(f"wrote {args.json}")
+
+
+def cmd_info(args) -> None:
+    import mlx_slm
+    from mlx_slm import _blas
+    from mlx_slm.stats import weight_stats
+
+    model, _ = mlx_slm.load(args.model, backend=args.backend)
+    config = mlx_slm.model_config(model)
+    stats = weight_stats(model)
+    quantization = config.get("quantization") or {}
+    print(f"model type        {config.get('model_type')}")
+    print(f"layers            {config.get('num_hidden_layers')} x hidden {config.get('hidden_size')}, "
+          f"{config.get('num_attention_heads')} heads / {config.get('num_key_value_heads')} KV heads")
+    print(f"vocabulary        {config.get('vocab_size')}")
+    if quantization:
+        print(f"format            affine {quantization['bits']}-bit, group {quantization['group_size']} "
+              f"({stats['quantized_layers']} quantized layers)")
+        overrides = {k: v for k, v in quantization.items() if isinstance(v, (dict, bool))}
+        for path, value in overrides.items():
+            print(f"  {path}: {'float' if value is False else value}")
+        for path, reason in (config.get("mlx_slm") or {}).get("unquantized", {}).items():
+            if path not in overrides:
+                print(f"  {path}: float ({reason})")
+    else:
+        print(f"format            float ({config.get('torch_dtype', 'unknown dtype')})")
+    print(f"bits per weight   {stats['bpw']:.3f} over {stats['matrix_weights'] / 1e6:.1f}M matrix weights")
+    print(f"size              {stats['size_bytes'] / 1e6:.1f} MB")
+    print(f"backend           {getattr(model, 'backend', 'mlx')} ({_blas.describe()})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlx-slm", description="Make small language models smaller: convert, quantize, evaluate.",
+        epilog=EPILOG)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    convert = commands.add_parser(
+        "convert", help="GGUF or Hugging Face model -> MLX folder",
+        description="Convert a .gguf file (F32/F16/BF16/Q8_0/Q4_0/Q4_1/K-quants, dequantized) or a "
+                    "Hugging Face folder / Hub id into a folder that mlx_lm.load reads.", epilog=EPILOG)
+    convert.add_argument("source", help=".gguf file, model folder, or Hub id (org/name)")
+    convert.add_argument("-o", "--output", required=True, help="output folder (written atomically)")
+    convert.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"),
+                         help="float type for GGUF tensors (default: float16)")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_backend(convert)
+    convert.set_defaults(run=cmd_convert)
+
+    quantize = commands.add_parser(
+        "quantize", help="quantize a model to the affine format",
+        description="Quantize the linear and embedding layers (round-to-nearest, identical to "
+                    "mlx_lm.convert -q). Layers whose width does not divide by the group size stay "
+                    "in float and are reported.", epilog=EPILOG)
+    quantize.add_argument("model", help="model folder, Hub id, or .gguf file")
+    quantize.add_argument("-o", "--output", required=True, help="output folder (written atomically)")
+    quantize.add_argument("--bits", type=int, default=4, help="bits per weight: 2, 3, 4, 5, 6 or 8 (default 4)")
+    quantize.add_argument("--group-size", type=int, default=64, help="weights per scale: 32, 64 or 128 (default 64)")
+    quantize.add_argument("--method", default="rtn", help="quantization method (default rtn)")
+    quantize.add_argument("--config", help="YAML/JSON per-layer overrides (by_type, by_name; 'fp16' keeps a layer)")
+    quantize.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_backend(quantize)
+    quantize.set_defaults(run=cmd_quantize)
+
+    evaluate = commands.add_parser(
+        "eval", help="perplexity, KL / top-1 vs a reference, bpw, size, speed, memory",
+        description="Evaluate a model on local text in non-overlapping windows.", epilog=EPILOG)
+    evaluate.add_argument("model", help="model folder, Hub id, or .gguf file")
+    evaluate.add_argument("--text", required=True, help=".txt file or .jsonl file with a \"text\" field per line")
+    evaluate.add_argument("--ref", help="reference model for KL divergence and top-1 agreement")
+    evaluate.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
+    evaluate.add_argument("--max-windows", type=int, default=None, help="evaluate at most this many windows")
+    evaluate.add_argument("--decode-tokens", type=int, default=32, help="greedy tokens timed for decode speed")
+    evaluate.add_argument("--cpu-engine", choices=("numpy", "mlx"), default=None,
+                          help="on a CPU, run MLX models on numpy's BLAS (default for Llama-family models: "
+                               "MLX's CPU exp() is scalar and slow) or on MLX")
+    evaluate.add_argument("--json", help="also write the results to this JSON file")
+    add_backend(evaluate)
+    evaluate.set_defaults(run=cmd_eval)
+
+    info = commands.add_parser("info", help="layers, formats, bits per weight, size",
+                               description="Describe a model.", epilog=EPILOG)
+    info.add_argument("model", help="model folder, Hub id, or .gguf file")
+    add_backend(info)
+    info.set_defaults(run=cmd_info)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no "PyTorch was not found" notice
+    import mlx_slm  # noqa: F401  (loads the fast BLAS before MLX)
+    from mlx_slm.errors import SLMError
+
+    try:
+        args.run(args)
+    except SLMError as err:
+        print(f"mlx-slm: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mlx-slm: interrupted; no partial output was left behind", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if os.environ.get("MLX_SLM_DEBUG"):
+            raise
+        print(f"mlx-slm: unexpected error: {type(err).__name__}: {err} (MLX_SLM_DEBUG=1 for details)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

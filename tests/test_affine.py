@@ -1,0 +1,110 @@
+"""The affine format: numpy twin bit-exact with mx.quantize / mx.dequantize."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from mlx_slm.errors import SLMError
+from mlx_slm.formats import affine
+from mlx_slm.formats.dtypes import bfloat16
+
+DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": bfloat16}
+
+
+def awkward_weights(rng, rows, cols, group_size):
+    """Random rows at many scales, plus groups that are constant, zero, or one-signed."""
+    w = (rng.standard_normal((rows, cols)) * rng.uniform(1e-3, 3.0, (rows, 1))).astype(np.float32)
+    w[0, :group_size] = 0.0
+    w[1, :group_size] = 1.5
+    w[2, :group_size] = -np.linspace(0.0, 1.0, group_size)
+    w[3, :group_size] = np.linspace(0.0, 2.0, group_size)
+    return w
+
+
+def test_pack_codes_known_words():
+    # 4-bit codes 0..7 pack little-endian into one word: 0x76543210.
+    codes = np.arange(8, dtype=np.uint8)[None]
+    assert affine.pack_codes(codes, 4).tolist() == [[0x76543210]]
+    # 3-bit codes cross word borders: 32 codes of value 5 (0b101) make 3 words.
+    words = affine.pack_codes(np.full((1, 32), 5, np.uint8), 3)
+    stream = "".join(format(w, "032b")[::-1] for w in words[0])
+    assert stream == "101" * 32
+
+
+@pytest.mark.parametrize("bits", affine.BITS)
+def test_codes_round_trip(bits):
+    rng = np.random.default_rng(bits)
+    codes = rng.integers(0, 2**bits, size=(5, 256), dtype=np.uint8)
+    packed = affine.pack_codes(codes, bits)
+    assert packed.dtype == np.uint32 and packed.shape == (5, 256 * bits // 32)
+    assert np.array_equal(affine.unpack_codes(packed, bits), codes)
+
+
+def test_hand_computed_group():
+    # w = [-1, 0, 0.5, 1] * 8 at 2 bits: max-magnitude edge is ... both 1; MLX takes w_max.
+    w = np.tile(np.array([-1.0, 0.0, 0.5, 1.0], np.float32), 8)[None]
+    q, scales, biases = affine.quantize_codes(w, 2, 32)
+    # scale = -(2/3), q0 = rint(1 / -(2/3)) = -2 -> scale = 1 / -2 = -0.5, bias = 1
+    assert scales.tolist() == [[-0.5]] and biases.tolist() == [[1.0]]
+    assert q[0, :4].tolist() == [3, 2, 1, 0]
+    assert affine.unpack(affine.pack_codes(q, 2), scales, biases, 2, 32)[0, :4].tolist() == [-0.5, 0.0, 0.5, 1.0]
+
+
+def test_matmul_matches_dense():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((48, 128)).astype(np.float32)
+    x = rng.standard_normal((3, 128)).astype(np.float32)
+    packed, scales, biases = affine.pack(w, 4, 64)
+    dense = affine.unpack(packed, scales, biases, 4, 64)
+    np.testing.assert_allclose(affine.matmul(x, packed, scales, biases, 4, 64), x @ dense.T, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits,group_size", [(7, 64), (4, 48), (4, 256)])
+def test_rejects_unsupported_settings(bits, group_size):
+    with pytest.raises(SLMError):
+        affine.pack(np.zeros((4, 256), np.float32), bits, group_size)
+
+
+def test_rejects_indivisible_width():
+    with pytest.raises(SLMError, match="not divisible"):
+        affine.pack(np.zeros((4, 576), np.float32), 4, 128)
+
+
+@pytest.mark.mlx
+@pytest.mark.parametrize("dtype,bits,group_size",
+                         list(itertools.product(DTYPES, affine.BITS, affine.GROUP_SIZES)))
+def test_bit_exact_with_mlx_random(dtype, bits, group_size):
+    import mlx.core as mx
+
+    rng = np.random.default_rng(bits * 1000 + group_size)
+    w_mx = mx.array(awkward_weights(rng, 32, 512, group_size)).astype(getattr(mx, dtype))
+    w_np = np.array(w_mx.astype(mx.float32)).astype(DTYPES[dtype])
+    ref_q, ref_s, ref_b = mx.quantize(w_mx, group_size=group_size, bits=bits)
+    q, s, b = affine.pack(w_np, bits, group_size)
+    assert np.array_equal(np.array(ref_q), q)
+    assert np.array_equal(np.array(ref_s.astype(mx.float32)), s.astype(np.float32))
+    assert np.array_equal(np.array(ref_b.astype(mx.float32)), b.astype(np.float32))
+    ref_w = mx.dequantize(ref_q, ref_s, ref_b, group_size=group_size, bits=bits)
+    assert np.array_equal(np.array(ref_w.astype(mx.float32)), affine.unpack(q, s, b, bits, group_size).astype(np.float32))
+
+
+@pytest.mark.mlx
+@pytest.mark.parametrize("bits", affine.BITS)
+def test_bit_exact_with_mlx_on_smollm2(smollm2_dir, bits):
+    import mlx.core as mx
+
+    from mlx_slm.io import safetensors_np
+
+    weights = safetensors_np.load(smollm2_dir / "model.safetensors")
+    names = ["model.layers.0.self_attn.q_proj.weight", "model.layers.7.self_attn.k_proj.weight",
+             "model.layers.29.mlp.down_proj.weight", "model.layers.13.mlp.gate_proj.weight"]
+    for name, group_size in itertools.product(names, affine.GROUP_SIZES):
+        w = np.asarray(weights[name])
+        if w.shape[-1] % group_size:
+            continue
+        ref = mx.quantize(mx.array(w), group_size=group_size, bits=bits)
+        mine = affine.pack(w, bits, group_size)
+        for a, b in zip(ref, mine):
+            assert np.array_equal(np.array(a.astype(mx.float32) if a.dtype != mx.uint32 else a),
+                                  b.astype(np.float32) if b.dtype != np.uint32 else b), (name, group_size)

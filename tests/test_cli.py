@@ -1,0 +1,77 @@
+"""The mlx-slm command: help, the main flow, and one clear line for every bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from helpers import tiny_config, tiny_model_folder, tiny_weights
+from test_gguf import write_tiny_gguf
+
+from mlx_slm.cli import main
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "mlx_slm", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("command", ["convert", "quantize", "eval", "info"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "--backend" in capsys.readouterr().out
+
+
+def test_convert_quantize_eval_info(tmp_path, tiny_text, capsys):
+    config = tiny_config()
+    write_tiny_gguf(tmp_path / "tiny.gguf", config, tiny_weights(config), quant="Q8_0")
+    assert main(["convert", str(tmp_path / "tiny.gguf"), "-o", str(tmp_path / "f16")]) == 0
+    assert main(["quantize", str(tmp_path / "f16"), "-o", str(tmp_path / "q3"), "--bits", "3"]) == 0
+    assert main(["eval", str(tmp_path / "q3"), "--text", str(tiny_text), "--ref", str(tmp_path / "f16"),
+                 "--seq-len", "64", "--max-windows", "2", "--decode-tokens", "2",
+                 "--json", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    for key in ("ppl", "kld", "top1", "bpw", "size_bytes", "tokens_per_s", "peak_memory_bytes"):
+        assert report[key] is not None, key
+    assert report["bpw"] == pytest.approx(3.5) and report["kld"] > 0
+    assert main(["info", str(tmp_path / "q3")]) == 0
+    out = capsys.readouterr().out
+    assert "affine 3-bit, group 64" in out and "3.500" in out
+
+
+def bad_inputs(tmp_path):
+    folder = tiny_model_folder(tmp_path)
+    broken = tiny_model_folder(tmp_path, seed=9)
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[:1000])
+    (tmp_path / "bad.gguf").write_bytes(b"GGUF" + b"\x00" * 64)
+    (tmp_path / "exists").mkdir()
+    return {
+        "missing model": (["info", tmp_path / "nope"], "no model at"),
+        "bad bits": (["quantize", folder, "-o", tmp_path / "o1", "--bits", "7"], "supports bits"),
+        "bad group": (["quantize", folder, "-o", tmp_path / "o2", "--group-size", "100"], "group sizes"),
+        "corrupt gguf": (["convert", tmp_path / "bad.gguf", "-o", tmp_path / "o3"], "GGUF"),
+        "truncated safetensors": (["info", broken], "truncated"),
+        "missing text": (["eval", folder, "--text", tmp_path / "none.txt"], "no such text file"),
+        "output exists": (["convert", folder, "-o", tmp_path / "exists"], "already exists"),
+    }
+
+
+def test_bad_inputs_give_one_clear_line(tmp_path):
+    for name, (args, message) in bad_inputs(tmp_path).items():
+        result = run(*args)
+        assert result.returncode == 2, (name, result.stderr)
+        assert "Traceback" not in result.stderr, name
+        assert message in result.stderr, (name, result.stderr)
+        assert result.stderr.strip().startswith("mlx-slm: error:"), name
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o3").exists()
+
+
+def test_unsupported_architecture_cli(tmp_path):
+    folder = tiny_model_folder(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "made_up_arch"}))
+    result = run("info", folder)
+    assert result.returncode == 2 and "made_up_arch" in result.stderr and "Traceback" not in result.stderr
