@@ -77,9 +77,10 @@ def resolve_layer(path: str, config: dict, bits: int, group_size: int) -> dict |
     return settings
 
 
-def saved_layer_params(quantization: dict, path: str) -> tuple[int, int] | None:
-    """(bits, group_size) a saved model's config gives the layer at ``path``."""
+def saved_layer_params(quantization: dict, path: str) -> tuple[int, int, str] | None:
+    """(bits, group_size, mode) a saved model's config gives the layer at ``path``."""
     layer = quantization.get(path, quantization)
     if layer is False:
         return None
-    return int(layer.get("bits", quantization["bits"])), int(layer.get("group_size", quantization["group_size"]))
+    return (int(layer.get("bits", quantization["bits"])), int(layer.get("group_size", quantization["group_size"])),
+            layer.get("mode", quantization.get("mode", "affine")))

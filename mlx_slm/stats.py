@@ -31,7 +31,7 @@ def weight_stats(model) -> dict:
             continue
         path = name[: -len(".weight")]
         if f"{path}.scales" in arrays:
-            _, group_size = saved_layer_params(quantization, path)
+            _, group_size, _ = saved_layer_params(quantization, path)
             count = arrays[f"{path}.scales"].size * group_size
             extra = arrays[f"{path}.scales"].nbytes + arrays[f"{path}.biases"].nbytes
             bits_total += (array.nbytes + extra) * 8

@@ -108,3 +108,13 @@ def test_bit_exact_with_mlx_on_smollm2(smollm2_dir, bits):
         for a, b in zip(ref, mine):
             assert np.array_equal(np.array(a.astype(mx.float32) if a.dtype != mx.uint32 else a),
                                   b.astype(np.float32) if b.dtype != np.uint32 else b), (name, group_size)
+
+
+def test_registry():
+    from mlx_slm.formats import get_format
+
+    fmt = get_format("affine")
+    assert fmt.pack is affine.pack and fmt.stored == ("weight", "scales", "biases")
+    assert fmt.bits_per_weight(3, 64) == 3.5
+    with pytest.raises(SLMError, match="unknown weight format 'lut'; known: affine"):
+        get_format("lut")

@@ -87,7 +87,7 @@ def test_unpermute_inverts_llama_cpp():
     assert not np.array_equal(llama_cpp_permute(w, 2), w)
 
 
-@pytest.mark.parametrize("quant", ["F32", "F16", "Q8_0", "Q4_0", "Q4_1"])
+@pytest.mark.parametrize("quant", ["F32", "F16", "BF16", "Q8_0", "Q5_0", "Q4_0", "Q4_1"])
 def test_reads_tensors_and_config(tmp_path, quant):
     config = tiny_config(vocab_size=263)
     weights = tiny_weights(config, seed=3)
@@ -103,7 +103,7 @@ def test_reads_tensors_and_config(tmp_path, quant):
         expected = stored[name] if not name.endswith(("q_proj.weight", "k_proj.weight")) else \
             unpermute_qk(stored[name], config["num_attention_heads" if "q_proj" in name else "num_key_value_heads"])
         assert np.array_equal(got[name], expected.astype(np.float32)), name
-        if quant in ("F32", "F16"):
+        if quant in ("F32", "F16", "BF16"):
             np.testing.assert_allclose(got[name], original, atol=1e-3)
     ids = tokenizer.convert_tokens_to_ids
     assert tokenizer.encode("the the", add_special_tokens=False) == [ids("t"), ids("he"), ids("Ġthe")]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SLMError
+from .base import WeightFormat
 from .dtypes import as_float32, round_to
 
 BITS = (2, 3, 4, 5, 6, 8)
@@ -102,3 +103,9 @@ def matmul(x: np.ndarray, packed: np.ndarray, scales: np.ndarray, biases: np.nda
 def bits_per_weight(bits: int, group_size: int, scale_bits: int = 16) -> float:
     """Storage cost of one weight including its share of scale and bias."""
     return bits + 2 * scale_bits / group_size
+
+
+FORMAT = WeightFormat(
+    name="affine", check=check_params, pack=pack, unpack=unpack, matmul=matmul,
+    bits_per_weight=bits_per_weight, stored=("weight", "scales", "biases"),
+)

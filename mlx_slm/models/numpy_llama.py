@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SLMError
-from ..formats import affine
+from ..formats import get_format
 from ..formats.dtypes import as_float32
 from ..qconfig import saved_layer_params
 
@@ -121,9 +121,10 @@ class NumpyLlama:
             weight = self.weights[f"{name}.weight"]
             if f"{name}.scales" in self.weights:
                 scales = self.weights[f"{name}.scales"]
-                bits, group_size = saved_layer_params(self.config["quantization"], name)
-                weight = affine.unpack(weight, scales, self.weights[f"{name}.biases"], bits,
-                                       group_size, dtype=np.float32)
+                bits, group_size, mode = saved_layer_params(self.config["quantization"], name)
+                weight_format = get_format(mode)
+                stored = [self.weights[f"{name}.{suffix}"] for suffix in weight_format.stored]
+                weight = weight_format.unpack(*stored, bits, group_size, dtype=np.float32)
             self._float32[name] = as_float32(weight)
         return self._float32[name]
 
