@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import resolve_backend
+from .backend import backend_of, resolve_backend
 from .errors import SLMError
 from .io import hf
 from .io.gguf import read_gguf
@@ -22,15 +22,14 @@ CONFIG_ATTRIBUTE = "slm_config"
 
 def model_config(model) -> dict:
     """The Hugging Face / mlx-lm config dict the model was built from (a copy)."""
-    config = getattr(model, "config", None) if getattr(model, "backend", None) == "numpy" else \
-        getattr(model, CONFIG_ATTRIBUTE, None)
+    config = getattr(model, "config" if backend_of(model) == "numpy" else CONFIG_ATTRIBUTE, None)
     if config is None:
         raise SLMError("this model was not loaded by mlx_slm.load: its config is unknown")
     return copy.deepcopy(config)
 
 
 def set_model_config(model, config: dict) -> None:
-    if getattr(model, "backend", None) == "numpy":
+    if backend_of(model) == "numpy":
         model.config = config
     else:  # plain attribute: nn.Module would treat a dict as a parameter tree
         object.__setattr__(model, CONFIG_ATTRIBUTE, config)
