@@ -18,4 +18,13 @@ from .saving import save  # noqa: E402
 from . import stats  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["load", "save", "quantize", "evaluate", "model_config", "SLMError", "MLXRequiredError"]
+__all__ = ["load", "save", "quantize", "evaluate", "export_coreml", "model_config", "SLMError", "MLXRequiredError"]
+
+
+def __getattr__(name):
+    """``export_coreml`` is imported on first use (coremltools is optional)."""
+    if name == "export_coreml":
+        from .export import export_coreml
+
+        return export_coreml
+    raise AttributeError(f"module 'mlx_slm' has no attribute {name!r}")

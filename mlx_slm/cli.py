@@ -34,7 +34,8 @@ def cmd_quantize(args) -> None:
 
     model, tokenizer = mlx_slm.load(args.model, backend=args.backend)
     mlx_slm.quantize(model, bits=args.bits, group_size=args.group_size, method=args.method,
-                     config=args.config)
+                     config=args.config, calib=args.calib, tokenizer=tokenizer, num_samples=args.num_samples,
+                     seq_len=args.seq_len)
     mlx_slm.save(model, tokenizer, args.output, overwrite=args.overwrite)
     stats = mlx_slm.stats.weight_stats(model)
     print(f"wrote {args.output}: {stats['bpw']:.3f} bits per weight, {stats['size_bytes'] / 1e6:.1f} MB")
@@ -122,14 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     quantize = commands.add_parser(
         "quantize", help="quantize a model to the affine format",
-        description="Quantize the linear and embedding layers (round-to-nearest, identical to "
-                    "mlx_lm.convert -q). Layers whose width does not divide by the group size stay "
-                    "in float and are reported.", epilog=EPILOG)
+        description="Quantize the linear and embedding layers into MLX's affine format: rtn "
+                    "(round-to-nearest, identical to mlx_lm.convert -q), imatrix (scales and biases "
+                    "weighted by activation importance) or gptq (error-compensating rounding); the last two "
+                    "read local calibration text (--calib). Layers whose width does not divide by the group "
+                    "size stay in float and are reported.", epilog=EPILOG)
     quantize.add_argument("model", help="model folder, Hub id, or .gguf file")
     quantize.add_argument("-o", "--output", required=True, help="output folder (written atomically)")
     quantize.add_argument("--bits", type=int, default=4, help="bits per weight: 2, 3, 4, 5, 6 or 8 (default 4)")
     quantize.add_argument("--group-size", type=int, default=64, help="weights per scale: 32, 64 or 128 (default 64)")
-    quantize.add_argument("--method", default="rtn", help="quantization method (default rtn)")
+    quantize.add_argument("--method", default="rtn", choices=("rtn", "imatrix", "gptq"),
+                          help="quantization method (default rtn)")
+    quantize.add_argument("--calib", help="calibration text for imatrix/gptq: .txt, or .jsonl with a \"text\" field")
+    quantize.add_argument("--num-samples", type=int, default=64, help="calibration windows (default 64)")
+    quantize.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window (default 256)")
     quantize.add_argument("--config", help="YAML/JSON per-layer overrides (by_type, by_name; 'fp16' keeps a layer)")
     quantize.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     add_backend(quantize)
@@ -156,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", help="model folder, Hub id, or .gguf file")
     add_backend(info)
     info.set_defaults(run=cmd_info)
+    from .export.cli import add_export_parser
+    add_export_parser(commands)
     return parser
 
 

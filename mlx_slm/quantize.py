@@ -1,8 +1,10 @@
-"""Whole-model quantization into the affine format (round-to-nearest for now).
+"""Whole-model quantization into the affine format: the dispatcher.
 
 ``rtn`` gives, weight for weight, what ``mlx_lm.convert -q`` gives with the same
 bits and group size: on MLX it is ``nn.quantize``; on numpy it is the bit-exact
-twin in :mod:`mlx_slm.formats.affine`.
+twin in :mod:`mlx_slm.formats.affine`. The calibrated methods ``imatrix`` and
+``gptq`` (:mod:`mlx_slm.quant`) choose other values in the same format from
+statistics of calibration text run through the numpy engine.
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ from .errors import SLMError
 from .formats import get_format
 from .loading import model_config, set_model_config
 from .qconfig import check_config, read_config_file, resolve_layer
+from .quant.calibration import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, calibration_windows
 
 log = logging.getLogger("mlx_slm")
-METHODS = ("rtn",)
+METHODS = ("rtn", "imatrix", "gptq")
+CALIBRATED = ("imatrix", "gptq")
+AFFINE_STORED = get_format("affine").stored  # ("weight", "scales", "biases")
+GPTQ_DEFAULTS = {"damp": 0.01, "block_size": 128, "act_order": True, "grid": "imatrix"}
 
 
 def candidate_layers(model) -> dict[str, tuple]:
@@ -77,30 +83,75 @@ def apply_numpy(model, plan: dict, weight_format, progress: bool) -> None:
     model.drop_cache()
 
 
-def apply_mlx(model, plan: dict) -> None:
+def apply_mlx(model, plan: dict, chosen: dict | None = None) -> None:
+    """nn.quantize with ``plan``; then, if given, overwrite layers with ``chosen`` (path -> stored arrays)."""
     import mlx.core as mx
     import mlx.nn as nn
+    from mlx.utils import tree_unflatten
+
+    from .loading import mlx_array
 
     def predicate(path, module):
         settings = plan.get(path)
         return False if settings is None else {**settings, "mode": "affine"}
 
     nn.quantize(model, class_predicate=predicate)
+    if chosen:
+        model.update(tree_unflatten([(f"{path}.{suffix}", mlx_array(array)) for path, stored in chosen.items()
+                                     for suffix, array in zip(AFFINE_STORED, stored)]))
     mx.eval(model.parameters())
 
 
+def weight_dtypes(model, paths) -> dict:
+    """Layer path -> numpy dtype of its float weight (what its scales and biases are stored in)."""
+    if backend_of(model) == "numpy":
+        return {path: model.weights[f"{path}.weight"].dtype for path in paths}
+    from mlx.utils import tree_flatten
+
+    from .formats.dtypes import FLOAT_DTYPES
+
+    params = dict(tree_flatten(model.parameters()))
+    return {path: FLOAT_DTYPES[str(params[f"{path}.weight"].dtype).split(".")[-1]] for path in paths}
+
+
+def quantize_calibrated(model, plan: dict, method: str, tokens, options: dict, progress: bool) -> None:
+    """Choose values with :func:`mlx_slm.quant.sequential.sequential_quantize` and store them in ``model``."""
+    from .quant.sequential import sequential_quantize
+
+    todo = [path for path, settings in plan.items() if settings is not None]
+    dtypes = weight_dtypes(model, todo)
+    if backend_of(model) == "numpy":
+        chosen = sequential_quantize(model, plan, tokens, method, dtypes, options, progress=progress)
+        for path, stored in chosen.items():
+            model.weights.update({f"{path}.{suffix}": a for suffix, a in zip(AFFINE_STORED, stored)})
+        model.drop_cache()
+        return
+    from .runtime import numpy_twin
+
+    chosen = sequential_quantize(numpy_twin(model), plan, tokens, method, dtypes, options, progress=progress)
+    apply_mlx(model, plan, chosen)
+
+
 def quantize(model, bits: int = 4, group_size: int = 64, method: str = "rtn", config=None,
-             format: str = "affine", progress: bool = True):
+             format: str = "affine", progress: bool = True, calib=None, tokenizer=None,
+             num_samples: int = DEFAULT_NUM_SAMPLES, seq_len: int = DEFAULT_SEQ_LEN, gptq_options: dict | None = None):
     """Quantize ``model`` in place and return it.
 
     bits / group_size: global affine settings (bits 2-8 but 7, groups 32/64/128).
+    method: "rtn" (as mlx_lm.convert), "imatrix" (importance-weighted scales and
+    biases) or "gptq" (error-compensating rounding); the last two need ``calib``.
     config: per-layer overrides (dict or YAML/JSON path; see :mod:`mlx_slm.qconfig`).
     format: a registered weight format (see :mod:`mlx_slm.formats`).
+    calib: calibration text (.txt/.jsonl path or list of strings), cut with
+    ``tokenizer`` into ``num_samples`` windows of ``seq_len`` tokens.
+    gptq_options: damp (0.01), block_size (128), act_order (True), grid ("imatrix" or "rtn").
     Layers whose input width does not divide by their group size stay in float and
     are logged.
     """
     if method not in METHODS:
         raise SLMError(f"quantization method {method!r} is not available; available: {', '.join(METHODS)}")
+    if method in CALIBRATED and format != "affine":
+        raise SLMError(f"method {method!r} supports the affine format only")
     user_config = check_config(read_config_file(config) if isinstance(config, (str, bytes)) or
                                hasattr(config, "__fspath__") else (config or {}))
     weight_format = get_format(format)
@@ -112,13 +163,25 @@ def quantize(model, bits: int = 4, group_size: int = 64, method: str = "rtn", co
     if not layers:
         raise SLMError("the model has no layers that can be quantized")
     plan, skipped = quantization_plan(layers, bits, group_size, user_config, weight_format)
+    record = {"method": method, "unquantized": skipped}
+    if method in CALIBRATED:
+        tokens, record["calibration"] = calibration_windows(tokenizer, calib, num_samples, seq_len)
+        unknown = set(gptq_options or {}) - set(GPTQ_DEFAULTS)
+        if unknown:
+            raise SLMError(f"unknown gptq_options {sorted(unknown)}; known: {sorted(GPTQ_DEFAULTS)}")
+        if method == "gptq":
+            record["gptq"] = {**GPTQ_DEFAULTS, **(gptq_options or {})}
+            if record["gptq"]["grid"] not in ("imatrix", "rtn"):
+                raise SLMError(f"gptq_options grid must be 'imatrix' or 'rtn', not {record['gptq']['grid']!r}")
     for path, reason in skipped.items():
         log.warning("not quantizing %s: %s", path, reason)
-    if backend_of(model) == "numpy":
+    if method in CALIBRATED:
+        quantize_calibrated(model, plan, method, tokens, record.get("gptq"), progress)
+    elif backend_of(model) == "numpy":
         apply_numpy(model, plan, weight_format, progress)
     else:
         apply_mlx(model, plan)
     model_settings["quantization"] = quantization_record(plan, bits, group_size, user_config, format)
-    model_settings["mlx_slm"] = {"method": method, "unquantized": skipped}
+    model_settings["mlx_slm"] = record
     set_model_config(model, model_settings)
     return model

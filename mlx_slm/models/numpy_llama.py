@@ -111,6 +111,7 @@ class NumpyLlama:
         self.eps = float(config.get("rms_norm_eps", 1e-6))
         self.inv_freq = rope_inverse_frequencies(config, self.head_dim)
         self.tied = bool(config.get("tie_word_embeddings", False)) or "lm_head.weight" not in weights
+        self.observer = None  # optional callable(name, x [..., K]) seeing every projection's input
 
     def make_cache(self) -> KVCache:
         return KVCache(self.num_layers)
@@ -128,6 +129,14 @@ class NumpyLlama:
             self._float32[name] = as_float32(weight)
         return self._float32[name]
 
+    def set_dense(self, name: str, weight: np.ndarray) -> None:
+        """Compute layer ``name`` with float32 ``weight`` [N, K] from now on; stored weights are unchanged."""
+        self._float32[name] = as_float32(weight)
+
+    def dense_names(self) -> list[str]:
+        """Layers whose float32 weights are currently cached."""
+        return list(self._float32)
+
     def materialize(self) -> None:
         """Build every float32 matrix now (dequantizing), so later calls only compute."""
         for name, value in self.weights.items():
@@ -135,6 +144,8 @@ class NumpyLlama:
                 self.dense(name[: -len(".weight")])
 
     def linear(self, name: str, x: np.ndarray) -> np.ndarray:
+        if self.observer is not None:
+            self.observer(name, x)
         out = x @ self.dense(name).T
         bias = self.weights.get(f"{name}.bias")
         return out if bias is None else out + as_float32(bias)
@@ -175,22 +186,39 @@ class NumpyLlama:
         up = self.linear(f"{prefix}.up_proj", x)
         return self.linear(f"{prefix}.down_proj", gate / (1.0 + np.exp(-gate)) * up)
 
+    def embed(self, tokens) -> np.ndarray:
+        """tokens [B, T] int -> hidden states [B, T, D] float32."""
+        return self.dense("model.embed_tokens")[np.asarray(tokens)]
+
+    def block(self, layer: int, h: np.ndarray, cache: KVCache | None = None, offset: int = 0) -> np.ndarray:
+        """Decoder layer ``layer``: hidden states [B, T, D] -> [B, T, D]."""
+        prefix = f"model.layers.{layer}"
+        h = h + self.attention(layer, self.norm(f"{prefix}.input_layernorm", h), cache, offset)
+        return h + self.mlp(layer, self.norm(f"{prefix}.post_attention_layernorm", h))
+
+    @property
+    def head_name(self) -> str:
+        """The layer that maps hidden states to logits (the embedding when tied)."""
+        return "model.embed_tokens" if self.tied else "lm_head"
+
+    def head(self, h: np.ndarray) -> np.ndarray:
+        """Final norm and output projection: [B, T, D] -> logits [B, T, vocab]."""
+        return self.linear(self.head_name, self.norm("model.norm", h))
+
     def __call__(self, tokens, cache: KVCache | None = None) -> np.ndarray:
-        tokens = np.asarray(tokens)
-        h = self.dense("model.embed_tokens")[tokens]
+        h = self.embed(tokens)
         offset = cache.offset if cache is not None else 0
         for layer in range(self.num_layers):
-            prefix = f"model.layers.{layer}"
-            h = h + self.attention(layer, self.norm(f"{prefix}.input_layernorm", h), cache, offset)
-            h = h + self.mlp(layer, self.norm(f"{prefix}.post_attention_layernorm", h))
-        h = self.norm("model.norm", h)
-        head = "model.embed_tokens" if self.tied else "lm_head"
-        return h @ self.dense(head).T
+            h = self.block(layer, h, cache, offset)
+        return self.head(h)
 
     def parameters_numpy(self) -> dict:
         """Parameter name -> array, as saved."""
         return dict(self.weights)
 
-    def drop_cache(self) -> None:
-        """Forget dequantized float32 copies (after the weights change)."""
-        self._float32.clear()
+    def drop_cache(self, names=None) -> None:
+        """Forget dequantized float32 copies (all, or of the layers ``names``) after the weights change."""
+        if names is None:
+            self._float32.clear()
+        for name in names or ():
+            self._float32.pop(name, None)

@@ -1,0 +1,1 @@
+"""Calibrated quantization: calibration data, activation statistics, imatrix and GPTQ."""

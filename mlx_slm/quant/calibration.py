@@ -1,0 +1,56 @@
+"""Calibration data: local text -> ``[num_samples, seq_len]`` token windows, and its record.
+
+Nothing is downloaded: ``calib`` is a .txt / .jsonl path or a list of strings
+(read by :func:`mlx_slm.evaluate.read_text`). The windows are spread evenly over
+the whole text, so a long book contributes from its beginning to its end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SLMError
+from ..evaluate import read_text
+
+DEFAULT_NUM_SAMPLES = 64
+DEFAULT_SEQ_LEN = 256
+
+
+def describe_source(calib) -> str:
+    if isinstance(calib, (list, tuple)):
+        return f"{len(calib)} strings"
+    return str(Path(calib))
+
+
+def calibration_windows(tokenizer, calib, num_samples: int = DEFAULT_NUM_SAMPLES,
+                        seq_len: int = DEFAULT_SEQ_LEN) -> tuple[np.ndarray, dict]:
+    """Tokenize ``calib`` into ``num_samples`` non-overlapping windows of ``seq_len`` tokens.
+
+    Returns ``(tokens [num_samples, seq_len] int32, record)``; the record (source,
+    sample count, seq_len, token count, sha256 of the text) goes into the saved config.
+    """
+    if calib is None:
+        raise SLMError("calibration text is missing: pass calib=<.txt/.jsonl path or list of strings> (--calib FILE)")
+    if tokenizer is None:
+        raise SLMError("calibrated quantization needs the model's tokenizer: pass tokenizer=...")
+    if num_samples < 1 or seq_len < 2:
+        raise SLMError(f"need num_samples >= 1 and seq_len >= 2, not {num_samples} and {seq_len}")
+    text = read_text(calib)
+    ids = np.asarray(tokenizer.encode(text, add_special_tokens=False), dtype=np.int32)
+    available = len(ids) // seq_len
+    if available < num_samples:
+        raise SLMError(f"calibration text too short: {len(ids)} tokens give {available} windows of {seq_len}, "
+                       f"{num_samples} requested (lower --num-samples / --seq-len or give more text)")
+    starts = np.linspace(0, available - 1, num_samples).round().astype(int) * seq_len
+    tokens = np.stack([ids[s : s + seq_len] for s in starts])
+    record = {
+        "source": describe_source(calib),
+        "num_samples": num_samples,
+        "seq_len": seq_len,
+        "text_tokens": len(ids),
+        "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+    }
+    return tokens, record

@@ -1,0 +1,96 @@
+"""GPTQ (Frantar et al., 2022) on MLX's affine grid, with static groups.
+
+Columns are quantized one at a time (in act-order: largest Hessian diagonal
+first) and each column's rounding error is spread over the columns not yet
+quantized through the inverse Hessian's Cholesky factor; updates are applied
+lazily in blocks of ``block_size`` columns. The group scales and biases are fixed
+up front from the original weights ("static groups"), one per contiguous run of
+``group_size`` input columns as MLX stores them, so act-order never changes the
+layout. They come from MLX's own rule or from the importance-weighted choice of
+:mod:`.imatrix`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import SLMError
+from ..formats import affine
+from ..formats.dtypes import as_float32, round_to
+from .imatrix import weighted_quantize
+
+GRIDS = ("imatrix", "rtn")
+
+
+def inverse_hessian_factor(hessian: np.ndarray, damp: float) -> np.ndarray:
+    """Upper Cholesky factor U of ``(H + damp*mean(diag H)*I)^-1`` (``U.T @ U``), float32 [K, K].
+
+    The dampening grows tenfold (up to 4 times) if H is not positive definite.
+    """
+    h = np.array(hessian, np.float64)
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    eye = np.eye(len(h))
+    for attempt in range(5):
+        damped = h + damp * 10**attempt * np.mean(np.diag(h)) * eye
+        try:
+            return np.linalg.cholesky(np.linalg.inv(damped)).T.astype(np.float32)
+        except np.linalg.LinAlgError:
+            continue
+    raise SLMError("GPTQ: the Hessian is not positive definite even with strong dampening")
+
+
+def static_grid(w: np.ndarray, hessian: np.ndarray, bits: int, group_size: int, dtype, grid: str):
+    """Per-group (scales, biases) [N, K/g] in ``dtype`` from the original weights."""
+    if grid == "imatrix":
+        _, scales, biases = weighted_quantize(w, np.diag(hessian), bits, group_size, dtype)
+    elif grid == "rtn":
+        _, scales, biases = affine.quantize_codes(w.astype(dtype, copy=False), bits, group_size)
+    else:
+        raise SLMError(f"GPTQ grid must be one of {GRIDS}, not {grid!r}")
+    return round_to(scales, dtype), round_to(biases, dtype)
+
+
+def prepare_hessian(hessian: np.ndarray, damp: float = 0.01, act_order: bool = True):
+    """``(order [K], factor [K, K])``: the column order (largest diagonal first with act-order) and
+    :func:`inverse_hessian_factor` of the reordered Hessian. Layers sharing an input can share it."""
+    order = np.argsort(-np.diag(hessian), kind="stable") if act_order else np.arange(len(hessian))
+    return order, inverse_hessian_factor(np.asarray(hessian)[np.ix_(order, order)], damp)
+
+
+def gptq_quantize(w: np.ndarray, hessian: np.ndarray, bits: int, group_size: int, dtype=None,
+                  damp: float = 0.01, block_size: int = 128, act_order: bool = True, grid: str = "imatrix",
+                  prepared=None):
+    """Quantize ``w`` [N, K] for inputs with second moments ``hessian`` = E[x x^T] [K, K].
+
+    prepared: :func:`prepare_hessian`'s result for this Hessian, damp and act_order, if already known.
+    Returns ``(q uint8 [N, K], scales [N, K/g], biases [N, K/g])`` in ``dtype``
+    (default: w's), so that ``scales * q + biases`` per contiguous group is the weight.
+    """
+    dtype = np.dtype(dtype or w.dtype)
+    affine.check_params(w.shape, bits, group_size)
+    n_max = (1 << bits) - 1
+    scales, biases = static_grid(w, hessian, bits, group_size, dtype, grid)
+    grid_scales = as_float32(scales).T.copy()  # [K/g, N]: one row per group, so a column's grid is contiguous
+    steps = np.where(grid_scales == 0, np.float32(np.inf), grid_scales)  # a zero scale gives code 0
+    offsets = as_float32(biases).T.copy()
+    order, factor = prepared if prepared is not None else prepare_hessian(hessian, damp, act_order)
+    columns = np.ascontiguousarray(as_float32(w).T[order])  # [K, N] in quantization order, updated in place
+    codes = np.empty(columns.shape, np.float32)
+    groups = order // group_size
+    k = len(order)
+    for start in range(0, k, block_size):
+        end = min(start + block_size, k)
+        block = columns[start:end]
+        errors = np.empty_like(block)
+        local = factor[start:end, start:end]
+        for i in range(end - start):
+            g = groups[start + i]
+            q = np.clip(np.rint((block[i] - offsets[g]) / steps[g]), 0, n_max)
+            codes[start + i] = q
+            errors[i] = (block[i] - (grid_scales[g] * q + offsets[g])) / local[i, i]
+            block[i + 1 :] -= local[i, i + 1 :, None] * errors[i]
+        columns[end:] -= factor[start:end, end:].T @ errors
+    q = np.empty_like(codes)
+    q[order] = codes
+    return q.T.astype(np.uint8), scales, biases

@@ -1,0 +1,106 @@
+"""Calibrated quantization of a whole model, one decoder block at a time.
+
+Block i is calibrated on the hidden states that the already-quantized blocks
+< i produce, so later blocks see (and compensate for) the earlier blocks'
+errors. Only one block's inputs ``[num_samples, seq_len, hidden]`` are held at a
+time. Runs on the numpy engine (:class:`~mlx_slm.models.numpy_llama.NumpyLlama`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import partial
+
+import numpy as np
+from tqdm import tqdm
+
+from ..errors import SLMError
+from ..formats import affine
+from .gptq import gptq_quantize, prepare_hessian
+from .imatrix import dequantize_codes, weighted_quantize
+from .statistics import InputStatistics
+
+METHODS = ("imatrix", "gptq")
+
+
+def in_batches(function, h: np.ndarray, batch_size: int) -> np.ndarray:
+    """Apply ``function`` to ``h`` [S, ...] in slices of ``batch_size`` samples; concatenate."""
+    return np.concatenate([function(h[i : i + batch_size]) for i in range(0, len(h), batch_size)])
+
+
+class PreparedHessians:
+    """:func:`prepare_hessian` once per distinct Hessian (q/k/v and gate/up share their input).
+    Use one per decoder block, so that only that block's factors are held."""
+
+    def __init__(self, damp: float, act_order: bool):
+        self.damp, self.act_order, self.known = damp, act_order, {}
+
+    def __call__(self, hessian: np.ndarray):
+        key = hashlib.sha1(hessian.tobytes()).hexdigest()
+        if key not in self.known:
+            self.known[key] = prepare_hessian(hessian, self.damp, self.act_order)
+        return self.known[key]
+
+
+def choose_values(method: str, w: np.ndarray, stats: InputStatistics, name: str, settings: dict, dtype,
+                  gptq_options: dict, hessians: PreparedHessians):
+    """(codes, scales, biases) for one layer; ``stats`` is None for layers with no useful inputs."""
+    bits, group_size = settings["bits"], settings["group_size"]
+    if stats is None:
+        return weighted_quantize(w, None, bits, group_size, dtype)
+    if method == "gptq":
+        hessian = stats.hessian(name)
+        return gptq_quantize(w, hessian, bits, group_size, dtype, prepared=hessians(hessian), **gptq_options)
+    return weighted_quantize(w, stats.importance(name), bits, group_size, dtype)
+
+
+def sequential_quantize(engine, plan: dict, tokens: np.ndarray, method: str, dtypes: dict,
+                        gptq_options: dict | None = None, batch_size: int = 4, progress: bool = True) -> dict:
+    """Choose affine values for every planned layer of ``engine`` with calibration ``tokens`` [S, T].
+
+    plan: layer path -> {"bits", "group_size"} or None (kept in float).
+    dtypes: layer path -> numpy dtype of its scales/biases.
+    Every projection, the output head included, uses ``method`` ("imatrix" or "gptq")
+    on its own inputs; a tied embedding is quantized as the head (on the final
+    norm's outputs), an untied input embedding with unweighted imatrix.
+    Returns path -> (packed uint32, scales, biases); the engine's stored weights
+    are left as they were.
+    """
+    if method not in METHODS:
+        raise SLMError(f"calibrated methods are {METHODS}, not {method!r}")
+    gptq_options = gptq_options or {}
+    todo = {path: settings for path, settings in plan.items() if settings is not None}
+    results = {}
+
+    def quantize_layers(names, stats, layer_method):
+        hessians = PreparedHessians(gptq_options.get("damp", 0.01), gptq_options.get("act_order", True))
+        for name in names:
+            w = engine.weights[f"{name}.weight"]
+            q, scales, biases = choose_values(layer_method, w, stats, name, todo[name], dtypes[name], gptq_options,
+                                              hessians)
+            results[name] = (affine.pack_codes(q, todo[name]["bits"]), scales, biases)
+            engine.set_dense(name, dequantize_codes(q, scales, biases, todo[name]["group_size"]))
+
+    h = in_batches(engine.embed, tokens, batch_size)
+    for layer in tqdm(range(engine.num_layers), desc=f"{method} blocks", disable=not progress):
+        names = sorted(p for p in todo if p.startswith(f"model.layers.{layer}."))
+        if names:
+            stats = InputStatistics(names, gram=method == "gptq")
+            engine.observer = stats
+            try:
+                in_batches(partial(engine.block, layer), h, batch_size)
+            finally:
+                engine.observer = None
+            stats.release()
+            quantize_layers(names, stats, method)
+        h = in_batches(partial(engine.block, layer), h, batch_size)
+        engine.drop_cache([p for p in engine.dense_names() if p.startswith(f"model.layers.{layer}.")])
+
+    head = engine.head_name
+    if head in todo:
+        stats = InputStatistics([head], gram=method == "gptq")
+        for i in range(0, len(h), batch_size):
+            stats(head, engine.norm("model.norm", h[i : i + batch_size]))
+        quantize_layers([head], stats, method)
+    quantize_layers(sorted(set(todo) - set(results)), None, "imatrix")
+    return results

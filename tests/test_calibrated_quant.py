@@ -1,0 +1,177 @@
+"""Calibrated quantization: imatrix and GPTQ choose better values inside MLX's affine format."""
+
+import json
+
+import numpy as np
+import pytest
+from helpers import sample_text, tiny_model_folder
+
+import mlx_slm
+from mlx_slm.cli import main
+from mlx_slm.errors import SLMError
+from mlx_slm.formats import affine
+from mlx_slm.formats.dtypes import bfloat16
+from mlx_slm.io import safetensors_np
+from mlx_slm.quant.calibration import calibration_windows
+from mlx_slm.quant.gptq import gptq_quantize, static_grid
+from mlx_slm.quant.imatrix import dequantize_codes, weighted_group_error, weighted_quantize
+
+
+def correlated_inputs(k: int, tokens: int = 2048, seed: int = 0) -> np.ndarray:
+    """Activations [tokens, k] with correlated columns and uneven scales, like a transformer's."""
+    rng = np.random.default_rng(seed)
+    mixing = rng.standard_normal((k, k)) * np.exp(-np.arange(k) / (k / 8))[:, None]
+    x = rng.standard_normal((tokens, k)) @ mixing
+    return (x * np.exp(rng.standard_normal(k))).astype(np.float32)
+
+
+def random_weight(n: int, k: int, seed: int = 1, dtype=np.float16) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal((n, k)) / np.sqrt(k)).astype(dtype)
+
+
+def rtn_dequantized(w, bits, group_size):
+    return affine.unpack(*affine.pack(w, bits, group_size), bits, group_size, dtype=np.float32)
+
+
+def output_error(w, w_hat, hessian) -> float:
+    """Mean squared output error E||(W - W_hat) x||^2 for inputs with second moments ``hessian``."""
+    delta = np.asarray(w, np.float64) - w_hat
+    return float(np.einsum("nk,kl,nl->", delta, hessian, delta))
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_gptq_beats_rtn_on_correlated_inputs(bits):
+    x = correlated_inputs(256)
+    hessian = x.T.astype(np.float64) @ x / len(x)
+    w = random_weight(96, 256)
+    rtn = output_error(w, rtn_dequantized(w, bits, 64), hessian)
+    for grid in ("rtn", "imatrix"):
+        q, scales, biases = gptq_quantize(w, hessian, bits, 64, grid=grid)
+        gptq = output_error(w, dequantize_codes(q, scales, biases, 64), hessian)
+        assert gptq <= 0.8 * rtn, (grid, gptq / rtn)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("dtype", [np.float16, bfloat16])
+def test_imatrix_is_never_worse_than_rtn(bits, dtype):
+    w = random_weight(64, 128, dtype=dtype)
+    importance = np.random.default_rng(2).lognormal(size=128) ** 2
+    q, scales, biases = weighted_quantize(w, importance, bits, 32)
+    assert scales.dtype == dtype and biases.dtype == dtype and q.max() <= (1 << bits) - 1
+    ours = weighted_group_error(w, dequantize_codes(q, scales, biases, 32), importance, 32)
+    rtn = weighted_group_error(w, rtn_dequantized(w, bits, 32), importance, 32)
+    assert np.all(ours <= rtn * (1 + 1e-6)), "worse than RTN in some group"
+    assert ours.sum() < 0.95 * rtn.sum()
+
+
+@pytest.mark.parametrize("bits,group_size", [(2, 32), (3, 64), (4, 128), (5, 32), (6, 64), (8, 128)])
+def test_act_order_keeps_mlx_group_layout(bits, group_size):
+    x = correlated_inputs(256, tokens=1024, seed=3)
+    hessian = x.T.astype(np.float64) @ x / len(x)
+    assert not np.all(np.diff(np.diag(hessian)) <= 0), "act-order must actually reorder"
+    w = random_weight(32, 256, seed=4)
+    q, scales, biases = gptq_quantize(w, hessian, bits, group_size, act_order=True)
+    expected_scales, expected_biases = static_grid(w, hessian, bits, group_size, np.float16, "imatrix")
+    np.testing.assert_array_equal(scales, expected_scales)
+    np.testing.assert_array_equal(biases, expected_biases)
+    # The stored arrays decode, group by contiguous group, to points of that group's grid.
+    w_hat = affine.unpack(affine.pack_codes(q, bits), scales, biases, bits, group_size, dtype=np.float32)
+    groups = w_hat.reshape(32, -1, group_size)
+    steps = (groups - biases.astype(np.float32)[..., None]) / scales.astype(np.float32)[..., None]
+    np.testing.assert_allclose(steps, np.rint(steps), atol=1e-3)
+    assert steps.min() > -1e-3 and steps.max() < (1 << bits) - 1 + 1e-3
+    plain = gptq_quantize(w, hessian, bits, group_size, act_order=False)[0]
+    assert not np.array_equal(q, plain)
+
+
+def quantize_tiny(folder, backend, method="gptq", **kwargs):
+    model, tokenizer = mlx_slm.load(folder, backend=backend)
+    mlx_slm.quantize(model, bits=kwargs.pop("bits", 4), group_size=64, method=method, calib=[sample_text(40)],
+                     tokenizer=tokenizer, num_samples=6, seq_len=64, progress=False, **kwargs)
+    return model, tokenizer
+
+
+def test_gptq_model_saves_reloads_and_records_calibration(tmp_path):
+    folder = tiny_model_folder(tmp_path)
+    model, tokenizer = quantize_tiny(folder, "numpy", bits=3)
+    out = mlx_slm.save(model, tokenizer, tmp_path / "q")
+    saved = json.loads((out / "config.json").read_text())
+    record = saved["mlx_slm"]
+    assert record["method"] == "gptq" and record["gptq"]["act_order"] is True
+    _, expected = calibration_windows(tokenizer, [sample_text(40)], 6, 64)
+    assert record["calibration"] == expected and len(expected["text_sha256"]) == 64
+    assert saved["quantization"]["bits"] == 3
+    reloaded, _ = mlx_slm.load(out, backend="numpy")
+    tokens = np.array([[1, 50, 80, 120, 7, 9]])
+    np.testing.assert_array_equal(reloaded(tokens), model(tokens))
+    assert reloaded.weights["model.layers.0.mlp.up_proj.scales"].dtype == np.float16
+
+
+def test_untied_head_and_embedding_are_quantized(tmp_path):
+    folder = tiny_model_folder(tmp_path, tie_word_embeddings=False)
+    model, tokenizer = quantize_tiny(folder, "numpy")
+    for path in ("lm_head", "model.embed_tokens"):
+        assert model.weights[f"{path}.weight"].dtype == np.uint32 and f"{path}.scales" in model.weights
+    reloaded, _ = mlx_slm.load(mlx_slm.save(model, tokenizer, tmp_path / "q"), backend="numpy")
+    tokens = np.array([[1, 50, 80, 120]])
+    np.testing.assert_array_equal(reloaded(tokens), model(tokens))
+
+
+def test_calibrated_quantization_beats_rtn_on_a_tiny_model(tmp_path):
+    folder = tiny_model_folder(tmp_path)
+    reference, tokenizer = mlx_slm.load(folder, backend="numpy")
+    text = [sample_text(20, seed=7)]
+    kl = {}
+    for method in ("rtn", "imatrix", "gptq"):
+        model, _ = quantize_tiny(folder, "numpy", method=method, bits=3)
+        kl[method] = mlx_slm.evaluate(model, tokenizer, text=text, reference=reference, seq_len=64,
+                                      decode_tokens=0, progress=False)["kld"]
+    assert kl["gptq"] < kl["imatrix"] < kl["rtn"], kl
+
+
+@pytest.mark.mlx
+def test_gptq_same_on_both_backends_and_stock_mlx_lm_runs_it(tmp_path):
+    import mlx.core as mx
+    from mlx_lm.utils import load as stock_load
+
+    from mlx_slm.runtime import fast_cpu
+
+    folder = tiny_model_folder(tmp_path, "qwen3")
+    outputs = {}
+    for backend in ("numpy", "mlx"):
+        model, tokenizer = quantize_tiny(folder, backend)
+        outputs[backend] = mlx_slm.save(model, tokenizer, tmp_path / backend)
+    a, b = (safetensors_np.load(outputs[k] / "model.safetensors") for k in ("numpy", "mlx"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    tokens = np.array([[1, 50, 80, 120, 7, 9]])
+    numpy_model, _ = mlx_slm.load(outputs["mlx"], backend="numpy")
+    stock, _ = stock_load(str(outputs["mlx"]))
+    assert stock.model.layers[0].mlp.up_proj.bits == 4
+    with fast_cpu(stock):
+        stock_logits = np.array(stock(mx.array(tokens))[0].astype(mx.float32))
+    np.testing.assert_allclose(numpy_model(tokens)[0], stock_logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"calib": None}, "calibration text is missing"),
+    ({"tokenizer": None}, "needs the model's tokenizer"),
+    ({"num_samples": 500}, "calibration text too short"),
+    ({"gptq_options": {"dampening": 0.1}}, "unknown gptq_options"),
+    ({"format": "lut"}, "affine format only"),
+    ({"gptq_options": {"grid": "k-means"}}, "grid must be"),
+])
+def test_calibration_errors_are_clear(tmp_path, kwargs, message):
+    model, tokenizer = mlx_slm.load(tiny_model_folder(tmp_path), backend="numpy")
+    settings = {"calib": [sample_text(10)], "tokenizer": tokenizer, "num_samples": 2, "seq_len": 64, **kwargs}
+    with pytest.raises(SLMError, match=message):
+        mlx_slm.quantize(model, method="gptq", progress=False, **settings)
+
+
+def test_cli_calibrated_quantize(tmp_path, tiny_text, capsys):
+    folder = tiny_model_folder(tmp_path)
+    assert main(["quantize", str(folder), "-o", str(tmp_path / "bad"), "--method", "imatrix"]) == 2
+    assert "--calib" in capsys.readouterr().err
+    assert main(["quantize", str(folder), "-o", str(tmp_path / "q"), "--method", "imatrix", "--bits", "3",
+                 "--calib", str(tiny_text), "--num-samples", "4", "--seq-len", "64", "--backend", "numpy"]) == 0
+    record = json.loads((tmp_path / "q" / "config.json").read_text())["mlx_slm"]
+    assert record["method"] == "imatrix" and record["calibration"]["source"] == str(tiny_text)

@@ -1,0 +1,294 @@
+"""Core ML export: the saved .mlpackage, run op by op by the numpy MIL interpreter in
+coreml/, computes what the model computes; compressed layers keep the model's bits."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import tiny_model_folder
+
+import mlx_slm
+from mlx_slm.errors import SLMError
+from mlx_slm.export.coreml_weights import coreml_bytes, shift_scale_arrays
+from mlx_slm.export.weights import AffineWeight, model_weights
+from mlx_slm.formats import affine
+from mlx_slm.loading import set_model_config
+
+ct = pytest.importorskip("coremltools")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "coreml"))
+from mil_interpreter import MILInterpreter, UnsupportedOpError, dtype_name, load_program  # noqa: E402
+
+TINY_TOLERANCE = 0.03  # max |Δlogit|, fp16 program vs float32 numpy model; tiny logits span about ±4
+SMOLLM2_TOLERANCE = 0.35  # SmolLM2-135M logits span about ±35; measured 0.13 (fp16) and 0.10 (4-bit)
+PROMPT = [5, 9, 100, 7, 30, 61]
+
+
+def causal_mask(query_len: int, past: int) -> np.ndarray:
+    """fp16 [1, 1, query_len, past + query_len]: 0 where a query may look, -inf elsewhere (as SLMKit)."""
+    blocked = np.arange(past + query_len)[None, :] > np.arange(query_len)[:, None] + past
+    return np.where(blocked, -np.inf, 0).astype(np.float16)[None, None]
+
+
+def compare_greedy(interpreter, model, prompt, steps: int):
+    """Prefill ``prompt`` then ``steps`` greedy steps fed with the model's token.
+
+    Returns (tokens from the package, tokens from the model, max |Δlogit| over every position).
+    """
+    prompt = np.array([prompt], np.int32)
+    cache = model.make_cache()
+    ours = interpreter.predict({"inputIds": prompt, "causalMask": causal_mask(prompt.shape[1], 0)})["logits"]
+    theirs = model(prompt, cache)
+    delta, past = 0.0, prompt.shape[1]
+    package_tokens, model_tokens = [], []
+    for _ in range(steps + 1):
+        delta = max(delta, float(np.abs(ours.astype(np.float32) - theirs).max()))
+        package_tokens.append(int(ours[0, -1].argmax()))
+        model_tokens.append(int(theirs[0, -1].argmax()))
+        if len(model_tokens) > steps:
+            break
+        step = np.array([[model_tokens[-1]]], np.int32)
+        ours = interpreter.predict({"inputIds": step, "causalMask": causal_mask(1, past)})["logits"]
+        theirs = model(step, cache)
+        past += 1
+    return package_tokens, model_tokens, delta
+
+
+def weight_blob(package: Path) -> Path:
+    return package / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+
+
+def constexpr_dtypes(package: Path) -> dict:
+    """Weight op name -> (op type, stored element type) as read back from the saved program."""
+    found = {}
+    for op in load_program(package).operations:
+        if op.op_type == "constexpr_blockwise_shift_scale":
+            found[op.name] = (op.op_type, dtype_name(op.inputs["data"]))
+        elif op.op_type == "constexpr_lut_to_dense":
+            found[op.name] = (op.op_type, dtype_name(op.inputs["indices"]))
+        elif op.op_type == "const" and op.outputs[0].val is not None and np.ndim(op.outputs[0].val) == 2:
+            found[op.name] = (op.op_type, dtype_name(op.outputs[0]))
+    return found
+
+
+def tiny_model(tmp_path, model_type="llama", bits=None, overrides=None, **options):
+    model, tokenizer = mlx_slm.load(tiny_model_folder(tmp_path, model_type, **(overrides or {})), backend="numpy")
+    if bits is not None:
+        mlx_slm.quantize(model, bits=bits, progress=False, **options)
+    return model, tokenizer
+
+
+CASES = {  # model type, bits, quantize options, config overrides
+    "llama-fp16": ("llama", None, {}, {}),
+    "qwen3-q4g32": ("qwen3", 4, {"group_size": 32}, {}),
+    "qwen2-q8": ("qwen2", 8, {}, {}),
+    "llama-q3": ("llama", 3, {}, {}),
+    "llama-q2": ("llama", 2, {}, {}),
+    "mistral-q5-mixed": ("mistral", 5, {"config": {"by_type": {"down_proj": {"bits": 6}},
+                                                   "by_name": {"model.embed_tokens": "fp16"}}}, {}),
+    "llama3-rope-untied-q4": ("llama", 4, {}, {"tie_word_embeddings": False, "rope_scaling": {
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64}}),
+}
+EXPECTED_STORAGE = {2: ("constexpr_lut_to_dense", "uint2"), 3: ("constexpr_lut_to_dense", "uint3"),
+                    4: ("constexpr_blockwise_shift_scale", "uint4"), 5: ("constexpr_blockwise_shift_scale", "uint8"),
+                    6: ("constexpr_blockwise_shift_scale", "uint8"), 8: ("constexpr_blockwise_shift_scale", "uint8"),
+                    None: ("const", "fp16")}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_tiny_package_matches_model(case, tmp_path):
+    model_type, bits, options, overrides = CASES[case]
+    model, tokenizer = tiny_model(tmp_path, model_type, bits, overrides, **options)
+    package = mlx_slm.export_coreml(model, tokenizer, tmp_path / "out" / "Tiny.mlpackage", max_context=32)
+
+    package_tokens, model_tokens, delta = compare_greedy(MILInterpreter(package), model, PROMPT, steps=8)
+    assert package_tokens == model_tokens
+    assert delta < TINY_TOLERANCE
+
+    # every matrix is stored in the Core ML type its bits map to (read back from the saved program)
+    stored = constexpr_dtypes(package)
+    weights = model_weights(model)
+    for layer in json.loads(package.with_suffix(".json").read_text())["layers"]:
+        weight = weights.get(layer["name"], weights.get(f"{layer['name']}.weight"))
+        expected = EXPECTED_STORAGE[weight.bits if isinstance(weight, AffineWeight) else None]
+        assert stored[layer["name"].replace(".", "_")] == expected, layer["name"]
+        assert (layer["coreml_op"], layer["storage"]) == expected
+        if isinstance(weight, AffineWeight) and weight.bits in (4, 8):
+            assert coreml_bytes(weight) == weight.stored_bytes  # same bits, scales and offsets as the model
+
+    # the blob holds those bytes and little else: norms, biases, RoPE tables, 64-byte entry headers
+    small = sum(v.size * 2 for v in weights.values() if isinstance(v, np.ndarray) and v.ndim == 1)
+    rope = 2 * 32 * model.head_dim * 2
+    expected_bytes = sum(coreml_bytes(w) for w in weights.values()
+                         if isinstance(w, AffineWeight) or w.ndim == 2) + small + rope
+    entries = len(stored) + 3 * len(weights)
+    assert expected_bytes <= weight_blob(package).stat().st_size <= expected_bytes + 128 * entries
+
+
+def test_shift_scale_reproduces_affine_groups_even_constant_ones():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 128)).astype(np.float16)
+    w[1, 64:] = 3.0  # a constant group: MLX gives it a ~1e-7 scale, so -bias/scale overflows fp16
+    packed, scales, biases = affine.pack(w, bits=4, group_size=64)
+    weight = affine_weight(packed, scales, biases)
+    scale, offset = shift_scale_arrays(weight)
+    decompressed = np.repeat(scale.astype(np.float32), 64, 1) * (weight.codes - np.repeat(offset, 64, 1))
+    dense = affine.unpack(packed, scales, biases, bits=4, group_size=64, dtype=np.float32)
+    assert np.abs(decompressed - dense).max() < 2e-3 and decompressed[1, 64:].tolist() == [3.0] * 64
+
+
+def affine_weight(packed, scales, biases) -> AffineWeight:
+    return AffineWeight(codes=affine.unpack_codes(packed, 4), scales=scales.astype(np.float32),
+                        biases=biases.astype(np.float32), bits=4, group_size=64, stored_bytes=0)
+
+
+def test_manifest_tokenizer_and_layout(tmp_path):
+    model, tokenizer = tiny_model(tmp_path, "llama", 4)
+    out = tmp_path / "apps" / "SmolTiny.mlpackage"
+    mlx_slm.export_coreml(model, tokenizer, out, max_context=48)
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "SmolTiny.json", "SmolTiny.mlpackage", "tokenizer.json", "tokenizer_config.json"]
+    manifest = json.loads((out.parent / "SmolTiny.json").read_text())
+    assert manifest["max_context"] == 48 and manifest["mlx_slm_version"] == mlx_slm.__version__
+    assert (manifest["bos_token_id"], manifest["eos_token_id"], manifest["pad_token_id"]) == (1, 2, 0)
+    assert "chat_template" in manifest
+    layers = {layer["name"]: layer for layer in manifest["layers"]}
+    assert layers["model.layers.0.mlp.down_proj"]["bits"] == 4
+    assert layers["model.layers.0.mlp.down_proj"]["group_size"] == 64
+
+    spec = ct.utils.load_spec(str(out))
+    assert [i.name for i in spec.description.input] == ["inputIds", "causalMask"]
+    assert sorted(s.name for s in spec.description.state) == ["keyCache", "valueCache"]
+    assert [o.name for o in spec.description.output] == ["logits"]
+    key_cache = next(s for s in spec.description.state if s.name == "keyCache")
+    assert list(key_cache.type.stateType.arrayType.shape) == [2, 2, 48, 32]  # layers, KV heads, context, head dim
+
+    with pytest.raises(SLMError, match="already exists"):
+        mlx_slm.export_coreml(model, tokenizer, out, max_context=48)
+    mlx_slm.export_coreml(model, tokenizer, out, max_context=16, overwrite=True)
+    assert json.loads((out.parent / "SmolTiny.json").read_text())["max_context"] == 16
+
+
+def test_bad_requests_give_one_clear_error_and_no_output(tmp_path):
+    model, tokenizer = tiny_model(tmp_path, "llama")
+    out = tmp_path / "out" / "Bad.mlpackage"
+    with pytest.raises(SLMError, match="beyond the model's max_position_embeddings 512"):
+        mlx_slm.export_coreml(model, tokenizer, out, max_context=1024)
+    with pytest.raises(SLMError, match=r"must end in \.mlpackage"):
+        mlx_slm.export_coreml(model, tokenizer, tmp_path / "out" / "Bad.model", max_context=16)
+    config = mlx_slm.model_config(model)
+    set_model_config(model, {**config, "model_type": "gemma3_text"})
+    with pytest.raises(SLMError, match=r"Llama family \(llama, mistral, qwen2, qwen3, smollm\), not model type "
+                                       r"'gemma3_text'"):
+        mlx_slm.export_coreml(model, tokenizer, out, max_context=16)
+
+    quantized, _ = tiny_model(tmp_path / "q", "llama", 4)
+    config = mlx_slm.model_config(quantized)
+    set_model_config(quantized, {**config, "quantization": {**config["quantization"], "mode": "ternary"}})
+    with pytest.raises(SLMError, match="'ternary' format, which has no Core ML mapping"):
+        mlx_slm.export_coreml(quantized, tokenizer, out, max_context=16)
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_an_interrupted_export_leaves_nothing(tmp_path, monkeypatch):
+    model, tokenizer = tiny_model(tmp_path, "llama")
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tokenizer, "save_pretrained", fail)
+    with pytest.raises(KeyboardInterrupt):
+        mlx_slm.export_coreml(model, tokenizer, tmp_path / "out" / "Cut.mlpackage", max_context=16)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_interpreter_refuses_unknown_ops(tmp_path):
+    from coremltools.converters.mil import Builder as mb
+
+    @mb.program(input_specs=[mb.TensorSpec((2, 3))], opset_version=ct.target.iOS18)
+    def program(x):
+        return mb.erf(x=x)
+
+    package = tmp_path / "Erf.mlpackage"
+    ct.convert(program, minimum_deployment_target=ct.target.iOS18, skip_model_load=True).save(str(package))
+    with pytest.raises(UnsupportedOpError, match="erf"):
+        MILInterpreter(package)
+
+
+def test_import_mlx_slm_does_not_import_coremltools():
+    code = "import sys, mlx_slm; mlx_slm.export_coreml; assert 'coremltools' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, check=False).returncode == 0
+
+
+def test_cli_export_coreml(tmp_path, capsys):
+    from mlx_slm.cli import main
+
+    folder = tiny_model_folder(tmp_path, "qwen3")
+    assert main(["export", "coreml", str(folder), "-o", str(tmp_path / "o" / "Q.mlpackage"),
+                 "--max-context", "32", "--backend", "numpy"]) == 0
+    assert "wrote" in capsys.readouterr().out and (tmp_path / "o" / "Q.json").is_file()
+    assert main(["export", "coreml", str(folder), "-o", str(tmp_path / "o2" / "Q.mlpackage"),
+                 "--max-context", "100000", "--backend", "numpy"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "max_position_embeddings" in error
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "coreml", "--help"])
+    assert exit_info.value.code == 0 and "--max-context" in capsys.readouterr().out
+
+
+@pytest.mark.mlx
+def test_mlx_model_exports_the_same_program(tmp_path):
+    import mlx.core as mx
+
+    model, tokenizer = mlx_slm.load(tiny_model_folder(tmp_path, "llama"), backend="mlx")
+    mlx_slm.quantize(model, bits=4, group_size=32, progress=False)
+    package = mlx_slm.export_coreml(model, tokenizer, tmp_path / "m" / "M.mlpackage", max_context=16)
+    prompt = np.array([PROMPT], np.int32)
+    ours = MILInterpreter(package).predict({"inputIds": prompt, "causalMask": causal_mask(len(PROMPT), 0)})
+    theirs = np.array(model(mx.array(prompt)).astype(mx.float32))
+    assert np.abs(ours["logits"].astype(np.float32) - theirs).max() < TINY_TOLERANCE
+    assert (ours["logits"][0].argmax(-1) == theirs[0].argmax(-1)).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bits", [None, 4])
+def test_smollm2_package_matches_model(bits, smollm2_dir, tmp_path):
+    """SmolLM2-135M, fp16 and 4-bit g64: prefill + 16 greedy steps through the saved package."""
+    model, tokenizer = mlx_slm.load(smollm2_dir, backend="numpy")
+    if bits:
+        mlx_slm.quantize(model, bits=bits, group_size=64, progress=False)
+    start = time.perf_counter()
+    package = mlx_slm.export_coreml(model, tokenizer, tmp_path / "SmolLM2.mlpackage", max_context=64)
+    seconds = time.perf_counter() - start
+    prompt = tokenizer.encode("The capital of France is")
+    package_tokens, model_tokens, delta = compare_greedy(MILInterpreter(package), model, prompt, steps=16)
+    blob = weight_blob(package).stat().st_size
+    print(f"\nSmolLM2 {bits or 16}-bit: package {blob / 1e6:.1f} MB, export {seconds:.1f} s, "
+          f"max |dlogit| {delta:.3f}, tokens {package_tokens}")
+    assert package_tokens == model_tokens
+    assert delta < SMOLLM2_TOLERANCE
+    # the model's own bytes (codes, scales, biases, fp16 norms) + the RoPE tables, within 0.3%
+    # (each blob entry has a 64-byte header and 64-byte alignment: ~0.2% for 4-bit SmolLM2's 900 arrays)
+    rope = 2 * 64 * model.head_dim * 2
+    assert blob == pytest.approx(mlx_slm.stats.weight_stats(model)["size_bytes"] + rope, rel=3e-3)
+
+
+@pytest.mark.skipif(sys.platform != "darwin", reason="Core ML runs models only on macOS (coremltools cannot "
+                                                      "predict on Linux)")
+def test_core_ml_prediction_on_a_mac(tmp_path):
+    model, tokenizer = tiny_model(tmp_path, "qwen3", 4, group_size=32)
+    package = mlx_slm.export_coreml(model, tokenizer, tmp_path / "out" / "Tiny.mlpackage", max_context=32)
+    mlmodel = ct.models.MLModel(str(package), compute_units=ct.ComputeUnit.CPU_ONLY)
+    state = mlmodel.make_state()
+    interpreter = MILInterpreter(package)
+    past = 0
+    for tokens in (PROMPT, [3], [4]):
+        inputs = {"inputIds": np.array([tokens], np.int32), "causalMask": causal_mask(len(tokens), past)}
+        expected = interpreter.predict(inputs)["logits"].astype(np.float32)
+        actual = mlmodel.predict(inputs, state=state)["logits"].astype(np.float32)
+        assert np.abs(actual - expected).max() < TINY_TOLERANCE
+        past += len(tokens)
