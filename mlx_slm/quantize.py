@@ -75,12 +75,18 @@ def quantization_record(plan: dict, bits: int, group_size: int, user_config: dic
     return record
 
 
+def store_numpy(model, chosen: dict, suffixes: tuple) -> None:
+    """Replace numpy layers' weights with ``chosen`` (path -> stored arrays, in ``suffixes`` order)."""
+    for path, stored in chosen.items():
+        model.weights.update({f"{path}.{suffix}": a for suffix, a in zip(suffixes, stored)})
+    model.drop_cache()
+
+
 def apply_numpy(model, plan: dict, weight_format, progress: bool) -> None:
     todo = [(p, s) for p, s in plan.items() if s is not None]
-    for path, settings in tqdm(todo, desc="quantizing", disable=not progress):
-        stored = weight_format.pack(model.weights[f"{path}.weight"], **settings)
-        model.weights.update({f"{path}.{suffix}": a for suffix, a in zip(weight_format.stored, stored)})
-    model.drop_cache()
+    chosen = {path: weight_format.pack(model.weights[f"{path}.weight"], **settings)
+              for path, settings in tqdm(todo, desc="quantizing", disable=not progress)}
+    store_numpy(model, chosen, weight_format.stored)
 
 
 def apply_mlx(model, plan: dict, chosen: dict | None = None) -> None:
@@ -121,10 +127,8 @@ def quantize_calibrated(model, plan: dict, method: str, tokens, options: dict, p
     todo = [path for path, settings in plan.items() if settings is not None]
     dtypes = weight_dtypes(model, todo)
     if backend_of(model) == "numpy":
-        chosen = sequential_quantize(model, plan, tokens, method, dtypes, options, progress=progress)
-        for path, stored in chosen.items():
-            model.weights.update({f"{path}.{suffix}": a for suffix, a in zip(AFFINE_STORED, stored)})
-        model.drop_cache()
+        store_numpy(model, sequential_quantize(model, plan, tokens, method, dtypes, options, progress=progress),
+                    AFFINE_STORED)
         return
     from .runtime import numpy_twin
 

@@ -10,11 +10,12 @@ import mlx_slm
 from mlx_slm.cli import main
 from mlx_slm.errors import SLMError
 from mlx_slm.formats import affine
+from mlx_slm.formats.affine import dequantize_codes
 from mlx_slm.formats.dtypes import bfloat16
 from mlx_slm.io import safetensors_np
 from mlx_slm.quant.calibration import calibration_windows
 from mlx_slm.quant.gptq import gptq_quantize, static_grid
-from mlx_slm.quant.imatrix import dequantize_codes, weighted_group_error, weighted_quantize
+from mlx_slm.quant.imatrix import weighted_group_error, weighted_quantize
 
 
 def correlated_inputs(k: int, tokens: int = 2048, seed: int = 0) -> np.ndarray:
@@ -47,7 +48,7 @@ def test_gptq_beats_rtn_on_correlated_inputs(bits):
     rtn = output_error(w, rtn_dequantized(w, bits, 64), hessian)
     for grid in ("rtn", "imatrix"):
         q, scales, biases = gptq_quantize(w, hessian, bits, 64, grid=grid)
-        gptq = output_error(w, dequantize_codes(q, scales, biases, 64), hessian)
+        gptq = output_error(w, dequantize_codes(q, scales, biases, 64, np.float32), hessian)
         assert gptq <= 0.8 * rtn, (grid, gptq / rtn)
 
 
@@ -58,7 +59,7 @@ def test_imatrix_is_never_worse_than_rtn(bits, dtype):
     importance = np.random.default_rng(2).lognormal(size=128) ** 2
     q, scales, biases = weighted_quantize(w, importance, bits, 32)
     assert scales.dtype == dtype and biases.dtype == dtype and q.max() <= (1 << bits) - 1
-    ours = weighted_group_error(w, dequantize_codes(q, scales, biases, 32), importance, 32)
+    ours = weighted_group_error(w, dequantize_codes(q, scales, biases, 32, np.float32), importance, 32)
     rtn = weighted_group_error(w, rtn_dequantized(w, bits, 32), importance, 32)
     assert np.all(ours <= rtn * (1 + 1e-6)), "worse than RTN in some group"
     assert ours.sum() < 0.95 * rtn.sum()

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import SLMError
-from ..formats import affine
+from ..formats import affine, get_format
 from ..loading import model_config
 from ..qconfig import saved_layer_params
 from ..stats import named_arrays
 
-AFFINE_SUFFIXES = ("weight", "scales", "biases")
+AFFINE_SUFFIXES = get_format("affine").stored
 
 
 @dataclass

@@ -86,8 +86,14 @@ def unpack(packed: np.ndarray, scales: np.ndarray, biases: np.ndarray, bits: int
     dtype defaults to the scales' dtype, as in MLX; pass ``np.float32`` for an
     exact float32 weight.
     """
+    return dequantize_codes(unpack_codes(packed, bits), scales, biases, group_size, dtype)
+
+
+def dequantize_codes(q: np.ndarray, scales: np.ndarray, biases: np.ndarray, group_size: int,
+                     dtype=None) -> np.ndarray:
+    """Unpacked codes ``[..., K]`` with scales/biases ``[..., K/g]`` -> ``scale * q + bias`` in
+    ``dtype`` (default: the scales' dtype)."""
     dtype = scales.dtype if dtype is None else np.dtype(dtype)
-    q = unpack_codes(packed, bits)
     groups = q.reshape(*q.shape[:-1], -1, group_size).astype(dtype)
     w = scales.astype(dtype)[..., None] * groups + biases.astype(dtype)[..., None]
     return w.reshape(q.shape)

@@ -121,7 +121,6 @@ class NumpyLlama:
         if name not in self._float32:
             weight = self.weights[f"{name}.weight"]
             if f"{name}.scales" in self.weights:
-                scales = self.weights[f"{name}.scales"]
                 bits, group_size, mode = saved_layer_params(self.config["quantization"], name)
                 weight_format = get_format(mode)
                 stored = [self.weights[f"{name}.{suffix}"] for suffix in weight_format.stored]

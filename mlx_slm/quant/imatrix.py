@@ -23,12 +23,6 @@ def group_view(w: np.ndarray, group_size: int) -> np.ndarray:
     return as_float32(w).reshape(w.shape[0], -1, group_size)
 
 
-def dequantize_codes(q: np.ndarray, scales: np.ndarray, biases: np.ndarray, group_size: int) -> np.ndarray:
-    """codes [N, K] with per-group scales/biases [N, K/g] -> float32 [N, K]."""
-    groups = q.reshape(q.shape[0], -1, group_size).astype(np.float32)
-    return (as_float32(scales)[..., None] * groups + as_float32(biases)[..., None]).reshape(q.shape)
-
-
 def weighted_group_error(w: np.ndarray, w_hat: np.ndarray, importance: np.ndarray, group_size: int) -> np.ndarray:
     """sum_j d_j (w_j - w_hat_j)^2 per group: w, w_hat [N, K], importance [K] -> [N, K/g]."""
     d = np.asarray(importance, np.float32).reshape(1, -1, group_size)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from ..errors import SLMError
 from ..formats import affine
 from .gptq import gptq_quantize, prepare_hessian
-from .imatrix import dequantize_codes, weighted_quantize
+from .imatrix import weighted_quantize
 from .statistics import InputStatistics
 
 METHODS = ("imatrix", "gptq")
@@ -79,7 +79,7 @@ def sequential_quantize(engine, plan: dict, tokens: np.ndarray, method: str, dty
             q, scales, biases = choose_values(layer_method, w, stats, name, todo[name], dtypes[name], gptq_options,
                                               hessians)
             results[name] = (affine.pack_codes(q, todo[name]["bits"]), scales, biases)
-            engine.set_dense(name, dequantize_codes(q, scales, biases, todo[name]["group_size"]))
+            engine.set_dense(name, affine.dequantize_codes(q, scales, biases, todo[name]["group_size"], np.float32))
 
     h = in_batches(engine.embed, tokens, batch_size)
     for layer in tqdm(range(engine.num_layers), desc=f"{method} blocks", disable=not progress):
