@@ -9,6 +9,7 @@ program declares (fp16 for an fp16 op), which is how an fp16 Core ML program
 stores every intermediate. States (the KV cache) persist across
 :meth:`MILInterpreter.predict` calls until :meth:`MILInterpreter.reset`.
 An op this module does not know raises :class:`UnsupportedOpError`.
+:func:`compare_greedy` runs a prompt and greedy steps through a package and a model side by side.
 
     interpreter = MILInterpreter("Model.mlpackage")
     logits = interpreter.predict({"inputIds": ids, "causalMask": mask})["logits"]
@@ -148,6 +149,19 @@ def lut_to_dense(a):
     return lut[(*block_index, indices, 0)]
 
 
+def gelu(a):
+    """gelu, tanh approximation only: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    if a["mode"] != "TANH_APPROXIMATION":
+        raise UnsupportedOpError(f"gelu mode {a['mode']}")
+    x = a["x"]
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi).astype(np.float32) * (x + 0.044715 * x**3)))
+
+
+def range_1d(a):
+    """[start, start + step, ... < end) in the inputs' type (int32 or float)."""
+    return np.arange(a["start"], a["end"], a["step"]).astype(np.result_type(a["start"], a["end"], a["step"]))
+
+
 def concat(a):
     if a.get("interleave"):
         raise UnsupportedOpError("concat with interleave")
@@ -172,6 +186,7 @@ OPS = {
     "sqrt": lambda a: np.sqrt(a["x"]), "exp": lambda a: np.exp(a["x"]),
     "silu": lambda a: a["x"] / (1.0 + np.exp(-a["x"])),
     "sigmoid": lambda a: 1.0 / (1.0 + np.exp(-a["x"])),
+    "gelu": gelu, "clip": lambda a: np.clip(a["x"], a["alpha"], a["beta"]), "range_1d": range_1d,
     "cast": lambda a: a["x"],  # the declared output dtype does the conversion
     "reduce_mean": reduce(np.mean), "reduce_sum": reduce(np.sum), "reduce_max": reduce(np.max),
     "shape": lambda a: np.array(a["x"].shape, np.int32),
@@ -190,6 +205,39 @@ OPS = {
 # ops that only move values of their input's type: their results need no rounding
 DATA_MOVEMENT = {"read_state", "coreml_update_state", "slice_update", "slice_by_index", "reshape", "transpose",
                  "expand_dims", "squeeze", "tile", "concat", "gather"}
+
+
+def causal_mask(query_len: int, past: int) -> np.ndarray:
+    """fp16 [1, 1, query_len, past + query_len]: 0 where a query may look, -inf elsewhere (as SLMKit sends)."""
+    blocked = np.arange(past + query_len)[None, :] > np.arange(query_len)[:, None] + past
+    return np.where(blocked, -np.inf, 0).astype(np.float16)[None, None]
+
+
+def compare_greedy(interpreter, model, prompt, steps: int):
+    """Prefill ``prompt`` then ``steps`` greedy steps fed with the model's token, through the package
+    (``interpreter``, from an empty cache) and the model (``model.make_cache()``, then
+    ``model(ids [1, T] int32, cache)`` -> float logits [1, T, vocab]).
+
+    Returns (tokens from the package, tokens from the model, max |Δlogit| over every position).
+    """
+    interpreter.reset()
+    prompt = np.array([prompt], np.int32)
+    cache = model.make_cache()
+    ours = interpreter.predict({"inputIds": prompt, "causalMask": causal_mask(prompt.shape[1], 0)})["logits"]
+    theirs = model(prompt, cache)
+    delta, past = 0.0, prompt.shape[1]
+    package_tokens, model_tokens = [], []
+    for _ in range(steps + 1):
+        delta = max(delta, float(np.abs(ours.astype(np.float32) - theirs).max()))
+        package_tokens.append(int(ours[0, -1].argmax()))
+        model_tokens.append(int(theirs[0, -1].argmax()))
+        if len(model_tokens) > steps:
+            break
+        step = np.array([[model_tokens[-1]]], np.int32)
+        ours = interpreter.predict({"inputIds": step, "causalMask": causal_mask(1, past)})["logits"]
+        theirs = model(step, cache)
+        past += 1
+    return package_tokens, model_tokens, delta
 
 
 class MILInterpreter:

@@ -1,4 +1,4 @@
-"""The ``mlx-slm`` command: convert, quantize, eval, info.
+"""The ``mlx-slm`` command: convert, quantize, eval, info, prune, distill, finetune, fuse, export.
 
 Errors in the input (a wrong path, an unsupported architecture, bad settings, a
 corrupt file) print one line and exit with status 2; ``MLX_SLM_DEBUG=1`` shows
@@ -13,13 +13,11 @@ import logging
 import os
 import sys
 
-EPILOG = "Set MLX_SLM_BACKEND=numpy to run without MLX, MLX_SLM_DEBUG=1 for tracebacks."
-
-
-def add_backend(parser) -> None:
-    parser.add_argument("--backend", choices=("mlx", "numpy"), default=None,
-                        help="compute backend (default: MLX when importable, else numpy)")
-
+from .cli_common import EPILOG, add_backend
+from .distill.cli import add_distill_parser
+from .export.cli import add_export_parser
+from .finetune.cli import add_finetune_parser, add_fuse_parser
+from .prune.cli import add_prune_parser
 
 def cmd_convert(args) -> None:
     import mlx_slm
@@ -33,9 +31,9 @@ def cmd_quantize(args) -> None:
     import mlx_slm
 
     model, tokenizer = mlx_slm.load(args.model, backend=args.backend)
-    mlx_slm.quantize(model, bits=args.bits, group_size=args.group_size, method=args.method,
+    mlx_slm.quantize(model, bits=args.bits, group_size=args.group_size, method=args.method, format=args.format,
                      config=args.config, calib=args.calib, tokenizer=tokenizer, num_samples=args.num_samples,
-                     seq_len=args.seq_len)
+                     seq_len=args.seq_len, per_row_scale=args.per_row_scale)
     mlx_slm.save(model, tokenizer, args.output, overwrite=args.overwrite)
     stats = mlx_slm.stats.weight_stats(model)
     print(f"wrote {args.output}: {stats['bpw']:.3f} bits per weight, {stats['size_bytes'] / 1e6:.1f} MB")
@@ -74,6 +72,24 @@ def cmd_eval(args) -> None:
         print(f"wrote {args.json}")
 
 
+def describe_format(settings: dict) -> str:
+    """One line for a quantization entry: mode, bits and what its group size means."""
+    mode, bits, group = settings.get("mode", "affine"), settings["bits"], settings["group_size"]
+    if mode == "lut":
+        return f"lut {bits}-bit palettes, one per {group} output row{'s' if group != 1 else ''}"
+    if mode in ("ternary", "ternary_b3"):
+        storage = "base-3 bytes" if mode == "ternary_b3" else "2-bit codes"
+        return f"{mode} (b1.58, {storage}), scale per {f'group {group}' if group else 'row'}"
+    return f"{mode} {bits}-bit, group {group}"
+
+
+def format_help() -> str:
+    from mlx_slm.formats import FORMATS
+
+    return "; ".join(f"{name}: {f.description} (default bits {f.default_bits}, group size "
+                     f"{f.default_group_size})" for name, f in FORMATS.items())
+
+
 def cmd_info(args) -> None:
     import mlx_slm
     from mlx_slm import _blas
@@ -88,11 +104,10 @@ def cmd_info(args) -> None:
           f"{config.get('num_attention_heads')} heads / {config.get('num_key_value_heads')} KV heads")
     print(f"vocabulary        {config.get('vocab_size')}")
     if quantization:
-        print(f"format            affine {quantization['bits']}-bit, group {quantization['group_size']} "
-              f"({stats['quantized_layers']} quantized layers)")
+        print(f"format            {describe_format(quantization)} ({stats['quantized_layers']} quantized layers)")
         overrides = {k: v for k, v in quantization.items() if isinstance(v, (dict, bool))}
         for path, value in overrides.items():
-            print(f"  {path}: {'float' if value is False else value}")
+            print(f"  {path}: {'float' if value is False else describe_format(value)}")
         for path, reason in (config.get("mlx_slm") or {}).get("unquantized", {}).items():
             if path not in overrides:
                 print(f"  {path}: float ({reason})")
@@ -105,7 +120,7 @@ def cmd_info(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mlx-slm", description="Make small language models smaller: convert, quantize, evaluate.",
+        prog="mlx-slm", description="Make small language models smaller: convert, quantize, prune, distill, fine-tune, evaluate, export.",
         epilog=EPILOG)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -121,17 +136,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend(convert)
     convert.set_defaults(run=cmd_convert)
 
+    from mlx_slm.formats import FORMATS
+
     quantize = commands.add_parser(
-        "quantize", help="quantize a model to the affine format",
-        description="Quantize the linear and embedding layers into MLX's affine format: rtn "
-                    "(round-to-nearest, identical to mlx_lm.convert -q), imatrix (scales and biases "
-                    "weighted by activation importance) or gptq (error-compensating rounding); the last two "
-                    "read local calibration text (--calib). Layers whose width does not divide by the group "
-                    "size stay in float and are reported.", epilog=EPILOG)
+        "quantize", help="quantize a model (affine, lut or ternary formats)",
+        description="Quantize the linear and embedding layers. Formats -- " + format_help() + ". Methods: rtn "
+                    "(affine: round-to-nearest, identical to mlx_lm.convert -q; lut: plain k-means; ternary: "
+                    "absmean), imatrix (weighted by activation importance: affine scales and biases, lut "
+                    "k-means, ternary scales) or gptq (affine only, error-compensating rounding); the last two "
+                    "read local calibration text (--calib). Layers whose shape does not fit the format stay "
+                    "in float and are reported. Only the affine format loads in stock mlx_lm.", epilog=EPILOG)
     quantize.add_argument("model", help="model folder, Hub id, or .gguf file")
     quantize.add_argument("-o", "--output", required=True, help="output folder (written atomically)")
-    quantize.add_argument("--bits", type=int, default=4, help="bits per weight: 2, 3, 4, 5, 6 or 8 (default 4)")
-    quantize.add_argument("--group-size", type=int, default=64, help="weights per scale: 32, 64 or 128 (default 64)")
+    quantize.add_argument("--format", default="affine", choices=sorted(FORMATS),
+                          help="weight format (default affine; see above)")
+    quantize.add_argument("--bits", type=int, default=None,
+                          help="bits per weight: affine 2-6 or 8 (default 4), lut 2/3/4 (default 4), ternary 2")
+    quantize.add_argument("--group-size", type=int, default=None,
+                          help="affine: input columns per scale and bias, 32/64/128 (default 64); lut: OUTPUT "
+                               "rows sharing one palette, dividing the row count (default 8); ternary: input "
+                               "columns per scale, a multiple of 32, or 0 for one scale per row (default 0)")
+    quantize.add_argument("--per-row-scale", action=argparse.BooleanOptionalAction, default=None,
+                          help="lut: a float16 scale per output row, palettes cluster w/scale (default: on "
+                               "when a palette serves several rows, off for one-row palettes)")
     quantize.add_argument("--method", default="rtn", choices=("rtn", "imatrix", "gptq"),
                           help="quantization method (default rtn)")
     quantize.add_argument("--calib", help="calibration text for imatrix/gptq: .txt, or .jsonl with a \"text\" field")
@@ -163,7 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", help="model folder, Hub id, or .gguf file")
     add_backend(info)
     info.set_defaults(run=cmd_info)
-    from .export.cli import add_export_parser
+    add_prune_parser(commands)
+    add_distill_parser(commands)
+    add_finetune_parser(commands)
+    add_fuse_parser(commands)
     add_export_parser(commands)
     return parser
 

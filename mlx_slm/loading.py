@@ -18,6 +18,7 @@ from .io import hf
 from .io.gguf import read_gguf
 
 CONFIG_ATTRIBUTE = "slm_config"
+MLX_NATIVE_MODES = ("affine", "mxfp4", "mxfp8", "nvfp4")  # nn.quantize builds these itself
 
 
 def model_config(model) -> dict:
@@ -74,14 +75,75 @@ def build_mlx_model(config: dict, weights: dict):
     return model
 
 
+def saved_modes(config: dict) -> set:
+    """Every quantization ``mode`` a model config names (top level and per layer)."""
+    quantization = config.get("quantization") or {}
+    if not quantization:
+        return set()
+    top = quantization.get("mode", "affine")
+    return {top} | {v.get("mode", top) for v in quantization.values() if isinstance(v, dict)}
+
+
+def check_modes(config: dict, backend: str) -> set:
+    """The config's quantization modes; SLMError for one this backend cannot compute."""
+    from .formats import FORMATS
+
+    modes = saved_modes(config)
+    known = set(FORMATS) | (set(MLX_NATIVE_MODES) if backend == "mlx" else set())
+    unknown = sorted(modes - known)
+    if unknown:
+        raise SLMError(f"the model is quantized in mode {unknown[0]!r}, which mlx_slm's {backend} backend does "
+                       f"not know; known: {', '.join(sorted(known))}")
+    return modes
+
+
+def read_mlx_weights(folder: Path) -> dict:
+    import mlx.core as mx
+
+    weights = {}
+    for path in hf.weight_files(folder):
+        weights.update(mx.load(str(path)))
+    return weights
+
+
+def build_lowbit_mlx_model(folder: Path, config: dict):
+    """An mlx-lm model for a folder with lut/ternary layers: affine layers through nn.quantize,
+    the others as :mod:`mlx_slm.layers` modules, then the saved arrays loaded."""
+    import mlx.core as mx
+    from mlx_lm.utils import _get_classes
+
+    from .layers import prepare_quantized
+
+    try:
+        model_class, args_class = _get_classes(config)
+    except ValueError as err:
+        raise SLMError(f"unsupported architecture: {err}") from None
+    model = model_class(args_class.from_dict(config))
+    weights = read_mlx_weights(folder)
+    if hasattr(model, "sanitize"):
+        weights = model.sanitize(weights)
+    prepare_quantized(model, config["quantization"], weights)
+    model.eval()
+    try:
+        model.load_weights(list(weights.items()))
+    except ValueError as err:
+        raise SLMError(f"the weights in {folder} do not fit its config: {err}") from None
+    mx.eval(model.parameters())
+    return model
+
+
 def load_folder_mlx(folder: Path):
     from mlx_lm.utils import load_model, load_tokenizer
 
     hf.check_weights(folder)
-    try:
-        model, config = load_model(folder)
-    except ValueError as err:
-        raise SLMError(f"cannot load {folder}: {err}") from None
+    config = hf.read_config(folder)
+    if check_modes(config, "mlx") - set(MLX_NATIVE_MODES):
+        model = build_lowbit_mlx_model(folder, config)
+    else:
+        try:
+            model, config = load_model(folder)
+        except ValueError as err:
+            raise SLMError(f"cannot load {folder}: {err}") from None
     set_model_config(model, config)
     return model, load_tokenizer(folder, eos_token_ids=config.get("eos_token_id"))
 
@@ -92,6 +154,7 @@ def load_folder_numpy(folder: Path):
     from .models.numpy_llama import NumpyLlama
 
     config = hf.read_config(folder)
+    check_modes(config, "numpy")
     weights = sanitize_numpy_weights(config, hf.read_weights(folder))
     return NumpyLlama(config, weights), AutoTokenizer.from_pretrained(str(folder))
 

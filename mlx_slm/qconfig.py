@@ -5,7 +5,7 @@ A config (dict, or a YAML/JSON file) looks like::
     bits: 4               # optional: overrides the call's bits / group_size
     group_size: 64
     by_type:              # "linear", "embedding", or a layer's own name
-      embedding: {bits: 8}
+      embedding: {format: affine, bits: 8, group_size: 64}
       down_proj: {bits: 6}
     by_name:              # exact paths or fnmatch patterns, applied in order
       lm_head: fp16       # fp16 / keep / false: leave the layer unquantized
@@ -22,7 +22,7 @@ from .errors import SLMError
 
 KEEP_WORDS = {"fp16", "keep", "none", "float16", "bf16", "float"}
 TOP_KEYS = {"bits", "group_size", "by_type", "by_name"}
-SETTING_KEYS = {"bits", "group_size"}
+SETTING_KEYS = {"bits", "group_size", "format"}
 
 
 def read_config_file(path) -> dict:
@@ -66,7 +66,8 @@ def layer_kind(path: str) -> str:
 
 
 def resolve_layer(path: str, config: dict, bits: int, group_size: int) -> dict | None:
-    """``{"bits", "group_size"}`` for the layer at ``path``, or None to keep it unquantized."""
+    """``{"bits", "group_size"}`` (plus ``"format"`` if the config names one) for the layer at
+    ``path``, or None to keep it unquantized."""
     settings: dict | None = {"bits": config.get("bits", bits), "group_size": config.get("group_size", group_size)}
     by_type = config.get("by_type") or {}
     matches = [by_type[k] for k in (layer_kind(path), path.split(".")[-1]) if k in by_type]

@@ -1,30 +1,41 @@
-"""Whole-model quantization into the affine format: the dispatcher.
+"""Whole-model quantization: the dispatcher.
 
-``rtn`` gives, weight for weight, what ``mlx_lm.convert -q`` gives with the same
-bits and group size: on MLX it is ``nn.quantize``; on numpy it is the bit-exact
-twin in :mod:`mlx_slm.formats.affine`. The calibrated methods ``imatrix`` and
-``gptq`` (:mod:`mlx_slm.quant`) choose other values in the same format from
-statistics of calibration text run through the numpy engine.
+Affine ``rtn`` gives, weight for weight, what ``mlx_lm.convert -q`` gives with the
+same bits and group size: on MLX it is ``nn.quantize``; on numpy it is the
+bit-exact twin in :mod:`mlx_slm.formats.affine`. The calibrated methods
+``imatrix`` and ``gptq`` (:mod:`mlx_slm.quant`) choose other values in the same
+format from statistics of calibration text run through the numpy engine, one
+decoder block at a time.
+
+The ``lut`` and ``ternary`` formats (and any per-layer mix of formats) are packed
+by their numpy twins on either backend; on MLX the packed layers become
+:mod:`mlx_slm.layers` modules. Their ``imatrix`` method takes each layer's input
+importance (mean squared activation per column) from ONE pass of the float model
+over the calibration windows on the numpy engine.
 """
 
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 from tqdm import tqdm
 
 from .backend import backend_of
 from .errors import SLMError
-from .formats import get_format
+from .formats import affine, get_format
+from .formats.dtypes import FLOAT_DTYPES
 from .loading import model_config, set_model_config
 from .qconfig import check_config, read_config_file, resolve_layer
 from .quant.calibration import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, calibration_windows
+from .quant.imatrix import weighted_quantize
+from .quant.statistics import InputStatistics
 
 log = logging.getLogger("mlx_slm")
 METHODS = ("rtn", "imatrix", "gptq")
 CALIBRATED = ("imatrix", "gptq")
-AFFINE_STORED = get_format("affine").stored  # ("weight", "scales", "biases")
 GPTQ_DEFAULTS = {"damp": 0.01, "block_size": 128, "act_order": True, "grid": "imatrix"}
+STATISTICS_BATCH = 4  # calibration windows per forward pass
 
 
 def candidate_layers(model) -> dict[str, tuple]:
@@ -33,7 +44,7 @@ def candidate_layers(model) -> dict[str, tuple]:
         return {
             name[: -len(".weight")]: value.shape
             for name, value in model.weights.items()
-            if name.endswith(".weight") and value.ndim == 2 and value.dtype.kind == "f"
+            if name.endswith(".weight") and value.ndim == 2 and value.dtype in FLOAT_DTYPES.values()
         }
     return {
         path: module.weight.shape
@@ -42,55 +53,75 @@ def candidate_layers(model) -> dict[str, tuple]:
     }
 
 
+def layer_format(settings: dict, default: str) -> str:
+    """The format a planned layer uses: its own ``format`` setting, else the call's."""
+    return settings.get("format", default)
+
+
 def quantization_plan(layers: dict, bits: int, group_size: int, config: dict, weight_format=None):
-    """Decide each layer's settings. Returns ``(plan {path: settings|None}, skipped {path: reason})``."""
-    weight_format = weight_format or get_format("affine")
+    """Decide each layer's settings. Returns ``(plan {path: settings|None}, skipped {path: reason})``.
+
+    settings: ``{"bits", "group_size"}``, plus ``"format"`` where the config picks another
+    format than ``weight_format`` (default affine). Layers whose shape does not fit
+    their format (``WeightFormat.misfit``) are skipped with the reason.
+    """
+    default = (weight_format or get_format("affine")).name
     plan, skipped = {}, {}
     for path, shape in sorted(layers.items()):
         settings = resolve_layer(path, config, bits, group_size)
         if settings is None:
             plan[path], skipped[path] = None, "kept in float by the config"
             continue
+        if settings.get("format") == default:
+            del settings["format"]
         try:
-            weight_format.check((settings["group_size"],), settings["bits"], settings["group_size"])
+            layer_weight_format = get_format(layer_format(settings, default))
+            layer_weight_format.check(settings["bits"], settings["group_size"])
         except SLMError as err:
             raise SLMError(f"layer {path}: {err}") from None
-        if shape[-1] % settings["group_size"]:
-            plan[path] = None
-            skipped[path] = f"width {shape[-1]} is not divisible by the group size {settings['group_size']}"
+        reason = layer_weight_format.misfit(shape, settings["bits"], settings["group_size"])
+        if reason:
+            plan[path], skipped[path] = None, reason
             continue
         plan[path] = settings
     return plan, skipped
 
 
 def quantization_record(plan: dict, bits: int, group_size: int, user_config: dict, mode: str) -> dict:
-    """The ``quantization`` entry of config.json (mlx-lm's format)."""
+    """The ``quantization`` entry of config.json (mlx-lm's format; ``mode`` per layer where it differs)."""
     base = {"bits": user_config.get("bits", bits), "group_size": user_config.get("group_size", group_size)}
     record = {"group_size": base["group_size"], "bits": base["bits"], "mode": mode}
     for path, settings in plan.items():
         if settings is None and user_config:
             record[path] = False
         elif settings is not None and settings != base:
-            record[path] = {**settings, "mode": mode}
+            layer = {k: v for k, v in settings.items() if k != "format"}
+            record[path] = {**layer, "mode": layer_format(settings, mode)}
     return record
 
 
-def store_numpy(model, chosen: dict, suffixes: tuple) -> None:
-    """Replace numpy layers' weights with ``chosen`` (path -> stored arrays, in ``suffixes`` order)."""
-    for path, stored in chosen.items():
-        model.weights.update({f"{path}.{suffix}": a for suffix, a in zip(suffixes, stored)})
+def stored_arrays(weight_format, stored) -> dict:
+    """suffix -> array for a layer's packed arrays (absent optional arrays dropped)."""
+    return {suffix: array for suffix, array in zip(weight_format.stored, stored) if array is not None}
+
+
+def store_numpy(model, chosen: dict) -> None:
+    """Replace numpy layers' weights with ``chosen`` (path -> {suffix: array})."""
+    for path, arrays in chosen.items():
+        model.weights.update({f"{path}.{suffix}": a for suffix, a in arrays.items()})
     model.drop_cache()
 
 
 def apply_numpy(model, plan: dict, weight_format, progress: bool) -> None:
     todo = [(p, s) for p, s in plan.items() if s is not None]
-    chosen = {path: weight_format.pack(model.weights[f"{path}.weight"], **settings)
+    chosen = {path: stored_arrays(weight_format, weight_format.pack(model.weights[f"{path}.weight"], **settings))
               for path, settings in tqdm(todo, desc="quantizing", disable=not progress)}
-    store_numpy(model, chosen, weight_format.stored)
+    store_numpy(model, chosen)
 
 
 def apply_mlx(model, plan: dict, chosen: dict | None = None) -> None:
-    """nn.quantize with ``plan``; then, if given, overwrite layers with ``chosen`` (path -> stored arrays)."""
+    """nn.quantize with ``plan`` (affine layers); then, if given, overwrite layers with ``chosen``
+    (path -> {suffix: array})."""
     import mlx.core as mx
     import mlx.nn as nn
     from mlx.utils import tree_unflatten
@@ -99,12 +130,13 @@ def apply_mlx(model, plan: dict, chosen: dict | None = None) -> None:
 
     def predicate(path, module):
         settings = plan.get(path)
-        return False if settings is None else {**settings, "mode": "affine"}
+        return False if settings is None else {"bits": settings["bits"], "group_size": settings["group_size"],
+                                               "mode": "affine"}
 
     nn.quantize(model, class_predicate=predicate)
     if chosen:
-        model.update(tree_unflatten([(f"{path}.{suffix}", mlx_array(array)) for path, stored in chosen.items()
-                                     for suffix, array in zip(AFFINE_STORED, stored)]))
+        model.update(tree_unflatten([(f"{path}.{suffix}", mlx_array(array)) for path, arrays in chosen.items()
+                                     for suffix, array in arrays.items()]))
     mx.eval(model.parameters())
 
 
@@ -114,10 +146,76 @@ def weight_dtypes(model, paths) -> dict:
         return {path: model.weights[f"{path}.weight"].dtype for path in paths}
     from mlx.utils import tree_flatten
 
-    from .formats.dtypes import FLOAT_DTYPES
-
     params = dict(tree_flatten(model.parameters()))
     return {path: FLOAT_DTYPES[str(params[f"{path}.weight"].dtype).split(".")[-1]] for path in paths}
+
+
+def numpy_engine(model):
+    """The model itself (numpy backend) or a NumpyLlama holding an MLX model's exact weights."""
+    if backend_of(model) == "numpy":
+        return model
+    from .runtime import numpy_twin
+
+    return numpy_twin(model)
+
+
+def layer_importance(engine, names, tokens: np.ndarray, progress: bool) -> dict:
+    """Mean squared input per column [K] of each layer in ``names``, from one pass of ``engine``
+    (a float NumpyLlama) over ``tokens`` [S, T]. The output head sees the final norm's outputs."""
+    stats = InputStatistics(names, gram=False)
+    engine.observer = stats
+    try:
+        for first in tqdm(range(0, len(tokens), STATISTICS_BATCH), desc="activation statistics",
+                          disable=not progress):
+            h = engine.embed(tokens[first : first + STATISTICS_BATCH])
+            for layer in range(engine.num_layers):
+                h = engine.block(layer, h)
+            stats(engine.head_name, engine.norm("model.norm", h))
+    finally:
+        engine.observer = None
+    return {name: stats.importance(name) for name in names if name in stats.tokens}
+
+
+def choose_layer(w: np.ndarray, weight_format, settings: dict, method: str, importance, per_row_scale):
+    """Stored arrays {suffix: array} of one layer ``w`` [N, K] in ``weight_format``.
+    per_row_scale None: on for lut groups of more than one row (a one-row palette absorbs the scale)."""
+    bits, group_size = settings["bits"], settings["group_size"]
+    if weight_format.name == "affine":
+        if method == "rtn":
+            return stored_arrays(weight_format, affine.pack(w, bits, group_size))
+        q, scales, biases = weighted_quantize(w, importance, bits, group_size)
+        return stored_arrays(weight_format, (affine.pack_codes(q, bits), scales, biases))
+    if per_row_scale is None:
+        per_row_scale = group_size > 1
+    options = {"per_row_scale": per_row_scale} if weight_format.name == "lut" else {}
+    return stored_arrays(weight_format, weight_format.pack(w, bits, group_size, importance=importance, **options))
+
+
+def quantize_packed(model, plan: dict, default: str, method: str, tokens, per_row_scale,
+                    progress: bool) -> None:
+    """Pack every planned layer with the numpy twins (any mix of formats) and store it in ``model``."""
+    todo = {path: settings for path, settings in plan.items() if settings is not None}
+    dtypes = weight_dtypes(model, todo)
+    engine = numpy_engine(model)
+    importance = layer_importance(engine, list(todo), tokens, progress) if method == "imatrix" else {}
+    chosen = {}
+    for path, settings in tqdm(todo.items(), desc="quantizing", disable=not progress):
+        w = engine.weights[f"{path}.weight"].astype(dtypes[path], copy=False)
+        chosen[path] = choose_layer(w, get_format(layer_format(settings, default)), settings, method,
+                                    importance.get(path), per_row_scale)
+    if backend_of(model) == "numpy":
+        store_numpy(model, chosen)
+        return
+    from .layers import lowbit_module
+
+    affine_plan = {p: s for p, s in todo.items() if layer_format(s, default) == "affine"}
+    apply_mlx(model, affine_plan, {p: chosen[p] for p in affine_plan})
+    modules = dict(model.named_modules())
+    swapped = [(path, lowbit_module(layer_format(settings, default), settings, chosen[path], modules[path]))
+               for path, settings in todo.items() if path not in affine_plan]
+    from mlx.utils import tree_unflatten
+
+    model.update_modules(tree_unflatten(swapped))
 
 
 def quantize_calibrated(model, plan: dict, method: str, tokens, options: dict, progress: bool) -> None:
@@ -126,40 +224,52 @@ def quantize_calibrated(model, plan: dict, method: str, tokens, options: dict, p
 
     todo = [path for path, settings in plan.items() if settings is not None]
     dtypes = weight_dtypes(model, todo)
+    engine = numpy_engine(model)
+    chosen = {path: stored_arrays(get_format("affine"), stored) for path, stored in
+              sequential_quantize(engine, plan, tokens, method, dtypes, options, progress=progress).items()}
     if backend_of(model) == "numpy":
-        store_numpy(model, sequential_quantize(model, plan, tokens, method, dtypes, options, progress=progress),
-                    AFFINE_STORED)
-        return
-    from .runtime import numpy_twin
-
-    chosen = sequential_quantize(numpy_twin(model), plan, tokens, method, dtypes, options, progress=progress)
-    apply_mlx(model, plan, chosen)
+        store_numpy(model, chosen)
+    else:
+        apply_mlx(model, plan, chosen)
 
 
-def quantize(model, bits: int = 4, group_size: int = 64, method: str = "rtn", config=None,
+def quantize(model, bits: int | None = None, group_size: int | None = None, method: str = "rtn", config=None,
              format: str = "affine", progress: bool = True, calib=None, tokenizer=None,
-             num_samples: int = DEFAULT_NUM_SAMPLES, seq_len: int = DEFAULT_SEQ_LEN, gptq_options: dict | None = None):
+             num_samples: int = DEFAULT_NUM_SAMPLES, seq_len: int = DEFAULT_SEQ_LEN, gptq_options: dict | None = None,
+             per_row_scale: bool | None = None):
     """Quantize ``model`` in place and return it.
 
-    bits / group_size: global affine settings (bits 2-8 but 7, groups 32/64/128).
-    method: "rtn" (as mlx_lm.convert), "imatrix" (importance-weighted scales and
-    biases) or "gptq" (error-compensating rounding); the last two need ``calib``.
-    config: per-layer overrides (dict or YAML/JSON path; see :mod:`mlx_slm.qconfig`).
-    format: a registered weight format (see :mod:`mlx_slm.formats`).
+    format: a registered weight format (see :mod:`mlx_slm.formats`): "affine" (MLX's own;
+    bits 2-8 but 7, group_size 32/64/128 input columns per scale; default 4 / 64),
+    "lut" (palettized: bits 2/3/4, group_size = OUTPUT rows sharing one palette; default
+    4 / 8), "ternary" or "ternary_b3" (BitNet b1.58 in 2-bit or base-3 storage: bits 2,
+    group_size input columns per absmean scale, 0 = one per row; default 0).
+    bits / group_size: global settings (None: the format's defaults).
+    method: "rtn" (affine: as mlx_lm.convert; lut: plain k-means; ternary: absmean),
+    "imatrix" (importance-weighted: affine scales/biases, lut k-means, ternary scale
+    refit) or "gptq" (affine only); the last two need ``calib``.
+    config: per-layer overrides (dict or YAML/JSON path; see :mod:`mlx_slm.qconfig`); a
+    layer's ``format`` may differ from the call's.
     calib: calibration text (.txt/.jsonl path or list of strings), cut with
     ``tokenizer`` into ``num_samples`` windows of ``seq_len`` tokens.
     gptq_options: damp (0.01), block_size (128), act_order (True), grid ("imatrix" or "rtn").
-    Layers whose input width does not divide by their group size stay in float and
-    are logged.
+    per_row_scale: lut only: store a float16 max|w| per output row and cluster w / scale, so
+    rows of different magnitude share a palette well (16/K bits per weight). None (default):
+    on when a palette serves more than one row (on SmolLM2 at 4 bits, group 8: KL 1.11
+    instead of 1.85), off for one-row palettes, which absorb the scale.
+    Layers whose shape does not fit their format stay in float and are logged.
     """
     if method not in METHODS:
         raise SLMError(f"quantization method {method!r} is not available; available: {', '.join(METHODS)}")
-    if method in CALIBRATED and format != "affine":
-        raise SLMError(f"method {method!r} supports the affine format only")
+    weight_format = get_format(format)
+    if method == "gptq" and format != "affine":
+        raise SLMError(f"method 'gptq' supports the affine format only, not {format!r} "
+                       "(use method 'imatrix' or 'rtn')")
+    bits = weight_format.default_bits if bits is None else bits
+    group_size = weight_format.default_group_size if group_size is None else group_size
     user_config = check_config(read_config_file(config) if isinstance(config, (str, bytes)) or
                                hasattr(config, "__fspath__") else (config or {}))
-    weight_format = get_format(format)
-    weight_format.check((group_size,), bits, group_size)
+    weight_format.check(user_config.get("bits", bits), user_config.get("group_size", group_size))
     model_settings = model_config(model)
     if model_settings.get("quantization"):
         raise SLMError("the model is already quantized; start from a float model")
@@ -167,7 +277,16 @@ def quantize(model, bits: int = 4, group_size: int = 64, method: str = "rtn", co
     if not layers:
         raise SLMError("the model has no layers that can be quantized")
     plan, skipped = quantization_plan(layers, bits, group_size, user_config, weight_format)
+    formats = {layer_format(settings, format) for settings in plan.values() if settings is not None}
+    if not formats and len(skipped) > sum(reason.startswith("kept in float") for reason in skipped.values()):
+        path, reason = next((p, r) for p, r in skipped.items() if not r.startswith("kept in float"))
+        raise SLMError(f"no layer fits the {format} format with these settings (e.g. {path}: {reason})")
+    if method == "gptq" and formats - {"affine"}:
+        raise SLMError(f"method 'gptq' supports the affine format only, not {sorted(formats - {'affine'})}")
     record = {"method": method, "unquantized": skipped}
+    if "lut" in formats:
+        record["per_row_scale"] = "auto" if per_row_scale is None else bool(per_row_scale)
+    tokens = None
     if method in CALIBRATED:
         tokens, record["calibration"] = calibration_windows(tokenizer, calib, num_samples, seq_len)
         unknown = set(gptq_options or {}) - set(GPTQ_DEFAULTS)
@@ -179,13 +298,17 @@ def quantize(model, bits: int = 4, group_size: int = 64, method: str = "rtn", co
                 raise SLMError(f"gptq_options grid must be 'imatrix' or 'rtn', not {record['gptq']['grid']!r}")
     for path, reason in skipped.items():
         log.warning("not quantizing %s: %s", path, reason)
-    if method in CALIBRATED:
+    if formats - {"affine"}:
+        if method == "imatrix":
+            record["statistics"] = "one pass of the float model over the calibration windows"
+        quantize_packed(model, plan, format, method, tokens, per_row_scale, progress)
+    elif method in CALIBRATED:
         quantize_calibrated(model, plan, method, tokens, record.get("gptq"), progress)
     elif backend_of(model) == "numpy":
         apply_numpy(model, plan, weight_format, progress)
     else:
         apply_mlx(model, plan)
     model_settings["quantization"] = quantization_record(plan, bits, group_size, user_config, format)
-    model_settings["mlx_slm"] = record
+    model_settings["mlx_slm"] = {**(model_settings.get("mlx_slm") or {}), **record}  # keeps pruning, fuse records
     set_model_config(model, model_settings)
     return model

@@ -3,8 +3,8 @@
 On a CPU, MLX's float16 matmul and ``quantized_matmul`` are scalar code
 (0.05-4 GFLOP/s) while a float32 GEMM on OpenBLAS reaches 50-180 GFLOP/s.
 :func:`fast_cpu` swaps, for the duration of a ``with`` block, every quantized
-layer for a float32 dense twin holding exactly ``scale * q + bias`` and casts
-the other float weights to float32; everything is restored afterwards. On a
+layer (affine, lut, ternary) for a float32 dense twin holding exactly the
+dequantized weight and casts the other float weights to float32; everything is restored afterwards. On a
 GPU it does nothing.
 """
 
@@ -30,8 +30,10 @@ def dequantized_float32(layer) -> mx.array:
 
 
 def dense_twin(layer) -> nn.Module:
-    weight = dequantized_float32(layer)
-    if isinstance(layer, nn.QuantizedEmbedding):
+    from .layers import EmbeddingMixin, LowBitLinear
+
+    weight = layer.dense_weight() if isinstance(layer, LowBitLinear) else dequantized_float32(layer)
+    if isinstance(layer, (nn.QuantizedEmbedding, EmbeddingMixin)):
         twin = nn.Embedding(*weight.shape)
     else:
         twin = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in layer)
@@ -63,11 +65,13 @@ def fast_cpu(model: nn.Module, enabled: bool | None = None):
     if not enabled:
         yield model
         return
+    from .layers import LowBitLinear
+
     saved = tree_flatten(model.parameters())
     quantized = [
         (path, module) for path, module in model.named_modules()
-        if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding))
-        and getattr(module, "mode", "affine") == "affine"
+        if (isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding))
+            and getattr(module, "mode", "affine") == "affine") or isinstance(module, LowBitLinear)
     ]
     model.update_modules(tree_unflatten([(p, dense_twin(m)) for p, m in quantized]))
     floats = [(k, v.astype(mx.float32)) for k, v in tree_flatten(model.parameters())

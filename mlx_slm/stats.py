@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .backend import backend_of
+from .formats import get_format
 from .loading import model_config
 from .qconfig import saved_layer_params
 
@@ -20,8 +21,8 @@ def weight_stats(model) -> dict:
     """Parameter bytes, and bits per weight over the matrices (linear + embedding).
 
     Returns ``{"size_bytes", "bpw", "matrix_weights", "quantized_layers"}``. bpw counts
-    a quantized layer's packed codes plus its scales and biases; float matrices
-    count their dtype's bits.
+    every stored array of a quantized layer (packed codes, scales, biases, palettes);
+    float matrices count their dtype's bits.
     """
     arrays = named_arrays(model)
     quantization = model_config(model).get("quantization") or {}
@@ -30,12 +31,13 @@ def weight_stats(model) -> dict:
         if not name.endswith(".weight") or len(array.shape) != 2:
             continue
         path = name[: -len(".weight")]
-        if f"{path}.scales" in arrays:
-            _, group_size, _ = saved_layer_params(quantization, path)
-            count = arrays[f"{path}.scales"].size * group_size
-            extra = arrays[f"{path}.scales"].nbytes + arrays[f"{path}.biases"].nbytes
-            bits_total += (array.nbytes + extra) * 8
-            weights_total += count
+        if "int" in str(array.dtype):
+            bits, group_size, mode = saved_layer_params(quantization, path)
+            weight_format = get_format(mode)
+            stored = {suffix: arrays.get(f"{path}.{suffix}") for suffix in weight_format.stored}
+            rows, width = weight_format.layer_shape(stored, bits, group_size)
+            bits_total += 8 * sum(a.nbytes for a in stored.values() if a is not None)
+            weights_total += rows * width
             quantized += 1
         else:
             bits_total += array.nbytes * 8

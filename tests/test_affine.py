@@ -116,5 +116,5 @@ def test_registry():
     fmt = get_format("affine")
     assert fmt.pack is affine.pack and fmt.stored == ("weight", "scales", "biases")
     assert fmt.bits_per_weight(3, 64) == 3.5
-    with pytest.raises(SLMError, match="unknown weight format 'lut'; known: affine"):
-        get_format("lut")
+    with pytest.raises(SLMError, match="unknown weight format 'q4_k'; known: affine, lut, ternary, ternary_b3"):
+        get_format("q4_k")

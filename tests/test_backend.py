@@ -20,6 +20,11 @@ def test_mlx_is_really_hidden():
         require_mlx("distillation")
     with pytest.raises(MLXRequiredError, match="pip install"):
         resolve_backend("mlx")
+    from mlx_slm.distill import DistillConfig, distill
+
+    DistillConfig(steps=3).check()  # settings are built and checked without MLX
+    with pytest.raises(MLXRequiredError, match="distillation needs MLX"):
+        distill(None, None, None, ["text"])
 
 
 @pytest.mark.mlx

@@ -20,26 +20,37 @@ import numpy as np
 from ..errors import SLMError
 from ..loading import model_config
 from ..models.numpy_llama import SUPPORTED
+from .coreml_gemma3 import GEMMA3_TYPES, Gemma3ProgramBuilder, gemma3_text_config, gemma3_text_weights
 from .coreml_llama import CAUSAL_MASK, INPUT_IDS, LOGITS, LlamaProgramBuilder
 from .coreml_weights import layer_record, weight_var
 from .manifest import build_manifest
-from .weights import AffineWeight, model_weights
+from .weights import AffineWeight, PalettizedWeight, model_weights
 
-PRECISIONS = ("float16",)
+PRECISIONS = ("float16", "float32")
+BUILDERS = {**{model_type: LlamaProgramBuilder for model_type in SUPPORTED},
+            **{model_type: Gemma3ProgramBuilder for model_type in GEMMA3_TYPES}}
 DEFAULT_MAX_CONTEXT = 2048
 
 
-def import_coremltools():
-    quiet = logging.getLogger("coremltools")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # on Linux it warns that it cannot run models; exporting needs no runtime
+@contextmanager
+def quiet_coremltools():
+    """coremltools logs errors only inside the block."""
+    logger = logging.getLogger("coremltools")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
     try:
-        import coremltools
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def import_coremltools():
+    try:
+        with quiet_coremltools():  # on Linux it warns that it cannot run models; exporting needs no runtime
+            import coremltools
     except ImportError:
         raise SLMError("Core ML export needs coremltools: pip install 'mlx-slm[coreml]' "
                        "(or pip install coremltools)") from None
-    finally:
-        quiet.setLevel(level)
     return coremltools
 
 
@@ -50,11 +61,14 @@ def resolve_max_context(config: dict, max_context: int | None) -> int:
     return min(DEFAULT_MAX_CONTEXT, int(config.get("max_position_embeddings") or DEFAULT_MAX_CONTEXT))
 
 
-def check_request(config: dict, max_context: int, compute_precision: str) -> None:
+def check_model_type(config: dict) -> None:
     model_type = config.get("model_type")
-    if model_type not in SUPPORTED:
-        raise SLMError(f"Core ML export supports the Llama family ({', '.join(SUPPORTED)}), "
-                       f"not model type {model_type!r}")
+    if model_type not in BUILDERS:
+        raise SLMError(f"Core ML export supports the Llama family ({', '.join(SUPPORTED)}) and Gemma 3 "
+                       f"({', '.join(GEMMA3_TYPES)}), not model type {model_type!r}")
+
+
+def check_request(config: dict, max_context: int, compute_precision: str) -> None:
     limit = config.get("max_position_embeddings")
     if not isinstance(max_context, int) or max_context < 1:
         raise SLMError(f"max_context must be a positive integer, not {max_context!r}")
@@ -99,38 +113,63 @@ def staged_outputs(package: Path, overwrite: bool):
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def convert(ct, program, max_context: int):
-    """MIL program -> ``ct.models.MLModel`` (not loaded: Linux cannot run it)."""
-    return ct.convert(
-        program, minimum_deployment_target=ct.target.iOS18, convert_to="mlprogram",
-        compute_precision=ct.precision.FLOAT32,  # keep the program's own dtypes (fp16, fp32 norms)
-        inputs=[ct.TensorType(INPUT_IDS, shape=(1, ct.RangeDim(1, max_context)), dtype=np.int32),
-                ct.TensorType(CAUSAL_MASK, shape=(1, 1, ct.RangeDim(1, max_context), ct.RangeDim(1, max_context)),
-                              dtype=np.float16)],
-        outputs=[ct.TensorType(LOGITS, dtype=np.float16)], pass_pipeline=pass_pipeline(ct), skip_model_load=True)
+def convert(ct, program, max_context: int, compute_precision: str):
+    """MIL program -> ``ct.models.MLModel`` (not loaded: Linux cannot run it); logits in the compute dtype."""
+    with quiet_coremltools():  # a float32 program would log one warning per weight kept unfolded
+        return ct.convert(
+            program, minimum_deployment_target=ct.target.iOS18, convert_to="mlprogram",
+            compute_precision=ct.precision.FLOAT32,  # keep the program's own dtypes (fp16, fp32 norms)
+            inputs=[ct.TensorType(INPUT_IDS, shape=(1, ct.RangeDim(1, max_context)), dtype=np.int32),
+                    ct.TensorType(CAUSAL_MASK, shape=(1, 1, ct.RangeDim(1, max_context),
+                                                      ct.RangeDim(1, max_context)), dtype=np.float16)],
+            outputs=[ct.TensorType(LOGITS, dtype=np.dtype(compute_precision).type)],
+            pass_pipeline=pass_pipeline(ct, compute_precision), skip_model_load=True)
 
 
-def pass_pipeline(ct):
+def pass_pipeline(ct, compute_precision: str):
     """coremltools' default passes minus transpose reduction (a third of the conversion time,
-    nothing to gain: the program has one transpose per head split/merge)."""
+    nothing to gain: the program has one transpose per head split/merge) and minus the lut
+    canonicalization, which would multiply a lut layer's per-row scales into per-row copies of its
+    shared palettes (16 bytes per row and palette entry instead of 2 per row).
+
+    For float32 programs constant folding is limited to scalars: folding ``cast(fp16 weight)`` would
+    store every float weight again as fp32.
+    """
     pipeline = ct.PassPipeline.DEFAULT
-    pipeline.remove_passes(["common::reduce_transposes"])
+    pipeline.remove_passes(["common::reduce_transposes", "common::canonicalize_quantized_lut_pattern"])
+    if compute_precision == "float32":
+        pipeline.set_options("common::const_elimination", {"skip_const_by_size": "0"})
     return pipeline
+
+
+def program_config(model, config: dict) -> dict:
+    """The config the program is built from: the model's own; for Gemma 3 its resolved text-model config."""
+    return gemma3_text_config(model, config) if config["model_type"] in GEMMA3_TYPES else config
+
+
+def program_weights(model, config: dict) -> dict:
+    """The model's weights in the builder's names (Gemma 3: those of its text model)."""
+    weights = model_weights(model)
+    return gemma3_text_weights(weights) if config["model_type"] in GEMMA3_TYPES else weights
 
 
 def export_coreml(model, tokenizer, out_path, max_context: int | None = None,
                   compute_precision: str = "float16", overwrite: bool = False) -> Path:
     """Write ``Name.mlpackage``, ``Name.json`` and the tokenizer files into out_path's folder.
 
-    model: from :func:`mlx_slm.load` (MLX or numpy backend), float or affine-quantized.
+    model: from :func:`mlx_slm.load` (MLX or numpy backend), float or quantized (affine, lut, ternary).
     out_path: ``.../Name.mlpackage``. max_context: KV-cache length in tokens (default
     min(2048, max_position_embeddings)).
-    compute_precision: "float16" (activations and KV cache; RMSNorm statistics in fp32).
+    compute_precision: "float16" (activations and KV cache; RMSNorm statistics in fp32) or
+    "float32" (activations, attention and logits in fp32; weights and the KV-cache states stay
+    fp16 or compressed).
     Returns the package path.
     """
     config = model_config(model)
-    max_context = resolve_max_context(config, max_context)
-    check_request(config, max_context, compute_precision)
+    check_model_type(config)
+    text_config = program_config(model, config)
+    max_context = resolve_max_context(text_config, max_context)
+    check_request(text_config, max_context, compute_precision)
     package = package_path(out_path)
     refuse_existing(package, overwrite)  # before minutes of conversion, and again before writing
     ct = import_coremltools()
@@ -138,11 +177,11 @@ def export_coreml(model, tokenizer, out_path, max_context: int | None = None,
 
     from .. import __version__
 
-    weights = model_weights(model)
-    builder = LlamaProgramBuilder(mb, config, weights, weight_var, max_context)
-    mlmodel = convert(ct, builder.program(), max_context)
+    weights = program_weights(model, config)
+    builder = BUILDERS[config["model_type"]](mb, text_config, weights, weight_var, max_context, compute_precision)
+    mlmodel = convert(ct, builder.program(), max_context, compute_precision)
     matrices = {path: w for path, w in weights.items()
-                if isinstance(w, AffineWeight) or (path.endswith(".weight") and w.ndim == 2)}
+                if isinstance(w, (AffineWeight, PalettizedWeight)) or (path.endswith(".weight") and w.ndim == 2)}
     layers = [layer_record(path.removesuffix(".weight"), w) for path, w in sorted(matrices.items())]
     manifest = build_manifest(tokenizer, config, max_context, layers, __version__)
     mlmodel.short_description = f"{config.get('model_type')} language model exported by mlx_slm {__version__}"

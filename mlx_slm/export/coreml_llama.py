@@ -7,13 +7,22 @@ Contract (swift-transformers' stateful models, SLMKit's ``CoreMLLanguageModel``)
   P, is ``causalMask.shape[3] - causalMask.shape[2]``;
 - states ``keyCache`` / ``valueCache`` fp16 [layers, kv_heads, max_context, head_dim],
   rows P .. P+T-1 written with ``slice_update`` + ``coreml_update_state``;
-- output ``logits`` fp16 [1, T, vocab].
+- output ``logits`` [1, T, vocab], in the compute dtype.
 
-Activations are fp16; RMSNorm squares and averages in fp32 (an fp16 square
-overflows above 256).
+Compute precision "float16": activations fp16; RMSNorm squares and averages in
+fp32 (an fp16 square overflows above 256). "float32": activations, attention,
+RoPE tables and logits fp32; weights stay as stored (fp16 or compressed) and are
+cast when used; the states stay fp16 (Core ML's only state type), cast on write
+and on read.
+
+:class:`LlamaProgramBuilder` is also the base of other decoders
+(:mod:`.coreml_gemma3`): they override the hooks ``norm_weight``, ``activation``,
+``embed``, ``layer_inputs`` and ``block``.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,26 +31,38 @@ from .weights import matrix
 
 INPUT_IDS, CAUSAL_MASK, KEY_CACHE, VALUE_CACHE, LOGITS = (
     "inputIds", "causalMask", "keyCache", "valueCache", "logits")
+COMPUTE_DTYPES = {"float16": ("fp16", np.float16), "float32": ("fp32", np.float32)}  # MIL name, numpy type
+
+
+class Step(NamedTuple):
+    """What every layer of one call shares: positions P (``past``) and P + T (``end``), int32
+    scalars, and the two cache states."""
+
+    past: object
+    end: object
+    key_cache: object
+    value_cache: object
 
 
 def mil_name(path: str) -> str:
     return path.replace(".", "_")
 
 
-def rope_tables(config: dict, head_dim: int, max_context: int):
-    """cos, sin fp16 [max_context, head_dim] for rotate-half RoPE at positions 0 .. max_context-1."""
-    inv_freq = rope_inverse_frequencies(config, head_dim).astype(np.float64)
-    angles = np.arange(max_context, dtype=np.float64)[:, None] * inv_freq[None, :]
+def rope_tables(inv_freq: np.ndarray, max_context: int, dtype):
+    """cos, sin [max_context, 2 * len(inv_freq)] (``dtype``) for rotate-half RoPE at positions 0 .. max_context-1."""
+    angles = np.arange(max_context, dtype=np.float64)[:, None] * inv_freq.astype(np.float64)[None, :]
     angles = np.concatenate([angles, angles], axis=-1)
-    return np.cos(angles).astype(np.float16), np.sin(angles).astype(np.float16)
+    return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
 
 
 class LlamaProgramBuilder:
     """Emits the ops of one forward pass; ``weights`` come from :func:`~.weights.model_weights`."""
 
-    def __init__(self, mb, config: dict, weights: dict, weight_var, max_context: int):
+    def __init__(self, mb, config: dict, weights: dict, weight_var, max_context: int,
+                 compute_precision: str = "float16"):
         self.mb, self.config, self.weights, self.weight_var = mb, config, weights, weight_var
         self.max_context = max_context
+        self.dtype, self.np_dtype = COMPUTE_DTYPES[compute_precision]
         self.num_layers = int(config["num_hidden_layers"])
         self.num_heads = int(config["num_attention_heads"])
         self.num_kv_heads = int(config.get("num_key_value_heads") or self.num_heads)
@@ -55,27 +76,45 @@ class LlamaProgramBuilder:
         return (self.num_layers, self.num_kv_heads, self.max_context, self.head_dim)
 
     def weight(self, path: str):
-        """The fp16 [N, K] var of layer ``path`` (created once, shared by every use)."""
+        """The [N, K] var of layer ``path`` in the compute dtype (created once, shared by every use):
+        the stored fp16 (or compressed) matrix, cast to fp32 for a float32 program."""
         if path not in self._vars:
-            self._vars[path] = self.weight_var(self.mb, matrix(self.weights, path), mil_name(path))
+            stored = self.weight_var(self.mb, matrix(self.weights, path), mil_name(path))
+            self._vars[path] = self.to_compute(stored)
         return self._vars[path]
 
-    def vector(self, name: str):
-        return self.mb.const(val=self.weights[name].astype(np.float16), name=mil_name(name))
+    def to_compute(self, x):
+        """An fp16 var in the compute dtype (itself for a float16 program)."""
+        return x if self.dtype == "fp16" else self.mb.cast(x=x, dtype=self.dtype)
+
+    def to_state(self, x):
+        """A compute-dtype var as fp16, the states' type (itself for a float16 program)."""
+        return x if self.dtype == "fp16" else self.mb.cast(x=x, dtype="fp16")
+
+    def vector(self, name: str, values=None):
+        """A constant [D] in the compute dtype: ``values``, by default the model's tensor ``name``."""
+        values = self.weights[name] if values is None else values
+        return self.mb.const(val=np.asarray(values).astype(self.np_dtype), name=mil_name(name))
 
     def linear(self, path: str, x):
         """x [1, T, K] -> [1, T, N], with the layer's bias if it has one."""
         bias = {"bias": self.vector(f"{path}.bias")} if f"{path}.bias" in self.weights else {}
         return self.mb.linear(x=x, weight=self.weight(path), **bias)
 
+    def norm_weight(self, path: str):
+        """The [D] vector RMSNorm ``path`` multiplies by."""
+        return self.vector(f"{path}.weight")
+
     def rms_norm(self, path: str, x):
-        """x fp16 [..., D] -> fp16 [..., D]; statistics in fp32."""
+        """x [..., D] -> [..., D] (compute dtype); statistics in fp32."""
         mb = self.mb
-        wide = mb.cast(x=x, dtype="fp32")
+        wide = x if self.dtype == "fp32" else mb.cast(x=x, dtype="fp32")
         mean_square = mb.reduce_mean(x=mb.mul(x=wide, y=wide), axes=[-1], keep_dims=True)
         inverse = mb.rsqrt(x=mean_square, epsilon=self.eps)
-        normed = mb.cast(x=mb.mul(x=wide, y=inverse), dtype="fp16")
-        return mb.mul(x=normed, y=self.vector(f"{path}.weight"))
+        normed = mb.mul(x=wide, y=inverse)
+        if self.dtype == "fp16":
+            normed = mb.cast(x=normed, dtype="fp16")
+        return mb.mul(x=normed, y=self.norm_weight(path))
 
     def heads(self, x, count: int):
         """[1, T, count*Dh] -> [1, count, T, Dh]."""
@@ -88,8 +127,17 @@ class LlamaProgramBuilder:
         half = self.head_dim // 2
         first = mb.slice_by_index(x=x, begin=[0, 0, 0, 0], end=[0, 0, 0, half], end_mask=[True, True, True, False])
         second = mb.slice_by_index(x=x, begin=[0, 0, 0, half], end=[0, 0, 0, 0], end_mask=[True, True, True, True])
-        rotated = mb.concat(values=[mb.mul(x=second, y=np.float16(-1)), first], axis=-1)
+        rotated = mb.concat(values=[mb.mul(x=second, y=self.np_dtype(-1)), first], axis=-1)
         return mb.add(x=mb.mul(x=x, y=cos), y=mb.mul(x=rotated, y=sin))
+
+    def rope_rows(self, name: str, inv_freq: np.ndarray, step: Step):
+        """(cos, sin) [T, Dh] of positions P .. P+T-1, sliced from constant tables ``name``_cos/_sin."""
+        mb = self.mb
+        cos_table, sin_table = rope_tables(inv_freq, self.max_context, self.np_dtype)
+        begin = mb.concat(values=[mb.reshape(x=step.past, shape=[1]), np.array([0], np.int32)], axis=0)
+        end = mb.concat(values=[mb.reshape(x=step.end, shape=[1]), np.array([self.head_dim], np.int32)], axis=0)
+        return tuple(mb.slice_by_index(x=mb.const(val=table, name=f"{name}_{kind}"), begin=begin, end=end)
+                     for kind, table in (("cos", cos_table), ("sin", sin_table)))
 
     def current(self, state):
         """The state's latest value: read once, then the previous update's result.
@@ -102,18 +150,19 @@ class LlamaProgramBuilder:
             self._latest[state.name] = self.mb.read_state(input=state)
         return self._latest[state.name]
 
-    def write_cache(self, state, layer: int, update, past, end):
-        """Write update [1, KVH, T, Dh] at rows past..end of ``layer``; return rows 0..end [1, KVH, E, Dh]."""
+    def write_cache(self, state, layer: int, update, step: Step):
+        """Write update [1, KVH, T, Dh] at rows P..P+T-1 of ``layer``; return rows 0..P+T-1 [1, KVH, E, Dh]
+        (compute dtype; the state itself is fp16)."""
         mb = self.mb
-        begin = mb.concat(values=[np.array([layer, 0], np.int32), mb.reshape(x=past, shape=[1]),
+        begin = mb.concat(values=[np.array([layer, 0], np.int32), mb.reshape(x=step.past, shape=[1]),
                                   np.array([0], np.int32)], axis=0)
-        stop = mb.concat(values=[np.array([layer + 1, self.num_kv_heads], np.int32), mb.reshape(x=end, shape=[1]),
-                                 np.array([self.head_dim], np.int32)], axis=0)
-        cache = mb.slice_update(x=self.current(state), update=update, begin=begin, end=stop)
+        stop = mb.concat(values=[np.array([layer + 1, self.num_kv_heads], np.int32),
+                                 mb.reshape(x=step.end, shape=[1]), np.array([self.head_dim], np.int32)], axis=0)
+        cache = mb.slice_update(x=self.current(state), update=self.to_state(update), begin=begin, end=stop)
         cache = mb.coreml_update_state(state=state, value=cache)
         self._latest[state.name] = cache
         start = np.array([layer, 0, 0, 0], np.int32)
-        return mb.slice_by_index(x=cache, begin=start, end=stop)
+        return self.to_compute(mb.slice_by_index(x=cache, begin=start, end=stop))
 
     def repeat_kv(self, x):
         """GQA: [1, KVH, E, Dh] -> [1, H, E, Dh], head h reading KV head h // (H / KVH)."""
@@ -125,7 +174,8 @@ class LlamaProgramBuilder:
         x = mb.tile(x=x, reps=[1, 1, repeats, 1, 1])
         return mb.reshape(x=x, shape=[1, self.num_heads, -1, self.head_dim])
 
-    def attention(self, layer: int, x, cos, sin, mask, past, end, key_cache, value_cache):
+    def attention(self, layer: int, x, rope, mask, step: Step):
+        """x [1, T, D] -> [1, T, D]; rope = (cos, sin) [T, Dh]; mask [1, 1, T, E] additive."""
         mb, prefix = self.mb, f"model.layers.{layer}.self_attn"
         queries = self.heads(self.linear(f"{prefix}.q_proj", x), self.num_heads)
         keys = self.heads(self.linear(f"{prefix}.k_proj", x), self.num_kv_heads)
@@ -133,36 +183,48 @@ class LlamaProgramBuilder:
         if f"{prefix}.q_norm.weight" in self.weights:
             queries = self.rms_norm(f"{prefix}.q_norm", queries)
             keys = self.rms_norm(f"{prefix}.k_norm", keys)
-        queries, keys = self.rope(queries, cos, sin), self.rope(keys, cos, sin)
-        keys = self.repeat_kv(self.write_cache(key_cache, layer, keys, past, end))
-        values = self.repeat_kv(self.write_cache(value_cache, layer, values, past, end))
+        queries, keys = self.rope(queries, *rope), self.rope(keys, *rope)
+        keys = self.repeat_kv(self.write_cache(step.key_cache, layer, keys, step))
+        values = self.repeat_kv(self.write_cache(step.value_cache, layer, values, step))
         out = mb.scaled_dot_product_attention(query=queries, key=keys, value=values, attn_mask=mask)
         out = mb.reshape(x=mb.transpose(x=out, perm=[0, 2, 1, 3]), shape=[1, -1, self.num_heads * self.head_dim])
         return self.linear(f"{prefix}.o_proj", out)
 
+    def activation(self, gate):
+        """The gated MLP's activation (SwiGLU: SiLU)."""
+        return self.mb.silu(x=gate)
+
     def mlp(self, layer: int, x):
         mb, prefix = self.mb, f"model.layers.{layer}.mlp"
-        gate = mb.silu(x=self.linear(f"{prefix}.gate_proj", x))
+        gate = self.activation(self.linear(f"{prefix}.gate_proj", x))
         return self.linear(f"{prefix}.down_proj", mb.mul(x=gate, y=self.linear(f"{prefix}.up_proj", x)))
 
+    def embed(self, input_ids):
+        """inputIds [1, T] -> [1, T, D]: rows of the embedding matrix."""
+        return self.mb.gather(x=self.weight("model.embed_tokens"), indices=input_ids, axis=0)
+
+    def layer_inputs(self, mask, step: Step) -> list:
+        """Per layer: (rope (cos, sin), attention mask). Llama: one RoPE and the caller's causal mask."""
+        rope = self.rope_rows("rope", rope_inverse_frequencies(self.config, self.head_dim), step)
+        return [(rope, mask)] * self.num_layers
+
+    def block(self, layer: int, h, rope, mask, step: Step):
+        """One decoder layer, pre-norm: h + attention(norm(h)), then + mlp(norm(h))."""
+        mb, prefix = self.mb, f"model.layers.{layer}"
+        h = mb.add(x=h, y=self.attention(layer, self.rms_norm(f"{prefix}.input_layernorm", h), rope, mask, step))
+        return mb.add(x=h, y=self.mlp(layer, self.rms_norm(f"{prefix}.post_attention_layernorm", h)))
+
     def forward(self, input_ids, mask, key_cache, value_cache):
-        """inputIds [1, T], causalMask [1, 1, T, E] -> logits fp16 [1, T, vocab]."""
+        """inputIds [1, T], causalMask [1, 1, T, E] -> logits [1, T, vocab] (compute dtype)."""
         mb = self.mb
         mask_shape = mb.shape(x=mask)
         end = mb.gather(x=mask_shape, indices=3)
-        past = mb.sub(x=end, y=mb.gather(x=mask_shape, indices=2))
-        cos_table, sin_table = rope_tables(self.config, self.head_dim, self.max_context)
-        rows_begin = mb.concat(values=[mb.reshape(x=past, shape=[1]), np.array([0], np.int32)], axis=0)
-        rows_end = mb.concat(values=[mb.reshape(x=end, shape=[1]), np.array([self.head_dim], np.int32)], axis=0)
-        cos = mb.slice_by_index(x=mb.const(val=cos_table, name="rope_cos"), begin=rows_begin, end=rows_end)
-        sin = mb.slice_by_index(x=mb.const(val=sin_table, name="rope_sin"), begin=rows_begin, end=rows_end)
-        h = mb.gather(x=self.weight("model.embed_tokens"), indices=input_ids, axis=0)
-        for layer in range(self.num_layers):
-            prefix = f"model.layers.{layer}"
-            attended = self.attention(layer, self.rms_norm(f"{prefix}.input_layernorm", h), cos, sin, mask, past,
-                                      end, key_cache, value_cache)
-            h = mb.add(x=h, y=attended)
-            h = mb.add(x=h, y=self.mlp(layer, self.rms_norm(f"{prefix}.post_attention_layernorm", h)))
+        step = Step(past=mb.sub(x=end, y=mb.gather(x=mask_shape, indices=2)), end=end,
+                    key_cache=key_cache, value_cache=value_cache)
+        inputs = self.layer_inputs(self.to_compute(mask), step)
+        h = self.embed(input_ids)
+        for layer, (rope, layer_mask) in enumerate(inputs):
+            h = self.block(layer, h, rope, layer_mask, step)
         h = self.rms_norm("model.norm", h)
         head = "model.embed_tokens" if self.tied else "lm_head"
         return mb.linear(x=h, weight=self.weight(head), name=LOGITS)

@@ -11,6 +11,11 @@ affine 2, 3    ``constexpr_lut_to_dense``            uint2 / uint3 codes (the mo
                                                      one fp16 table per group: scale * i + bias,
                                                      i = 0 .. 2^bits - 1 (no shift-scale type
                                                      has 2 or 3 bits)
+lut 2, 3, 4    ``constexpr_lut_to_dense``            uint2 / uint3 / uint4 codes and the model's
+                                                     fp16 palettes [N/g, 1, 2^bits, 1]; a per-row
+               (+ ``constexpr_blockwise_shift_scale``) scale multiplies the decoded fp16 matrix
+ternary        ``constexpr_lut_to_dense``            uint2 codes c = t + 1 and one table
+                                                     [-s, 0, s, 0] per row and scale group
 float          ``const``                             fp16
 =============  ====================================  =========================================
 
@@ -23,19 +28,23 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SLMError
-from .weights import AffineWeight
+from .weights import AffineWeight, PalettizedWeight
 
 FP16_MAX = float(np.finfo(np.float16).max)
 
 
 def storage_dtype_name(weight) -> str:
     """Element type Core ML stores for ``weight``: "uint4", "uint8", "uint3", "fp16", ..."""
+    if isinstance(weight, PalettizedWeight):
+        return f"uint{weight.bits}"
     if not isinstance(weight, AffineWeight):
         return "fp16"
     return f"uint{weight.bits}" if weight.bits in (2, 3, 4, 8) else "uint8"
 
 
 def coreml_op_name(weight) -> str:
+    if isinstance(weight, PalettizedWeight):
+        return "constexpr_lut_to_dense"
     if not isinstance(weight, AffineWeight):
         return "const"
     return "constexpr_lut_to_dense" if weight.bits in (2, 3) else "constexpr_blockwise_shift_scale"
@@ -43,6 +52,9 @@ def coreml_op_name(weight) -> str:
 
 def coreml_bytes(weight) -> int:
     """Bytes the weight's arrays take in the package (before the blob's alignment)."""
+    if isinstance(weight, PalettizedWeight):
+        scales = 0 if weight.row_scales is None else weight.row_scales.size * 2
+        return weight.codes.size * weight.bits // 8 + weight.lut.size * 2 + scales
     if not isinstance(weight, AffineWeight):
         return weight.size * 2
     rows, columns = weight.shape
@@ -85,6 +97,8 @@ def weight_var(mb, weight, name: str):
     """A MIL var holding ``weight`` as fp16 [N, K] (compressed where the model is)."""
     from coremltools.converters.mil.mil import types
 
+    if isinstance(weight, PalettizedWeight):
+        return palettized_var(mb, weight, name)
     if not isinstance(weight, AffineWeight):
         return mb.const(val=np.asarray(weight).astype(np.float16), name=name)
     if weight.bits in (2, 3):
@@ -96,12 +110,28 @@ def weight_var(mb, weight, name: str):
                                               name=name)
 
 
+UINT_TYPES = {2: "np_uint2_dtype", 3: "np_uint3_dtype", 4: "np_uint4_dtype"}
+
+
+def palettized_var(mb, weight: PalettizedWeight, name: str):
+    """constexpr_lut_to_dense over the model's own codes and tables (then the row scales, if any)."""
+    from coremltools.converters.mil.mil import types
+
+    indices = weight.codes.astype(getattr(types, UINT_TYPES[weight.bits]))
+    lut = weight.lut.astype(np.float16)[..., None]
+    if weight.row_scales is None:
+        return mb.constexpr_lut_to_dense(indices=indices, lut=lut, name=name)
+    dense = mb.constexpr_lut_to_dense(indices=indices, lut=lut, name=f"{name}_palettized")
+    return mb.constexpr_blockwise_shift_scale(data=dense, scale=weight.row_scales.astype(np.float16), name=name)
+
+
 def layer_record(path: str, weight) -> dict:
     """Per-layer compression info for the manifest."""
     record = {"name": path, "shape": list(weight.shape), "coreml_op": coreml_op_name(weight),
               "storage": storage_dtype_name(weight), "bytes": coreml_bytes(weight)}
-    if isinstance(weight, AffineWeight):
-        record.update(format="affine", bits=weight.bits, group_size=weight.group_size)
+    if isinstance(weight, (AffineWeight, PalettizedWeight)):
+        mode = weight.mode if isinstance(weight, PalettizedWeight) else "affine"
+        record.update(format=mode, bits=weight.bits, group_size=weight.group_size)
     else:
         record.update(format="float", bits=16)
     return record

@@ -1,4 +1,5 @@
-"""A model's matrices as plain numpy, per layer: float, or affine codes + scales + biases.
+"""A model's matrices as plain numpy, per layer: float, affine codes + scales + biases, or
+palettized codes + tables (the ``lut`` and ``ternary`` formats).
 
 This is the one place the exporters read a model (MLX or numpy backend); they
 never re-quantize. Names are mlx-lm's (``model.layers.0.self_attn.q_proj``).
@@ -11,12 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import SLMError
-from ..formats import affine, get_format
+from ..formats import affine, get_format, ternary
 from ..loading import model_config
 from ..qconfig import saved_layer_params
 from ..stats import named_arrays
 
-AFFINE_SUFFIXES = get_format("affine").stored
 
 
 @dataclass
@@ -38,6 +38,60 @@ class AffineWeight:
         return self.codes.shape
 
 
+@dataclass
+class PalettizedWeight:
+    """``w[n, k] = row_scales[n] * lut[n // gN, k // gK, codes[n, k]]`` (row_scales optional).
+
+    codes: uint8 [N, K]; lut: float16 [N / gN, K / gK, 2**bits]; row_scales: float16 [N, 1] or None.
+    ``lut`` layers have one table per group of gN rows (gK = K); ``ternary`` layers one per row and
+    scale group, holding ``[-s, 0, s, 0]`` (2-bit codes c = t + 1).
+    """
+
+    codes: np.ndarray
+    lut: np.ndarray
+    row_scales: np.ndarray | None
+    bits: int
+    mode: str
+    group_size: int
+    stored_bytes: int
+
+    @property
+    def shape(self) -> tuple:
+        return self.codes.shape
+
+
+def ternary_tables(scales: np.ndarray) -> np.ndarray:
+    """float16 [N, G] scales -> float16 [N, G, 4] tables ``[-s, 0, s, 0]``."""
+    levels = np.array([-1, 0, 1, 0], np.float32)
+    return (scales.astype(np.float32)[..., None] * levels).astype(np.float16)
+
+
+def compressed_weight(mode: str, stored: dict, bits: int, group_size: int):
+    """The stored arrays of one quantized layer -> AffineWeight or PalettizedWeight."""
+    nbytes = sum(a.nbytes for a in stored.values() if a is not None)
+    if mode == "affine":
+        return AffineWeight(codes=affine.unpack_codes(stored["weight"], bits),
+                            scales=stored["scales"].astype(np.float32), biases=stored["biases"].astype(np.float32),
+                            bits=bits, group_size=group_size, stored_bytes=nbytes)
+    if mode == "lut":
+        lut = stored["lut"]
+        return PalettizedWeight(codes=affine.unpack_codes(stored["weight"], bits), lut=lut.reshape(lut.shape[0], 1, -1),
+                                row_scales=stored.get("scales"), bits=bits, mode=mode, group_size=group_size,
+                                stored_bytes=nbytes)
+    if mode in ("ternary", "ternary_b3"):
+        packed = stored["weight"]
+        width = get_format(mode).layer_shape(stored, bits, group_size)[1]
+        codes = ternary.unpack_base3(packed, width) if mode == "ternary_b3" else affine.unpack_codes(packed, 2)
+        return PalettizedWeight(codes=codes, lut=ternary_tables(stored["scales"]), row_scales=None, bits=2,
+                                mode=mode, group_size=group_size, stored_bytes=nbytes)
+    raise SLMError(f"the {mode!r} format has no Core ML mapping (supported: affine, lut, ternary, ternary_b3)")
+
+
+def is_packed(array) -> bool:
+    """True for the integer code arrays of quantized layers (MLX or numpy)."""
+    return str(array.dtype).rsplit(".", 1)[-1].startswith(("uint", "int"))
+
+
 def to_numpy(array) -> np.ndarray:
     """numpy copy of an MLX or numpy array; bfloat16 becomes float32 (exactly)."""
     if isinstance(array, np.ndarray):
@@ -50,7 +104,7 @@ def to_numpy(array) -> np.ndarray:
 
 
 def model_weights(model) -> dict:
-    """Layer path or tensor name -> :class:`AffineWeight` or numpy array.
+    """Layer path or tensor name -> :class:`AffineWeight`, :class:`PalettizedWeight` or numpy array.
 
     Quantized layers appear once under their path (``...q_proj``); every other
     tensor keeps its full name (``...q_proj.weight``, ``model.norm.weight``).
@@ -61,24 +115,22 @@ def model_weights(model) -> dict:
     weights = {}
     for name, array in arrays.items():
         path, _, suffix = name.rpartition(".")
-        if f"{path}.scales" not in arrays or suffix not in AFFINE_SUFFIXES:
-            weights[name] = to_numpy(array)  # float tensors, and a quantized layer's own bias
+        packed = arrays.get(f"{path}.weight")
+        if packed is None or not is_packed(packed):
+            weights[name] = to_numpy(array)  # float tensors
+            continue
+        bits, group_size, mode = saved_layer_params(quantization, path)
+        stored_names = get_format(mode).stored
+        if suffix not in stored_names:
+            weights[name] = to_numpy(array)  # a quantized layer's own bias
         elif suffix == "weight":
-            bits, group_size, mode = saved_layer_params(quantization, path)
-            if mode != "affine":
-                raise SLMError(f"layer {path} uses the {mode!r} format, which has no Core ML mapping yet "
-                               "(supported: affine)")
-            packed = to_numpy(array)
-            scales, biases = to_numpy(arrays[f"{path}.scales"]), to_numpy(arrays[f"{path}.biases"])
-            weights[path] = AffineWeight(
-                codes=affine.unpack_codes(packed, bits), scales=scales.astype(np.float32),
-                biases=biases.astype(np.float32), bits=bits, group_size=group_size,
-                stored_bytes=packed.nbytes + scales.nbytes + biases.nbytes)
+            stored = {s: to_numpy(arrays[f"{path}.{s}"]) if f"{path}.{s}" in arrays else None for s in stored_names}
+            weights[path] = compressed_weight(mode, stored, bits, group_size)
     return weights
 
 
 def matrix(weights: dict, path: str):
-    """The layer ``path``'s matrix: an :class:`AffineWeight` or a float array [N, K]."""
+    """The layer ``path``'s matrix: an :class:`AffineWeight`, a :class:`PalettizedWeight` or a float array [N, K]."""
     if path in weights:
         return weights[path]
     return weights[f"{path}.weight"]

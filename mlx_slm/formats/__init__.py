@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import SLMError
-from . import affine
+from . import affine, lut, ternary
 from .base import WeightFormat
 
 FORMATS: dict[str, WeightFormat] = {}
@@ -14,9 +14,11 @@ def register(weight_format: WeightFormat) -> None:
 
 
 def get_format(name: str) -> WeightFormat:
+    """The registered format ``name`` (the ``mode`` in config.json); SLMError if unknown."""
     if name not in FORMATS:
         raise SLMError(f"unknown weight format {name!r}; known: {', '.join(sorted(FORMATS))}")
     return FORMATS[name]
 
 
-register(affine.FORMAT)
+for weight_format in (affine.FORMAT, lut.FORMAT, ternary.FORMAT, ternary.FORMAT_B3):
+    register(weight_format)

@@ -30,6 +30,18 @@ def check_params(shape: tuple, bits: int, group_size: int) -> None:
         )
 
 
+def check_settings(bits: int, group_size: int) -> None:
+    """Raise SLMError unless ``bits``/``group_size`` are valid affine settings."""
+    check_params((group_size,), bits, group_size)
+
+
+def misfit(shape: tuple, bits: int, group_size: int) -> str | None:
+    """Why a weight of ``shape`` cannot be cut into groups of ``group_size`` (None if it can)."""
+    if shape[-1] % group_size:
+        return f"width {shape[-1]} is not divisible by the group size {group_size}"
+    return None
+
+
 def quantize_codes(w: np.ndarray, bits: int, group_size: int):
     """Choose codes, scales and biases exactly as MLX does.
 
@@ -106,12 +118,21 @@ def matmul(x: np.ndarray, packed: np.ndarray, scales: np.ndarray, biases: np.nda
     return as_float32(x) @ w.T
 
 
-def bits_per_weight(bits: int, group_size: int, scale_bits: int = 16) -> float:
+def bits_per_weight(bits: int, group_size: int, shape=None, scale_bits: int = 16) -> float:
     """Storage cost of one weight including its share of scale and bias."""
     return bits + 2 * scale_bits / group_size
 
 
+def layer_shape(stored: dict, bits: int, group_size: int) -> tuple[int, int]:
+    """(N, K) of the float weight behind packed ``stored["weight"]`` [N, K*bits/32]."""
+    rows, words = stored["weight"].shape
+    return rows, words * 32 // bits
+
+
 FORMAT = WeightFormat(
-    name="affine", check=check_params, pack=pack, unpack=unpack, matmul=matmul,
-    bits_per_weight=bits_per_weight, stored=("weight", "scales", "biases"),
+    name="affine", check=check_settings, misfit=misfit, pack=pack, unpack=unpack, matmul=matmul,
+    bits_per_weight=bits_per_weight, layer_shape=layer_shape, stored=("weight", "scales", "biases"),
+    default_bits=4, default_group_size=64,
+    description="MLX's own format: per group of group_size input columns a scale and a bias "
+                "(bits 2-8 but 7; group 32/64/128); runs on stock mlx_lm",
 )

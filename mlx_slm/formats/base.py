@@ -11,18 +11,30 @@ class WeightFormat:
     """One low-bit weight format.
 
     name: the registry key and the ``mode`` recorded in config.json.
-    check(shape, bits, group_size): raise SLMError if the settings do not fit.
-    pack(w [N, K], bits, group_size) -> stored arrays, in ``stored`` order.
+    check(bits, group_size): raise SLMError if the settings are invalid for any layer.
+    misfit(shape [N, K], bits, group_size) -> None, or why a layer of that shape cannot take them.
+    pack(w [N, K], bits, group_size, **options) -> stored arrays in ``stored`` order (None for an
+    absent optional array).
     unpack(*stored, bits, group_size, dtype=None) -> w [N, K].
     matmul(x [..., K], *stored, bits, group_size) -> [..., N] float32.
-    bits_per_weight(bits, group_size) -> storage bits per weight, overhead included.
+    bits_per_weight(bits, group_size, shape=None, **options) -> storage bits per weight, every
+    stored byte included.
+    layer_shape(stored {suffix: array or None}, bits, group_size) -> (N, K) of the float weight.
     stored: parameter name suffixes of the stored arrays, e.g. ("weight", "scales", "biases").
+    optional: the suffixes in ``stored`` that a layer may lack.
+    default_bits / default_group_size: what ``quantize`` uses when none is given.
     """
 
     name: str
     check: Callable
+    misfit: Callable
     pack: Callable
     unpack: Callable
     matmul: Callable
     bits_per_weight: Callable
+    layer_shape: Callable
     stored: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+    default_bits: int = 4
+    default_group_size: int = 64
+    description: str = ""

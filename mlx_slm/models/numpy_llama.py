@@ -1,9 +1,9 @@
 """A numpy forward pass of the Llama family (Llama, Mistral, Qwen2, Qwen3, SmolLM).
 
 It runs wherever numpy does, computes in float32 on numpy's BLAS, and is the
-reference the MLX paths are held against. Weights use mlx-lm names; affine
-quantized layers (``.weight`` uint32 + ``.scales`` + ``.biases``) are
-dequantized once to float32 and cached.
+reference the MLX paths are held against. Weights use mlx-lm names; quantized
+layers (an integer ``.weight`` plus the arrays of their format, e.g. ``.scales`` +
+``.biases`` for affine, ``.lut`` for lut) are dequantized once to float32 and cached.
 """
 
 from __future__ import annotations
@@ -120,10 +120,10 @@ class NumpyLlama:
         """Float32 weight ``name`` (a layer path), dequantized if it is quantized."""
         if name not in self._float32:
             weight = self.weights[f"{name}.weight"]
-            if f"{name}.scales" in self.weights:
-                bits, group_size, mode = saved_layer_params(self.config["quantization"], name)
+            if weight.dtype.kind in "ui":
+                bits, group_size, mode = saved_layer_params(self.config.get("quantization") or {}, name)
                 weight_format = get_format(mode)
-                stored = [self.weights[f"{name}.{suffix}"] for suffix in weight_format.stored]
+                stored = [self.weights.get(f"{name}.{suffix}") for suffix in weight_format.stored]
                 weight = weight_format.unpack(*stored, bits, group_size, dtype=np.float32)
             self._float32[name] = as_float32(weight)
         return self._float32[name]

@@ -1,0 +1,88 @@
+"""Quantization-aware training: fake-quantized linear layers with a straight-through estimator.
+
+While training, each chosen ``nn.Linear`` computes with ``w + stop_gradient(q(w) - w)``:
+the forward pass sees the quantized weight ``q(w)``, the backward pass treats q
+as the identity, so the float weight keeps learning. ``q`` rounds exactly as the
+saved format will: affine as ``mx.quantize`` (scales and biases in float16), and
+ternary as BitNet b1.58's absmean (scale = mean |w| of the group, in float16,
+weights rounded to {-1, 0, +1}). After training, :func:`remove_fake_quant` restores
+plain layers holding the float weights and :func:`mlx_slm.quantize` stores them.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_unflatten
+
+from ..errors import SLMError
+
+FORMATS = ("affine", "ternary")
+
+
+def fake_affine(weight: mx.array, bits: int, group_size: int) -> mx.array:
+    packed, scales, biases = mx.quantize(weight.astype(mx.float16), group_size=group_size, bits=bits)
+    return mx.dequantize(packed, scales, biases, group_size=group_size, bits=bits).astype(weight.dtype)
+
+
+def fake_ternary(weight: mx.array, group_size: int) -> mx.array:
+    rows, width = weight.shape
+    group = group_size or width
+    groups = weight.reshape(rows, width // group, group)
+    scale = mx.abs(groups).mean(axis=-1, keepdims=True).astype(mx.float16).astype(weight.dtype)
+    safe = mx.where(scale > 0, scale, 1)
+    return (mx.clip(mx.round(groups / safe), -1, 1) * scale).reshape(rows, width)
+
+
+class FakeQuantLinear(nn.Module):
+    """A linear layer that trains its float weight through a fake quantizer."""
+
+    def __init__(self, layer: nn.Linear, fmt: str, bits: int, group_size: int):
+        super().__init__()
+        self.weight = layer.weight
+        if "bias" in layer:
+            self.bias = layer.bias
+        self.fmt, self.bits, self.group_size = fmt, bits, group_size
+
+    def quantized_weight(self) -> mx.array:
+        if self.fmt == "affine":
+            return fake_affine(self.weight, self.bits, self.group_size)
+        return fake_ternary(self.weight, self.group_size)
+
+    def __call__(self, x):
+        w = self.weight + mx.stop_gradient(self.quantized_weight() - self.weight)
+        out = x @ w.T
+        return out + self.bias if "bias" in self else out
+
+
+def check_qat(qat: dict) -> tuple[str, int, int]:
+    fmt = qat.get("format", "affine")
+    if fmt not in FORMATS:
+        raise SLMError(f"quantization-aware training supports formats {FORMATS}, not {fmt!r}")
+    bits = int(qat.get("bits", 2 if fmt == "ternary" else 4))
+    group_size = int(qat.get("group_size", 0 if fmt == "ternary" else 64))
+    return fmt, bits, group_size
+
+
+def add_fake_quant(model: nn.Module, qat: dict) -> list[str]:
+    """Swap the decoder's ``nn.Linear`` layers whose width fits the group for fake-quantized ones."""
+    fmt, bits, group_size = check_qat(qat)
+    swaps = [(path, FakeQuantLinear(module, fmt, bits, group_size)) for path, module in model.named_modules()
+             if type(module) is nn.Linear and ".layers." in f".{path}"
+             and module.weight.shape[1] % (group_size or module.weight.shape[1]) == 0]
+    if not swaps:
+        raise SLMError("no linear layer of the student fits the quantization-aware training settings")
+    model.update_modules(tree_unflatten(swaps))
+    return [path for path, _ in swaps]
+
+
+def remove_fake_quant(model: nn.Module) -> None:
+    """Put plain ``nn.Linear`` layers holding the trained float weights back."""
+    swaps = []
+    for path, module in model.named_modules():
+        if isinstance(module, FakeQuantLinear):
+            out_dims, in_dims = module.weight.shape
+            plain = nn.Linear(in_dims, out_dims, bias="bias" in module)
+            plain.update(module.parameters())
+            swaps.append((path, plain))
+    model.update_modules(tree_unflatten(swaps))

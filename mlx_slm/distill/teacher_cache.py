@@ -1,0 +1,81 @@
+"""The teacher's top-k logits for every training window, computed once and kept on disk.
+
+A large teacher then runs once per window instead of once per step. On a CPU a
+Llama-family teacher runs on the numpy engine with the same weights (MLX's CPU
+``exp`` is scalar; see :mod:`mlx_slm.runtime`). The cache is a
+folder with ``values.npy`` (float16 [W, T, k], the k largest logits of each position,
+in decreasing order), ``indices.npy`` (int32 [W, T, k]) and ``meta.json``; it is
+keyed by a hash of the windows, k and the teacher's weights' shapes and a sample of
+their values, so a stale cache is never reused. Written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten
+from tqdm import tqdm
+
+from ..errors import SLMError
+from ..io.atomic import atomic_directory
+from ..runtime import computes_on_cpu, numpy_twin
+
+
+def cache_key(teacher, windows: np.ndarray, top_k: int) -> str:
+    digest = hashlib.sha256(np.ascontiguousarray(windows).tobytes())
+    digest.update(str(top_k).encode())
+    for name, value in tree_flatten(teacher.parameters()):
+        digest.update(f"{name}{value.shape}{value.dtype}".encode())
+        digest.update(np.array(value.reshape(-1)[:64].astype(mx.float32)).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def top_k_logits(logits: mx.array, top_k: int) -> tuple[mx.array, mx.array]:
+    """[..., V] -> (values [..., k] decreasing, indices [..., k] int32)."""
+    indices = mx.argsort(-logits, axis=-1)[..., :top_k].astype(mx.int32)
+    return mx.take_along_axis(logits, indices, axis=-1), indices
+
+
+def logits_function(teacher):
+    """tokens [B, T] int32 -> float32 logits [B, T, V] as numpy, on the fastest engine at hand."""
+    if computes_on_cpu():
+        try:
+            twin = numpy_twin(teacher)
+        except SLMError:
+            twin = None
+        if twin is not None:
+            twin.materialize()
+            return twin
+    return lambda tokens: np.array(teacher(mx.array(tokens)).astype(mx.float32))
+
+
+class TeacherCache:
+    """Top-k teacher logits of ``windows`` [W, T+1] (inputs are the first T tokens)."""
+
+    def __init__(self, folder, teacher, windows: np.ndarray, top_k: int, batch_size: int = 4, progress: bool = True):
+        key = cache_key(teacher, windows, top_k)
+        self.folder = Path(folder) / f"teacher-top{top_k}-{key}"
+        if not (self.folder / "meta.json").is_file():
+            self.build(teacher, windows, top_k, batch_size, progress)
+        self.values = np.load(self.folder / "values.npy", mmap_mode="r")
+        self.indices = np.load(self.folder / "indices.npy", mmap_mode="r")
+
+    def build(self, teacher, windows, top_k, batch_size, progress) -> None:
+        values, indices, logits_of = [], [], logits_function(teacher)
+        for start in tqdm(range(0, len(windows), batch_size), desc="teacher top-k", disable=not progress):
+            logits = logits_of(windows[start:start + batch_size, :-1])
+            top = np.argsort(-logits, axis=-1, kind="stable")[..., :top_k]
+            values.append(np.take_along_axis(logits, top, axis=-1).astype(np.float16))
+            indices.append(top.astype(np.int32))
+        with atomic_directory(self.folder, overwrite=True) as tmp:
+            np.save(Path(tmp) / "values.npy", np.concatenate(values))
+            np.save(Path(tmp) / "indices.npy", np.concatenate(indices))
+            (Path(tmp) / "meta.json").write_text(json.dumps({"top_k": top_k, "windows": len(windows)}))
+
+    def lookup(self, rows: np.ndarray) -> tuple[mx.array, mx.array]:
+        """(values [B, T, k] float32, indices [B, T, k]) of the windows ``rows``."""
+        return mx.array(self.values[rows].astype(np.float32)), mx.array(np.asarray(self.indices[rows]))

@@ -1,0 +1,113 @@
+"""The MIL program (iOS 18) of a Gemma 3 text model: the Llama program with Gemma's differences.
+
+Same contract as :mod:`.coreml_llama` (``inputIds``, ``causalMask``, ``keyCache``,
+``valueCache`` -> ``logits``). What differs, following mlx-lm's ``gemma3_text``:
+
+- embeddings scaled by sqrt(hidden_size) (rounded to bfloat16, as mlx-lm does);
+- RMSNorm multiplies by (1 + weight); q/k norms on every layer; four norms per
+  layer (input, post-attention, pre- and post-feed-forward), residual sums clipped
+  to the fp16 range in a float16 program (mlx-lm's ``clip_residual``);
+- GeGLU MLP (gelu, tanh approximation);
+- attention scale query_pre_attn_scalar^-1/2: ``scaled_dot_product_attention``
+  divides by sqrt(head_dim), so the q_norm weight is multiplied by
+  sqrt(head_dim / query_pre_attn_scalar) (queries pre-scaled at no extra op);
+- layer i is global when (i + 1) % sliding_window_pattern == 0 (RoPE base
+  rope_theta, with rope_scaling), else sliding (base rope_local_base_freq), whose
+  mask also blocks keys ``sliding_window`` or more positions behind the query.
+  That band is derived inside the program from the positions, so runners that
+  send only the causal mask get Gemma's attention. The cache keeps every
+  position for every layer (no rotating buffer).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import SLMError
+from ..formats.dtypes import bfloat16
+from ..models.numpy_llama import rope_inverse_frequencies
+from .coreml_llama import LlamaProgramBuilder, Step
+from .coreml_weights import FP16_MAX
+
+GEMMA3_TYPES = ("gemma3_text", "gemma3")
+MULTIMODAL_PREFIX = "language_model."  # mlx-lm's gemma3 wraps the text model under this name
+
+
+def gemma3_text_config(model, config: dict) -> dict:
+    """mlx-lm's resolved ``gemma3_text`` arguments (its defaults filled in), also for a ``gemma3`` model."""
+    args = getattr(getattr(model, "language_model", model), "args", None)
+    if args is None:
+        raise SLMError(f"exporting {config.get('model_type')} needs the MLX backend (mlx-lm's gemma3_text model); "
+                       "the numpy backend runs the Llama family only")
+    return {**vars(args), "model_type": "gemma3_text"}
+
+
+def gemma3_text_weights(weights: dict) -> dict:
+    """The text model's weights under gemma3_text names (a ``gemma3`` model's lose ``language_model.``;
+    mlx-lm drops the vision tower when loading)."""
+    return {name.removeprefix(MULTIMODAL_PREFIX): w for name, w in weights.items()}
+
+
+class Gemma3ProgramBuilder(LlamaProgramBuilder):
+    """:class:`~.coreml_llama.LlamaProgramBuilder` with Gemma 3's norms, MLP, embedding scale,
+    residual clipping and local/global attention layers."""
+
+    def __init__(self, mb, config: dict, weights: dict, weight_var, max_context: int,
+                 compute_precision: str = "float16"):
+        super().__init__(mb, config, weights, weight_var, max_context, compute_precision)
+        self.hidden_size = int(config["hidden_size"])
+        self.window = int(config["sliding_window"])
+        self.pattern = int(config["sliding_window_pattern"])
+        self.query_scale = float(np.sqrt(self.head_dim / float(config["query_pre_attn_scalar"])))
+
+    def is_sliding(self, layer: int) -> bool:
+        return (layer + 1) % self.pattern != 0
+
+    def norm_weight(self, path: str):
+        """1 + weight; for q_norm also times sqrt(head_dim / query_pre_attn_scalar)."""
+        values = 1.0 + self.weights[f"{path}.weight"].astype(np.float32)
+        if path.endswith(".q_norm"):
+            values = values * np.float32(self.query_scale)
+        return self.vector(f"{path}.weight", values)
+
+    def activation(self, gate):
+        return self.mb.gelu(x=gate, mode="TANH_APPROXIMATION")
+
+    def embed(self, input_ids):
+        """Embedding rows times sqrt(hidden_size) rounded to bfloat16 (mlx-lm's exact factor)."""
+        scale = float(np.float32(np.sqrt(self.hidden_size)).astype(bfloat16))
+        return self.mb.mul(x=super().embed(input_ids), y=self.np_dtype(scale))
+
+    def window_mask(self, mask, step: Step):
+        """causalMask [1, 1, T, E] with keys ``sliding_window`` or more positions behind their query
+        set to -inf: query i sits at position P + i, key j at position j."""
+        mb = self.mb
+        queries = mb.expand_dims(x=mb.range_1d(start=step.past, end=step.end, step=1), axes=[1])  # [T, 1]
+        keys = mb.expand_dims(x=mb.range_1d(start=0, end=step.end, step=1), axes=[0])  # [1, E]
+        outside = mb.greater_equal(x=mb.sub(x=queries, y=keys), y=np.int32(self.window))  # [T, E]
+        return mb.select(cond=outside, a=self.np_dtype(-np.inf), b=mask)
+
+    def layer_inputs(self, mask, step: Step) -> list:
+        """Sliding layers: local RoPE base and the windowed mask; global layers: rope_theta (+ scaling)
+        and the caller's mask."""
+        local = self.rope_rows("rope_local", rope_inverse_frequencies(
+            {"rope_theta": self.config["rope_local_base_freq"]}, self.head_dim), step)
+        global_ = self.rope_rows("rope_global", rope_inverse_frequencies(self.config, self.head_dim), step)
+        window_mask = self.window_mask(mask, step)
+        return [(local, window_mask) if self.is_sliding(layer) else (global_, mask)
+                for layer in range(self.num_layers)]
+
+    def residual(self, h, update):
+        """h + update; a float16 program clips the sum to ±fp16 max, so overflow saturates, not inf."""
+        total = self.mb.add(x=h, y=update)
+        if self.dtype == "fp32":
+            return total
+        return self.mb.clip(x=total, alpha=np.float16(-FP16_MAX), beta=np.float16(FP16_MAX))
+
+    def block(self, layer: int, h, rope, mask, step: Step):
+        """h + post_norm(attention(input_norm(h))), then + post_ff_norm(mlp(pre_ff_norm(h)))."""
+        prefix = f"model.layers.{layer}"
+        attended = self.attention(layer, self.rms_norm(f"{prefix}.input_layernorm", h), rope, mask, step)
+        h = self.residual(h, self.rms_norm(f"{prefix}.post_attention_layernorm", attended))
+        fed = self.mlp(layer, self.rms_norm(f"{prefix}.pre_feedforward_layernorm", h))
+        return self.residual(h, self.rms_norm(f"{prefix}.post_feedforward_layernorm", fed))
