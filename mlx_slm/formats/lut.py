@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import SLMError
 from ..quant.imatrix import importance_weights
 from ..quant.kmeans import kmeans_1d, nearest_codes
-from .affine import pack_codes, unpack_codes
+from .affine import layer_shape, pack_codes, unpack_codes
 from .base import WeightFormat
 from .dtypes import as_float32, round_to
 
@@ -103,11 +103,6 @@ def bits_per_weight(bits: int, group_size: int, shape=None, per_row_scale: bool 
     rows, width = shape
     total = rows * width * bits + (rows // group_size) * (1 << bits) * 16 + (rows * 16 if per_row_scale else 0)
     return total / (rows * width)
-
-
-def layer_shape(stored: dict, bits: int, group_size: int) -> tuple[int, int]:
-    rows, words = stored["weight"].shape
-    return rows, words * 32 // bits
 
 
 FORMAT = WeightFormat(

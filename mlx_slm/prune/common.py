@@ -64,11 +64,6 @@ def add_record(model, record: dict) -> None:
     set_model_config(model, config)
 
 
-def in_batches(function, h: np.ndarray, batch_size: int) -> np.ndarray:
-    """Apply ``function`` to ``h`` [S, ...] in slices of ``batch_size`` samples; concatenate."""
-    return np.concatenate([function(h[i : i + batch_size]) for i in range(0, len(h), batch_size)])
-
-
 class Observers:
     """Several observers of :meth:`NumpyLlama.linear` at once."""
 

@@ -33,7 +33,8 @@ from ..errors import SLMError
 from ..formats.dtypes import round_to
 from ..quant.calibration import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, calibration_windows
 from ..quant.statistics import InputStatistics
-from .common import Observers, add_record, check_float_model, in_batches, numpy_engine, stored_dtypes
+from ..quant.sequential import in_batches
+from .common import Observers, add_record, check_float_model, numpy_engine, stored_dtypes
 
 LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 

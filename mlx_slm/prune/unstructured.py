@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from functools import partial
 
 import numpy as np
-from tqdm import tqdm
 
 from ..errors import SLMError
 from ..formats.dtypes import as_float32, round_to
 from ..quant.calibration import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, calibration_windows
-from ..quant.statistics import InputStatistics
+from ..quant.sequential import calibrate_blocks
 from .common import (
     HessianFactors,
     add_record,
     check_float_model,
-    in_batches,
     numpy_engine,
     stored_dtypes,
     write_weights,
@@ -117,20 +114,9 @@ def prune_weights(engine, plan: dict, method: str, tokens=None, options: dict | 
     if method == "magnitude":
         prune_layers(sorted(todo, key=natural_key), None, None)
         return results
-    h = in_batches(engine.embed, tokens, batch_size)
-    for layer in tqdm(range(engine.num_layers), desc=f"{method} blocks", disable=not progress):
-        names = sorted((p for p in todo if p.startswith(f"model.layers.{layer}.")), key=natural_key)
-        if names:
-            stats = InputStatistics(names, gram=method == "sparsegpt")
-            engine.observer = stats
-            try:
-                in_batches(partial(engine.block, layer), h, batch_size)
-            finally:
-                engine.observer = None
-            stats.release()
-            prune_layers(names, stats, HessianFactors(options["damp"]))
-        h = in_batches(partial(engine.block, layer), h, batch_size)
-        engine.drop_cache([p for p in engine.dense_names() if p.startswith(f"model.layers.{layer}.")])
+    calibrate_blocks(engine, todo, tokens, method == "sparsegpt",
+                     lambda names, stats: prune_layers(names, stats, HessianFactors(options["damp"])),
+                     f"{method} blocks", batch_size, progress, order=lambda paths: sorted(paths, key=natural_key))
     return results
 
 

@@ -28,6 +28,33 @@ def in_batches(function, h: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate([function(h[i : i + batch_size]) for i in range(0, len(h), batch_size)])
 
 
+def calibrate_blocks(engine, names, tokens: np.ndarray, gram: bool, update, desc: str, batch_size: int = 4,
+                     progress: bool = True, order=sorted) -> np.ndarray:
+    """Feed ``tokens`` [S, T] through the numpy ``engine`` one decoder block at a time.
+
+    For each block: gather the :class:`InputStatistics` (with ``gram``) of its layers among
+    ``names``, call ``update(block_names, stats)`` (which may change those layers' dense
+    weights), then run the block again so the next one sees what the updated block produces.
+    Returns the hidden states after the last block, [S, T, D].
+    """
+    h = in_batches(engine.embed, tokens, batch_size)
+    for layer in tqdm(range(engine.num_layers), desc=desc, disable=not progress):
+        prefix = f"model.layers.{layer}."
+        block_names = order(p for p in names if p.startswith(prefix))
+        if block_names:
+            stats = InputStatistics(block_names, gram=gram)
+            engine.observer = stats
+            try:
+                in_batches(partial(engine.block, layer), h, batch_size)
+            finally:
+                engine.observer = None
+            stats.release()
+            update(block_names, stats)
+        h = in_batches(partial(engine.block, layer), h, batch_size)
+        engine.drop_cache([p for p in engine.dense_names() if p.startswith(prefix)])
+    return h
+
+
 class PreparedHessians:
     """:func:`prepare_hessian` once per distinct Hessian (q/k/v and gate/up share their input).
     Use one per decoder block, so that only that block's factors are held."""
@@ -81,20 +108,9 @@ def sequential_quantize(engine, plan: dict, tokens: np.ndarray, method: str, dty
             results[name] = (affine.pack_codes(q, todo[name]["bits"]), scales, biases)
             engine.set_dense(name, affine.dequantize_codes(q, scales, biases, todo[name]["group_size"], np.float32))
 
-    h = in_batches(engine.embed, tokens, batch_size)
-    for layer in tqdm(range(engine.num_layers), desc=f"{method} blocks", disable=not progress):
-        names = sorted(p for p in todo if p.startswith(f"model.layers.{layer}."))
-        if names:
-            stats = InputStatistics(names, gram=method == "gptq")
-            engine.observer = stats
-            try:
-                in_batches(partial(engine.block, layer), h, batch_size)
-            finally:
-                engine.observer = None
-            stats.release()
-            quantize_layers(names, stats, method)
-        h = in_batches(partial(engine.block, layer), h, batch_size)
-        engine.drop_cache([p for p in engine.dense_names() if p.startswith(f"model.layers.{layer}.")])
+    h = calibrate_blocks(engine, todo, tokens, method == "gptq",
+                         lambda names, stats: quantize_layers(names, stats, method), f"{method} blocks", batch_size,
+                         progress)
 
     head = engine.head_name
     if head in todo:
