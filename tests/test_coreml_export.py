@@ -323,3 +323,35 @@ def test_core_ml_prediction_on_a_mac(tmp_path):
         actual = mlmodel.predict(inputs, state=state)["logits"].astype(np.float32)
         assert np.abs(actual - expected).max() < TINY_TOLERANCE
         past += len(tokens)
+
+
+@pytest.mark.parametrize("case", ["qwen3-q4g32", "llama-lut4-row-scales", "llama-ternary"])
+def test_get_weights_metadata_shows_the_compressed_layers(case, tmp_path):
+    """coremltools' own reader of the saved package sees codes feeding constexpr ops, never a dense fp16 matrix."""
+    from coremltools.optimize.coreml import get_weights_metadata
+
+    model_type, bits, options, overrides = CASES[case]
+    model, tokenizer = tiny_model(tmp_path, model_type, bits, overrides, **options)
+    package = mlx_slm.export_coreml(model, tokenizer, tmp_path / "out" / "Tiny.mlpackage", max_context=32)
+    # (a threshold under ~100 elements makes coremltools 9.0 trip over the small constants that feed concat)
+    metadata = get_weights_metadata(ct.models.MLModel(str(package), skip_model_load=True), weight_threshold=100)
+    weights = model_weights(model)
+    checked = 0
+    for path, weight in weights.items():
+        if not isinstance(weight, (AffineWeight, PalettizedWeight)):
+            continue
+        prefix = path.replace(".", "_")
+        entries = {name[len(prefix) + 1:]: value for name, value in metadata.items() if name.startswith(prefix + "_")}
+        assert prefix not in metadata  # no dense copy of the matrix
+        consumers = {c.op_type for value in entries.values() for c in value.child_ops}
+        if isinstance(weight, AffineWeight):
+            codes = entries["data_0"].val
+            assert consumers == {"constexpr_blockwise_shift_scale"}
+        else:
+            codes = entries[next(k for k in entries if k.endswith("indices_0"))].val
+            lut = entries[next(k for k in entries if k.endswith("lut_0"))].val
+            assert "constexpr_lut_to_dense" in consumers and lut.shape[-2:] == (1 << weight.bits, 1)
+            assert lut.shape[0] == weight.lut.shape[0]  # the model's palettes, not per-row copies
+        np.testing.assert_array_equal(codes, weight.codes)
+        checked += 1
+    assert checked >= 7

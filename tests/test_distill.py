@@ -205,6 +205,9 @@ def test_teacher_cache_is_built_once_and_holds_the_top_k(pair):
     want = np.sort(logits, -1)[..., ::-1][..., :5]
     np.testing.assert_allclose(np.array(values), want, rtol=2e-3, atol=2e-3)
     np.testing.assert_allclose(np.take_along_axis(logits, np.array(indices), -1), want, rtol=2e-3, atol=2e-3)
+    partial = TeacherCache(tmp_path / "cache", teacher, windows, 5, used=[3, 1], progress=False)
+    assert np.load(partial.folder / "values.npy").shape[0] == 2  # only the windows a run reads
+    np.testing.assert_array_equal(np.array(partial.lookup(np.array([1]))[0]), np.array(values))
 
 
 def test_feature_distillation_learns_a_projection_between_widths(tmp_path):
@@ -340,3 +343,22 @@ def test_qat_rounding_is_what_quantize_stores(pair):
     stored = student.model.layers[1].mlp.down_proj
     got = mx.dequantize(stored.weight, stored.scales, stored.biases, group_size=32, bits=3).astype(mx.float32)
     np.testing.assert_array_equal(np.array(got), seen)
+
+
+def test_ternary_qat_rounding_is_what_the_ternary_format_stores(pair):
+    import mlx.core as mx
+
+    import mlx_slm
+    from mlx_slm.distill import DistillConfig, distill
+    from mlx_slm.distill.qat import fake_ternary
+    from mlx_slm.kernels.ops import dequantize_ternary
+
+    teacher, student, tokenizer, _ = pair
+    distill(student, teacher, tokenizer, [sample_text(60)], DistillConfig(
+        steps=3, batch_size=2, seq_len=32, learning_rate=3e-3, qat={"format": "ternary", "group_size": 32}),
+        progress=False)
+    seen = np.array(fake_ternary(student.model.layers[0].self_attn.o_proj.weight.astype(mx.float32), 32))
+    mlx_slm.quantize(student, format="ternary", group_size=32, progress=False)
+    layer = student.model.layers[0].self_attn.o_proj
+    got = np.array(dequantize_ternary(layer.codes(), layer["scales"], 32))
+    np.testing.assert_allclose(got, seen, rtol=0, atol=1e-6 * np.abs(seen).max())

@@ -44,6 +44,11 @@ class WindowBatches:
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.windows))
         return order[slot * self.batch_size: (slot + 1) * self.batch_size]
 
+    def used_windows(self, steps: int) -> np.ndarray:
+        """Sorted indices of the windows that steps 0 .. steps-1 read (all processes)."""
+        return np.unique(np.concatenate([self.rows(step, micro) for step in range(steps)
+                                         for micro in range(self.grad_accum)]))
+
     def batch(self, step: int, micro: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(window indices, inputs, targets)`` of this process's share of the micro-batch."""
         mine = self.rows(step, micro)[self.rank::self.world]

@@ -54,13 +54,21 @@ def logits_function(teacher):
 
 
 class TeacherCache:
-    """Top-k teacher logits of ``windows`` [W, T+1] (inputs are the first T tokens)."""
+    """Top-k teacher logits of the windows a run will use.
 
-    def __init__(self, folder, teacher, windows: np.ndarray, top_k: int, batch_size: int = 4, progress: bool = True):
-        key = cache_key(teacher, windows, top_k)
+    windows: all training windows [W, T+1] (inputs are the first T tokens); used: the
+    indices of those the run's steps read (default: all), so a short run over a long
+    text computes only what it needs.
+    """
+
+    def __init__(self, folder, teacher, windows: np.ndarray, top_k: int, used=None, batch_size: int = 4,
+                 progress: bool = True):
+        used = np.arange(len(windows)) if used is None else np.unique(np.asarray(used))
+        self.slot = {int(window): slot for slot, window in enumerate(used)}
+        key = cache_key(teacher, windows[used], top_k)
         self.folder = Path(folder) / f"teacher-top{top_k}-{key}"
         if not (self.folder / "meta.json").is_file():
-            self.build(teacher, windows, top_k, batch_size, progress)
+            self.build(teacher, windows[used], top_k, batch_size, progress)
         self.values = np.load(self.folder / "values.npy", mmap_mode="r")
         self.indices = np.load(self.folder / "indices.npy", mmap_mode="r")
 
@@ -78,4 +86,5 @@ class TeacherCache:
 
     def lookup(self, rows: np.ndarray) -> tuple[mx.array, mx.array]:
         """(values [B, T, k] float32, indices [B, T, k]) of the windows ``rows``."""
-        return mx.array(self.values[rows].astype(np.float32)), mx.array(np.asarray(self.indices[rows]))
+        slots = [self.slot[int(row)] for row in rows]
+        return mx.array(self.values[slots].astype(np.float32)), mx.array(np.asarray(self.indices[slots]))

@@ -115,7 +115,8 @@ class Distiller:
         self.eval_windows = (token_windows(tokenizer, eval_text, config.seq_len + 1, config.eval_windows)
                              if eval_text is not None and config.eval_every else None)
         self.cache = (TeacherCache(config.cache_dir, teacher, self.data.windows, config.teacher_top_k,
-                                   progress=progress and self.rank == 0) if config.teacher_top_k else None)
+                                   self.data.used_windows(config.steps), progress=progress and self.rank == 0)
+                      if config.teacher_top_k else None)
         self.student_layers, self.teacher_layers, projections = feature_pairs(student, teacher, config)
         self.trainee = Trainee(student, projections)
         self.pruning = GradualPruning(student, config.sparsity, config.steps) if config.sparsity else None
