@@ -101,40 +101,51 @@ def with_input_gradient(forward, dense):
     return product
 
 
-def lut_matmul(x: mx.array, weight: mx.array, lut: mx.array, scales: mx.array | None, bits: int,
-               group_size: int) -> mx.array:
-    """``x @ W.T`` for a lut weight W [N, K]: x [..., K] -> [..., N] in x's dtype."""
-    out_rows = weight.shape[0]
-    flat = x.reshape(-1, x.shape[-1])
-    if not metal_ready(*flat.shape):
-        dense = dequantize_lut(weight, lut, scales, bits, group_size, mx.float32)
-        return (x.astype(mx.float32) @ dense.T).astype(x.dtype)
+@lru_cache(maxsize=None)
+def lut_product(bits: int, group_size: int, has_scale: bool):
+    """The kernel call for one lut setting, with its activation gradient (built once per setting)."""
 
     def forward(flat, weight, lut, *maybe_scales):
         scales = maybe_scales[0] if maybe_scales else mx.ones((1, 1), mx.float16)  # read only with HAS_SCALE
-        template = lut_template(flat.dtype, bits, group_size, bool(maybe_scales))
-        return run_kernel("lut_matvec", [flat, weight, lut, scales], template, out_rows)
+        template = lut_template(flat.dtype, bits, group_size, has_scale)
+        return run_kernel("lut_matvec", [flat, weight, lut, scales], template, weight.shape[0])
 
     def dense(weight, lut, *maybe_scales):
         return dequantize_lut(weight, lut, maybe_scales[0] if maybe_scales else None, bits, group_size)
 
-    stored = (weight, lut) if scales is None else (weight, lut, scales)
-    return with_input_gradient(forward, dense)(flat, *stored).reshape(*x.shape[:-1], out_rows)
+    return with_input_gradient(forward, dense)
 
 
-def ternary_matmul(x: mx.array, weight: mx.array, scales: mx.array, group_size: int) -> mx.array:
-    """``x @ W.T`` for a ternary weight W [N, K] (group_size 0: per-row scale): x [..., K] -> [..., N]."""
-    out_rows = weight.shape[0]
-    flat = x.reshape(-1, x.shape[-1])
-    if not metal_ready(*flat.shape):
-        dense = dequantize_ternary(weight, scales, group_size, mx.float32)
-        return (x.astype(mx.float32) @ dense.T).astype(x.dtype)
+@lru_cache(maxsize=None)
+def ternary_product(group_size: int):
+    """The kernel call for one ternary setting, with its activation gradient (built once per setting)."""
 
     def forward(flat, weight, scales):
         template = ternary_template(flat.dtype, flat.shape[-1], scales.shape[1])
-        return run_kernel("ternary_matvec", [flat, weight, scales], template, out_rows)
+        return run_kernel("ternary_matvec", [flat, weight, scales], template, weight.shape[0])
 
     def dense(weight, scales):
         return dequantize_ternary(weight, scales, group_size)
 
-    return with_input_gradient(forward, dense)(flat, weight, scales).reshape(*x.shape[:-1], out_rows)
+    return with_input_gradient(forward, dense)
+
+
+def lut_matmul(x: mx.array, weight: mx.array, lut: mx.array, scales: mx.array | None, bits: int,
+               group_size: int) -> mx.array:
+    """``x @ W.T`` for a lut weight W [N, K]: x [..., K] -> [..., N] in x's dtype."""
+    flat = x.reshape(-1, x.shape[-1])
+    if not metal_ready(*flat.shape):
+        dense = dequantize_lut(weight, lut, scales, bits, group_size, mx.float32)
+        return (x.astype(mx.float32) @ dense.T).astype(x.dtype)
+    stored = (weight, lut) if scales is None else (weight, lut, scales)
+    out = lut_product(bits, group_size, scales is not None)(flat, *stored)
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def ternary_matmul(x: mx.array, weight: mx.array, scales: mx.array, group_size: int) -> mx.array:
+    """``x @ W.T`` for a ternary weight W [N, K] (group_size 0: per-row scale): x [..., K] -> [..., N]."""
+    flat = x.reshape(-1, x.shape[-1])
+    if not metal_ready(*flat.shape):
+        dense = dequantize_ternary(weight, scales, group_size, mx.float32)
+        return (x.astype(mx.float32) @ dense.T).astype(x.dtype)
+    return ternary_product(group_size)(flat, weight, scales).reshape(*x.shape[:-1], weight.shape[0])

@@ -19,6 +19,7 @@ from .export.cli import add_export_parser
 from .finetune.cli import add_finetune_parser, add_fuse_parser
 from .prune.cli import add_prune_parser
 
+
 def cmd_convert(args) -> None:
     import mlx_slm
 

@@ -21,7 +21,7 @@ import logging
 import numpy as np
 from tqdm import tqdm
 
-from .backend import backend_of
+from .backend import backend_of, numpy_engine
 from .errors import SLMError
 from .formats import affine, get_format
 from .formats.dtypes import FLOAT_DTYPES
@@ -148,15 +148,6 @@ def weight_dtypes(model, paths) -> dict:
 
     params = dict(tree_flatten(model.parameters()))
     return {path: FLOAT_DTYPES[str(params[f"{path}.weight"].dtype).split(".")[-1]] for path in paths}
-
-
-def numpy_engine(model):
-    """The model itself (numpy backend) or a NumpyLlama holding an MLX model's exact weights."""
-    if backend_of(model) == "numpy":
-        return model
-    from .runtime import numpy_twin
-
-    return numpy_twin(model)
 
 
 def layer_importance(engine, names, tokens: np.ndarray, progress: bool) -> dict:

@@ -57,6 +57,31 @@ def numpy_twin(model):
     return NumpyLlama(model_config(model), weights)
 
 
+def quantized_modules(model) -> list[tuple[str, nn.Module]]:
+    """(path, module) of every layer :func:`dense_twin` handles: affine QuantizedLinear /
+    QuantizedEmbedding and mlx_slm's lut / ternary layers."""
+    from .layers import LowBitLinear
+
+    return [(path, module) for path, module in model.named_modules()
+            if (isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding))
+                and getattr(module, "mode", "affine") == "affine") or isinstance(module, LowBitLinear)]
+
+
+def widen_floats(model: nn.Module) -> dict:
+    """Cast the model's non-float32 floating parameters to float32; return name -> original dtype."""
+    narrow = {k: v.dtype for k, v in tree_flatten(model.parameters())
+              if mx.issubdtype(v.dtype, mx.floating) and v.dtype != mx.float32}
+    model.update(tree_unflatten([(k, v.astype(mx.float32)) for k, v in tree_flatten(model.parameters())
+                                 if k in narrow]))
+    return narrow
+
+
+def restore_dtypes(model: nn.Module, dtypes: dict) -> None:
+    """Undo :func:`widen_floats` (keeping the current values, cast back)."""
+    model.update(tree_unflatten([(k, v.astype(dtypes[k])) for k, v in tree_flatten(model.parameters())
+                                 if k in dtypes]))
+
+
 @contextmanager
 def fast_cpu(model: nn.Module, enabled: bool | None = None):
     """Within the block the model computes in float32 with dense weights (CPU only)."""
@@ -65,18 +90,10 @@ def fast_cpu(model: nn.Module, enabled: bool | None = None):
     if not enabled:
         yield model
         return
-    from .layers import LowBitLinear
-
     saved = tree_flatten(model.parameters())
-    quantized = [
-        (path, module) for path, module in model.named_modules()
-        if (isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding))
-            and getattr(module, "mode", "affine") == "affine") or isinstance(module, LowBitLinear)
-    ]
+    quantized = quantized_modules(model)
     model.update_modules(tree_unflatten([(p, dense_twin(m)) for p, m in quantized]))
-    floats = [(k, v.astype(mx.float32)) for k, v in tree_flatten(model.parameters())
-              if mx.issubdtype(v.dtype, mx.floating) and v.dtype != mx.float32]
-    model.update(tree_unflatten(floats))
+    widen_floats(model)
     try:
         yield model
     finally:

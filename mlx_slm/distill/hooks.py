@@ -12,12 +12,12 @@ from contextlib import contextmanager
 
 import mlx.core as mx
 
+from ..errors import SLMError
+
 
 def decoder_layers(model) -> list:
     layers = getattr(model, "layers", None)
     if layers is None:
-        from ..errors import SLMError
-
         raise SLMError(f"{type(model).__name__} exposes no decoder layers (model.layers)")
     return list(layers)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import mlx.core as mx
 
 from ..errors import SLMError
-
 from .config import DIVERGENCES
 
 

@@ -46,13 +46,12 @@ class GradualPruning:
     def after_step(self, model, step: int) -> float:
         """Apply the masks for ``step`` (recomputing them when due); return the sparsity in force."""
         target = self.target(step)
+        modules = dict(model.named_modules())
         if self.level is None or target - self.level >= self.every or (target == self.final != self.level):
-            modules = dict(model.named_modules())
             self.masks = {path: mx.array(magnitude_mask(np.array(modules[path].weight.astype(mx.float32)),
                                                         target, self.pattern))
                           for path in self.paths}
             self.level = target
-        modules = dict(model.named_modules())
         model.update(tree_unflatten([(f"{path}.weight", modules[path].weight * mask.astype(modules[path].weight.dtype))
                                      for path, mask in self.masks.items()]))
         return self.level

@@ -16,15 +16,15 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_map, tree_unflatten
+from mlx.utils import tree_map
 from tqdm import tqdm
 
 from ..backend import backend_of, require_mlx
 from ..errors import SLMError
 from ..evaluate import token_windows
-from ..runtime import computes_on_cpu, fast_cpu
-from .config import DistillConfig
+from ..runtime import computes_on_cpu, fast_cpu, restore_dtypes, widen_floats
 from .checkpoint import load_checkpoint, save_checkpoint
+from .config import DistillConfig
 from .data import WindowBatches
 from .hooks import decoder_layers, gradient_checkpointing, layer_outputs
 from .losses import feature_loss, kd_loss
@@ -86,19 +86,6 @@ def feature_pairs(student, teacher, config: DistillConfig) -> tuple[list, list, 
     return chosen, mapped, projections
 
 
-def float32_training(model) -> dict:
-    """Cast the model's floating parameters to float32; return their original dtypes."""
-    floats = {k: v.dtype for k, v in tree_flatten(model.parameters()) if mx.issubdtype(v.dtype, mx.floating)}
-    model.update(tree_unflatten([(k, v.astype(mx.float32)) for k, v in tree_flatten(model.parameters())
-                                 if k in floats]))
-    return floats
-
-
-def restore_dtypes(model, dtypes: dict) -> None:
-    model.update(tree_unflatten([(k, v.astype(dtypes[k])) for k, v in tree_flatten(model.parameters())
-                                 if k in dtypes]))
-
-
 class Distiller:
     """One run: ``Distiller(...).run()`` returns the history (a dict per step)."""
 
@@ -120,6 +107,7 @@ class Distiller:
         self.student_layers, self.teacher_layers, projections = feature_pairs(student, teacher, config)
         self.trainee = Trainee(student, projections)
         self.pruning = GradualPruning(student, config.sparsity, config.steps) if config.sparsity else None
+        self.loss_and_grad = nn.value_and_grad(self.trainee, self.loss)
         self.optimizer = optim.AdamW(learning_rate=learning_rate_schedule(config),
                                      weight_decay=config.weight_decay)
 
@@ -146,13 +134,12 @@ class Distiller:
         return loss, parts
 
     def step(self, step: int) -> dict:
-        loss_and_grad = nn.value_and_grad(self.trainee, self.loss)
         total, sums, grads = 0.0, {}, None
         for micro in range(self.config.grad_accum):
             rows, inputs, targets = self.data.batch(step, micro)
             inputs, targets = mx.array(inputs), mx.array(targets)
             teacher = self.teacher_targets(rows, inputs)
-            (loss, parts), micro_grads = loss_and_grad(self.trainee, inputs, targets, *teacher)
+            (loss, parts), micro_grads = self.loss_and_grad(self.trainee, inputs, targets, *teacher)
             grads = micro_grads if grads is None else tree_map(mx.add, grads, micro_grads)
             mx.eval(grads, loss, parts)
             total += loss.item()
@@ -183,7 +170,7 @@ class Distiller:
     def run(self, resume: bool = False) -> list[dict]:
         config = self.config
         qat_paths = add_fake_quant(self.student, config.qat) if config.qat else []
-        dtypes = float32_training(self.student) if computes_on_cpu() else {}
+        dtypes = widen_floats(self.student) if computes_on_cpu() else {}
         history, first = [], 0
         if resume:
             state = load_checkpoint(config.checkpoint_dir, self.trainee, self.optimizer)

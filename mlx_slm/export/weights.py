@@ -18,7 +18,6 @@ from ..qconfig import saved_layer_params
 from ..stats import named_arrays
 
 
-
 @dataclass
 class AffineWeight:
     """``w = scales * codes + biases`` per group of ``group_size`` along K.

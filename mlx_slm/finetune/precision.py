@@ -17,17 +17,9 @@ from contextlib import contextmanager
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_unflatten
 
-from ..layers import LowBitLinear
-from ..runtime import computes_on_cpu, dense_twin
-
-
-def quantized_modules(model) -> list[tuple[str, nn.Module]]:
-    """Affine QuantizedLinear/QuantizedEmbedding and mlx_slm's lut/ternary layers (what dense_twin handles)."""
-    return [(path, m) for path, m in model.named_modules()
-            if (isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) and m.mode == "affine")
-            or isinstance(m, LowBitLinear)]
+from ..runtime import computes_on_cpu, dense_twin, quantized_modules, restore_dtypes, widen_floats
 
 
 def frozen_twin(module) -> nn.Module:
@@ -46,14 +38,10 @@ def training_precision(model, enabled: bool | None = None):
         return
     quantized = quantized_modules(model)
     model.update_modules(tree_unflatten([(path, frozen_twin(m)) for path, m in quantized]))
-    narrow = {k: v.dtype for k, v in tree_flatten(model.parameters())
-              if mx.issubdtype(v.dtype, mx.floating) and v.dtype != mx.float32}
-    model.update(tree_unflatten([(k, v.astype(mx.float32)) for k, v in tree_flatten(model.parameters())
-                                 if k in narrow]))
+    narrow = widen_floats(model)
     try:
         yield model
     finally:
         model.update_modules(tree_unflatten(quantized))
-        model.update(tree_unflatten([(k, v.astype(narrow[k])) for k, v in tree_flatten(model.parameters())
-                                     if k in narrow]))
+        restore_dtypes(model, narrow)
         mx.eval(model.parameters())

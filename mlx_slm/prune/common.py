@@ -20,15 +20,6 @@ def check_float_model(model, what: str) -> dict:
     return config
 
 
-def numpy_engine(model):
-    """The NumpyLlama that computes the statistics: the model itself, or the MLX model's numpy twin."""
-    if backend_of(model) == "numpy":
-        return model
-    from ..runtime import numpy_twin
-
-    return numpy_twin(model)
-
-
 def stored_dtypes(model) -> dict:
     """Parameter name -> numpy dtype it is stored in (bfloat16 through ml_dtypes)."""
     if backend_of(model) == "numpy":

@@ -28,13 +28,13 @@ from functools import partial
 import numpy as np
 from tqdm import tqdm
 
-from ..backend import backend_of
+from ..backend import backend_of, numpy_engine
 from ..errors import SLMError
 from ..formats.dtypes import round_to
 from ..quant.calibration import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, calibration_windows
-from ..quant.statistics import InputStatistics
 from ..quant.sequential import in_batches
-from .common import Observers, add_record, check_float_model, numpy_engine, stored_dtypes
+from ..quant.statistics import InputStatistics
+from .common import Observers, add_record, check_float_model, stored_dtypes
 
 LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 

@@ -14,6 +14,7 @@ import re
 
 import numpy as np
 
+from ..backend import numpy_engine
 from ..errors import SLMError
 from ..formats.dtypes import as_float32, round_to
 from ..quant.calibration import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, calibration_windows
@@ -22,7 +23,6 @@ from .common import (
     HessianFactors,
     add_record,
     check_float_model,
-    numpy_engine,
     stored_dtypes,
     write_weights,
 )
