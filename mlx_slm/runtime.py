@@ -10,10 +10,12 @@ GPU it does nothing.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from contextlib import contextmanager
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 
@@ -43,18 +45,47 @@ def dense_twin(layer) -> nn.Module:
     return twin
 
 
-def numpy_twin(model):
-    """A NumpyLlama holding the MLX model's exact weights (bfloat16 widened to float32)."""
-    import numpy as np
+class LazyNumpyWeights(MutableMapping):
+    """Parameter name -> numpy array of an MLX model, converted when read and not kept
+    (bfloat16 widened to float32), so a twin costs no memory until a layer is computed.
+    Assigned values are kept and read back instead of the model's."""
 
+    def __init__(self, arrays: dict):
+        self.arrays, self.assigned = arrays, {}
+
+    def __getitem__(self, name: str):
+        if name in self.assigned:
+            return self.assigned[name]
+        value = self.arrays[name]
+        return np.array(value.astype(mx.float32) if value.dtype == mx.bfloat16 else value)
+
+    def __setitem__(self, name: str, value) -> None:
+        self.assigned[name] = value
+
+    def __delitem__(self, name: str) -> None:
+        if name not in self:
+            raise KeyError(name)
+        self.assigned.pop(name, None)
+        self.arrays.pop(name, None)
+
+    def __contains__(self, name) -> bool:
+        return name in self.assigned or name in self.arrays
+
+    def __iter__(self):
+        yield from self.arrays
+        yield from (name for name in self.assigned if name not in self.arrays)
+
+    def __len__(self) -> int:
+        return len(self.arrays) + sum(name not in self.arrays for name in self.assigned)
+
+
+def numpy_twin(model):
+    """A NumpyLlama computing with the MLX model's exact weights (bfloat16 widened to float32).
+    Weights are converted layer by layer as the engine needs them (:class:`LazyNumpyWeights`)."""
     from .loading import model_config
     from .models.numpy_llama import NumpyLlama
 
-    weights = {
-        name: np.array(value.astype(mx.float32) if value.dtype == mx.bfloat16 else value)
-        for name, value in tree_flatten(model.parameters())
-    }
-    return NumpyLlama(model_config(model), weights)
+    return NumpyLlama(model_config(model), LazyNumpyWeights(dict(tree_flatten(model.parameters()))))
 
 
 def quantized_modules(model) -> list[tuple[str, nn.Module]]:
