@@ -176,3 +176,22 @@ def test_cli_calibrated_quantize(tmp_path, tiny_text, capsys):
                  "--calib", str(tiny_text), "--num-samples", "4", "--seq-len", "64", "--backend", "numpy"]) == 0
     record = json.loads((tmp_path / "q" / "config.json").read_text())["mlx_slm"]
     assert record["method"] == "imatrix" and record["calibration"]["source"] == str(tiny_text)
+
+
+@pytest.mark.parametrize("quantizer", ["imatrix", "gptq"])
+def test_row_chunks_give_bit_identical_results(monkeypatch, quantizer):
+    from mlx_slm.quant import imatrix
+
+    x = correlated_inputs(64, tokens=512)
+    hessian = (x.T @ x / len(x)).astype(np.float64)
+    w = random_weight(37, 64)
+
+    def run():
+        if quantizer == "gptq":
+            return gptq_quantize(w, hessian, 3, 32)
+        return weighted_quantize(w, np.diag(hessian), 3, 32)
+
+    whole = run()
+    monkeypatch.setattr(imatrix, "CHUNK_ELEMENTS", 64 * 5)  # 5 rows per slice, the last one 2
+    for expected, got in zip(whole, run(), strict=True):
+        np.testing.assert_array_equal(got, expected)

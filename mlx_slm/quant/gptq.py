@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import SLMError
 from ..formats import affine
 from ..formats.dtypes import as_float32, round_to
-from .imatrix import weighted_quantize
+from .imatrix import in_row_chunks, weighted_quantize
 
 GRIDS = ("imatrix", "rtn")
 
@@ -58,6 +58,7 @@ def prepare_hessian(hessian: np.ndarray, damp: float = 0.01, act_order: bool = T
     return order, inverse_hessian_factor(np.asarray(hessian)[np.ix_(order, order)], damp)
 
 
+@in_row_chunks
 def gptq_quantize(w: np.ndarray, hessian: np.ndarray, bits: int, group_size: int, dtype=None,
                   damp: float = 0.01, block_size: int = 128, act_order: bool = True, grid: str = "imatrix",
                   prepared=None):

@@ -10,12 +10,30 @@ sweep of code spacings each refitted by weighted least squares.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..formats import affine
 from ..formats.dtypes import as_float32, round_to
 
 SPACING_STEPS = np.linspace(-1.0, 1.0, 11)  # added to 2^bits - 1 codes across the range
+CHUNK_ELEMENTS = 1 << 22  # weights per slice of rows: bounds the float32 temporaries at ~16 MB each
+
+
+def in_row_chunks(quantize_rows):
+    """Wrap ``quantize_rows(w [N, K], ...) -> (q, scales, biases)`` (rows independent) so it runs on
+    slices of at most :data:`CHUNK_ELEMENTS` weights: a 150k-row embedding needs no 10-GB temporaries."""
+
+    @functools.wraps(quantize_rows)
+    def run(w, *args, **kwargs):
+        rows = max(1, CHUNK_ELEMENTS // max(w.shape[1], 1))
+        if len(w) <= rows:
+            return quantize_rows(w, *args, **kwargs)
+        parts = [quantize_rows(w[i : i + rows], *args, **kwargs) for i in range(0, len(w), rows)]
+        return tuple(np.concatenate(arrays) for arrays in zip(*parts))
+
+    return run
 
 
 def group_view(w: np.ndarray, group_size: int) -> np.ndarray:
@@ -55,6 +73,7 @@ def importance_weights(importance, k: int) -> np.ndarray:
     return (d + 1e-6 * max(d.mean(), 1e-30)).astype(np.float32)
 
 
+@in_row_chunks
 def weighted_quantize(w: np.ndarray, importance, bits: int, group_size: int, dtype=None):
     """Importance-weighted affine quantization of ``w`` [N, K].
 
