@@ -1,15 +1,22 @@
 """Quality of the quantization methods on SmolLM2-135M: method x bits -> bpw, PPL, KL, top-1, time, memory.
 
-    python benchmarks/quantization_quality.py [--out runs/quality] [--methods rtn,imatrix,gptq]
-        [--bits 4,3,2] [--group-size 64] [--num-samples 32] [--calib-seq-len 256]
-        [--seq-len 512] [--max-windows 8]
+    python benchmarks/quantization_quality.py [--out runs/quality]
+        [--methods rtn,imatrix,gptq,awq,learned] [--bits 4,3,2] [--group-size 64]
+        [--targets 4.5,3.5,3.0,2.5] [--plan-method gptq] [--learned-start gptq]
+        [--num-samples 32] [--calib-seq-len 256] [--seq-len 512] [--max-windows 8]
 
 Calibration text: Debian's bible-kjv (``local_text("calib")``); evaluation text:
-Debian's fortunes (``local_text("eval")``), so the two never overlap. KL is the
-mean per-token KL(fp16 || model), top-1 the argmax agreement with fp16. "quant s"
-is the wall time of ``mlx_slm.quantize``; "peak MB" the highest resident memory
-the process reached above its level before quantizing (sampled every 20 ms).
-Prints one table and writes OUT/quality.json. Nothing is downloaded.
+Debian's fortunes (``local_text("eval")``), so the two never overlap. Every
+method runs at every ``--bits``; each ``--targets`` budget is planned by the
+mixed-precision planner (``target_bpw``) and quantized with ``--plan-method``.
+KL is the mean per-token KL(fp16 || model), top-1 the argmax agreement with fp16;
+bpw counts every stored bit of the matrices, and "float" is the number of
+matrices left unquantized (e.g. group 128 does not divide SmolLM2's 576 columns).
+"quant s" is the wall time of ``mlx_slm.quantize``; "peak MB" the highest
+resident memory the process reached above its level before quantizing (sampled
+every 20 ms). Prints one table, writes OUT/quality.json and, with matplotlib
+(the ``bench`` extra), OUT/quality.png: KL vs bpw with the Pareto front of each
+tool (mlx-lm's rows from ``--baselines``). Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -61,7 +68,7 @@ class PeakMemory:
 
 
 def table(rows: list[dict]) -> str:
-    header = (f"{'method':<9}{'bits':>5}{'group':>6}{'bpw':>7}{'PPL':>12}{'KL':>9}{'top-1':>8}"
+    header = (f"{'method':<16}{'bits':>5}{'group':>6}{'bpw':>7}{'float':>6}{'PPL':>12}{'KL':>9}{'top-1':>8}"
               f"{'quant s':>9}{'peak MB':>9}")
     lines = [header, "-" * len(header)]
     for r in rows:
@@ -69,8 +76,8 @@ def table(rows: list[dict]) -> str:
         top1 = "-" if r["top1"] is None else f"{r['top1']:.1%}"
         quant_s = "-" if r["quant_seconds"] is None else f"{r['quant_seconds']:.0f}"
         peak = "-" if r["quant_peak_mb"] is None else f"{r['quant_peak_mb']:.0f}"
-        lines.append(f"{r['method']:<9}{r['bits'] or '-':>5}{r['group_size'] or '-':>6}{r['bpw']:>7.2f}"
-                     f"{r['ppl']:>12.3f}{kld:>9}{top1:>8}{quant_s:>9}{peak:>9}")
+        lines.append(f"{r['method']:<16}{r['bits'] or '-':>5}{r['group_size'] or '-':>6}{r['bpw']:>7.2f}"
+                     f"{r.get('float_layers', 0):>6}{r['ppl']:>12.3f}{kld:>9}{top1:>8}{quant_s:>9}{peak:>9}")
     return "\n".join(lines)
 
 
@@ -85,17 +92,56 @@ def source_folder(out: Path, model_arg) -> Path:
     return folder
 
 
+def runs(args) -> list[tuple[str, int | None, dict]]:
+    """(label, bits, quantize keyword arguments) of every configuration to measure."""
+    chosen = []
+    for bits in [int(b) for b in args.bits.split(",") if b]:
+        for method in [m for m in args.methods.split(",") if m]:
+            options = {"method": method, "bits": bits}
+            if method == "learned":
+                options["learned_options"] = {"start": args.learned_start, "steps": args.learned_steps}
+            label = f"learned({args.learned_start})" if method == "learned" else method
+            chosen.append((label, bits, options))
+    for target in [float(t) for t in args.targets.split(",") if t]:
+        chosen.append((f"{args.plan_method} @{target:g}", None,
+                       {"method": args.plan_method, "target_bpw": target, "bits": 4}))
+    return chosen
+
+
+def measure(folder: Path, reference, tokenizer, label: str, bits, options: dict, args, evaluate: dict) -> dict:
+    """Quantize a fresh copy of the model with ``options``, evaluate it against ``reference``."""
+    model, _ = mlx_slm.load(folder, backend=args.backend)
+    began = time.perf_counter()
+    with PeakMemory() as memory:
+        mlx_slm.quantize(model, group_size=args.group_size, calib=Path(args.out) / "calib.txt", tokenizer=tokenizer,
+                         num_samples=args.num_samples, seq_len=args.calib_seq_len, progress=False, **options)
+    seconds = time.perf_counter() - began
+    record = mlx_slm.loading.model_config(model).get("mlx_slm") or {}
+    report = mlx_slm.evaluate(model, tokenizer, reference=reference, **evaluate)
+    return {"method": label, "bits": bits, "group_size": args.group_size, "quant_seconds": seconds,
+            "quant_peak_mb": memory.grown_bytes / 1e6, "float_layers": len(record.get("unquantized", {})),
+            "record": {k: v for k, v in record.items() if k != "unquantized"}, **report}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="float model folder or .gguf (default: the SmolLM2-135M GGUF)")
     parser.add_argument("--out", default="runs/quality")
-    parser.add_argument("--methods", default="rtn,imatrix,gptq")
+    parser.add_argument("--methods", default="rtn,imatrix,gptq,awq,learned",
+                        help="uniform methods, each run at every --bits (default: %(default)s)")
     parser.add_argument("--bits", default="4,3,2")
     parser.add_argument("--group-size", type=int, default=64)
+    parser.add_argument("--targets", default="4.5,3.5,3.0,2.5",
+                        help="bits-per-weight budgets for the mixed-precision planner ('' for none)")
+    parser.add_argument("--plan-method", default="gptq", help="method that quantizes the planned layers")
+    parser.add_argument("--learned-start", default="gptq", help="what 'learned' starts from (gptq or awq)")
+    parser.add_argument("--learned-steps", type=int, default=200, help="most training steps of 'learned'")
     parser.add_argument("--num-samples", type=int, default=32, help="calibration windows")
     parser.add_argument("--calib-seq-len", type=int, default=256, help="tokens per calibration window")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per evaluation window")
     parser.add_argument("--max-windows", type=int, default=8, help="evaluation windows")
+    parser.add_argument("--baselines", default="runs/baselines/mlx_lm.json",
+                        help="rows of benchmarks/mlx_lm_baselines.py to plot alongside (skipped if missing)")
     parser.add_argument("--backend", choices=("mlx", "numpy"), default=None)
     args = parser.parse_args()
     out = Path(args.out)
@@ -116,26 +162,29 @@ def main() -> None:
     base = {"method": "fp16", "bits": None, "group_size": None, "quant_seconds": None, "quant_peak_mb": None}
     rows = [{**base, **mlx_slm.evaluate(reference, tokenizer, **evaluate)}]
     print(table(rows))
-    for bits in [int(b) for b in args.bits.split(",")]:
-        for method in args.methods.split(","):
-            model, _ = mlx_slm.load(folder, backend=args.backend)
-            began = time.perf_counter()
-            with PeakMemory() as memory:
-                mlx_slm.quantize(model, bits=bits, group_size=args.group_size, method=method,
-                                 calib=out / "calib.txt", tokenizer=tokenizer, num_samples=args.num_samples,
-                                 seq_len=args.calib_seq_len, progress=False)
-            seconds = time.perf_counter() - began
-            report = mlx_slm.evaluate(model, tokenizer, reference=reference, **evaluate)
-            rows.append({"method": method, "bits": bits, "group_size": args.group_size, "quant_seconds": seconds,
-                         "quant_peak_mb": memory.grown_bytes / 1e6, **report})
-            print(table(rows).splitlines()[-1], flush=True)
+    for label, bits, options in runs(args):
+        rows.append(measure(folder, reference, tokenizer, label, bits, options, args, evaluate))
+        print(table(rows).splitlines()[-1], flush=True)
 
     print()
     print(table(rows))
-    settings = {k: getattr(args, k) for k in ("num_samples", "calib_seq_len", "seq_len", "max_windows", "group_size")}
+    settings = {k: getattr(args, k) for k in ("num_samples", "calib_seq_len", "seq_len", "max_windows", "group_size",
+                                               "learned_start", "learned_steps", "plan_method")}
     with atomic_file(out / "quality.json") as path:
-        path.write_text(json.dumps({"texts": texts, "settings": settings, "rows": rows}, indent=2))
+        path.write_text(json.dumps({"texts": texts, "settings": settings, "rows": rows}, indent=2, default=str))
     print(f"\nwrote {out / 'quality.json'} ({time.perf_counter() - start:.0f} s in all)")
+    plot(out, Path(args.baselines))
+
+
+def plot(out: Path, baselines: Path) -> None:
+    """KL vs bpw of our rows and (if present) mlx-lm's, with each tool's Pareto front."""
+    try:
+        from quality_plot import main as plot_main
+    except ImportError as err:  # matplotlib is a benchmark extra
+        print(f"no plot: {err} (pip install 'mlx-slm[bench]')")
+        return
+    sources = [out / "quality.json"] + ([baselines] if baselines.is_file() else [])
+    plot_main([str(p) for p in sources] + ["--png", str(out / "quality.png")])
 
 
 if __name__ == "__main__":

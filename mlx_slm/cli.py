@@ -31,10 +31,24 @@ def cmd_convert(args) -> None:
 def cmd_quantize(args) -> None:
     import mlx_slm
 
+    from mlx_slm.loading import model_config
+    from mlx_slm.quant.budget import format_report as format_plan
+
     model, tokenizer = mlx_slm.load(args.model, backend=args.backend)
+    learned = None
+    if args.method == "learned":
+        learned = {"start": args.learned_start, **({"steps": args.learned_steps} if args.learned_steps else {})}
     mlx_slm.quantize(model, bits=args.bits, group_size=args.group_size, method=args.method, format=args.format,
                      config=args.config, calib=args.calib, tokenizer=tokenizer, num_samples=args.num_samples,
-                     seq_len=args.seq_len, per_row_scale=args.per_row_scale)
+                     seq_len=args.seq_len, per_row_scale=args.per_row_scale, target_bpw=args.target_bpw,
+                     learned_options=learned)
+    record = model_config(model).get("mlx_slm") or {}
+    if "plan" in record:
+        print(format_plan(record["plan"]))
+    if "learned" in record:
+        report = record["learned"]
+        print(f"learned from {report['start']}: held-out KL {report['start_kl']:.4f} -> {report['final_kl']:.4f} "
+              f"after {report['steps_run']} steps" + (" (the start was kept)" if report["kept_start"] else ""))
     mlx_slm.save(model, tokenizer, args.output, overwrite=args.overwrite)
     stats = mlx_slm.stats.weight_stats(model)
     print(f"wrote {args.output}: {stats['bpw']:.3f} bits per weight, {stats['size_bytes'] / 1e6:.1f} MB")
@@ -144,8 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Quantize the linear and embedding layers. Formats -- " + format_help() + ". Methods: rtn "
                     "(affine: round-to-nearest, identical to mlx_lm.convert -q; lut: plain k-means; ternary: "
                     "absmean), imatrix (weighted by activation importance: affine scales and biases, lut "
-                    "k-means, ternary scales) or gptq (affine only, error-compensating rounding); the last two "
-                    "read local calibration text (--calib). Layers whose shape does not fit the format stay "
+                    "k-means, ternary scales), gptq (affine only, error-compensating rounding), awq (affine "
+                    "only, activation-aware rescaling of each norm/linear and the linears it feeds) or learned "
+                    "(MLX only: gptq or awq, then scales and biases trained by KL distillation from the float "
+                    "model, never worse than the start); all but rtn read local calibration text (--calib), "
+                    "nothing is downloaded. --target-bpw chooses each layer's bits and group size from "
+                    "measured sensitivities to meet a bits-per-weight budget, prints the plan and saves it in "
+                    "config.json. Layers whose shape does not fit the format stay "
                     "in float and are reported. Only the affine format loads in stock mlx_lm.", epilog=EPILOG)
     quantize.add_argument("model", help="model folder, Hub id, or .gguf file")
     quantize.add_argument("-o", "--output", required=True, help="output folder (written atomically)")
@@ -160,9 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--per-row-scale", action=argparse.BooleanOptionalAction, default=None,
                           help="lut: a float16 scale per output row, palettes cluster w/scale (default: on "
                                "when a palette serves several rows, off for one-row palettes)")
-    quantize.add_argument("--method", default="rtn", choices=("rtn", "imatrix", "gptq"),
-                          help="quantization method (default rtn)")
-    quantize.add_argument("--calib", help="calibration text for imatrix/gptq: .txt, or .jsonl with a \"text\" field")
+    quantize.add_argument("--method", default="rtn", choices=("rtn", "imatrix", "gptq", "awq", "learned"),
+                          help="quantization method (default rtn); imatrix, gptq, awq (activation-aware "
+                               "scaling, then imatrix; affine only) and learned need --calib")
+    quantize.add_argument("--learned-start", default="gptq", choices=("rtn", "imatrix", "gptq", "awq"),
+                          help="learned: the method whose output is trained (default gptq)")
+    quantize.add_argument("--learned-steps", type=int, default=None,
+                          help="learned: most training steps (default 200; stops early on held-out KL)")
+    quantize.add_argument("--target-bpw", type=float, default=None,
+                          help="mixed precision: average bits per weight of the matrices to reach (+-0.01), "
+                               "e.g. 3.0; per-layer bits/group sizes from measured sensitivities")
+    quantize.add_argument("--calib", help="calibration text for the calibrated methods and --target-bpw: .txt, or "
+                                          ".jsonl with a \"text\" field")
     quantize.add_argument("--num-samples", type=int, default=64, help="calibration windows (default 64)")
     quantize.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window (default 256)")
     quantize.add_argument("--config", help="YAML/JSON per-layer overrides (by_type, by_name; 'fp16' keeps a layer)")

@@ -3,9 +3,10 @@
 Affine ``rtn`` gives, weight for weight, what ``mlx_lm.convert -q`` gives with the
 same bits and group size: on MLX it is ``nn.quantize``; on numpy it is the
 bit-exact twin in :mod:`mlx_slm.formats.affine`. The calibrated methods
-``imatrix`` and ``gptq`` (:mod:`mlx_slm.quant`) choose other values in the same
-format from statistics of calibration text run through the numpy engine, one
-decoder block at a time.
+``imatrix``, ``gptq`` and ``awq`` (:mod:`mlx_slm.quant`) choose other values in the
+same format from statistics of calibration text run through the numpy engine, one
+decoder block at a time (``awq`` also rescales norm weights and a few float
+parameters, leaving the float model's function unchanged).
 
 The ``lut`` and ``ternary`` formats (and any per-layer mix of formats) are packed
 by their numpy twins on either backend; on MLX the packed layers become
@@ -27,15 +28,19 @@ from .formats import affine, get_format
 from .formats.dtypes import FLOAT_DTYPES
 from .loading import model_config, set_model_config
 from .qconfig import check_config, read_config_file, resolve_layer
+from .quant import awq
 from .quant.calibration import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, calibration_windows
 from .quant.imatrix import weighted_quantize
 from .quant.statistics import InputStatistics
 
 log = logging.getLogger("mlx_slm")
-METHODS = ("rtn", "imatrix", "gptq")
-CALIBRATED = ("imatrix", "gptq")
+METHODS = ("rtn", "imatrix", "gptq", "awq", "learned")
+CALIBRATED = ("imatrix", "gptq", "awq")
+AFFINE_ONLY = ("gptq", "awq")
 GPTQ_DEFAULTS = {"damp": 0.01, "block_size": 128, "act_order": True, "grid": "imatrix"}
 STATISTICS_BATCH = 4  # calibration windows per forward pass
+LEARNED_STARTS = ("rtn", "imatrix", "gptq", "awq")
+SENSITIVITY_WINDOWS = (8, 128)  # calibration windows x tokens the target_bpw planner measures on
 
 
 def candidate_layers(model) -> dict[str, tuple]:
@@ -209,25 +214,104 @@ def quantize_packed(model, plan: dict, default: str, method: str, tokens, per_ro
     model.update_modules(tree_unflatten(swapped))
 
 
-def quantize_calibrated(model, plan: dict, method: str, tokens, options: dict, progress: bool) -> None:
-    """Choose values with :func:`mlx_slm.quant.sequential.sequential_quantize` and store them in ``model``."""
-    from .quant.sequential import sequential_quantize
+def float_dtypes(model) -> dict:
+    """Parameter name -> numpy dtype of every floating-point parameter of ``model``."""
+    if backend_of(model) == "numpy":
+        return {name: value.dtype for name, value in model.weights.items() if value.dtype in FLOAT_DTYPES.values()}
+    from mlx.utils import tree_flatten
+
+    dtypes = {name: str(value.dtype).split(".")[-1] for name, value in tree_flatten(model.parameters())}
+    return {name: FLOAT_DTYPES[dtype] for name, dtype in dtypes.items() if dtype in FLOAT_DTYPES}
+
+
+def store_floats(model, updates: dict) -> None:
+    """Write float parameters ``updates`` {name: array in the parameter's dtype} into ``model``."""
+    if not updates:
+        return
+    if backend_of(model) == "numpy":
+        model.weights.update(updates)
+        model.drop_cache()
+        return
+    from mlx.utils import tree_unflatten
+
+    from .loading import mlx_array
+
+    model.update(tree_unflatten([(name, mlx_array(value)) for name, value in updates.items()]))
+
+
+def quantize_calibrated(model, plan: dict, method: str, tokens, record: dict, progress: bool) -> None:
+    """Choose values with :func:`mlx_slm.quant.sequential.sequential_choose` and store them (and AWQ's
+    rescaled float parameters) in ``model``; AWQ's group count goes to ``record["awq"]``."""
+    from .quant.sequential import sequential_choose
 
     todo = [path for path, settings in plan.items() if settings is not None]
     dtypes = weight_dtypes(model, todo)
     engine = numpy_engine(model)
-    chosen = {path: stored_arrays(get_format("affine"), stored) for path, stored in
-              sequential_quantize(engine, plan, tokens, method, dtypes, options, progress=progress).items()}
+    choice = sequential_choose(engine, plan, tokens, method, dtypes, record.get("gptq"), record.get("awq"),
+                               progress=progress, param_dtypes=float_dtypes(model))
+    chosen = {path: stored_arrays(get_format("affine"), stored) for path, stored in choice.results.items()}
+    store_floats(model, choice.float_updates)
+    if method == "awq":
+        alphas = [alpha for _, alpha in choice.scaled if alpha is not None]
+        record["awq"].update(groups=len(choice.scaled), scaled_groups=sum(a > 0 for a in alphas),
+                             mean_alpha=round(float(np.mean(alphas)), 4) if alphas else None)
     if backend_of(model) == "numpy":
         store_numpy(model, chosen)
     else:
         apply_mlx(model, plan, chosen)
 
 
+def budget_config(model, target_bpw: float, tokenizer, calib, progress: bool) -> tuple[dict, dict]:
+    """(per-layer config, plan report) meeting ``target_bpw``: sensitivities measured on
+    :data:`SENSITIVITY_WINDOWS` of the calibration text."""
+    from .quant.budget import format_report, target_bpw_config
+
+    tokens, record = calibration_windows(tokenizer, calib, *SENSITIVITY_WINDOWS)
+    config, report = target_bpw_config(model, float(target_bpw), tokens, progress=progress)
+    log.info("%s", format_report(report))
+    return config, {**report, "calibration": record}
+
+
+def float_teacher(model):
+    """A second MLX model sharing ``model``'s current arrays (they are immutable, so this costs
+    no memory): the float teacher that stays behind when ``model`` is quantized in place."""
+    teacher = type(model)(model.args)
+    teacher.update(model.parameters())
+    set_model_config(teacher, model_config(model))
+    return teacher
+
+
+def quantize_learned(model, options: dict | None, settings: dict):
+    """Method "learned": quantize with ``options["start"]``, then learn scales and biases."""
+    if backend_of(model) != "mlx":
+        raise SLMError("method 'learned' needs MLX: training does not run on the numpy fallback")
+    from .quant.learned import DEFAULTS, learn_quantization
+
+    options = dict(options or {})
+    start = options.pop("start", "gptq")
+    if start not in LEARNED_STARTS:
+        raise SLMError(f"learned_options start must be one of {LEARNED_STARTS}, not {start!r}")
+    unknown = set(options) - set(DEFAULTS)
+    if unknown:
+        raise SLMError(f"unknown learned_options {sorted(unknown)}; known: {sorted(['start', *DEFAULTS])}")
+    if settings["format"] != "affine":
+        raise SLMError(f"method 'learned' trains affine scales and biases, not the {settings['format']!r} format")
+    tokens, calibration = calibration_windows(settings["tokenizer"], settings["calib"], settings["num_samples"],
+                                              settings["seq_len"])
+    teacher = float_teacher(model)
+    quantize(model, method=start, **settings)
+    report = learn_quantization(model, teacher, tokens, progress=settings["progress"], **options)
+    model_settings = model_config(model)
+    model_settings["mlx_slm"].update(method="learned", calibration=calibration, learned={"start": start, **report})
+    set_model_config(model, model_settings)
+    return model
+
+
 def quantize(model, bits: int | None = None, group_size: int | None = None, method: str = "rtn", config=None,
              format: str = "affine", progress: bool = True, calib=None, tokenizer=None,
              num_samples: int = DEFAULT_NUM_SAMPLES, seq_len: int = DEFAULT_SEQ_LEN, gptq_options: dict | None = None,
-             per_row_scale: bool | None = None):
+             per_row_scale: bool | None = None, awq_options: dict | None = None,
+             learned_options: dict | None = None, target_bpw: float | None = None):
     """Quantize ``model`` in place and return it.
 
     format: a registered weight format (see :mod:`mlx_slm.formats`): "affine" (MLX's own;
@@ -238,12 +322,27 @@ def quantize(model, bits: int | None = None, group_size: int | None = None, meth
     bits / group_size: global settings (None: the format's defaults).
     method: "rtn" (affine: as mlx_lm.convert; lut: plain k-means; ternary: absmean),
     "imatrix" (importance-weighted: affine scales/biases, lut k-means, ternary scale
-    refit) or "gptq" (affine only); the last two need ``calib``.
+    refit), "gptq" or "awq" (affine only); the last three need ``calib``. "awq" rescales
+    each scaling group found in the model (:mod:`mlx_slm.quant.graph`: a norm or linear
+    and the linears reading its output) by activation magnitude, then quantizes with
+    its quantizer; the rescaled norm weights are stored in the model.
     config: per-layer overrides (dict or YAML/JSON path; see :mod:`mlx_slm.qconfig`); a
     layer's ``format`` may differ from the call's.
     calib: calibration text (.txt/.jsonl path or list of strings), cut with
     ``tokenizer`` into ``num_samples`` windows of ``seq_len`` tokens.
-    gptq_options: damp (0.01), block_size (128), act_order (True), grid ("imatrix" or "rtn").
+    gptq_options: damp (0.01), block_size (128), act_order (True), grid ("imatrix" or "rtn");
+    also used by awq with quantizer "gptq".
+    awq_options: grid (20 alpha points in [0, 1]), quantizer ("imatrix", which also searches
+    each group's range, or "gptq").
+    method "learned" (MLX only): quantize with ``learned_options["start"]`` (default "gptq"),
+    then train every affine layer's scales and biases by KL distillation from the float
+    model on the calibration windows (:func:`mlx_slm.quant.learned.learn_quantization`;
+    the other ``learned_options`` are its settings); never worse than the start on the
+    held-out windows.
+    target_bpw: plan each layer's bits / group size (:mod:`mlx_slm.quant.budget`) so the
+    matrices average this many bits per weight (as ``mlx_slm.stats`` counts them) with the
+    least predicted KL, measured on calibration text; the plan is saved in the config
+    (``mlx_slm.plan``). Not combined with ``config``.
     per_row_scale: lut only: store a float16 max|w| per output row and cluster w / scale, so
     rows of different magnitude share a palette well (16/K bits per weight). None (default):
     on when a palette serves more than one row (on SmolLM2 at 4 bits, group 8: KL 1.11
@@ -252,9 +351,23 @@ def quantize(model, bits: int | None = None, group_size: int | None = None, meth
     """
     if method not in METHODS:
         raise SLMError(f"quantization method {method!r} is not available; available: {', '.join(METHODS)}")
+    if learned_options is not None and method != "learned":
+        raise SLMError(f"learned_options are for method 'learned', not {method!r}")
+    if method == "learned":
+        settings = {"bits": bits, "group_size": group_size, "config": config, "format": format, "progress": progress,
+                    "calib": calib, "tokenizer": tokenizer, "num_samples": num_samples, "seq_len": seq_len,
+                    "gptq_options": gptq_options, "awq_options": awq_options, "target_bpw": target_bpw}
+        return quantize_learned(model, learned_options, settings)
     weight_format = get_format(format)
-    if method == "gptq" and format != "affine":
-        raise SLMError(f"method 'gptq' supports the affine format only, not {format!r} "
+    plan_report = None
+    if target_bpw is not None:
+        if config:
+            raise SLMError("target_bpw plans every layer's settings itself: do not pass a config with it")
+        if format != "affine":
+            raise SLMError(f"target_bpw plans affine bits and group sizes, not the {format!r} format")
+        config, plan_report = budget_config(model, target_bpw, tokenizer, calib, progress)
+    if method in AFFINE_ONLY and format != "affine":
+        raise SLMError(f"method {method!r} supports the affine format only, not {format!r} "
                        "(use method 'imatrix' or 'rtn')")
     bits = weight_format.default_bits if bits is None else bits
     group_size = weight_format.default_group_size if group_size is None else group_size
@@ -272,9 +385,11 @@ def quantize(model, bits: int | None = None, group_size: int | None = None, meth
     if not formats and len(skipped) > sum(reason.startswith("kept in float") for reason in skipped.values()):
         path, reason = next((p, r) for p, r in skipped.items() if not r.startswith("kept in float"))
         raise SLMError(f"no layer fits the {format} format with these settings (e.g. {path}: {reason})")
-    if method == "gptq" and formats - {"affine"}:
-        raise SLMError(f"method 'gptq' supports the affine format only, not {sorted(formats - {'affine'})}")
+    if method in AFFINE_ONLY and formats - {"affine"}:
+        raise SLMError(f"method {method!r} supports the affine format only, not {sorted(formats - {'affine'})}")
     record = {"method": method, "unquantized": skipped}
+    if plan_report is not None:
+        record["plan"] = plan_report
     if "lut" in formats:
         record["per_row_scale"] = "auto" if per_row_scale is None else bool(per_row_scale)
     tokens = None
@@ -283,7 +398,9 @@ def quantize(model, bits: int | None = None, group_size: int | None = None, meth
         unknown = set(gptq_options or {}) - set(GPTQ_DEFAULTS)
         if unknown:
             raise SLMError(f"unknown gptq_options {sorted(unknown)}; known: {sorted(GPTQ_DEFAULTS)}")
-        if method == "gptq":
+        if method == "awq":
+            record["awq"] = awq.check_options(awq_options)
+        if method == "gptq" or record.get("awq", {}).get("quantizer") == "gptq":
             record["gptq"] = {**GPTQ_DEFAULTS, **(gptq_options or {})}
             if record["gptq"]["grid"] not in ("imatrix", "rtn"):
                 raise SLMError(f"gptq_options grid must be 'imatrix' or 'rtn', not {record['gptq']['grid']!r}")
@@ -294,7 +411,7 @@ def quantize(model, bits: int | None = None, group_size: int | None = None, meth
             record["statistics"] = "one pass of the float model over the calibration windows"
         quantize_packed(model, plan, format, method, tokens, per_row_scale, progress)
     elif method in CALIBRATED:
-        quantize_calibrated(model, plan, method, tokens, record.get("gptq"), progress)
+        quantize_calibrated(model, plan, method, tokens, record, progress)
     elif backend_of(model) == "numpy":
         apply_numpy(model, plan, weight_format, progress)
     else:

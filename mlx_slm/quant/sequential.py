@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import hashlib
 from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
 
 from ..errors import SLMError
 from ..formats import affine
+from .awq import ScaleWriter, check_options, scale_group
 from .gptq import gptq_quantize, prepare_hessian
+from .graph import block_groups, head_groups
 from .imatrix import weighted_quantize
 from .statistics import InputStatistics
 
-METHODS = ("imatrix", "gptq")
+METHODS = ("imatrix", "gptq", "awq")
 
 
 def in_batches(function, h: np.ndarray, batch_size: int) -> np.ndarray:
@@ -81,42 +84,88 @@ def choose_values(method: str, w: np.ndarray, stats: InputStatistics, name: str,
     return weighted_quantize(w, stats.importance(name), bits, group_size, dtype)
 
 
-def sequential_quantize(engine, plan: dict, tokens: np.ndarray, method: str, dtypes: dict,
-                        gptq_options: dict | None = None, batch_size: int = 4, progress: bool = True) -> dict:
+class Choice(NamedTuple):
+    """What :func:`sequential_choose` decided.
+
+    results: layer path -> (packed uint32, scales, biases).
+    float_updates: float parameter name -> new array (AWQ's rescaled norms, biases and float layers).
+    scaled: (ScalingGroup, alpha) per group AWQ looked at (alpha None: no consumer is quantized).
+    """
+
+    results: dict
+    float_updates: dict
+    scaled: list
+
+
+def block_index(name: str) -> int:
+    """The decoder block of a layer path ``model.layers.<i>.…``."""
+    return int(name.split(".")[2])
+
+
+def sequential_choose(engine, plan: dict, tokens: np.ndarray, method: str, dtypes: dict,
+                      gptq_options: dict | None = None, awq_options: dict | None = None, batch_size: int = 4,
+                      progress: bool = True, param_dtypes: dict | None = None) -> Choice:
     """Choose affine values for every planned layer of ``engine`` with calibration ``tokens`` [S, T].
 
     plan: layer path -> {"bits", "group_size"} or None (kept in float).
     dtypes: layer path -> numpy dtype of its scales/biases.
-    Every projection, the output head included, uses ``method`` ("imatrix" or "gptq")
-    on its own inputs; a tied embedding is quantized as the head (on the final
+    Every projection, the output head included, uses ``method`` ("imatrix", "gptq" or
+    "awq") on its own inputs; a tied embedding is quantized as the head (on the final
     norm's outputs), an untied input embedding with unweighted imatrix.
-    Returns path -> (packed uint32, scales, biases); the engine's stored weights
-    are left as they were.
+    awq_options: grid, quantizer (see :mod:`.awq`); AWQ first rescales each block's scaling
+    groups (:mod:`.graph`), then quantizes with the quantizer on the rescaled statistics.
+    param_dtypes: float parameter name -> numpy dtype its AWQ update is stored in (default:
+    the engine's arrays' dtypes).
+    The engine's stored weights are left as they were, except AWQ's float updates, which are
+    written to ``engine.weights`` too.
     """
     if method not in METHODS:
         raise SLMError(f"calibrated methods are {METHODS}, not {method!r}")
     gptq_options = gptq_options or {}
+    awq_settings = check_options(awq_options) if method == "awq" else None
+    quantizer = awq_settings["quantizer"] if awq_settings else method
     todo = {path: settings for path, settings in plan.items() if settings is not None}
     results = {}
+    writer = ScaleWriter(engine, todo, param_dtypes)
+    scaled = []
 
     def quantize_layers(names, stats, layer_method):
         hessians = PreparedHessians(gptq_options.get("damp", 0.01), gptq_options.get("act_order", True))
         for name in names:
-            w = engine.weights[f"{name}.weight"]
+            w = engine.dense(name) if awq_settings else engine.weights[f"{name}.weight"]
             q, scales, biases = choose_values(layer_method, w, stats, name, todo[name], dtypes[name], gptq_options,
                                               hessians)
             results[name] = (affine.pack_codes(q, todo[name]["bits"]), scales, biases)
             engine.set_dense(name, affine.dequantize_codes(q, scales, biases, todo[name]["group_size"], np.float32))
 
-    h = calibrate_blocks(engine, todo, tokens, method == "gptq",
-                         lambda names, stats: quantize_layers(names, stats, method), f"{method} blocks", batch_size,
-                         progress)
+    def rescale(groups, stats):
+        for group in groups:
+            scaled.append((group, scale_group(writer, group, stats, todo, dtypes, awq_settings["grid"])))
+
+    def update(names, stats):
+        if awq_settings:
+            rescale(block_groups(engine, block_index(names[0])), stats)
+        quantize_layers(names, stats, quantizer)
+
+    gram = quantizer == "gptq" or method == "awq"
+    h = calibrate_blocks(engine, todo, tokens, gram, update, f"{method} blocks", batch_size, progress)
 
     head = engine.head_name
     if head in todo:
-        stats = InputStatistics([head], gram=method == "gptq")
+        stats = InputStatistics([head], gram=gram)
         for i in range(0, len(h), batch_size):
             stats(head, engine.norm("model.norm", h[i : i + batch_size]))
-        quantize_layers([head], stats, method)
+        if awq_settings:
+            rescale(head_groups(engine), stats)
+        quantize_layers([head], stats, quantizer)
     quantize_layers(sorted(set(todo) - set(results)), None, "imatrix")
-    return results
+    return Choice(results, writer.updates, scaled)
+
+
+def sequential_quantize(engine, plan: dict, tokens: np.ndarray, method: str, dtypes: dict,
+                        gptq_options: dict | None = None, batch_size: int = 4, progress: bool = True) -> dict:
+    """:func:`sequential_choose` with "imatrix" or "gptq" (which change no float parameter):
+    returns only its ``results``, layer path -> (packed uint32, scales, biases)."""
+    if method == "awq":
+        raise SLMError("method 'awq' changes float parameters too: use sequential_choose")
+    return sequential_choose(engine, plan, tokens, method, dtypes, gptq_options, None, batch_size, progress).results
