@@ -52,14 +52,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from quantization_quality import PeakMemory, source_folder
+from quantization_quality import PeakMemory, source_folder, write_texts
 from quantization_quality import table as quality_table
 
 import mlx_slm
 from mlx_slm.io.atomic import atomic_file
 from mlx_slm.loading import model_config, set_model_config
 from mlx_slm.quant.calibration import calibration_windows
-from mlx_slm.textdata import local_text
 
 METHODS = ("rtn", "gptq", "dynamic", "awq", "dwq")
 
@@ -252,11 +251,7 @@ def main() -> None:
     chosen = runs(args)
     start = time.perf_counter()
 
-    texts = {}
-    for purpose in ("calib", "eval"):
-        text, source = local_text(purpose)
-        (out / f"{purpose}.txt").write_text(text)
-        texts[purpose] = source
+    texts = write_texts(out)
     settings = {k: getattr(args, k) for k in ("num_samples", "calib_seq_len", "group_size", "awq_grid", "dwq_samples",
                                                "dwq_valid", "dwq_batch_size", "dwq_lr", "compute_dtype", "seed", "seq_len",
                                                "max_windows")}

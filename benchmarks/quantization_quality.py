@@ -81,6 +81,16 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def write_texts(out: Path) -> dict:
+    """Write OUT/calib.txt and OUT/eval.txt from the local corpora; return purpose -> source name."""
+    texts = {}
+    for purpose in ("calib", "eval"):
+        text, source = local_text(purpose)
+        (out / f"{purpose}.txt").write_text(text)
+        texts[purpose] = source
+    return texts
+
+
 def source_folder(out: Path, model_arg) -> Path:
     """A float16 MLX folder of the model (converted from the GGUF once)."""
     if model_arg and Path(model_arg).is_dir():
@@ -148,11 +158,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
-    texts = {}
-    for purpose in ("calib", "eval"):
-        text, source = local_text(purpose)
-        (out / f"{purpose}.txt").write_text(text)
-        texts[purpose] = source
+    texts = write_texts(out)
     print(f"calibration text: {texts['calib']}; evaluation text: {texts['eval']}")
 
     folder = source_folder(out, args.model)

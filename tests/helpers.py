@@ -111,3 +111,9 @@ def sample_text(paragraphs: int = 60, seed: int = 0) -> str:
     words = ("the quick brown fox jumps over lazy dog and then it runs into a field of green grass "
              "where many small birds sing in the morning light while the river flows").split()
     return "\n\n".join(" ".join(rng.choice(words, size=40)) + "." for _ in range(paragraphs))
+
+
+def output_error(w, w_hat, hessian) -> float:
+    """Mean squared output error E||(W - W_hat) x||^2 for inputs with second moments ``hessian``."""
+    delta = np.asarray(w, np.float64) - w_hat
+    return float(np.einsum("nk,kl,nl->", delta, hessian, delta))

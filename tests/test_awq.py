@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import sample_text, tiny_config, tiny_model_folder, tiny_weights, write_model_folder
+from helpers import output_error, sample_text, tiny_config, tiny_model_folder, tiny_weights, write_model_folder
 
 import mlx_slm
 from mlx_slm.errors import SLMError
@@ -67,10 +67,6 @@ def outlier_inputs(k: int, tokens: int = 2048, seed: int = 1) -> np.ndarray:
     x[:, rng.choice(k, 4, replace=False)] *= 30
     return x.astype(np.float32)
 
-
-def output_error(w, w_hat, hessian) -> float:
-    delta = np.asarray(w, np.float64) - w_hat
-    return float(np.einsum("nk,kl,nl->", delta, hessian, delta))
 
 
 @pytest.mark.parametrize("bits", [3, 4])

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import sample_text, tiny_model_folder
+from helpers import output_error, sample_text, tiny_model_folder
 
 import mlx_slm
 from mlx_slm.cli import main
@@ -33,11 +33,6 @@ def random_weight(n: int, k: int, seed: int = 1, dtype=np.float16) -> np.ndarray
 def rtn_dequantized(w, bits, group_size):
     return affine.unpack(*affine.pack(w, bits, group_size), bits, group_size, dtype=np.float32)
 
-
-def output_error(w, w_hat, hessian) -> float:
-    """Mean squared output error E||(W - W_hat) x||^2 for inputs with second moments ``hessian``."""
-    delta = np.asarray(w, np.float64) - w_hat
-    return float(np.einsum("nk,kl,nl->", delta, hessian, delta))
 
 
 @pytest.mark.parametrize("bits", [3, 4])
