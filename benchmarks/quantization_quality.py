@@ -3,12 +3,14 @@
     python benchmarks/quantization_quality.py [--out runs/quality]
         [--methods rtn,imatrix,gptq,awq,learned] [--bits 4,3,2] [--group-size 64]
         [--targets 4.5,3.5,3.0,2.5] [--plan-method gptq] [--learned-start gptq]
-        [--num-samples 32] [--calib-seq-len 256] [--seq-len 512] [--max-windows 8]
+        [--num-samples 32] [--calib-seq-len 256] [--seq-len 512] [--max-windows 8] [--resume]
 
 Calibration text: Debian's bible-kjv (``local_text("calib")``); evaluation text:
 Debian's fortunes (``local_text("eval")``), so the two never overlap. Every
 method runs at every ``--bits``; each ``--targets`` budget is planned by the
-mixed-precision planner (``target_bpw``) and quantized with ``--plan-method``.
+mixed-precision planner (``target_bpw``) and quantized with ``--plan-method``; the
+layer sensitivities are measured once for all budgets and their time is added to each
+budget's "quant s".
 KL is the mean per-token KL(fp16 || model), top-1 the argmax agreement with fp16;
 bpw counts every stored bit of the matrices, and "float" is the number of
 matrices left unquantized (e.g. group 128 does not divide SmolLM2's 576 columns).
@@ -16,7 +18,10 @@ matrices left unquantized (e.g. group 128 does not divide SmolLM2's 576 columns)
 resident memory the process reached above its level before quantizing (sampled
 every 20 ms). Prints one table, writes OUT/quality.json and, with matplotlib
 (the ``bench`` extra), OUT/quality.png: KL vs bpw with the Pareto front of each
-tool (mlx-lm's rows from ``--baselines``). Nothing is downloaded.
+tool. mlx-lm's rows (``--baselines``, written by benchmarks/mlx_lm_baselines.py on the
+same texts) are appended to the table and the plot. Each row is saved as soon as it is
+measured; ``--resume`` keeps the rows of an earlier run with the same settings and
+measures only the missing ones. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import os
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import mlx_slm
@@ -72,8 +78,11 @@ def table(rows: list[dict]) -> str:
               f"{'quant s':>9}{'peak MB':>9}")
     lines = [header, "-" * len(header)]
     for r in rows:
-        kld = "-" if r["kld"] is None else f"{r['kld']:.4f}"
-        top1 = "-" if r["top1"] is None else f"{r['top1']:.1%}"
+        if "error" in r:  # a baseline that could not run
+            lines.append(f"{r['method']:<16}{r['bits'] or '-':>5}{r['group_size'] or '-':>6}   not run: {r['error']}")
+            continue
+        kld = "-" if r.get("kld") is None else f"{r['kld']:.4f}"
+        top1 = "-" if r.get("top1") is None else f"{r['top1']:.1%}"
         quant_s = "-" if r["quant_seconds"] is None else f"{r['quant_seconds']:.0f}"
         peak = "-" if r["quant_peak_mb"] is None else f"{r['quant_peak_mb']:.0f}"
         lines.append(f"{r['method']:<16}{r['bits'] or '-':>5}{r['group_size'] or '-':>6}{r['bpw']:>7.2f}"
@@ -103,14 +112,16 @@ def source_folder(out: Path, model_arg) -> Path:
 
 
 def runs(args) -> list[tuple[str, int | None, dict]]:
-    """(label, bits, quantize keyword arguments) of every configuration to measure."""
+    """(label, bits, quantize keyword arguments) of every configuration to measure; a budget's
+    arguments carry ``target_bpw``, which :func:`measure` turns into a planned config."""
     chosen = []
     for bits in [int(b) for b in args.bits.split(",") if b]:
         for method in [m for m in args.methods.split(",") if m]:
             options = {"method": method, "bits": bits}
+            label = method
             if method == "learned":
                 options["learned_options"] = {"start": args.learned_start, "steps": args.learned_steps}
-            label = f"learned({args.learned_start})" if method == "learned" else method
+                label = f"learned({args.learned_start},{args.learned_steps})"
             chosen.append((label, bits, options))
     for target in [float(t) for t in args.targets.split(",") if t]:
         chosen.append((f"{args.plan_method} @{target:g}", None,
@@ -118,19 +129,69 @@ def runs(args) -> list[tuple[str, int | None, dict]]:
     return chosen
 
 
-def measure(folder: Path, reference, tokenizer, label: str, bits, options: dict, args, evaluate: dict) -> dict:
+class Planner:
+    """Plans every budget from one sensitivity measurement of the float model (made on first use)."""
+
+    def __init__(self, folder: Path, tokenizer, args):
+        self.folder, self.tokenizer, self.args = folder, tokenizer, args
+        self.sensitivity = None
+
+    def config(self, target_bpw: float) -> tuple[dict, dict]:
+        """(per-layer config, plan report) for ``target_bpw``, as ``quantize(target_bpw=...)`` plans it."""
+        from mlx_slm.quant.budget import plan_for_budget
+        from mlx_slm.quant.calibration import calibration_windows
+        from mlx_slm.quant.sensitivity import measure_sensitivity
+        from mlx_slm.quantize import sensitivity_windows
+
+        if self.sensitivity is None:
+            model, _ = mlx_slm.load(self.folder, backend=self.args.backend)
+            windows = sensitivity_windows(self.args.num_samples, self.args.calib_seq_len)
+            tokens, _ = calibration_windows(self.tokenizer, Path(self.args.out) / "calib.txt", *windows)
+            self.sensitivity = measure_sensitivity(model, tokens, progress=False)
+        return plan_for_budget(self.sensitivity, target_bpw)
+
+
+def measure(folder: Path, reference, tokenizer, label: str, bits, options: dict, args, evaluate: dict,
+            planner: Planner) -> dict:
     """Quantize a fresh copy of the model with ``options``, evaluate it against ``reference``."""
+    options, plan_seconds, plan = dict(options), 0.0, None
+    if "target_bpw" in options:
+        options["config"], plan = planner.config(options.pop("target_bpw"))
+        plan_seconds = plan["sensitivity_seconds"]
     model, _ = mlx_slm.load(folder, backend=args.backend)
     began = time.perf_counter()
     with PeakMemory() as memory:
         mlx_slm.quantize(model, group_size=args.group_size, calib=Path(args.out) / "calib.txt", tokenizer=tokenizer,
                          num_samples=args.num_samples, seq_len=args.calib_seq_len, progress=False, **options)
-    seconds = time.perf_counter() - began
+    seconds = time.perf_counter() - began + plan_seconds
     record = mlx_slm.loading.model_config(model).get("mlx_slm") or {}
+    record = {k: v for k, v in record.items() if k != "unquantized"}
+    if plan is not None:
+        record["plan"] = {k: v for k, v in plan.items() if k != "layers"}
+        record["plan"]["choices"] = dict(Counter(row["choice"] for row in plan["layers"]))
     report = mlx_slm.evaluate(model, tokenizer, reference=reference, **evaluate)
     return {"method": label, "bits": bits, "group_size": args.group_size, "quant_seconds": seconds,
-            "quant_peak_mb": memory.grown_bytes / 1e6, "float_layers": len(record.get("unquantized", {})),
-            "record": {k: v for k, v in record.items() if k != "unquantized"}, **report}
+            "quant_peak_mb": memory.grown_bytes / 1e6,
+            "float_layers": len((mlx_slm.loading.model_config(model).get("mlx_slm") or {}).get("unquantized", {})),
+            "record": record, **report}
+
+
+def earlier_rows(path: Path, settings: dict) -> list[dict]:
+    """Rows of an earlier run written to ``path`` with the same ``settings`` (else none)."""
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    if earlier.get("settings") != settings:
+        print(f"--resume: {path} was measured with other settings; measuring everything again")
+        return []
+    return earlier["rows"]
+
+
+def baseline_rows(path: Path) -> list[dict]:
+    """mlx-lm's rows from benchmarks/mlx_lm_baselines.py's JSON (none if it is missing)."""
+    if not path.is_file():
+        return []
+    return [r for r in json.loads(path.read_text())["rows"] if r["method"].startswith("mlx-lm")]
 
 
 def main() -> None:
@@ -153,6 +214,8 @@ def main() -> None:
     parser.add_argument("--baselines", default="runs/baselines/mlx_lm.json",
                         help="rows of benchmarks/mlx_lm_baselines.py to plot alongside (skipped if missing)")
     parser.add_argument("--backend", choices=("mlx", "numpy"), default=None)
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows of OUT/quality.json measured with the same settings; measure the rest")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,19 +228,24 @@ def main() -> None:
     reference, tokenizer = mlx_slm.load(folder, backend=args.backend)
     evaluate = {"text": out / "eval.txt", "seq_len": args.seq_len, "max_windows": args.max_windows,
                 "decode_tokens": 0, "progress": False}
-    base = {"method": "fp16", "bits": None, "group_size": None, "quant_seconds": None, "quant_peak_mb": None}
-    rows = [{**base, **mlx_slm.evaluate(reference, tokenizer, **evaluate)}]
+    settings = {k: getattr(args, k) for k in ("num_samples", "calib_seq_len", "seq_len", "max_windows", "group_size")}
+    rows = earlier_rows(out / "quality.json", settings) if args.resume else []
+    done = {(r["method"], r["bits"]) for r in rows}
+    if ("fp16", None) not in done:
+        base = {"method": "fp16", "bits": None, "group_size": None, "quant_seconds": None, "quant_peak_mb": None}
+        rows.insert(0, {**base, **mlx_slm.evaluate(reference, tokenizer, **evaluate)})
     print(table(rows))
+    planner = Planner(folder, tokenizer, args)
     for label, bits, options in runs(args):
-        rows.append(measure(folder, reference, tokenizer, label, bits, options, args, evaluate))
+        if (label, bits) in done:
+            continue
+        rows.append(measure(folder, reference, tokenizer, label, bits, options, args, evaluate, planner))
         print(table(rows).splitlines()[-1], flush=True)
+        with atomic_file(out / "quality.json") as path:
+            path.write_text(json.dumps({"texts": texts, "settings": settings, "rows": rows}, indent=2, default=str))
 
     print()
-    print(table(rows))
-    settings = {k: getattr(args, k) for k in ("num_samples", "calib_seq_len", "seq_len", "max_windows", "group_size",
-                                               "learned_start", "learned_steps", "plan_method")}
-    with atomic_file(out / "quality.json") as path:
-        path.write_text(json.dumps({"texts": texts, "settings": settings, "rows": rows}, indent=2, default=str))
+    print(table(rows + baseline_rows(Path(args.baselines))))
     print(f"\nwrote {out / 'quality.json'} ({time.perf_counter() - start:.0f} s in all)")
     plot(out, Path(args.baselines))
 

@@ -261,12 +261,19 @@ def quantize_calibrated(model, plan: dict, method: str, tokens, record: dict, pr
         apply_mlx(model, plan, chosen)
 
 
-def budget_config(model, target_bpw: float, tokenizer, calib, progress: bool) -> tuple[dict, dict]:
+def sensitivity_windows(num_samples: int, seq_len: int) -> tuple[int, int]:
+    """(windows, tokens) the target_bpw planner measures on: the calibration's, capped at
+    :data:`SENSITIVITY_WINDOWS` (each layer costs a rerun of the model on them)."""
+    return min(num_samples, SENSITIVITY_WINDOWS[0]), min(seq_len, SENSITIVITY_WINDOWS[1])
+
+
+def budget_config(model, target_bpw: float, tokenizer, calib, num_samples: int, seq_len: int,
+                  progress: bool) -> tuple[dict, dict]:
     """(per-layer config, plan report) meeting ``target_bpw``: sensitivities measured on
-    :data:`SENSITIVITY_WINDOWS` of the calibration text."""
+    :func:`sensitivity_windows` of the calibration text."""
     from .quant.budget import format_report, target_bpw_config
 
-    tokens, record = calibration_windows(tokenizer, calib, *SENSITIVITY_WINDOWS)
+    tokens, record = calibration_windows(tokenizer, calib, *sensitivity_windows(num_samples, seq_len))
     config, report = target_bpw_config(model, float(target_bpw), tokens, progress=progress)
     log.info("%s", format_report(report))
     return config, {**report, "calibration": record}
@@ -341,7 +348,8 @@ def quantize(model, bits: int | None = None, group_size: int | None = None, meth
     held-out windows.
     target_bpw: plan each layer's bits / group size (:mod:`mlx_slm.quant.budget`) so the
     matrices average this many bits per weight (as ``mlx_slm.stats`` counts them) with the
-    least predicted KL, measured on calibration text; the plan is saved in the config
+    least predicted KL, measured on at most 8 windows of 128 tokens of the calibration text (
+    every layer costs one rerun of the model on them); the plan is saved in the config
     (``mlx_slm.plan``). Not combined with ``config``.
     per_row_scale: lut only: store a float16 max|w| per output row and cluster w / scale, so
     rows of different magnitude share a palette well (16/K bits per weight). None (default):
@@ -365,7 +373,7 @@ def quantize(model, bits: int | None = None, group_size: int | None = None, meth
             raise SLMError("target_bpw plans every layer's settings itself: do not pass a config with it")
         if format != "affine":
             raise SLMError(f"target_bpw plans affine bits and group sizes, not the {format!r} format")
-        config, plan_report = budget_config(model, target_bpw, tokenizer, calib, progress)
+        config, plan_report = budget_config(model, target_bpw, tokenizer, calib, num_samples, seq_len, progress)
     if method in AFFINE_ONLY and format != "affine":
         raise SLMError(f"method {method!r} supports the affine format only, not {format!r} "
                        "(use method 'imatrix' or 'rtn')")

@@ -78,3 +78,20 @@ def test_cli_target_bpw_prints_the_plan(tmp_path, calib, capsys):
     assert "target 3.500 bpw" in printed and "model.layers.0.mlp.down_proj" in printed
     reached = float(printed.split("wrote ")[-1].split(": ")[1].split(" bits")[0])
     assert abs(reached - 3.5) <= 0.01
+
+
+def test_target_bpw_is_met_on_smollm2(smollm2_dir, english_text):
+    """The default model: 3.0 bpw within 0.01, a mixed plan, and group 128 reported as not fitting
+    576 columns (sensitivities on 1 x 64 tokens keep the test short; the bpw does not depend on them)."""
+    model, tokenizer = mlx_slm.load(smollm2_dir, backend="numpy")
+    mlx_slm.quantize(model, method="rtn", target_bpw=3.0, calib=english_text, tokenizer=tokenizer, num_samples=1,
+                     seq_len=64, progress=False)
+    bpw = weight_stats(model)["bpw"]
+    assert abs(bpw - 3.0) <= 0.01
+    plan = model_config(model)["mlx_slm"]["plan"]
+    assert plan["bpw"] == pytest.approx(bpw, abs=1e-9) and plan["calibration_tokens"] == [1, 64]
+    rows = {row["layer"]: row for row in plan["layers"]}
+    assert len({row["choice"] for row in rows.values()}) >= 2
+    assert "576" in rows["model.layers.0.self_attn.q_proj"]["unavailable"]["group 128"]
+    assert all(row["choice"] == "float" or not row["choice"].endswith("/g128") for row in rows.values()
+               if row["shape"][1] == 576)

@@ -97,8 +97,9 @@ def probe_index(options: list, probe: dict) -> int:
 
 def rtn_dense(w: np.ndarray, settings: dict) -> np.ndarray:
     """float32 [N, K] of ``w`` [N, K] after RTN affine quantization at ``settings``."""
-    bits, group_size = settings["bits"], settings["group_size"]
-    return affine.unpack(*affine.pack(w, bits, group_size), bits, group_size, dtype=np.float32)
+    group_size = settings["group_size"]
+    return affine.dequantize_codes(*affine.quantize_codes(w, settings["bits"], group_size), group_size,
+                                   dtype=np.float32)
 
 
 def input_factor(x: np.ndarray) -> np.ndarray:
