@@ -16,6 +16,7 @@ from .backend import backend_of
 from .errors import SLMError
 from .loading import model_config
 from .stats import weight_stats
+from .text_tokens import encode_text
 
 
 def read_text(text) -> str:
@@ -42,7 +43,7 @@ def token_windows(tokenizer, text, seq_len: int, max_windows: int | None) -> np.
     """Non-overlapping windows of ``seq_len`` token ids, ``[W, seq_len]`` int32."""
     if seq_len < 2:
         raise SLMError("seq_len must be at least 2")
-    ids = np.asarray(tokenizer.encode(read_text(text), add_special_tokens=False), dtype=np.int32)
+    ids = encode_text(tokenizer, read_text(text), None if max_windows is None else max_windows * seq_len)
     count = len(ids) // seq_len
     if max_windows is not None:
         count = min(count, max_windows)

@@ -186,8 +186,13 @@ class NumpyLlama:
         return self.linear(f"{prefix}.down_proj", gate / (1.0 + np.exp(-gate)) * up)
 
     def embed(self, tokens) -> np.ndarray:
-        """tokens [B, T] int -> hidden states [B, T, D] float32."""
-        return self.dense("model.embed_tokens")[np.asarray(tokens)]
+        """tokens [B, T] int -> hidden states [B, T, D] float32. A float embedding that is not
+        cached yet is gathered row by row, without a float32 copy of the whole table."""
+        name, tokens = "model.embed_tokens", np.asarray(tokens)
+        weight = None if name in self._float32 else self.weights[f"{name}.weight"]
+        if weight is None or weight.dtype.kind in "ui":
+            return self.dense(name)[tokens]
+        return as_float32(weight[tokens])
 
     def block(self, layer: int, h: np.ndarray, cache: KVCache | None = None, offset: int = 0) -> np.ndarray:
         """Decoder layer ``layer``: hidden states [B, T, D] -> [B, T, D]."""

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import SLMError
 from ..evaluate import read_text
+from ..text_tokens import encode_text
 
 DEFAULT_NUM_SAMPLES = 64
 DEFAULT_SEQ_LEN = 256
@@ -39,7 +40,7 @@ def calibration_windows(tokenizer, calib, num_samples: int = DEFAULT_NUM_SAMPLES
     if num_samples < 1 or seq_len < 2:
         raise SLMError(f"need num_samples >= 1 and seq_len >= 2, not {num_samples} and {seq_len}")
     text = read_text(calib)
-    ids = np.asarray(tokenizer.encode(text, add_special_tokens=False), dtype=np.int32)
+    ids = encode_text(tokenizer, text)
     available = len(ids) // seq_len
     if available < num_samples:
         raise SLMError(f"calibration text too short: {len(ids)} tokens give {available} windows of {seq_len}, "

@@ -129,14 +129,18 @@ def sequential_choose(engine, plan: dict, tokens: np.ndarray, method: str, dtype
     writer = ScaleWriter(engine, todo, param_dtypes)
     scaled = []
 
-    def quantize_layers(names, stats, layer_method):
+    def quantize_layers(names, stats, layer_method, later_blocks_read_them=True):
         hessians = PreparedHessians(gptq_options.get("damp", 0.01), gptq_options.get("act_order", True))
         for name in names:
             w = engine.dense(name) if awq_settings else engine.weights[f"{name}.weight"]
             q, scales, biases = choose_values(layer_method, w, stats, name, todo[name], dtypes[name], gptq_options,
                                               hessians)
             results[name] = (affine.pack_codes(q, todo[name]["bits"]), scales, biases)
-            engine.set_dense(name, affine.dequantize_codes(q, scales, biases, todo[name]["group_size"], np.float32))
+            if later_blocks_read_them:
+                engine.set_dense(name, affine.dequantize_codes(q, scales, biases, todo[name]["group_size"],
+                                                               np.float32))
+            else:  # the head and the leftovers: nothing computes with them here again
+                engine.drop_cache([name])
 
     def rescale(groups, stats):
         for group in groups:
@@ -157,8 +161,8 @@ def sequential_choose(engine, plan: dict, tokens: np.ndarray, method: str, dtype
             stats(head, engine.norm("model.norm", h[i : i + batch_size]))
         if awq_settings:
             rescale(head_groups(engine), stats)
-        quantize_layers([head], stats, quantizer)
-    quantize_layers(sorted(set(todo) - set(results)), None, "imatrix")
+        quantize_layers([head], stats, quantizer, later_blocks_read_them=False)
+    quantize_layers(sorted(set(todo) - set(results)), None, "imatrix", later_blocks_read_them=False)
     return Choice(results, writer.updates, scaled)
 
 

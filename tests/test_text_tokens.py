@@ -1,0 +1,46 @@
+"""Long texts are tokenized piece by piece with exactly the ids of one encode of the whole text."""
+
+import numpy as np
+import pytest
+
+from mlx_slm import text_tokens
+from mlx_slm.text_tokens import encode_text, piece_bounds
+
+
+class DummyPrefixTokenizer:
+    """Like SentencePiece with a dummy prefix: the first word of every encode call differs."""
+
+    def encode(self, text, add_special_tokens=False):
+        ids = [ord(c) for c in text]
+        return [1] + ids if text and not text[0].isspace() else ids
+
+
+def test_pieces_cut_after_a_lone_newline():
+    text = "alpha beta\n\ngamma\n delta\nepsilon\nzeta eta theta\n" * 40
+    bounds = piece_bounds(text, 50)
+    assert bounds[0] == 0 and bounds[-1] == len(text) and len(bounds) > 5
+    assert "".join(text[a:b] for a, b in zip(bounds, bounds[1:])) == text
+    for cut in bounds[1:-1]:
+        assert text[cut - 1] == "\n" and not text[cut].isspace() and not text[cut - 2].isspace()
+        assert cut >= 50
+
+
+@pytest.mark.parametrize("piece_chars", [500, 4096])
+def test_smollm2_tokenizer_pieces_equal_one_encode(smollm2_dir, english_text, monkeypatch, piece_chars):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    text = english_text.read_text()[:200_000]
+    monkeypatch.setattr(text_tokens, "PIECE_CHARS", piece_chars)
+    whole = np.asarray(tokenizer.encode(text, add_special_tokens=False), np.int32)
+    np.testing.assert_array_equal(encode_text(tokenizer, text), whole)
+    first = encode_text(tokenizer, text, max_tokens=1000)
+    assert 1000 <= len(first) < len(whole)
+    np.testing.assert_array_equal(first[:1000], whole[:1000])
+
+
+def test_a_tokenizer_whose_pieces_do_not_join_gets_the_whole_text(monkeypatch):
+    monkeypatch.setattr(text_tokens, "PIECE_CHARS", 16)
+    text = "one two three\nfour five six\nseven eight\nnine ten\n" * 5
+    tokenizer = DummyPrefixTokenizer()
+    np.testing.assert_array_equal(encode_text(tokenizer, text), tokenizer.encode(text))
