@@ -7,7 +7,8 @@ lazily in blocks of ``block_size`` columns. The group scales and biases are fixe
 up front from the original weights ("static groups"), one per contiguous run of
 ``group_size`` input columns as MLX stores them, so act-order never changes the
 layout. They come from MLX's own rule or from the importance-weighted choice of
-:mod:`.imatrix`.
+:mod:`.imatrix`. Once the codes are chosen, each row's scales and biases are refitted
+to them on the output error (:mod:`.refit`), which never makes a row worse.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..errors import SLMError
 from ..formats import affine
 from ..formats.dtypes import as_float32, round_to
 from .imatrix import in_row_chunks, weighted_quantize
+from .refit import refit_grid
 
 GRIDS = ("imatrix", "rtn")
 
@@ -61,9 +63,10 @@ def prepare_hessian(hessian: np.ndarray, damp: float = 0.01, act_order: bool = T
 @in_row_chunks
 def gptq_quantize(w: np.ndarray, hessian: np.ndarray, bits: int, group_size: int, dtype=None,
                   damp: float = 0.01, block_size: int = 128, act_order: bool = True, grid: str = "imatrix",
-                  prepared=None):
+                  refit: bool = True, prepared=None):
     """Quantize ``w`` [N, K] for inputs with second moments ``hessian`` = E[x x^T] [K, K].
 
+    refit: refit the scales and biases to the chosen codes (:func:`.refit.refit_grid`).
     prepared: :func:`prepare_hessian`'s result for this Hessian, damp and act_order, if already known.
     Returns ``(q uint8 [N, K], scales [N, K/g], biases [N, K/g])`` in ``dtype``
     (default: w's), so that ``scales * q + biases`` per contiguous group is the weight.
@@ -94,4 +97,7 @@ def gptq_quantize(w: np.ndarray, hessian: np.ndarray, bits: int, group_size: int
         columns[end:] -= factor[start:end, end:].T @ errors
     q = np.empty_like(codes)
     q[order] = codes
-    return q.T.astype(np.uint8), scales, biases
+    q = q.T.astype(np.uint8)
+    if refit:
+        scales, biases = refit_grid(w, q, scales, biases, hessian, group_size, damp)
+    return q, scales, biases
