@@ -37,7 +37,7 @@ log = logging.getLogger("mlx_slm")
 METHODS = ("rtn", "imatrix", "gptq", "awq", "learned")
 CALIBRATED = ("imatrix", "gptq", "awq")
 AFFINE_ONLY = ("gptq", "awq")
-GPTQ_DEFAULTS = {"damp": 0.01, "block_size": 128, "act_order": True, "grid": "imatrix", "refit": True}
+GPTQ_DEFAULTS = {"damp": 0.01, "block_size": 32, "act_order": True, "grid": "imatrix", "refit": True}
 STATISTICS_BATCH = 4  # calibration windows per forward pass
 LEARNED_STARTS = ("rtn", "imatrix", "gptq", "awq")
 SENSITIVITY_WINDOWS = (8, 128)  # calibration windows x tokens the target_bpw planner measures on
@@ -337,7 +337,7 @@ def quantize(model, bits: int | None = None, group_size: int | None = None, meth
     layer's ``format`` may differ from the call's.
     calib: calibration text (.txt/.jsonl path or list of strings), cut with
     ``tokenizer`` into ``num_samples`` windows of ``seq_len`` tokens.
-    gptq_options: damp (0.01), block_size (128), act_order (True), grid ("imatrix" or "rtn"),
+    gptq_options: damp (0.01), block_size (32), act_order (True), grid ("imatrix" or "rtn"),
     refit (True: scales and biases refitted to the chosen codes);
     also used by awq with quantizer "gptq".
     awq_options: grid (20 alpha points in [0, 1]), quantizer ("imatrix", which also searches

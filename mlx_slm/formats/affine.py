@@ -8,6 +8,8 @@ stream, read as uint32 words: ``packed`` has shape ``[N, K * bits // 32]``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import SLMError
@@ -70,11 +72,18 @@ def quantize_codes(w: np.ndarray, bits: int, group_size: int):
 
 def pack_codes(q: np.ndarray, bits: int) -> np.ndarray:
     """Pack uint8 codes ``[..., K]`` into uint32 words ``[..., K*bits/32]`` (LSB first)."""
-    if (q.shape[-1] * bits) % 32:
-        raise SLMError(f"{q.shape[-1]} codes of {bits} bits do not fill whole 32-bit words")
-    stream = np.unpackbits(q[..., None], axis=-1, bitorder="little")[..., :bits]
-    packed = np.packbits(stream.reshape(*q.shape[:-1], -1), axis=-1, bitorder="little")
-    return np.ascontiguousarray(packed).view("<u4")
+    k = q.shape[-1]
+    if (k * bits) % 32:
+        raise SLMError(f"{k} codes of {bits} bits do not fill whole 32-bit words")
+    unit = 32 // math.gcd(bits, 32)  # codes that fill a whole number of words: the packing repeats
+    codes = np.ascontiguousarray(q.reshape(-1, unit).T).astype(np.uint32)  # [unit, M]: code j of every unit
+    words = np.zeros((unit * bits // 32, codes.shape[1]), np.uint32)
+    for j in range(unit):
+        word, shift = divmod(j * bits, 32)
+        words[word] |= codes[j] << np.uint32(shift)
+        if shift + bits > 32:  # the code straddles two words
+            words[word + 1] |= codes[j] >> np.uint32(32 - shift)
+    return np.ascontiguousarray(words.T).reshape(*q.shape[:-1], k * bits // 32).astype("<u4", copy=False)
 
 
 def unpack_codes(packed: np.ndarray, bits: int) -> np.ndarray:

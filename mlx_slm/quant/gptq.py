@@ -3,7 +3,9 @@
 Columns are quantized one at a time (in act-order: largest Hessian diagonal
 first) and each column's rounding error is spread over the columns not yet
 quantized through the inverse Hessian's Cholesky factor; updates are applied
-lazily in blocks of ``block_size`` columns. The group scales and biases are fixed
+lazily in blocks of ``block_size`` columns (32: on a CPU the in-block updates are
+element-wise and the block updates matrix products, and 32 columns balance them, 1.3-1.7x
+faster than 128 on SmolLM2's layers). The group scales and biases are fixed
 up front from the original weights ("static groups"), one per contiguous run of
 ``group_size`` input columns as MLX stores them, so act-order never changes the
 layout. They come from MLX's own rule or from the importance-weighted choice of
@@ -24,6 +26,30 @@ from .refit import refit_grid
 GRIDS = ("imatrix", "rtn")
 
 
+def upper_triangular_inverse(r: np.ndarray) -> np.ndarray:
+    """Inverse of an upper-triangular float64 [K, K] matrix, by halves (matrix products do the work)."""
+    k = len(r)
+    if k <= 128:
+        return np.triu(np.linalg.inv(r))
+    m = k // 2
+    top, bottom = upper_triangular_inverse(r[:m, :m]), upper_triangular_inverse(r[m:, m:])
+    inverse = np.zeros_like(r)
+    inverse[:m, :m], inverse[m:, m:] = top, bottom
+    inverse[:m, m:] = -(top @ r[:m, m:]) @ bottom
+    return inverse
+
+
+def upper_cholesky_of_inverse(h: np.ndarray) -> np.ndarray:
+    """Upper-triangular U with ``U.T @ U = h^-1`` for a positive definite float64 h [K, K].
+
+    With R upper-triangular and ``R @ R.T = h`` (the Cholesky factor of h with rows and columns
+    reversed, reversed back), ``U = R^-1``: 3x faster than inverting h first, and more accurate.
+    np.linalg.LinAlgError if h is not positive definite.
+    """
+    r = np.ascontiguousarray(np.linalg.cholesky(h[::-1, ::-1])[::-1, ::-1])
+    return upper_triangular_inverse(r)
+
+
 def inverse_hessian_factor(hessian: np.ndarray, damp: float) -> np.ndarray:
     """Upper Cholesky factor U of ``(H + damp*mean(diag H)*I)^-1`` (``U.T @ U``), float32 [K, K].
 
@@ -36,7 +62,7 @@ def inverse_hessian_factor(hessian: np.ndarray, damp: float) -> np.ndarray:
     for attempt in range(5):
         damped = h + damp * 10**attempt * np.mean(np.diag(h)) * eye
         try:
-            return np.linalg.cholesky(np.linalg.inv(damped)).T.astype(np.float32)
+            return upper_cholesky_of_inverse(damped).astype(np.float32)
         except np.linalg.LinAlgError:
             continue
     raise SLMError("GPTQ: the Hessian is not positive definite even with strong dampening")
@@ -62,7 +88,7 @@ def prepare_hessian(hessian: np.ndarray, damp: float = 0.01, act_order: bool = T
 
 @in_row_chunks
 def gptq_quantize(w: np.ndarray, hessian: np.ndarray, bits: int, group_size: int, dtype=None,
-                  damp: float = 0.01, block_size: int = 128, act_order: bool = True, grid: str = "imatrix",
+                  damp: float = 0.01, block_size: int = 32, act_order: bool = True, grid: str = "imatrix",
                   refit: bool = True, prepared=None):
     """Quantize ``w`` [N, K] for inputs with second moments ``hessian`` = E[x x^T] [K, K].
 

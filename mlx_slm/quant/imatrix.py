@@ -19,15 +19,20 @@ from ..formats.dtypes import as_float32, round_to
 
 SPACING_STEPS = np.linspace(-1.0, 1.0, 11)  # added to 2^bits - 1 codes across the range
 CHUNK_ELEMENTS = 1 << 22  # weights per slice of rows: bounds the float32 temporaries at ~16 MB each
+CACHE_CHUNK_ELEMENTS = 1 << 18  # a slice whose float32 temporaries (1 MB each) stay in the CPU's cache
 
 
-def in_row_chunks(quantize_rows):
+def in_row_chunks(quantize_rows=None, *, cache_sized: bool = False):
     """Wrap ``quantize_rows(w [N, K], ...) -> (q, scales, biases)`` (rows independent) so it runs on
-    slices of at most :data:`CHUNK_ELEMENTS` weights: a 150k-row embedding needs no 10-GB temporaries."""
+    slices of at most :data:`CHUNK_ELEMENTS` weights: a 150k-row embedding needs no 10-GB temporaries.
+    ``cache_sized``: slices of :data:`CACHE_CHUNK_ELEMENTS` instead, for element-wise work that makes
+    many passes over each slice (1.75x faster than 16-MB slices for :func:`weighted_quantize`)."""
+    if quantize_rows is None:
+        return functools.partial(in_row_chunks, cache_sized=cache_sized)
 
     @functools.wraps(quantize_rows)
     def run(w, *args, **kwargs):
-        rows = max(1, CHUNK_ELEMENTS // max(w.shape[1], 1))
+        rows = max(1, (CACHE_CHUNK_ELEMENTS if cache_sized else CHUNK_ELEMENTS) // max(w.shape[1], 1))
         if len(w) <= rows:
             return quantize_rows(w, *args, **kwargs)
         parts = [quantize_rows(w[i : i + rows], *args, **kwargs) for i in range(0, len(w), rows)]
@@ -49,16 +54,19 @@ def weighted_group_error(w: np.ndarray, w_hat: np.ndarray, importance: np.ndarra
 
 def codes_for(groups: np.ndarray, scales: np.ndarray, biases: np.ndarray, n_max: int) -> np.ndarray:
     """Nearest codes on the grid ``s*q + b``: groups [N, G, g], scales/biases float32 [N, G]."""
-    safe = np.where(scales == 0, np.float32(1), scales)
-    q = np.rint((groups - biases[..., None]) / safe[..., None])
-    return np.clip(np.where(scales[..., None] == 0, 0, q), 0, n_max)
+    zero = scales == 0
+    q = groups - biases[..., None]
+    q /= np.where(zero, np.float32(1), scales)[..., None]
+    if zero.any():
+        q[zero] = 0
+    return np.clip(np.rint(q, out=q), 0, n_max, out=q)
 
 
-def weighted_refit(groups: np.ndarray, q: np.ndarray, d: np.ndarray):
-    """Weighted least-squares ``(s, b)`` for fixed codes q; None where all codes are equal."""
-    sw = np.broadcast_to(d.sum(-1), groups.shape[:-1])
-    sq, sx = (d * q).sum(-1), (d * groups).sum(-1)
-    sqq, sqx = (d * q * q).sum(-1), (d * q * groups).sum(-1)
+def weighted_refit(groups: np.ndarray, q: np.ndarray, d: np.ndarray, sw: np.ndarray, sx: np.ndarray):
+    """Weighted least-squares ``(s, b, ok)`` [N, G] for fixed codes q [N, G, g] (ok False where all
+    codes are equal); ``sw``, ``sx``: the sums of d and of d * groups over each group."""
+    dq = d * q
+    sq, sqq, sqx = dq.sum(-1), (dq * q).sum(-1), (dq * groups).sum(-1)
     det = sw * sqq - sq * sq
     ok = det > 1e-12 * np.maximum(sw * sqq, 1e-30)
     det = np.where(ok, det, 1)
@@ -73,7 +81,7 @@ def importance_weights(importance, k: int) -> np.ndarray:
     return (d + 1e-6 * max(d.mean(), 1e-30)).astype(np.float32)
 
 
-@in_row_chunks
+@in_row_chunks(cache_sized=True)
 def weighted_quantize(w: np.ndarray, importance, bits: int, group_size: int, dtype=None):
     """Importance-weighted affine quantization of ``w`` [N, K].
 
@@ -85,6 +93,7 @@ def weighted_quantize(w: np.ndarray, importance, bits: int, group_size: int, dty
     n_max = (1 << bits) - 1
     d = importance_weights(importance, w.shape[1]).reshape(1, -1, group_size)
     groups = group_view(w, group_size)
+    sw, sx = np.broadcast_to(d.sum(-1), groups.shape[:-1]), (d * groups).sum(-1)
 
     q_best, s_best, b_best = affine.quantize_codes(w.astype(dtype, copy=False), bits, group_size)
     q_best = q_best.reshape(groups.shape).astype(np.float32)
@@ -96,18 +105,24 @@ def weighted_quantize(w: np.ndarray, importance, bits: int, group_size: int, dty
         scales, biases = round_to(scales, dtype), round_to(biases, dtype)
         s32, b32 = as_float32(scales), as_float32(biases)
         q = codes_for(groups, s32, b32, n_max)
-        err = (d * np.square(groups - (s32[..., None] * q + b32[..., None]))).sum(-1)
+        residual = s32[..., None] * q
+        residual += b32[..., None]
+        np.subtract(groups, residual, out=residual)
+        np.square(residual, out=residual)
+        residual *= d
+        err = residual.sum(-1)
         better = err < err_best
-        q_best = np.where(better[..., None], q, q_best)
+        np.copyto(q_best, q, where=better[..., None])
         s_best, b_best = np.where(better, scales, s_best), np.where(better, biases, b_best)
         err_best = np.where(better, err, err_best)
 
     w_min, w_max = groups.min(-1), groups.max(-1)
     span = np.maximum(w_max - w_min, np.float32(1e-7))
     consider(span / n_max, w_min)
+    above_min = groups - w_min[..., None]
     for step in SPACING_STEPS:
         inverse_scale = (n_max + step) / span
-        q = np.clip(np.rint((groups - w_min[..., None]) * inverse_scale[..., None]), 0, n_max)
-        s, b, ok = weighted_refit(groups, q, d)
+        q = np.clip(np.rint(above_min * inverse_scale[..., None]), 0, n_max)
+        s, b, ok = weighted_refit(groups, q, d, sw, sx)
         consider(np.where(ok, s, span / n_max), np.where(ok, b, w_min))
     return q_best.astype(np.uint8).reshape(w.shape), s_best.astype(dtype), b_best.astype(dtype)
