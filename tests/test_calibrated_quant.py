@@ -139,6 +139,24 @@ def test_refit_keeps_the_codes_and_lowers_every_rows_output_error(bits):
     assert after.sum() < MEASURED_REFIT_GAIN[bits] * before.sum(), after.sum() / before.sum()
 
 
+def test_refit_normal_equations_match_the_dense_least_squares_system():
+    from mlx_slm.quant.refit import normal_equations
+
+    group_size, g_count = 32, 4
+    x = correlated_inputs(group_size * g_count, tokens=512, seed=7)
+    hessian = (x.T @ x / len(x)).astype(np.float32)
+    w = random_weight(6, group_size * g_count, seed=8)
+    q = np.random.default_rng(9).integers(0, 16, w.shape).astype(np.uint8)
+    system, rhs = normal_equations(w, q, hessian, group_size)
+    groups = np.arange(w.shape[1]) // group_size
+    for row in range(len(w)):
+        design = np.zeros((w.shape[1], 2 * g_count))  # w_hat = design @ (s_1..s_G, b_1..b_G)
+        design[np.arange(w.shape[1]), groups] = q[row]
+        design[np.arange(w.shape[1]), g_count + groups] = 1
+        np.testing.assert_allclose(system[row], design.T @ hessian @ design, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(rhs[row], design.T @ hessian @ w[row].astype(np.float64), rtol=1e-5, atol=1e-5)
+
+
 def quantize_tiny(folder, backend, method="gptq", **kwargs):
     model, tokenizer = mlx_slm.load(folder, backend=backend)
     mlx_slm.quantize(model, bits=kwargs.pop("bits", 4), group_size=64, method=method, calib=[sample_text(40)],
@@ -246,6 +264,35 @@ def test_row_chunks_give_bit_identical_results(monkeypatch, quantizer):
         return weighted_quantize(w, np.diag(hessian), 3, 32)
 
     whole = run()
-    monkeypatch.setattr(imatrix, "CHUNK_ELEMENTS", 64 * 5)  # 5 rows per slice, the last one 2
+    monkeypatch.setattr(imatrix, "CHUNK_ELEMENTS", 64 * 5)  # 8 slices of 4-5 rows
+    monkeypatch.setattr(imatrix, "CACHE_CHUNK_ELEMENTS", 64 * 5)
+    monkeypatch.setattr(imatrix, "worker_count", lambda: 3)  # imatrix slices on 3 threads: 9 slices
     for expected, got in zip(whole, run(), strict=True):
         np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize(("cache_sized", "workers", "expected_rows", "expected_threads"),
+                         [(False, 2, [5, 4, 5, 5, 5, 4, 5, 4], 1), (True, 2, [5, 4, 5, 5, 5, 4, 5, 4], 2),
+                          (True, 3, [4, 4, 4, 4, 5, 4, 4, 4, 4], 3), (True, 1, [5, 4, 5, 5, 5, 4, 5, 4], 1)])
+def test_row_chunks_are_equal_slices_on_one_thread_per_core(monkeypatch, cache_sized, workers, expected_rows,
+                                                            expected_threads):
+    import threading
+    import time
+
+    from mlx_slm.quant import imatrix
+
+    monkeypatch.setattr(imatrix, "CHUNK_ELEMENTS", 64 * 5)
+    monkeypatch.setattr(imatrix, "CACHE_CHUNK_ELEMENTS", 64 * 5)
+    monkeypatch.setattr(imatrix, "worker_count", lambda: workers)
+    seen = []
+
+    @imatrix.in_row_chunks(cache_sized=cache_sized)
+    def rows(w):
+        time.sleep(0.01)  # every worker thread gets a slice
+        seen.append((len(w), threading.get_ident()))
+        return (w + 1,)
+
+    w = np.arange(37 * 64, dtype=np.float32).reshape(37, 64)
+    np.testing.assert_array_equal(rows(w)[0], w + 1)
+    assert sorted(n for n, _ in seen) == sorted(expected_rows)
+    assert len({ident for _, ident in seen}) == expected_threads

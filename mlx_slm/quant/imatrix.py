@@ -11,6 +11,8 @@ sweep of code spacings each refitted by weighted least squares.
 from __future__ import annotations
 
 import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -22,20 +24,41 @@ CHUNK_ELEMENTS = 1 << 22  # weights per slice of rows: bounds the float32 tempor
 CACHE_CHUNK_ELEMENTS = 1 << 18  # a slice whose float32 temporaries (1 MB each) stay in the CPU's cache
 
 
+def worker_count() -> int:
+    """CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def in_row_chunks(quantize_rows=None, *, cache_sized: bool = False):
     """Wrap ``quantize_rows(w [N, K], ...) -> (q, scales, biases)`` (rows independent) so it runs on
     slices of at most :data:`CHUNK_ELEMENTS` weights: a 150k-row embedding needs no 10-GB temporaries.
-    ``cache_sized``: slices of :data:`CACHE_CHUNK_ELEMENTS` instead, for element-wise work that makes
-    many passes over each slice (1.75x faster than 16-MB slices for :func:`weighted_quantize`)."""
+    ``cache_sized``: for element-wise work that makes many passes over each slice, equal slices of at
+    most :data:`CACHE_CHUNK_ELEMENTS` (1.75x faster than 16-MB slices for :func:`weighted_quantize`),
+    their count a multiple of the cores, run on one thread per core (numpy's loops release the GIL:
+    1.6-1.8x faster on 2 cores). The result is the same as in one piece."""
     if quantize_rows is None:
         return functools.partial(in_row_chunks, cache_sized=cache_sized)
 
     @functools.wraps(quantize_rows)
     def run(w, *args, **kwargs):
-        rows = max(1, (CACHE_CHUNK_ELEMENTS if cache_sized else CHUNK_ELEMENTS) // max(w.shape[1], 1))
-        if len(w) <= rows:
+        def rows_of(start, stop):
+            return quantize_rows(w[start:stop], *args, **kwargs)
+
+        if cache_sized:
+            slices = -(-w.size // CACHE_CHUNK_ELEMENTS)
+            workers = min(worker_count(), slices)
+            slices = -(-slices // workers) * workers
+        else:
+            slices, workers = -(-w.size // CHUNK_ELEMENTS), 1
+        slices = min(slices, len(w))
+        if slices <= 1:
             return quantize_rows(w, *args, **kwargs)
-        parts = [quantize_rows(w[i : i + rows], *args, **kwargs) for i in range(0, len(w), rows)]
+        bounds = np.linspace(0, len(w), slices + 1).round().astype(int)
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                parts = list(pool.map(rows_of, bounds[:-1], bounds[1:]))
+        else:
+            parts = [rows_of(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
         return tuple(np.concatenate(arrays) for arrays in zip(*parts))
 
     return run

@@ -35,26 +35,30 @@ def dequantized(q: np.ndarray, scales: np.ndarray, biases: np.ndarray, group_siz
 
 
 def normal_equations(w: np.ndarray, q: np.ndarray, hessian: np.ndarray, group_size: int):
-    """(system [N, 2G, 2G], right-hand side [N, 2G]) in float64 for unknowns (s_1..s_G, b_1..b_G)."""
+    """(system [N, 2G, 2G], right-hand side [N, 2G]) in float64 for unknowns (s_1..s_G, b_1..b_G).
+
+    With H_gh the block of the float32 ``hessian`` [K, K] between groups g and h and q_g a row's
+    codes in group g: system = [[q_g H_gh q_h, q_g H_gh 1], [1 H_gh q_h, 1 H_gh 1]] and
+    rhs = [q_g (H w)_g, 1 (H w)_g]. The code-code block is symmetric: only h >= g is multiplied out.
+    """
     n, k = q.shape
     g_count = k // group_size
-    codes = q.astype(np.float32)
-    grouped_codes = codes.reshape(n, g_count, group_size)
+    codes = q.astype(np.float32).reshape(n, g_count, group_size)
+    group_sums = hessian.reshape(k, g_count, group_size).sum(-1).reshape(g_count, group_size, g_count)
+    sb = np.matmul(codes.transpose(1, 0, 2), group_sums).transpose(1, 0, 2)  # [N, G(s), G(b)]
     ss = np.empty((n, g_count, g_count), np.float64)
-    sb = np.empty((n, g_count, g_count), np.float64)
     for g in range(g_count):
-        cols = slice(g * group_size, (g + 1) * group_size)
-        reach = (codes[:, cols] @ hessian[cols]).reshape(n, g_count, group_size)  # sum_{i in g} q_i H_ij
-        ss[:, g] = np.einsum("nhj,nhj->nh", reach, grouped_codes)
-        sb[:, g] = reach.sum(-1)
-    bb = hessian.reshape(g_count, group_size, g_count, group_size).sum((1, 3))
+        rows = slice(g * group_size, (g + 1) * group_size)
+        reach = (codes[:, g] @ hessian[rows, g * group_size :]).reshape(n, g_count - g, group_size)
+        ss[:, g, g:] = np.einsum("nhj,nhj->nh", reach, codes[:, g:])
+        ss[:, g + 1 :, g] = ss[:, g, g + 1 :]
     system = np.empty((n, 2 * g_count, 2 * g_count), np.float64)
     system[:, :g_count, :g_count] = ss
     system[:, :g_count, g_count:] = sb
     system[:, g_count:, :g_count] = sb.transpose(0, 2, 1)
-    system[:, g_count:, g_count:] = bb
+    system[:, g_count:, g_count:] = group_sums.sum(1)
     hw = (as_float32(w) @ hessian).reshape(n, g_count, group_size)
-    rhs = np.concatenate([(hw * codes.reshape(n, g_count, group_size)).sum(-1), hw.sum(-1)], axis=1)
+    rhs = np.concatenate([(hw * codes).sum(-1), hw.sum(-1)], axis=1)
     return system, rhs.astype(np.float64)
 
 
