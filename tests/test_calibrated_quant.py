@@ -157,6 +157,46 @@ def test_refit_normal_equations_match_the_dense_least_squares_system():
         np.testing.assert_allclose(rhs[row], design.T @ hessian @ w[row].astype(np.float64), rtol=1e-5, atol=1e-5)
 
 
+def test_gptq_on_stacked_rows_matches_gptq_per_layer():
+    x = correlated_inputs(128, tokens=1024, seed=10)
+    hessian = (x.T @ x / len(x)).astype(np.float64)
+    layers = [random_weight(rows, 128, seed=11 + rows) for rows in (48, 16, 16)]
+    separate = [gptq_quantize(w, hessian, 3, 64) for w in layers]
+    stacked = gptq_quantize(np.concatenate(layers), hessian, 3, 64)
+    codes, scales, biases = (np.concatenate(parts) for parts in zip(*separate))
+    np.testing.assert_array_equal(stacked[0], codes)
+    # the refit's float32 products, summed in another order, may round a scale or bias the other way
+    assert np.mean(stacked[1] != scales) <= 0.01 and np.mean(stacked[2] != biases) <= 0.01
+    error_stacked = output_error(np.concatenate(layers), dequantize_codes(*stacked, 64, np.float32), hessian)
+    error_separate = sum(output_error(w, dequantize_codes(*chosen, 64, np.float32), hessian)
+                         for w, chosen in zip(layers, separate))
+    assert abs(error_stacked / error_separate - 1) < 1e-3
+
+
+def test_gptq_stacks_the_layers_that_share_inputs_and_settings(tmp_path, monkeypatch):
+    from mlx_slm.quant import sequential
+
+    model, tokenizer = mlx_slm.load(tiny_model_folder(tmp_path), backend="numpy")
+    original, seen = sequential.jointly_quantized, []
+
+    def recording(*args):
+        batches = original(*args)
+        seen.extend(batches)
+        return batches
+
+    monkeypatch.setattr(sequential, "jointly_quantized", recording)
+    mlx_slm.quantize(model, bits=3, group_size=64, method="gptq", calib=[sample_text(40)], tokenizer=tokenizer,
+                     num_samples=6, seq_len=64, progress=False,
+                     config={"by_name": {"model.layers.1.self_attn.k_proj": {"bits": 4}}})
+    block = "model.layers.{}.".format
+    assert [[name.removeprefix(block(0)) for name in batch] for batch in seen[:4]] == [
+        ["mlp.down_proj"], ["mlp.gate_proj", "mlp.up_proj"],
+        ["self_attn.k_proj", "self_attn.q_proj", "self_attn.v_proj"], ["self_attn.o_proj"]]
+    assert [[name.removeprefix(block(1)) for name in batch] for batch in seen[4:9]] == [
+        ["mlp.down_proj"], ["mlp.gate_proj", "mlp.up_proj"], ["self_attn.k_proj"], ["self_attn.o_proj"],
+        ["self_attn.q_proj", "self_attn.v_proj"]]
+
+
 def quantize_tiny(folder, backend, method="gptq", **kwargs):
     model, tokenizer = mlx_slm.load(folder, backend=backend)
     mlx_slm.quantize(model, bits=kwargs.pop("bits", 4), group_size=64, method=method, calib=[sample_text(40)],
