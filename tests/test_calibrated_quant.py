@@ -139,22 +139,28 @@ def test_refit_keeps_the_codes_and_lowers_every_rows_output_error(bits):
     assert after.sum() < MEASURED_REFIT_GAIN[bits] * before.sum(), after.sum() / before.sum()
 
 
-def test_refit_normal_equations_match_the_dense_least_squares_system():
-    from mlx_slm.quant.refit import normal_equations
+def test_refit_normal_system_matches_the_dense_least_squares_system():
+    from mlx_slm.quant.refit import add_damping, basis_products, normal_system
 
     group_size, g_count = 32, 4
     x = correlated_inputs(group_size * g_count, tokens=512, seed=7)
     hessian = (x.T @ x / len(x)).astype(np.float32)
     w = random_weight(6, group_size * g_count, seed=8)
     q = np.random.default_rng(9).integers(0, 16, w.shape).astype(np.uint8)
-    system, rhs = normal_equations(w, q, hessian, group_size)
+    codes = q.reshape(len(q), g_count, group_size).astype(np.float32)
+    system = normal_system(codes, hessian)
+    damped = system.copy()
+    add_damping(damped, codes, 0.5)
+    products = basis_products(codes, w @ hessian)
     groups = np.arange(w.shape[1]) // group_size
     for row in range(len(w)):
         design = np.zeros((w.shape[1], 2 * g_count))  # w_hat = design @ (s_1..s_G, b_1..b_G)
         design[np.arange(w.shape[1]), groups] = q[row]
         design[np.arange(w.shape[1]), g_count + groups] = 1
         np.testing.assert_allclose(system[row], design.T @ hessian @ design, rtol=1e-5, atol=1e-4)
-        np.testing.assert_allclose(rhs[row], design.T @ hessian @ w[row].astype(np.float64), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(damped[row] - system[row], 0.5 * design.T @ design, rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(products[row], design.T @ hessian @ w[row].astype(np.float64),
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_gptq_on_stacked_rows_matches_gptq_per_layer():

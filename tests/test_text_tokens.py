@@ -39,6 +39,20 @@ def test_smollm2_tokenizer_pieces_equal_one_encode(smollm2_dir, english_text, mo
     np.testing.assert_array_equal(first[:1000], whole[:1000])
 
 
+def test_mlx_lm_tokenizer_wrapper_is_encoded_in_batches_with_the_same_ids(smollm2_dir, english_text, monkeypatch):
+    from transformers import AutoTokenizer
+
+    wrapper = pytest.importorskip("mlx_lm.tokenizer_utils").TokenizerWrapper
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    text = english_text.read_text()[:100_000]
+    monkeypatch.setattr(text_tokens, "PIECE_CHARS", 2000)
+    one_by_one, calls = text_tokens.encode, []
+    monkeypatch.setattr(text_tokens, "encode", lambda *args: calls.append(args) or one_by_one(*args))
+    ids = encode_text(wrapper(tokenizer), text)
+    assert len(calls) == 3  # only joins_exactly's check of the first cut
+    np.testing.assert_array_equal(ids, tokenizer.encode(text, add_special_tokens=False))
+
+
 def test_a_tokenizer_whose_pieces_do_not_join_gets_the_whole_text(monkeypatch):
     monkeypatch.setattr(text_tokens, "PIECE_CHARS", 16)
     text = "one two three\nfour five six\nseven eight\nnine ten\n" * 5

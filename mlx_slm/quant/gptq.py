@@ -24,6 +24,10 @@ from .imatrix import in_row_chunks, weighted_quantize
 from .refit import refit_grid
 
 GRIDS = ("imatrix", "rtn")
+# code spacings the imatrix grid tries: GPTQ's refit tunes the grid again, and 3 spacings did as well
+# as imatrix's 11 on SmolLM2 (4-bit KL 0.137 vs 0.144, 3-bit 0.820 vs 0.823; 8 x 128 calibration
+# tokens) in 40% of the time
+GRID_SPACING_STEPS = (-1.0, 0.0, 1.0)
 
 
 def upper_triangular_inverse(r: np.ndarray) -> np.ndarray:
@@ -56,13 +60,13 @@ def inverse_hessian_factor(hessian: np.ndarray, damp: float) -> np.ndarray:
     The dampening grows tenfold (up to 4 times) if H is not positive definite.
     """
     h = np.array(hessian, np.float64)
-    dead = np.diag(h) <= 0
-    h[dead, dead] = 1.0
-    eye = np.eye(len(h))
+    diagonal = np.diag(h).copy()
+    dead = diagonal <= 0
+    diagonal[dead] = 1.0
     for attempt in range(5):
-        damped = h + damp * 10**attempt * np.mean(np.diag(h)) * eye
+        np.fill_diagonal(h, diagonal + damp * 10**attempt * np.mean(diagonal))
         try:
-            return upper_cholesky_of_inverse(damped).astype(np.float32)
+            return upper_cholesky_of_inverse(h).astype(np.float32)
         except np.linalg.LinAlgError:
             continue
     raise SLMError("GPTQ: the Hessian is not positive definite even with strong dampening")
@@ -71,7 +75,7 @@ def inverse_hessian_factor(hessian: np.ndarray, damp: float) -> np.ndarray:
 def static_grid(w: np.ndarray, hessian: np.ndarray, bits: int, group_size: int, dtype, grid: str):
     """Per-group (scales, biases) [N, K/g] in ``dtype`` from the original weights."""
     if grid == "imatrix":
-        _, scales, biases = weighted_quantize(w, np.diag(hessian), bits, group_size, dtype)
+        _, scales, biases = weighted_quantize(w, np.diag(hessian), bits, group_size, dtype, GRID_SPACING_STEPS)
     elif grid == "rtn":
         _, scales, biases = affine.quantize_codes(w.astype(dtype, copy=False), bits, group_size)
     else:
@@ -83,7 +87,7 @@ def prepare_hessian(hessian: np.ndarray, damp: float = 0.01, act_order: bool = T
     """``(order [K], factor [K, K])``: the column order (largest diagonal first with act-order) and
     :func:`inverse_hessian_factor` of the reordered Hessian. Layers sharing an input can share it."""
     order = np.argsort(-np.diag(hessian), kind="stable") if act_order else np.arange(len(hessian))
-    return order, inverse_hessian_factor(np.asarray(hessian)[np.ix_(order, order)], damp)
+    return order, inverse_hessian_factor(np.asarray(hessian)[order][:, order], damp)
 
 
 @in_row_chunks
@@ -102,12 +106,13 @@ def gptq_quantize(w: np.ndarray, hessian: np.ndarray, bits: int, group_size: int
     n_max = (1 << bits) - 1
     scales, biases = static_grid(w, hessian, bits, group_size, dtype, grid)
     grid_scales = as_float32(scales).T.copy()  # [K/g, N]: one row per group, so a column's grid is contiguous
-    steps = np.where(grid_scales == 0, np.float32(np.inf), grid_scales)  # a zero scale gives code 0
+    inverse_steps = np.divide(1, grid_scales, out=np.zeros_like(grid_scales), where=grid_scales != 0)  # 0: code 0
     offsets = as_float32(biases).T.copy()
     order, factor = prepared if prepared is not None else prepare_hessian(hessian, damp, act_order)
     columns = np.ascontiguousarray(as_float32(w).T[order])  # [K, N] in quantization order, updated in place
     codes = np.empty(columns.shape, np.float32)
     groups = order // group_size
+    inverse_diagonal = 1 / np.diag(factor)
     k = len(order)
     for start in range(0, k, block_size):
         end = min(start + block_size, k)
@@ -115,11 +120,15 @@ def gptq_quantize(w: np.ndarray, hessian: np.ndarray, bits: int, group_size: int
         errors = np.empty_like(block)
         local = factor[start:end, start:end]
         for i in range(end - start):
-            g = groups[start + i]
-            q = np.clip(np.rint((block[i] - offsets[g]) / steps[g]), 0, n_max)
-            codes[start + i] = q
-            errors[i] = (block[i] - (grid_scales[g] * q + offsets[g])) / local[i, i]
-            block[i + 1 :] -= local[i, i + 1 :, None] * errors[i]
+            g, q, error = groups[start + i], codes[start + i], errors[i]
+            np.subtract(block[i], offsets[g], out=q)
+            q *= inverse_steps[g]
+            np.clip(np.rint(q, out=q), 0, n_max, out=q)
+            np.multiply(grid_scales[g], q, out=error)
+            error += offsets[g]
+            np.subtract(block[i], error, out=error)
+            error *= inverse_diagonal[start + i]
+            block[i + 1 :] -= local[i, i + 1 :, None] * error
         columns[end:] -= factor[start:end, end:].T @ errors
     q = np.empty_like(codes)
     q[order] = codes

@@ -8,7 +8,6 @@ time. Runs on the numpy engine (:class:`~mlx_slm.models.numpy_llama.NumpyLlama`)
 
 from __future__ import annotations
 
-import hashlib
 from functools import partial
 from typing import NamedTuple
 
@@ -59,21 +58,18 @@ def calibrate_blocks(engine, names, tokens: np.ndarray, gram: bool, update, desc
 
 
 class PreparedHessians:
-    """:func:`prepare_hessian` once per distinct Hessian (q/k/v and gate/up share their input).
+    """:func:`prepare_hessian` once per distinct input (q/k/v and gate/up share theirs).
     Use one per decoder block, so that only that block's factors are held."""
 
     def __init__(self, damp: float, act_order: bool):
         self.damp, self.act_order, self.known = damp, act_order, {}
 
-    @staticmethod
-    def key(hessian: np.ndarray) -> str:
-        """Equal for equal Hessians."""
-        return hashlib.sha1(hessian.tobytes()).hexdigest()
-
-    def __call__(self, hessian: np.ndarray):
-        key = self.key(hessian)
+    def __call__(self, stats: InputStatistics, name: str):
+        """(Hessian [K, K], :func:`prepare_hessian` of it) of layer ``name``'s inputs."""
+        key = stats.input_key(name)
         if key not in self.known:
-            self.known[key] = prepare_hessian(hessian, self.damp, self.act_order)
+            hessian = stats.hessian(name)
+            self.known[key] = hessian, prepare_hessian(hessian, self.damp, self.act_order)
         return self.known[key]
 
 
@@ -84,8 +80,8 @@ def choose_values(method: str, w: np.ndarray, stats: InputStatistics, name: str,
     if stats is None:
         return weighted_quantize(w, None, bits, group_size, dtype)
     if method == "gptq":
-        hessian = stats.hessian(name)
-        return gptq_quantize(w, hessian, bits, group_size, dtype, prepared=hessians(hessian), **gptq_options)
+        hessian, prepared = hessians(stats, name)
+        return gptq_quantize(w, hessian, bits, group_size, dtype, prepared=prepared, **gptq_options)
     return weighted_quantize(w, stats.importance(name), bits, group_size, dtype)
 
 
@@ -99,7 +95,7 @@ def jointly_quantized(names, method: str, stats: InputStatistics, weight, settin
     batches: dict = {}
     for name in names:
         w = weight(name)
-        key = (PreparedHessians.key(stats.hessian(name)), settings[name]["bits"], settings[name]["group_size"],
+        key = (stats.input_key(name), settings[name]["bits"], settings[name]["group_size"],
                np.dtype(dtypes[name]).str, w.dtype.str, w.shape[1])
         batches.setdefault(key, []).append(name)
     return list(batches.values())

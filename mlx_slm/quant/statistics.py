@@ -18,6 +18,8 @@ class InputStatistics:
         self.tokens: dict[str, int] = {}
         self.squares: dict[str, np.ndarray] = {}
         self.products: dict[str, np.ndarray] = {}
+        self.inputs_seen: dict[str, list[int]] = {}  # per layer, the serial numbers of the inputs it saw
+        self._serial = 0
         self._last = None  # (input array, token count, squares, products) of the last input seen
 
     def __call__(self, name: str, x: np.ndarray) -> None:
@@ -28,11 +30,17 @@ class InputStatistics:
             products = (flat.T @ flat).astype(np.float64) if self.gram else None
             squares = np.diag(products).copy() if self.gram else np.einsum("tk,tk->k", flat, flat, dtype=np.float64)
             self._last = (x, flat.shape[0], squares, products)
+            self._serial += 1
+        self.inputs_seen.setdefault(name, []).append(self._serial)
         _, count, squares, products = self._last
         self.tokens[name] = self.tokens.get(name, 0) + count
         self.squares[name] = self.squares.get(name, 0) + squares
         if products is not None:
             self.products[name] = self.products.get(name, 0) + products
+
+    def input_key(self, name: str) -> tuple:
+        """Equal for layers that saw the very same inputs (and so have equal statistics)."""
+        return tuple(self.inputs_seen[name])
 
     def importance(self, name: str) -> np.ndarray:
         """Mean squared activation per input column [K] (llama.cpp's importance matrix)."""
