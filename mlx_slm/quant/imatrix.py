@@ -105,13 +105,11 @@ def importance_weights(importance, k: int) -> np.ndarray:
 
 
 @in_row_chunks(cache_sized=True)
-def weighted_quantize(w: np.ndarray, importance, bits: int, group_size: int, dtype=None,
-                      spacing_steps=SPACING_STEPS):
+def weighted_quantize(w: np.ndarray, importance, bits: int, group_size: int, dtype=None):
     """Importance-weighted affine quantization of ``w`` [N, K].
 
     importance: [K] mean squared activation per input column (None: uniform).
-    dtype: scales/biases dtype (default: w's).
-    spacing_steps: the code spacings tried, as steps added to 2^bits - 1. Returns ``(q uint8 [N, K],
+    dtype: scales/biases dtype (default: w's). Returns ``(q uint8 [N, K],
     scales [N, K/g], biases [N, K/g])`` that ``affine.pack_codes`` / ``affine.unpack`` take.
     """
     dtype = np.dtype(dtype or w.dtype)
@@ -145,7 +143,7 @@ def weighted_quantize(w: np.ndarray, importance, bits: int, group_size: int, dty
     span = np.maximum(w_max - w_min, np.float32(1e-7))
     consider(span / n_max, w_min)
     above_min = groups - w_min[..., None]
-    for step in spacing_steps:
+    for step in SPACING_STEPS:
         inverse_scale = (n_max + step) / span
         q = np.clip(np.rint(above_min * inverse_scale[..., None]), 0, n_max)
         s, b, ok = weighted_refit(groups, q, d, sw, sx)
