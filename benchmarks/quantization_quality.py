@@ -144,14 +144,13 @@ class Planner:
         from mlx_slm.quant.budget import plan_for_budget
         from mlx_slm.quant.calibration import calibration_windows
         from mlx_slm.quant.sensitivity import measure_sensitivity
-        from mlx_slm.quantize import sensitivity_quantizer, sensitivity_windows
+        from mlx_slm.quantize import sensitivity_windows
 
         if self.sensitivity is None:
             model, _ = mlx_slm.load(self.folder, backend=self.args.backend)
             windows = sensitivity_windows(self.args.num_samples, self.args.calib_seq_len)
             tokens, _ = calibration_windows(self.tokenizer, Path(self.args.out) / "calib.txt", *windows)
-            self.sensitivity = measure_sensitivity(model, tokens, progress=False,
-                                                   quantizer=sensitivity_quantizer(self.args.plan_method))
+            self.sensitivity = measure_sensitivity(model, tokens, progress=False)
         return plan_for_budget(self.sensitivity, target_bpw)
 
 

@@ -267,21 +267,14 @@ def sensitivity_windows(num_samples: int, seq_len: int) -> tuple[int, int]:
     return min(num_samples, SENSITIVITY_WINDOWS[0]), min(seq_len, SENSITIVITY_WINDOWS[1])
 
 
-def sensitivity_quantizer(method: str) -> str:
-    """What the planner probes layers with for ``method``: GPTQ for gptq, importance-weighted
-    rounding for imatrix and awq (AWQ's quantizer; its rescaling is not modelled), else RTN."""
-    return {"gptq": "gptq", "imatrix": "imatrix", "awq": "imatrix"}.get(method, "rtn")
-
-
 def budget_config(model, target_bpw: float, tokenizer, calib, num_samples: int, seq_len: int,
-                  progress: bool, method: str = "rtn") -> tuple[dict, dict]:
-    """(per-layer config, plan report) meeting ``target_bpw`` for ``method``: sensitivities measured
-    on :func:`sensitivity_windows` of the calibration text with :func:`sensitivity_quantizer`."""
+                  progress: bool) -> tuple[dict, dict]:
+    """(per-layer config, plan report) meeting ``target_bpw``: sensitivities measured on
+    :func:`sensitivity_windows` of the calibration text."""
     from .quant.budget import format_report, target_bpw_config
 
     tokens, record = calibration_windows(tokenizer, calib, *sensitivity_windows(num_samples, seq_len))
-    config, report = target_bpw_config(model, float(target_bpw), tokens, progress=progress,
-                                       quantizer=sensitivity_quantizer(method))
+    config, report = target_bpw_config(model, float(target_bpw), tokens, progress=progress)
     log.info("%s", format_report(report))
     return config, {**report, "calibration": record}
 
@@ -381,8 +374,7 @@ def quantize(model, bits: int | None = None, group_size: int | None = None, meth
             raise SLMError("target_bpw plans every layer's settings itself: do not pass a config with it")
         if format != "affine":
             raise SLMError(f"target_bpw plans affine bits and group sizes, not the {format!r} format")
-        config, plan_report = budget_config(model, target_bpw, tokenizer, calib, num_samples, seq_len, progress,
-                                            method)
+        config, plan_report = budget_config(model, target_bpw, tokenizer, calib, num_samples, seq_len, progress)
     if method in AFFINE_ONLY and format != "affine":
         raise SLMError(f"method {method!r} supports the affine format only, not {format!r} "
                        "(use method 'imatrix' or 'rtn')")

@@ -28,7 +28,6 @@ def test_target_bpw_is_met_and_the_plan_is_recorded(tmp_path, calib, target):
     assert abs(bpw - target) <= 0.01
     plan = model_config(model)["mlx_slm"]["plan"]
     assert plan["target_bpw"] == target and plan["bpw"] == pytest.approx(bpw, abs=1e-9)
-    assert plan["quantizer"] == "gptq"  # predicted from GPTQ's errors, the method that quantizes
     choices = {row["choice"] for row in plan["layers"]}
     assert len(choices) >= 2  # a mix of settings, not one uniform width
 
@@ -91,7 +90,6 @@ def test_target_bpw_is_met_on_smollm2(smollm2_dir, english_text):
     assert abs(bpw - 3.0) <= 0.01
     plan = model_config(model)["mlx_slm"]["plan"]
     assert plan["bpw"] == pytest.approx(bpw, abs=1e-9) and plan["calibration_tokens"] == [1, 64]
-    assert plan["quantizer"] == "rtn"
     rows = {row["layer"]: row for row in plan["layers"]}
     assert len({row["choice"] for row in rows.values()}) >= 2
     assert "576" in rows["model.layers.0.self_attn.q_proj"]["unavailable"]["group 128"]

@@ -120,24 +120,23 @@ def plan_for_budget(sensitivity: Sensitivity, target_bpw: float, keep_float: boo
     config = {"by_name": {path: settings[option] if settings[option] == FLOAT else dict(settings[option])
                           for (path, settings, _, _), option in zip(table, plan)}}
     report = {"target_bpw": target_bpw, "bpw": spent / sensitivity.matrix_weights, "range_bpw": [low, high],
-              "predicted_kld": predicted, "quantizer": sensitivity.quantizer,
-              "calibration_tokens": list(sensitivity.tokens),
+              "predicted_kld": predicted, "calibration_tokens": list(sensitivity.tokens),
               "sensitivity_seconds": round(sensitivity.seconds, 1), "layers": rows}
     return config, report
 
 
 def target_bpw_config(model, target_bpw: float, tokens: np.ndarray, probe: dict | None = None,
-                      keep_float: bool = True, progress: bool = True, quantizer: str = "rtn") -> tuple[dict, dict]:
+                      keep_float: bool = True, progress: bool = True) -> tuple[dict, dict]:
     """Measure ``model``'s sensitivity on calibration ``tokens`` [S, T] (a few windows of
-    64-128 tokens suffice) with ``quantizer`` and plan ``target_bpw``: see :func:`plan_for_budget`."""
-    return plan_for_budget(measure_sensitivity(model, tokens, probe, progress, quantizer), target_bpw, keep_float)
+    64-128 tokens suffice) and plan ``target_bpw``: see :func:`plan_for_budget`."""
+    return plan_for_budget(measure_sensitivity(model, tokens, probe, progress), target_bpw, keep_float)
 
 
 def format_report(report: dict) -> str:
     """The plan as a text table: a summary line, then one line per layer."""
     lines = [f"target {report['target_bpw']:.3f} bpw -> {report['bpw']:.4f} bpw "
              f"(achievable {report['range_bpw'][0]:.3f}-{report['range_bpw'][1]:.3f}); "
-             f"predicted KL {report['predicted_kld']:.4f}; sensitivity ({report.get('quantizer', 'rtn')}) on "
+             f"predicted KL {report['predicted_kld']:.4f}; sensitivity on "
              f"{report['calibration_tokens'][0]}x{report['calibration_tokens'][1]} tokens "
              f"in {report['sensitivity_seconds']:.0f} s",
              f"{'layer':44} {'shape':>12} {'choice':>9} {'bpw':>6} {'probe dKL':>22} {'pred dKL':>9}  unavailable"]

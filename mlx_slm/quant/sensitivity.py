@@ -12,9 +12,7 @@ moments of the layer's inputs on the same tokens)::
 (KL grows with the square of a small logit change, which is linear in ``dW``; the energy
 carries that square through the layer's own inputs). A tied embedding has two roles, the
 input lookup and the output head; each is probed and predicted on its own and the two add.
-The probe and the energies use the quantizer that will quantize the model (``quantizer``:
-"rtn", "imatrix" or "gptq", each on the layer's float inputs), since the calibrated ones
-lower some layers' errors far more than others'. Runs on the numpy engine, so on either backend.
+Runs on the numpy engine, so on either backend.
 """
 
 from __future__ import annotations
@@ -30,11 +28,8 @@ from ..errors import SLMError
 from ..evaluate import log_softmax
 from ..formats import affine
 from ..formats.dtypes import as_float32
-from .gptq import gptq_quantize, prepare_hessian
-from .imatrix import weighted_quantize
 
 PROBE = {"bits": 3, "group_size": 64}
-QUANTIZERS = ("rtn", "imatrix", "gptq")
 ENERGY_ROWS = 512  # output rows (evenly spaced) on which each setting's error energy is measured
 
 
@@ -75,7 +70,6 @@ class Sensitivity:
     fixed_bits: int  # stored bits of 2-D matrices that are not candidates
     tokens: tuple  # (S, T) calibration windows
     seconds: float
-    quantizer: str = "rtn"  # what the probes and energies quantized with
 
 
 def layer_options(shape: tuple) -> tuple[list, dict]:
@@ -108,32 +102,25 @@ def rtn_dense(w: np.ndarray, settings: dict) -> np.ndarray:
                                    dtype=np.float32)
 
 
-def quantized_dense(w: np.ndarray, settings: dict, quantizer: str = "rtn", hessian: np.ndarray | None = None,
-                    prepared=None) -> np.ndarray:
-    """float32 [N, K] of ``w`` [N, K] quantized at ``settings`` by ``quantizer`` for inputs with second
-    moments ``hessian`` [K, K] (None: unknown; "imatrix" and "gptq" then weigh columns equally)."""
-    if quantizer == "rtn":
-        return rtn_dense(w, settings)
-    bits, group_size = settings["bits"], settings["group_size"]
-    if quantizer == "gptq" and hessian is not None:
-        chosen = gptq_quantize(w, hessian, bits, group_size, prepared=prepared)
-    else:
-        chosen = weighted_quantize(w, None if hessian is None else np.diag(hessian), bits, group_size)
-    return affine.dequantize_codes(*chosen, group_size, dtype=np.float32)
+def input_factor(x: np.ndarray) -> np.ndarray:
+    """F [K, r] with F F^T = x^T x / n for inputs x [n, K] (r = min(n, K))."""
+    x = as_float32(x).reshape(-1, x.shape[-1])
+    if len(x) <= x.shape[1]:
+        return x.T / np.float32(np.sqrt(len(x)))
+    values, vectors = np.linalg.eigh(x.T.astype(np.float64) @ x / len(x))
+    return (vectors * np.sqrt(np.maximum(values, 0))).astype(np.float32)
 
 
-def error_energies(w: np.ndarray, options: list, hessian: np.ndarray | None, row_weights: np.ndarray | None = None,
-                   quantize=rtn_dense) -> np.ndarray:
-    """sum_i r_i (Q_o(w) - w)_i H (Q_o(w) - w)_i^T for each option o: w [n, K] rows, H [K, K] (None:
-    identity), row weights r [n] (None: ones), ``quantize(w, settings)`` -> float32 [n, K].
-    Returns [len(options)] float64."""
+def error_energies(w: np.ndarray, options: list, factor: np.ndarray | None,
+                   row_weights: np.ndarray | None = None) -> np.ndarray:
+    """sum_i r_i ||(Q_o(w) - w)_i F||^2 for each option o: w [n, K] rows, F [K, r] (None: identity),
+    row weights r [n] (None: ones). Returns [len(options)] float64."""
     w32 = as_float32(w)
-    h = None if hessian is None else np.asarray(hessian, np.float32)
     out = np.empty(len(options))
     for i, settings in enumerate(options):
-        delta = quantize(w, settings) - w32
-        projected = delta if h is None else delta @ h
-        per_row = np.einsum("nk,nk->n", projected, delta, dtype=np.float64)
+        delta = rtn_dense(w, settings) - w32
+        projected = delta if factor is None else delta @ factor
+        per_row = np.einsum("nr,nr->n", projected, projected, dtype=np.float64)
         out[i] = per_row.sum() if row_weights is None else per_row @ row_weights
     return out
 
@@ -152,12 +139,8 @@ class InputCapture:
     def __call__(self, name: str, x: np.ndarray) -> None:
         self.inputs.setdefault(name, []).append(x.reshape(-1, x.shape[-1]))
 
-    def hessian(self, name: str) -> np.ndarray | None:
-        """Second moments E[x x^T] [K, K] float64 of the layer's inputs (None: never seen)."""
-        if name not in self.inputs:
-            return None
-        x = np.concatenate(self.inputs[name])
-        return as_float32(x).T.astype(np.float64) @ x / len(x)
+    def factor(self, name: str) -> np.ndarray:
+        return input_factor(np.concatenate(self.inputs[name]))
 
 
 def mean_kld(ref_probs: np.ndarray, ref_logprobs: np.ndarray, logits: np.ndarray) -> float:
@@ -206,23 +189,16 @@ def roles_of(engine, path: str) -> list[str]:
     return roles
 
 
-def probe_layer(run: FloatRun, layer: LayerSensitivity, w: np.ndarray, quantizer: str = "rtn") -> None:
-    """Measure ``layer``'s probe dKL and error energies per role with ``quantizer``; ``w`` [N, K] its
-    float weight. A tied embedding is quantized as the head (on the head's inputs)."""
+def probe_layer(run: FloatRun, layer: LayerSensitivity, w: np.ndarray) -> None:
+    """Measure ``layer``'s probe dKL and error energies per role; ``w`` [N, K] its float weight."""
     engine, settings = run.engine, layer.options[layer.probe]
-    hessian = run.capture.hessian(layer.path)
-    prepared = prepare_hessian(hessian) if quantizer == "gptq" and hessian is not None else None
-
-    def quantize(rows, option):
-        return quantized_dense(rows, option, quantizer, hessian, prepared)
-
-    probed = quantize(w, settings)
+    probed = rtn_dense(w, settings)
     rows = sampled_rows(len(w))
     for role in roles_of(engine, layer.path):
         if role == "embedding":
             ids, counts = np.unique(run.tokens, return_counts=True)
             layer.probe_kld[role] = run.kld_from(0, probed[run.tokens])
-            layer.energy[role] = error_energies(w[ids], layer.options, None, counts / counts.sum(), quantize)
+            layer.energy[role] = error_energies(w[ids], layer.options, None, counts / counts.sum())
             continue
         engine.set_dense(layer.path, probed)
         try:
@@ -233,7 +209,7 @@ def probe_layer(run: FloatRun, layer: LayerSensitivity, w: np.ndarray, quantizer
                 layer.probe_kld[role] = run.kld_from(block, run.hidden[block])
         finally:
             engine.drop_cache([layer.path])
-        layer.energy[role] = error_energies(w[rows], layer.options, hessian, None, quantize)
+        layer.energy[role] = error_energies(w[rows], layer.options, run.capture.factor(layer.path))
 
 
 def matrix_totals(model, candidates) -> tuple[int, int]:
@@ -250,20 +226,16 @@ def matrix_totals(model, candidates) -> tuple[int, int]:
     return weights, fixed
 
 
-def measure_sensitivity(model, tokens: np.ndarray, probe: dict | None = None, progress: bool = True,
-                        quantizer: str = "rtn") -> Sensitivity:
+def measure_sensitivity(model, tokens: np.ndarray, probe: dict | None = None, progress: bool = True) -> Sensitivity:
     """Sensitivity of every float 2-D layer of ``model`` on calibration ``tokens`` [S, T].
 
     probe: the setting each layer is measured at (default :data:`PROBE`, 3 bits / group 64;
     a layer where that group does not fit uses the same bits with its largest fitting group).
-    quantizer: one of :data:`QUANTIZERS`, what the probe and the energies quantize with.
     Cost: one float pass, then per layer a rerun from its block to the logits.
     Memory: about 3 * S * T * vocab float32 for the reference distribution.
     """
     from ..quantize import candidate_layers, weight_dtypes
 
-    if quantizer not in QUANTIZERS:
-        raise SLMError(f"sensitivity quantizer must be one of {QUANTIZERS}, not {quantizer!r}")
     start = time.perf_counter()
     tokens = np.asarray(tokens, np.int64)
     if tokens.ndim != 2 or tokens.size == 0:
@@ -281,7 +253,6 @@ def measure_sensitivity(model, tokens: np.ndarray, probe: dict | None = None, pr
             layers[path].probe = probe_index(options, probe or PROBE)
     run = FloatRun(engine, tokens)
     for layer in tqdm([s for s in layers.values() if s.options], desc="sensitivity", disable=not progress):
-        probe_layer(run, layer, engine.weights[f"{layer.path}.weight"].astype(dtypes[layer.path], copy=False),
-                    quantizer)
+        probe_layer(run, layer, engine.weights[f"{layer.path}.weight"].astype(dtypes[layer.path], copy=False))
     weights, fixed = matrix_totals(model, {p for p, s in layers.items() if s.options})
-    return Sensitivity(layers, weights, fixed, tokens.shape, time.perf_counter() - start, quantizer)
+    return Sensitivity(layers, weights, fixed, tokens.shape, time.perf_counter() - start)
