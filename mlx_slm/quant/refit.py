@@ -79,8 +79,7 @@ def refit_grid(w: np.ndarray, q: np.ndarray, scales: np.ndarray, biases: np.ndar
     diagonal); each row keeps the old grid where the refit, once rounded, does not lower its
     undamped output error."""
     h = np.asarray(hessian, np.float32)
-    n, k = q.shape
-    codes = q.reshape(n, -1, group_size).astype(np.float32)
+    codes = q.reshape(len(q), -1, group_size).astype(np.float32)
     residual = (np.asarray(w, np.float64) - dequantized(q, scales, biases, group_size)).astype(np.float32)
     h_residual = residual @ h
     before = (h_residual * residual).sum(-1, dtype=np.float64)
