@@ -64,8 +64,9 @@ def encode_text(tokenizer, text: str, max_tokens: int | None = None) -> np.ndarr
     pieces, count = [], 0
     for first in range(0, len(bounds) - 1, PIECES_PER_BATCH):
         edges = bounds[first : first + PIECES_PER_BATCH + 1]
-        pieces += encode_batch(tokenizer, [text[start:end] for start, end in zip(edges, edges[1:])])
-        count = sum(map(len, pieces))
+        encoded = encode_batch(tokenizer, [text[start:end] for start, end in zip(edges, edges[1:])])
+        pieces += encoded
+        count += sum(map(len, encoded))
         if max_tokens is not None and count >= max_tokens:
             break
     return np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
