@@ -37,7 +37,8 @@ def cmd_quantize(args) -> None:
     model, tokenizer = mlx_slm.load(args.model, backend=args.backend)
     learned = None
     if args.method == "learned":
-        learned = {"start": args.learned_start, **({"steps": args.learned_steps} if args.learned_steps else {})}
+        learned = {"start": args.learned_start, **({"steps": args.learned_steps} if args.learned_steps else {}),
+                   **({"learning_rate": args.learned_lr} if args.learned_lr else {})}
     mlx_slm.quantize(model, bits=args.bits, group_size=args.group_size, method=args.method, format=args.format,
                      config=args.config, calib=args.calib, tokenizer=tokenizer, num_samples=args.num_samples,
                      seq_len=args.seq_len, per_row_scale=args.per_row_scale, target_bpw=args.target_bpw,
@@ -186,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="learned: the method whose output is trained (default gptq)")
     quantize.add_argument("--learned-steps", type=int, default=None,
                           help="learned: most training steps (default 200; stops early on held-out KL)")
+    quantize.add_argument("--learned-lr", type=float, default=None,
+                          help="learned: Adam's learning rate, relative to each layer's mean scale (default 3e-5)")
     quantize.add_argument("--target-bpw", type=float, default=None,
                           help="mixed precision: average bits per weight of the matrices to reach (+-0.01), "
                                "e.g. 3.0; per-layer bits/group sizes from measured sensitivities")

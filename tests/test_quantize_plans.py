@@ -57,7 +57,8 @@ def test_learned_improves_on_gptq_and_stock_mlx_lm_runs_it(tmp_path, calib):
     folder = tiny_model_folder(tmp_path)
     model, tokenizer = mlx_slm.load(folder, backend="mlx")
     mlx_slm.quantize(model, bits=3, group_size=32, method="learned", calib=calib, tokenizer=tokenizer,
-                     num_samples=8, seq_len=64, learned_options={"start": "gptq", "steps": 20}, progress=False)
+                     num_samples=8, seq_len=64, progress=False,
+                     learned_options={"start": "gptq", "steps": 20, "learning_rate": 1e-3})
     record = model_config(model)["mlx_slm"]
     assert record["method"] == "learned" and record["learned"]["start"] == "gptq"
     assert record["learned"]["final_kl"] < 0.8 * record["learned"]["start_kl"]  # measured: 0.094 -> 0.053
@@ -95,3 +96,18 @@ def test_target_bpw_is_met_on_smollm2(smollm2_dir, english_text):
     assert "576" in rows["model.layers.0.self_attn.q_proj"]["unavailable"]["group 128"]
     assert all(row["choice"] == "float" or not row["choice"].endswith("/g128") for row in rows.values()
                if row["shape"][1] == 576)
+
+
+@pytest.mark.mlx
+def test_cli_learned_takes_a_learning_rate_and_records_each_evaluation(tmp_path, calib, capsys):
+    out = tmp_path / "out"
+    main(["quantize", str(tiny_model_folder(tmp_path)), "-o", str(out), "--bits", "3", "--group-size", "32",
+          "--method", "learned", "--calib", str(calib), "--num-samples", "8", "--seq-len", "64",
+          "--learned-steps", "4", "--learned-lr", "1e-3"])
+    report = json.loads((out / "config.json").read_text())["mlx_slm"]["learned"]
+    assert report["learning_rate"] == 1e-3 and report["steps_run"] == 4
+    assert [step for step, _ in report["held_out_history"]] == [4]  # eval_every 10: the last step only
+    best = min([report["start_kl"]] + [kl for _, kl in report["held_out_history"]])
+    assert report["final_kl"] == pytest.approx(best, abs=1e-6)
+    printed = capsys.readouterr().out
+    assert f"held-out KL {report['start_kl']:.4f} -> {report['final_kl']:.4f} after 4 steps" in printed
