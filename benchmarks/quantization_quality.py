@@ -3,8 +3,9 @@
     python benchmarks/quantization_quality.py [--out runs/quality]
         [--methods rtn,imatrix,gptq,awq,learned] [--bits 4,3,2] [--group-size 64]
         [--targets 4.5,3.5,3.0,2.5] [--plan-method gptq] [--learned-start gptq]
-        [--learned-steps 200] [--learned-lr 1e-3] [--learned-eval-every 10]
+        [--learned-steps 200] [--learned-lr 3e-5] [--learned-eval-every 10]
         [--num-samples 32] [--calib-seq-len 256] [--seq-len 512] [--max-windows 8] [--resume]
+        [--baselines runs/baselines/mlx_lm.json | --mlx-lm rtn,gptq,dynamic,awq,dwq]
 
 Calibration text: Debian's bible-kjv (``local_text("calib")``); evaluation text:
 Debian's fortunes (``local_text("eval")``), so the two never overlap. Every
@@ -20,7 +21,8 @@ resident memory the process reached above its level before quantizing (sampled
 every 20 ms). Prints one table, writes OUT/quality.json and, with matplotlib
 (the ``bench`` extra), OUT/quality.png: KL vs bpw with the Pareto front of each
 tool. mlx-lm's rows (``--baselines``, written by benchmarks/mlx_lm_baselines.py on the
-same texts) are appended to the table and the plot. Each row is saved as soon as it is
+same texts, or ``--mlx-lm METHODS``: run that script here, after our rows) are appended to
+the table and the plot. Each row is saved as soon as it is
 measured; ``--resume`` keeps the rows of an earlier run with the same settings and
 measures only the missing ones. Nothing is downloaded.
 """
@@ -210,7 +212,7 @@ def main() -> None:
     parser.add_argument("--plan-method", default="gptq", help="method that quantizes the planned layers")
     parser.add_argument("--learned-start", default="gptq", help="what 'learned' starts from (gptq or awq)")
     parser.add_argument("--learned-steps", type=int, default=200, help="most training steps of 'learned'")
-    parser.add_argument("--learned-lr", type=float, default=1e-3,
+    parser.add_argument("--learned-lr", type=float, default=3e-5,
                         help="learning rate of 'learned', relative to each layer's mean scale")
     parser.add_argument("--learned-eval-every", type=int, default=10,
                         help="training steps between held-out evaluations of 'learned'")
@@ -220,6 +222,10 @@ def main() -> None:
     parser.add_argument("--max-windows", type=int, default=8, help="evaluation windows")
     parser.add_argument("--baselines", default="runs/baselines/mlx_lm.json",
                         help="rows of benchmarks/mlx_lm_baselines.py to plot alongside (skipped if missing)")
+    parser.add_argument("--mlx-lm", default="", metavar="METHODS",
+                        help="also run these of mlx-lm's quantizers (rtn,gptq,dynamic,awq,dwq) here, through "
+                             "benchmarks/mlx_lm_baselines.py with its defaults and this run's --bits, group size, "
+                             "texts and evaluation, into OUT/mlx_lm.json, which then replaces --baselines")
     parser.add_argument("--backend", choices=("mlx", "numpy"), default=None)
     parser.add_argument("--resume", action="store_true",
                         help="keep the rows of OUT/quality.json measured with the same settings; measure the rest")
@@ -251,10 +257,25 @@ def main() -> None:
         with atomic_file(out / "quality.json") as path:
             path.write_text(json.dumps({"texts": texts, "settings": settings, "rows": rows}, indent=2, default=str))
 
+    baselines = Path(args.baselines)
+    if args.mlx_lm:
+        baselines = run_mlx_lm(out, args)
     print()
-    print(table(rows + baseline_rows(Path(args.baselines))))
+    print(table(rows + baseline_rows(baselines)))
     print(f"\nwrote {out / 'quality.json'} ({time.perf_counter() - start:.0f} s in all)")
-    plot(out, Path(args.baselines))
+    plot(out, baselines)
+
+
+def run_mlx_lm(out: Path, args) -> Path:
+    """Run benchmarks/mlx_lm_baselines.py in this process on this run's model, texts and evaluation
+    (``--mlx-lm`` methods); returns its JSON, OUT/mlx_lm.json."""
+    import mlx_lm_baselines
+
+    print(f"\nmlx-lm's quantizers: {args.mlx_lm}", flush=True)
+    mlx_lm_baselines.main(["--out", str(out), "--methods", args.mlx_lm, "--bits", args.bits,
+                           "--group-size", str(args.group_size), "--seq-len", str(args.seq_len),
+                           "--max-windows", str(args.max_windows)] + (["--model", args.model] if args.model else []))
+    return out / "mlx_lm.json"
 
 
 def plot(out: Path, baselines: Path) -> None:
