@@ -37,8 +37,8 @@ def cmd_quantize(args) -> None:
     model, tokenizer = mlx_slm.load(args.model, backend=args.backend)
     learned = None
     if args.method == "learned":
-        learned = {"start": args.learned_start, **({"steps": args.learned_steps} if args.learned_steps else {}),
-                   **({"learning_rate": args.learned_lr} if args.learned_lr else {})}
+        given = {"steps": args.learned_steps, "learning_rate": args.learned_lr}
+        learned = {"start": args.learned_start, **{k: v for k, v in given.items() if v is not None}}
     mlx_slm.quantize(model, bits=args.bits, group_size=args.group_size, method=args.method, format=args.format,
                      config=args.config, calib=args.calib, tokenizer=tokenizer, num_samples=args.num_samples,
                      seq_len=args.seq_len, per_row_scale=args.per_row_scale, target_bpw=args.target_bpw,

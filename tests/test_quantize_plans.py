@@ -100,10 +100,10 @@ def test_target_bpw_is_met_on_smollm2(smollm2_dir, english_text):
 
 @pytest.mark.mlx
 def test_cli_learned_takes_a_learning_rate_and_records_each_evaluation(tmp_path, calib, capsys):
-    out = tmp_path / "out"
-    main(["quantize", str(tiny_model_folder(tmp_path)), "-o", str(out), "--bits", "3", "--group-size", "32",
-          "--method", "learned", "--calib", str(calib), "--num-samples", "8", "--seq-len", "64",
-          "--learned-steps", "4", "--learned-lr", "1e-3"])
+    out, folder = tmp_path / "out", tiny_model_folder(tmp_path)
+    assert main(["quantize", str(folder), "-o", str(out), "--bits", "3", "--group-size", "32",
+                 "--method", "learned", "--calib", str(calib), "--num-samples", "8", "--seq-len", "64",
+                 "--learned-steps", "4", "--learned-lr", "1e-3"]) == 0
     report = json.loads((out / "config.json").read_text())["mlx_slm"]["learned"]
     assert report["learning_rate"] == 1e-3 and report["steps_run"] == 4
     assert [step for step, _ in report["held_out_history"]] == [4]  # eval_every 10: the last step only
@@ -111,3 +111,6 @@ def test_cli_learned_takes_a_learning_rate_and_records_each_evaluation(tmp_path,
     assert report["final_kl"] == pytest.approx(best, abs=1e-6)
     printed = capsys.readouterr().out
     assert f"held-out KL {report['start_kl']:.4f} -> {report['final_kl']:.4f} after 4 steps" in printed
+    assert main(["quantize", str(folder), "-o", str(tmp_path / "zero"), "--method", "learned",
+                 "--calib", str(calib), "--num-samples", "8", "--seq-len", "64", "--learned-lr", "0"]) == 2
+    assert "learning_rate > 0" in capsys.readouterr().err and not (tmp_path / "zero").exists()
