@@ -3,7 +3,7 @@
     python benchmarks/quantization_quality.py [--out runs/quality]
         [--methods rtn,imatrix,gptq,awq,learned] [--bits 4,3,2] [--group-size 64]
         [--targets 4.5,3.5,3.0,2.5] [--plan-method gptq] [--learned-start gptq]
-        [--learned-steps 200] [--learned-lr 3e-5] [--learned-eval-every 10]
+        [--learned-steps 200] [--learned-lr LR] [--learned-eval-every 10]
         [--num-samples 32] [--calib-seq-len 256] [--seq-len 512] [--max-windows 8] [--resume]
         [--baselines runs/baselines/mlx_lm.json | --mlx-lm rtn,gptq,dynamic,awq,dwq]
 
@@ -124,8 +124,9 @@ def runs(args) -> list[tuple[str, int | None, dict]]:
             label = method
             if method == "learned":
                 options["learned_options"] = {"start": args.learned_start, "steps": args.learned_steps,
-                                              "learning_rate": args.learned_lr,
                                               "eval_every": args.learned_eval_every}
+                if args.learned_lr is not None:
+                    options["learned_options"]["learning_rate"] = args.learned_lr
                 label = f"learned({args.learned_start},{args.learned_steps})"
             chosen.append((label, bits, options))
     for target in [float(t) for t in args.targets.split(",") if t]:
@@ -212,8 +213,9 @@ def main() -> None:
     parser.add_argument("--plan-method", default="gptq", help="method that quantizes the planned layers")
     parser.add_argument("--learned-start", default="gptq", help="what 'learned' starts from (gptq or awq)")
     parser.add_argument("--learned-steps", type=int, default=200, help="most training steps of 'learned'")
-    parser.add_argument("--learned-lr", type=float, default=3e-5,
-                        help="learning rate of 'learned', relative to each layer's mean scale")
+    parser.add_argument("--learned-lr", type=float, default=None,
+                        help="learning rate of 'learned', relative to each layer's mean scale "
+                             "(default: the library's, 3e-5)")
     parser.add_argument("--learned-eval-every", type=int, default=10,
                         help="training steps between held-out evaluations of 'learned'")
     parser.add_argument("--num-samples", type=int, default=32, help="calibration windows")
