@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from .cli_common import EPILOG, add_backend
+from .cli_common import EPILOG, add_backend, check_output
 from .distill.cli import add_distill_parser
 from .export.cli import add_export_parser
 from .finetune.cli import add_finetune_parser, add_fuse_parser
@@ -23,6 +23,7 @@ from .prune.cli import add_prune_parser
 def cmd_convert(args) -> None:
     import mlx_slm
 
+    check_output(args, args.source)
     model, tokenizer = mlx_slm.load(args.source, backend=args.backend, dtype=args.dtype)
     mlx_slm.save(model, tokenizer, args.output, overwrite=args.overwrite)
     print(f"wrote {args.output}")
@@ -34,6 +35,7 @@ def cmd_quantize(args) -> None:
     from mlx_slm.loading import model_config
     from mlx_slm.quant.budget import format_report as format_plan
 
+    check_output(args, args.model, args.calib, args.config)
     model, tokenizer = mlx_slm.load(args.model, backend=args.backend)
     learned = None
     if args.method == "learned":
@@ -83,7 +85,7 @@ def cmd_eval(args) -> None:
                               cpu_engine=args.cpu_engine)
     print(format_report(report))
     if args.json:
-        with atomic_file(args.json) as path:
+        with atomic_file(args.json, inputs=[args.model, args.ref, args.text]) as path:
             path.write_text(json.dumps({"model": str(args.model), "ref": args.ref, **report}, indent=2))
         print(f"wrote {args.json}")
 

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 EPILOG = "Set MLX_SLM_BACKEND=numpy to run without MLX, MLX_SLM_DEBUG=1 for tracebacks."
 
 
 def add_backend(parser) -> None:
     parser.add_argument("--backend", choices=("mlx", "numpy"), default=None,
                         help="compute backend (default: MLX when importable, else numpy)")
+
+
+def check_output(args, *inputs, overwrite: bool | None = None):
+    """Refuse ``args.output`` before any work (see :func:`mlx_slm.io.atomic.check_output`).
+
+    ``inputs`` are the paths the command reads (model, teacher, texts); the output may
+    neither be one of them nor hold one.
+    """
+    from .io.atomic import check_output as check
+
+    given = [p for p in inputs if p is not None and Path(str(p)).expanduser().exists()]
+    return check(args.output, args.overwrite if overwrite is None else overwrite, given)

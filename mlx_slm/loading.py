@@ -18,6 +18,7 @@ from .io import hf
 from .io.gguf import read_gguf
 
 CONFIG_ATTRIBUTE = "slm_config"
+SOURCE_ATTRIBUTE = "_mlx_slm_source"
 MLX_NATIVE_MODES = ("affine", "mxfp4", "mxfp8", "nvfp4")  # nn.quantize builds these itself
 
 
@@ -27,6 +28,17 @@ def model_config(model) -> dict:
     if config is None:
         raise SLMError("this model was not loaded by mlx_slm.load: its config is unknown")
     return copy.deepcopy(config)
+
+
+def remember_source(model, path: Path):
+    """Record where ``model`` was loaded from (``save`` never writes over it); returns the model."""
+    object.__setattr__(model, SOURCE_ATTRIBUTE, Path(path).expanduser().resolve())
+    return model
+
+
+def model_source(model) -> Path | None:
+    """The file or folder ``model`` was loaded from (None for a model built otherwise)."""
+    return getattr(model, SOURCE_ATTRIBUTE, None)
 
 
 def set_model_config(model, config: dict) -> None:
@@ -176,11 +188,12 @@ def load(source, backend: str | None = None, dtype: str = "float16", progress: b
         if backend == "numpy":
             from .models.numpy_llama import NumpyLlama
 
-            return NumpyLlama(config, weights), tokenizer
+            return remember_source(NumpyLlama(config, weights), path), tokenizer
         from mlx_lm.tokenizer_utils import TokenizerWrapper
 
         model = build_mlx_model(config, weights)
-        return model, TokenizerWrapper(tokenizer, eos_token_ids=[config["eos_token_id"]]
-                                       if "eos_token_id" in config else None)
+        return remember_source(model, path), TokenizerWrapper(tokenizer, eos_token_ids=[config["eos_token_id"]]
+                                                              if "eos_token_id" in config else None)
     folder = hf.resolve(source)
-    return load_folder_numpy(folder) if backend == "numpy" else load_folder_mlx(folder)
+    model, tokenizer = load_folder_numpy(folder) if backend == "numpy" else load_folder_mlx(folder)
+    return remember_source(model, folder), tokenizer

@@ -7,7 +7,7 @@ import json
 from .backend import backend_of
 from .io import safetensors_np
 from .io.atomic import atomic_directory
-from .loading import model_config
+from .loading import model_config, model_source
 
 
 def save_config(config: dict, path) -> None:
@@ -28,14 +28,19 @@ def write_weights(model, path) -> None:
     mx.save_safetensors(str(path), dict(tree_flatten(model.parameters())), metadata={"format": "mlx"})
 
 
-def save(model, tokenizer, out_dir, overwrite: bool = False):
+def save(model, tokenizer, out_dir, overwrite: bool = False, extra_files: dict | None = None):
     """Write ``model.safetensors``, ``config.json`` and the tokenizer files to ``out_dir``.
 
+    ``extra_files`` maps file names to text written beside them (e.g. a training history).
+    ``overwrite`` replaces only a folder mlx-slm wrote (see :mod:`mlx_slm.io.atomic`), never
+    the folder or file the model was loaded from, nor a folder holding it.
     Returns the output folder path.
     """
     config = model_config(model)
-    with atomic_directory(out_dir, overwrite=overwrite) as folder:
+    with atomic_directory(out_dir, overwrite=overwrite, inputs=[model_source(model)]) as folder:
         write_weights(model, folder / "model.safetensors")
         save_config(config, folder / "config.json")
         tokenizer.save_pretrained(str(folder))
+        for name, text in (extra_files or {}).items():
+            (folder / name).write_text(text)
     return out_dir

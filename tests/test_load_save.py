@@ -94,8 +94,12 @@ def test_save_refuses_to_clobber_unless_asked(tmp_path):
     with pytest.raises(SLMError, match="already exists"):
         mlx_slm.save(model, tokenizer, tmp_path / "out")
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    with pytest.raises(SLMError, match="did not write"):
+        mlx_slm.save(model, tokenizer, tmp_path / "out", overwrite=True)
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    (tmp_path / "out" / "keep.txt").unlink()
     mlx_slm.save(model, tokenizer, tmp_path / "out", overwrite=True)
-    assert (tmp_path / "out" / "model.safetensors").is_file() and not (tmp_path / "out" / "keep.txt").exists()
+    assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
 @pytest.mark.parametrize("backend", ["numpy", pytest.param("mlx", marks=pytest.mark.mlx)])

@@ -33,12 +33,11 @@ def config_from_args(args):
 
 def cmd_distill(args) -> None:
     import mlx_slm
+    from mlx_slm.cli_common import check_output
     from mlx_slm.distill import distill
     from mlx_slm.errors import SLMError
 
-    output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        raise SLMError(f"{output} already exists (pass --overwrite to replace it)")
+    output = check_output(args, args.student, args.teacher, args.data, args.eval_text)
     if not Path(args.data).is_file():
         raise SLMError(f"no such training text: {args.data}")
     config = config_from_args(args)
@@ -52,8 +51,8 @@ def cmd_distill(args) -> None:
 
         fmt, bits, group_size = check_qat(config.qat)
         mlx_slm.quantize(student, format=fmt, bits=bits, group_size=group_size, progress=False)
-    mlx_slm.save(student, tokenizer, output, overwrite=args.overwrite)
-    (output / "distill_history.json").write_text(json.dumps(history, indent=1))
+    mlx_slm.save(student, tokenizer, output, overwrite=args.overwrite,
+                 extra_files={"distill_history.json": json.dumps(history, indent=1)})
     last = history[-1] if history else {}
     print(f"wrote {output}: {len(history)} steps, last loss {last.get('loss', float('nan')):.4f}")
 

@@ -17,7 +17,9 @@ COREML_DESCRIPTION = (
 def cmd_export_coreml(args) -> None:
     import mlx_slm
     from mlx_slm.export import export_coreml
+    from mlx_slm.export.coreml import package_path, refuse_existing
 
+    refuse_existing(package_path(args.output), args.overwrite, [args.model])
     model, tokenizer = mlx_slm.load(args.model, backend=args.backend)
     package = export_coreml(model, tokenizer, args.output, max_context=args.max_context,
                             compute_precision=args.compute_precision, overwrite=args.overwrite)

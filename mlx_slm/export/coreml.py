@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SLMError
-from ..loading import model_config
+from ..io.atomic import refuse_inputs
+from ..loading import model_config, model_source
 from ..models.numpy_llama import SUPPORTED
 from .coreml_gemma3 import GEMMA3_TYPES, Gemma3ProgramBuilder, gemma3_text_config, gemma3_text_weights
 from .coreml_llama import CAUSAL_MASK, INPUT_IDS, LOGITS, LlamaProgramBuilder
@@ -85,25 +86,40 @@ def package_path(out_path) -> Path:
     return path
 
 
-def refuse_existing(package: Path, overwrite: bool) -> None:
+def refuse_existing(package: Path, overwrite: bool, inputs=()) -> None:
+    """Refuse to replace a package or manifest unless asked, and anything that is not one.
+
+    The package's folder must not hold a model this run reads: the tokenizer files
+    written beside the package would replace the input's.
+    """
+    refuse_inputs(package.parent, inputs)
     for target in (package, package.with_suffix(".json")):
         if target.exists() and not overwrite:
             raise SLMError(f"{target} already exists (pass --overwrite / overwrite=True to replace it)")
+    if package.exists() and not (package / "Manifest.json").is_file():
+        raise SLMError(f"refusing to replace {package}: it is not a Core ML package")
+    if package.with_suffix(".json").is_dir():
+        raise SLMError(f"{package.with_suffix('.json')} is a folder, not a manifest")
 
 
 @contextmanager
-def staged_outputs(package: Path, overwrite: bool):
+def staged_outputs(package: Path, overwrite: bool, inputs=()):
     """Yield a temporary folder; on success move its entries beside ``package``, the package last.
 
     Nothing is moved if the body fails, so an interrupted export leaves no
-    partial package or manifest. Tokenizer files beside the package are replaced.
+    partial package or manifest. Tokenizer files beside the package are replaced
+    only with ``overwrite``.
     """
-    refuse_existing(package, overwrite)
+    refuse_existing(package, overwrite, inputs)
     package.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{package.name}.partial-", dir=package.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{package.name}.partial-{os.getpid()}-", dir=package.parent))
     try:
         yield staging
+        refuse_existing(package, overwrite, inputs)
         entries = sorted(staging.iterdir(), key=lambda entry: entry.name == package.name)
+        clashes = [entry.name for entry in entries if (package.parent / entry.name).exists()]
+        if clashes and not overwrite:
+            raise SLMError(f"{package.parent / clashes[0]} already exists (pass --overwrite to replace it)")
         for entry in entries:
             target = package.parent / entry.name
             if target.is_dir():  # an old package: set it aside, so the new one replaces it in one rename
@@ -171,7 +187,8 @@ def export_coreml(model, tokenizer, out_path, max_context: int | None = None,
     max_context = resolve_max_context(text_config, max_context)
     check_request(text_config, max_context, compute_precision)
     package = package_path(out_path)
-    refuse_existing(package, overwrite)  # before minutes of conversion, and again before writing
+    inputs = [model_source(model)]
+    refuse_existing(package, overwrite, inputs)  # before minutes of conversion, and again before writing
     ct = import_coremltools()
     from coremltools.converters.mil import Builder as mb
 
@@ -185,7 +202,7 @@ def export_coreml(model, tokenizer, out_path, max_context: int | None = None,
     layers = [layer_record(path.removesuffix(".weight"), w) for path, w in sorted(matrices.items())]
     manifest = build_manifest(tokenizer, config, max_context, layers, __version__)
     mlmodel.short_description = f"{config.get('model_type')} language model exported by mlx_slm {__version__}"
-    with staged_outputs(package, overwrite) as staging:
+    with staged_outputs(package, overwrite, inputs) as staging:
         mlmodel.save(str(staging / package.name))
         (staging / package.with_suffix(".json").name).write_text(json.dumps(manifest, indent=2))
         tokenizer.save_pretrained(str(staging))

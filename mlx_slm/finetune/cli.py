@@ -24,12 +24,14 @@ def cmd_finetune(args) -> None:
     import json
 
     import mlx_slm
+    from mlx_slm.cli_common import check_output
     from mlx_slm.errors import SLMError
     from mlx_slm.finetune import finetune
 
     output = Path(args.output)
     if output.exists() and not (args.overwrite or args.resume):
         raise SLMError(f"{output} already exists (pass --resume to continue that run or --overwrite to replace it)")
+    check_output(args, args.model, args.data, args.valid, overwrite=args.overwrite or args.resume)
     model, tokenizer = mlx_slm.load(args.model)
     history = finetune(model, tokenizer, args.data, method=args.method, rank=args.rank, scale=args.scale,
                        dropout=args.dropout, num_layers=args.num_layers, keys=args.keys, steps=args.steps,
@@ -44,17 +46,16 @@ def cmd_finetune(args) -> None:
     if args.history:
         from mlx_slm.io.atomic import atomic_file
 
-        with atomic_file(args.history) as path:
+        with atomic_file(args.history, inputs=[args.model, args.data, args.valid]) as path:
             path.write_text(json.dumps(history, indent=1))
 
 
 def cmd_fuse(args) -> None:
     import mlx_slm
-    from mlx_slm.errors import SLMError
+    from mlx_slm.cli_common import check_output
     from mlx_slm.finetune import fuse, load_adapters
 
-    if Path(args.output).exists() and not args.overwrite:
-        raise SLMError(f"{args.output} already exists (pass --overwrite to replace it)")
+    check_output(args, args.model, args.adapters, args.calib)
     model, tokenizer = mlx_slm.load(args.model)
     load_adapters(model, args.adapters)
     requantize = None if args.requantize == "none" else args.requantize

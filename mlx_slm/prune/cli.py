@@ -22,6 +22,7 @@ PRUNE_EXAMPLES = """examples:
 
 def cmd_prune(args) -> None:
     import mlx_slm
+    from mlx_slm.cli_common import check_output
     from mlx_slm.errors import SLMError
     from mlx_slm.prune import count_parameters, prune, prune_structured
 
@@ -32,6 +33,7 @@ def cmd_prune(args) -> None:
     if not (unstructured or structured):
         raise SLMError("nothing to prune: give --sparsity or --pattern, and/or --mlp-fraction, --drop-heads, "
                        "--drop-layers")
+    check_output(args, args.model, args.calib)
     model, tokenizer = mlx_slm.load(args.model, backend=args.backend)
     calibration = {"calib": args.calib, "tokenizer": tokenizer, "num_samples": args.num_samples,
                    "seq_len": args.seq_len}

@@ -1,0 +1,138 @@
+"""Outputs never replace a user's files: only empty folders or folders mlx-slm wrote, never inputs or cwd."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import tiny_model_folder
+
+import mlx_slm
+from mlx_slm.cli import main
+from mlx_slm.errors import SLMError
+from mlx_slm.io.atomic import MARKER, atomic_directory, foreign_files
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    folder = tiny_model_folder(tmp_path / "in")
+    model, tokenizer = mlx_slm.load(folder, backend="numpy")
+    return folder, model, tokenizer
+
+
+def test_overwrite_replaces_only_what_mlx_slm_wrote(tmp_path, tiny):
+    _, model, tokenizer = tiny
+    out = tmp_path / "out"
+    mlx_slm.save(model, tokenizer, out)
+    written = sorted(p.name for p in out.iterdir())
+    assert MARKER in written and foreign_files(out) == []
+    mlx_slm.save(model, tokenizer, out, overwrite=True)  # its own output: replaced
+    assert sorted(p.name for p in out.iterdir()) == written
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SLMError, match=r"files mlx-slm did not write \(notes.txt\)"):
+        mlx_slm.save(model, tokenizer, out, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_users_folder_is_never_replaced(tmp_path, tiny):
+    _, model, tokenizer = tiny
+    user = tmp_path / "user"
+    (user / "deep").mkdir(parents=True)
+    (user / "deep" / "keep.txt").write_text("keep")
+    before = snapshot(user)
+    for overwrite in (False, True):
+        with pytest.raises(SLMError, match="already exists" if not overwrite else "did not write"):
+            mlx_slm.save(model, tokenizer, user, overwrite=overwrite)
+    assert snapshot(user) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".user")] == []
+
+
+def test_empty_folder_is_replaced(tmp_path, tiny):
+    _, model, tokenizer = tiny
+    (tmp_path / "empty").mkdir()
+    mlx_slm.save(model, tokenizer, tmp_path / "empty", overwrite=True)
+    assert (tmp_path / "empty" / "model.safetensors").is_file()
+
+
+def test_current_folder_and_its_ancestors_refused(tmp_path, tiny, monkeypatch):
+    _, model, tokenizer = tiny
+    work = tmp_path / "a" / "b"
+    mlx_slm.save(model, tokenizer, work)  # a folder of ours, so only the cwd rule can refuse it
+    monkeypatch.chdir(work)
+    for target in (".", "..", str(work)):
+        with pytest.raises(SLMError, match="current folder"):
+            mlx_slm.save(model, tokenizer, target, overwrite=True)
+    assert (work / "model.safetensors").is_file()
+
+
+def test_loaded_model_is_an_input(tmp_path, tiny):
+    source, model, tokenizer = tiny
+    before = snapshot(source)
+    for target in (source, source.parent):
+        with pytest.raises(SLMError, match="an input of this run"):
+            mlx_slm.save(model, tokenizer, target, overwrite=True)
+    assert snapshot(source) == before
+
+
+def test_leftovers_of_killed_runs_are_removed(tmp_path, tiny):
+    _, model, tokenizer = tiny
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = [tmp_path / f".out.partial-{dead}-x1y2", tmp_path / f".out.old-{dead}"]
+    for folder in stale:
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"0" * 100)
+    live = tmp_path / f".out.partial-{os.getppid()}-abcd"  # a running process's: left alone
+    live.mkdir()
+    unrelated = tmp_path / ".other.partial-1-zz"
+    unrelated.mkdir()
+    mlx_slm.save(model, tokenizer, tmp_path / "out")
+    assert not any(folder.exists() for folder in stale)
+    assert live.exists() and unrelated.exists()
+
+
+def test_failure_leaves_the_old_output(tmp_path, tiny):
+    _, model, tokenizer = tiny
+    out = tmp_path / "out"
+    mlx_slm.save(model, tokenizer, out)
+    before = snapshot(out)
+    with pytest.raises(RuntimeError), atomic_directory(out, overwrite=True) as folder:
+        (folder / "half.bin").write_bytes(b"1")
+        raise RuntimeError("killed")
+    assert snapshot(out) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+@pytest.mark.parametrize("command", [
+    ["convert", "{src}"],
+    ["quantize", "{src}", "--bits", "4"],
+    ["prune", "{src}", "--method", "magnitude", "--sparsity", "0.5"],
+])
+@pytest.mark.parametrize("target", [".", "user", "src"])
+def test_cli_refuses_before_loading(tmp_path, tiny, monkeypatch, capsys, command, target):
+    """`-o . --overwrite` (the reported data loss), a user's folder and the input itself: one line, exit 2."""
+    source, _, _ = tiny
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "keep.txt").write_text("keep")
+    monkeypatch.chdir(user)
+    before = {folder: snapshot(folder) for folder in (source, user)}
+    output = {".": ".", "user": str(user), "src": str(source)}[target]
+    argv = [a.format(src=source) for a in command] + ["-o", output, "--overwrite", "--backend", "numpy"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mlx-slm: error: ")
+    assert {folder: snapshot(folder) for folder in (source, user)} == before
+
+
+def test_cli_checks_the_output_before_the_model(tmp_path, capsys):
+    """An existing output is reported even when the model would fail to load: the check comes first."""
+    (tmp_path / "bad.gguf").write_bytes(b"GGUF" + b"\0" * 20)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x").write_text("x")
+    assert main(["convert", str(tmp_path / "bad.gguf"), "-o", str(tmp_path / "out"), "--backend", "numpy"]) == 2
+    assert "already exists" in capsys.readouterr().err
