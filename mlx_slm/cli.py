@@ -18,6 +18,7 @@ from .distill.cli import add_distill_parser
 from .export.cli import add_export_parser
 from .finetune.cli import add_finetune_parser, add_fuse_parser
 from .prune.cli import add_prune_parser
+from .quantize import LEARNED_STARTS, METHODS
 
 
 def cmd_convert(args) -> None:
@@ -36,6 +37,9 @@ def cmd_quantize(args) -> None:
     from mlx_slm.quant.budget import format_report as format_plan
 
     check_output(args, args.model, args.calib, args.config)
+    blockwise = None
+    if args.method == "blockwise" or args.learned_start == "blockwise":
+        blockwise = blockwise_options(args).check()
     model, tokenizer = mlx_slm.load(args.model, backend=args.backend)
     learned = None
     if args.method == "learned":
@@ -44,10 +48,14 @@ def cmd_quantize(args) -> None:
     mlx_slm.quantize(model, bits=args.bits, group_size=args.group_size, method=args.method, format=args.format,
                      config=args.config, calib=args.calib, tokenizer=tokenizer, num_samples=args.num_samples,
                      seq_len=args.seq_len, per_row_scale=args.per_row_scale, target_bpw=args.target_bpw,
-                     learned_options=learned)
+                     learned_options=learned, blockwise_options=blockwise)
     record = model_config(model).get("mlx_slm") or {}
     if "plan" in record:
         print(format_plan(record["plan"]))
+    if "blockwise" in record:
+        report = record["blockwise"]
+        print(f"blockwise from {report['start']}: {report['improved_blocks']} of {report['trained_blocks']} blocks "
+              f"improved on held-out windows ({report['train_tokens']} tokens trained, {report['seconds']:.0f} s)")
     if "learned" in record:
         report = record["learned"]
         print(f"learned from {report['start']}: held-out KL {report['start_kl']:.4f} -> {report['final_kl']:.4f} "
@@ -55,6 +63,30 @@ def cmd_quantize(args) -> None:
     mlx_slm.save(model, tokenizer, args.output, overwrite=args.overwrite)
     stats = mlx_slm.stats.weight_stats(model)
     print(f"wrote {args.output}: {stats['bpw']:.3f} bits per weight, {stats['size_bytes'] / 1e6:.1f} MB")
+
+
+def blockwise_options(args):
+    """The BlockwiseConfig of the ``--blockwise-*`` arguments (unset ones keep its defaults)."""
+    from dataclasses import fields
+
+    from mlx_slm.quant.blockwise_config import BlockwiseConfig
+
+    given = {f.name: getattr(args, f"blockwise_{f.name}") for f in fields(BlockwiseConfig)}
+    return BlockwiseConfig(**{k: v for k, v in given.items() if v is not None})
+
+
+def add_blockwise_options(parser) -> None:
+    """One ``--blockwise-NAME`` argument per field of BlockwiseConfig, its help from the field's doc."""
+    from dataclasses import MISSING, fields
+
+    from mlx_slm.quant.blockwise_config import FIELD_HELP, BlockwiseConfig
+
+    group = parser.add_argument_group("blockwise (method blockwise, or learned with --learned-start blockwise)")
+    for field in fields(BlockwiseConfig):
+        kind = {"int": int, "float": float}.get(str(field.type), str)
+        default = "" if field.default in (MISSING, None) else f" (default {field.default})"
+        group.add_argument(f"--blockwise-{field.name.replace('_', '-')}", dest=f"blockwise_{field.name}",
+                           type=kind, default=None, help=FIELD_HELP[field.name] + default)
 
 
 def format_report(report: dict) -> str:
@@ -164,7 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "k-means, ternary scales), gptq (affine only, error-compensating rounding), awq (affine "
                     "only, activation-aware rescaling of each norm/linear and the linears it feeds) or learned "
                     "(MLX only: gptq or awq, then scales and biases trained by KL distillation from the float "
-                    "model, never worse than the start); all but rtn read local calibration text (--calib), "
+                    "model, never worse than the start) or blockwise (MLX only, any format: gptq or imatrix, "
+                    "then each decoder block's weights and quantization parameters trained through the "
+                    "format's rounding to reproduce the float block's outputs, a block kept only where its "
+                    "held-out error drops); all but rtn read local calibration text (--calib), "
                     "nothing is downloaded. --target-bpw chooses each layer's bits and group size from "
                     "measured sensitivities to meet a bits-per-weight budget, prints the plan and saves it in "
                     "config.json. Layers whose shape does not fit the format stay "
@@ -182,10 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--per-row-scale", action=argparse.BooleanOptionalAction, default=None,
                           help="lut: a float16 scale per output row, palettes cluster w/scale (default: on "
                                "when a palette serves several rows, off for one-row palettes)")
-    quantize.add_argument("--method", default="rtn", choices=("rtn", "imatrix", "gptq", "awq", "learned"),
+    quantize.add_argument("--method", default="rtn", choices=METHODS,
                           help="quantization method (default rtn); imatrix, gptq, awq (activation-aware "
-                               "scaling, then imatrix; affine only) and learned need --calib")
-    quantize.add_argument("--learned-start", default="gptq", choices=("rtn", "imatrix", "gptq", "awq"),
+                               "scaling, then imatrix; affine only), blockwise and learned need --calib")
+    add_blockwise_options(quantize)
+    quantize.add_argument("--learned-start", default="gptq", choices=LEARNED_STARTS,
                           help="learned: the method whose output is trained (default gptq)")
     quantize.add_argument("--learned-steps", type=int, default=None,
                           help="learned: most training steps (default 200; stops early on held-out KL)")

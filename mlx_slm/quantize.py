@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .backend import backend_of, numpy_engine
-from .errors import SLMError
+from .errors import MLXRequiredError, SLMError
 from .formats import affine, get_format
 from .formats.dtypes import FLOAT_DTYPES
 from .loading import model_config, set_model_config
@@ -34,12 +34,12 @@ from .quant.imatrix import weighted_quantize
 from .quant.statistics import InputStatistics
 
 log = logging.getLogger("mlx_slm")
-METHODS = ("rtn", "imatrix", "gptq", "awq", "learned")
+METHODS = ("rtn", "imatrix", "gptq", "awq", "blockwise", "learned")
 CALIBRATED = ("imatrix", "gptq", "awq")
 AFFINE_ONLY = ("gptq", "awq")
 GPTQ_DEFAULTS = {"damp": 0.01, "block_size": 32, "act_order": True, "grid": "imatrix", "refit": True}
 STATISTICS_BATCH = 4  # calibration windows per forward pass
-LEARNED_STARTS = ("rtn", "imatrix", "gptq", "awq")
+LEARNED_STARTS = ("rtn", "imatrix", "gptq", "awq", "blockwise")
 SENSITIVITY_WINDOWS = (8, 128)  # calibration windows x tokens the target_bpw planner measures on
 
 
@@ -288,10 +288,36 @@ def float_teacher(model):
     return teacher
 
 
-def quantize_learned(model, options: dict | None, settings: dict):
-    """Method "learned": quantize with ``options["start"]``, then learn scales and biases."""
+def calibrated_teacher(model, settings: dict, method: str):
+    """(calibration windows, their record, the float teacher) for a trained method; MLX only."""
     if backend_of(model) != "mlx":
-        raise SLMError("method 'learned' needs MLX: training does not run on the numpy fallback")
+        raise MLXRequiredError(f"method {method!r} (training)")
+    tokens, calibration = calibration_windows(settings["tokenizer"], settings["calib"], settings["num_samples"],
+                                              settings["seq_len"])
+    return tokens, calibration, float_teacher(model)
+
+
+def quantize_blockwise(model, options, settings: dict):
+    """Method "blockwise": quantize with the start method, then train block by block
+    (:func:`mlx_slm.quant.blockwise.reconstruct_blocks`)."""
+    from .quant.blockwise import reconstruct_blocks
+    from .quant.blockwise_config import BlockwiseConfig
+
+    config = options if isinstance(options, BlockwiseConfig) else BlockwiseConfig.from_options(options)
+    if config.start is None:
+        config.start = "gptq" if settings["format"] == "affine" else "imatrix"
+    config.check()
+    tokens, calibration, teacher = calibrated_teacher(model, settings, "blockwise")
+    quantize(model, method=config.start, **settings)
+    report = reconstruct_blocks(model, teacher, tokens, config, progress=settings["progress"])
+    model_settings = model_config(model)
+    model_settings["mlx_slm"].update(method="blockwise", calibration=calibration, blockwise=report)
+    set_model_config(model, model_settings)
+    return model
+
+
+def quantize_learned(model, options: dict | None, blockwise_options, settings: dict):
+    """Method "learned": quantize with ``options["start"]``, then learn scales and biases."""
     from .quant.learned import DEFAULTS, learn_quantization
 
     options = dict(options or {})
@@ -303,10 +329,11 @@ def quantize_learned(model, options: dict | None, settings: dict):
         raise SLMError(f"unknown learned_options {sorted(unknown)}; known: {sorted(['start', *DEFAULTS])}")
     if settings["format"] != "affine":
         raise SLMError(f"method 'learned' trains affine scales and biases, not the {settings['format']!r} format")
-    tokens, calibration = calibration_windows(settings["tokenizer"], settings["calib"], settings["num_samples"],
-                                              settings["seq_len"])
-    teacher = float_teacher(model)
-    quantize(model, method=start, **settings)
+    tokens, calibration, teacher = calibrated_teacher(model, settings, "learned")
+    if start == "blockwise":
+        quantize_blockwise(model, blockwise_options, settings)
+    else:
+        quantize(model, method=start, **settings)
     report = learn_quantization(model, teacher, tokens, progress=settings["progress"], **options)
     model_settings = model_config(model)
     model_settings["mlx_slm"].update(method="learned", calibration=calibration, learned={"start": start, **report})
@@ -318,7 +345,7 @@ def quantize(model, bits: int | None = None, group_size: int | None = None, meth
              format: str = "affine", progress: bool = True, calib=None, tokenizer=None,
              num_samples: int = DEFAULT_NUM_SAMPLES, seq_len: int = DEFAULT_SEQ_LEN, gptq_options: dict | None = None,
              per_row_scale: bool | None = None, awq_options: dict | None = None,
-             learned_options: dict | None = None, target_bpw: float | None = None):
+             learned_options: dict | None = None, target_bpw: float | None = None, blockwise_options=None):
     """Quantize ``model`` in place and return it.
 
     format: a registered weight format (see :mod:`mlx_slm.formats`): "affine" (MLX's own;
@@ -342,6 +369,11 @@ def quantize(model, bits: int | None = None, group_size: int | None = None, meth
     also used by awq with quantizer "gptq".
     awq_options: grid (20 alpha points in [0, 1]), quantizer ("imatrix", which also searches
     each group's range, or "gptq").
+    method "blockwise" (MLX only): quantize with ``blockwise_options.start`` (default gptq for
+    affine, imatrix for lut and ternary), then train each decoder block's weights and
+    quantization parameters through the format's rounding to reproduce the float
+    model's block outputs (:mod:`mlx_slm.quant.blockwise`; ``blockwise_options`` is a
+    :class:`~mlx_slm.quant.blockwise.BlockwiseConfig` or a dict of its fields).
     method "learned" (MLX only): quantize with ``learned_options["start"]`` (default "gptq"),
     then train every affine layer's scales and biases by KL distillation from the float
     model on the calibration windows (:func:`mlx_slm.quant.learned.learn_quantization`;
@@ -362,11 +394,16 @@ def quantize(model, bits: int | None = None, group_size: int | None = None, meth
         raise SLMError(f"quantization method {method!r} is not available; available: {', '.join(METHODS)}")
     if learned_options is not None and method != "learned":
         raise SLMError(f"learned_options are for method 'learned', not {method!r}")
-    if method == "learned":
+    if blockwise_options is not None and method != "blockwise" and (learned_options or {}).get("start") != "blockwise":
+        raise SLMError(f"blockwise_options are for method 'blockwise' (or learned from blockwise), not {method!r}")
+    if method in ("learned", "blockwise"):
         settings = {"bits": bits, "group_size": group_size, "config": config, "format": format, "progress": progress,
                     "calib": calib, "tokenizer": tokenizer, "num_samples": num_samples, "seq_len": seq_len,
-                    "gptq_options": gptq_options, "awq_options": awq_options, "target_bpw": target_bpw}
-        return quantize_learned(model, learned_options, settings)
+                    "gptq_options": gptq_options, "awq_options": awq_options, "target_bpw": target_bpw,
+                    "per_row_scale": per_row_scale}
+        if method == "blockwise":
+            return quantize_blockwise(model, blockwise_options, settings)
+        return quantize_learned(model, learned_options, blockwise_options, settings)
     weight_format = get_format(format)
     plan_report = None
     if target_bpw is not None:

@@ -10,7 +10,8 @@ DESCRIPTION = (
     "student), D = forward KL, reverse KL, skew KL or JSD; optionally hidden-state distillation (learned "
     "projection when widths differ), the teacher's top-k logits cached on disk, gradient accumulation and "
     "checkpointing, quantization-aware training (--qat-format: the student trains through fake quantization "
-    "and is saved quantized), and resuming after an interrupt (--checkpoint-dir + --resume). The student must "
+    "and is saved quantized; --train-quantized: an already-quantized student, e.g. from quantize --method "
+    "blockwise, trains its weights and step sizes through its own format and stays in it), and resuming after an interrupt (--checkpoint-dir + --resume). The student must "
     "share the teacher's tokenizer. Needs MLX; run data-parallel with `mlx.launch -n 2 ... mlx-slm distill`.")
 
 
@@ -28,7 +29,7 @@ def config_from_args(args):
         feature_weight=args.feature_weight, feature_layers=tuple(args.feature_layers or ()),
         teacher_top_k=args.top_k, cache_dir=args.cache_dir, grad_checkpoint=args.grad_checkpoint,
         eval_every=args.eval_every, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
-        seed=args.seed, qat=qat)
+        seed=args.seed, qat=qat, train_quantized=args.train_quantized)
 
 
 def cmd_distill(args) -> None:
@@ -63,7 +64,8 @@ def add_distill_parser(commands) -> None:
 
     parser = commands.add_parser("distill", help="train a student to match a teacher (KD, QAT, resume)",
                                  description=DESCRIPTION, epilog=EPILOG)
-    parser.add_argument("student", help="student model folder, Hub id or .gguf (float)")
+    parser.add_argument("student", help="student model folder, Hub id or .gguf (float, or quantized with "
+                                        "--train-quantized)")
     parser.add_argument("--teacher", required=True, help="teacher model (same tokenizer)")
     parser.add_argument("--data", required=True, help="training text: .txt, or .jsonl with a \"text\" field")
     parser.add_argument("-o", "--output", required=True, help="output folder (written atomically)")
@@ -90,6 +92,10 @@ def add_distill_parser(commands) -> None:
     parser.add_argument("--qat-bits", type=int, help="affine bits for --qat-format (default 4)")
     parser.add_argument("--qat-group-size", type=int,
                         help="group size for --qat-format (affine default 64; ternary 0 = one scale per row)")
+    parser.add_argument("--train-quantized", action="store_true",
+                        help="the student is quantized (e.g. by quantize --method blockwise): train its float "
+                             "weights through the format's rounding together with its scales / palettes "
+                             "(learned step sizes), the rest frozen, and save it in its format")
     parser.add_argument("--checkpoint-dir", help="write checkpoints here (and resume from here)")
     parser.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")

@@ -35,6 +35,7 @@ class DistillConfig:
     checkpoint_every: int = 0
     seed: int = 0
     qat: dict | None = None         # {"format": "affine"|"ternary", "bits": .., "group_size": ..}
+    train_quantized: bool = False   # a quantized student trains through its twins (mlx_slm.quant.fake_quant)
     sparsity: dict | None = None    # gradual magnitude pruning, see mlx_slm.distill.sparsity
 
     def check(self) -> None:
@@ -44,5 +45,7 @@ class DistillConfig:
             raise SLMError(f"unknown divergence {self.divergence!r}; choose one of {', '.join(DIVERGENCES)}")
         if self.teacher_top_k and self.feature_weight:
             raise SLMError("feature distillation needs the teacher's hidden states: use it without teacher_top_k")
+        if self.train_quantized and (self.qat or self.sparsity):
+            raise SLMError("train_quantized trains an already-quantized student: give neither qat nor sparsity")
         if self.checkpoint_every and not self.checkpoint_dir:
             raise SLMError("checkpoint_every needs checkpoint_dir")

@@ -7,6 +7,13 @@ saved format will: affine as ``mx.quantize`` (scales and biases in float16), and
 ternary as BitNet b1.58's absmean (scale = mean |w| of the group, in float16,
 weights rounded to {-1, 0, +1}). After training, :func:`remove_fake_quant` restores
 plain layers holding the float weights and :func:`mlx_slm.quantize` stores them.
+
+:class:`QuantizedTraining` is quantization-aware training of a student that is
+already quantized (by gptq, blockwise, ...): each quantized linear layer trains
+through its :mod:`mlx_slm.quant.fake_quant` twin, whose float weights AND the
+format's own parameters (affine scales and biases, lut palettes, ternary scales)
+learn, LSQ-style; at the end every layer is stored back in its format. The other
+parameters (norms, embeddings, head) stay frozen.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import mlx.nn as nn
 from mlx.utils import tree_unflatten
 
 from ..errors import SLMError
+from ..runtime import computes_on_cpu, dense_twin, quantized_modules
 
 FORMATS = ("affine", "ternary")
 
@@ -53,6 +61,49 @@ class FakeQuantLinear(nn.Module):
         w = self.weight + mx.stop_gradient(self.quantized_weight() - self.weight)
         out = x @ w.T
         return out + self.bias if "bias" in self else out
+
+
+class QuantizedTraining:
+    """Swap a quantized student's linear layers for trainable twins (``attach``), store them back (``detach``).
+
+    On a CPU the quantized layers outside the decoder (embedding, output head) compute
+    meanwhile with frozen float32 dense twins (:func:`mlx_slm.runtime.dense_twin`): the same
+    values, on a fast GEMM instead of scalar ``quantized_matmul``.
+    """
+
+    def __init__(self, model: nn.Module):
+        from ..quant.fake_quant import make_twin
+
+        self.model = model
+        self.layers = [(path, module, twin) for path, module in model.named_modules()
+                       if ".layers." in f".{path}" and (twin := make_twin(module)) is not None]
+        if not self.layers:
+            raise SLMError("train_quantized needs a quantized student (affine, lut or ternary decoder layers); "
+                           "quantize it first, e.g. with method gptq or blockwise")
+        trained = {path for path, _, _ in self.layers}
+        self.others = ([(path, module, dense_twin(module)) for path, module in quantized_modules(model)
+                        if path not in trained] if computes_on_cpu() else [])
+
+    def attach(self) -> QuantizedTraining:
+        self.model.freeze()
+        self.model.update_modules(tree_unflatten([(path, twin) for path, _, twin in self.layers + self.others]))
+        for _, _, twin in self.others:
+            twin.freeze()
+        for _, _, twin in self.layers:
+            twin.unfreeze()
+            if "bias" in twin:
+                twin.freeze(keys=["bias"])
+        return self
+
+    def detach(self) -> None:
+        from ..quant.fake_quant import store_twin
+
+        for _, module, twin in self.layers:
+            store_twin(module, twin)
+        self.model.update_modules(tree_unflatten([(path, module) for path, module, _ in self.layers + self.others]))
+        self.model.unfreeze()
+        for _, module in quantized_modules(self.model):
+            module.freeze()  # quantized layers keep their arrays frozen, as mlx-lm builds them
 
 
 def check_qat(qat: dict) -> tuple[str, int, int]:

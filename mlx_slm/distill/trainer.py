@@ -28,7 +28,7 @@ from .config import DistillConfig
 from .data import WindowBatches
 from .hooks import decoder_layers, gradient_checkpointing, layer_outputs
 from .losses import feature_loss, kd_loss
-from .qat import add_fake_quant, remove_fake_quant
+from .qat import QuantizedTraining, add_fake_quant, remove_fake_quant
 from .sparsity import GradualPruning
 from .teacher_cache import TeacherCache
 
@@ -170,11 +170,13 @@ class Distiller:
     def run(self, resume: bool = False) -> list[dict]:
         config = self.config
         qat_paths = add_fake_quant(self.student, config.qat) if config.qat else []
+        quantized = QuantizedTraining(self.student).attach() if config.train_quantized else None
         dtypes = widen_floats(self.student) if computes_on_cpu() else {}
         history, first = [], 0
         if resume:
             state = load_checkpoint(config.checkpoint_dir, self.trainee, self.optimizer)
             history, first = state["history"], state["step"] + 1
+        shown = {}
         bar = tqdm(range(first, config.steps), desc="distilling", disable=not self.progress or self.rank != 0,
                    initial=first, total=config.steps)
         try:
@@ -186,7 +188,10 @@ class Distiller:
                     if config.eval_every and self.eval_windows is not None and (step + 1) % config.eval_every == 0:
                         record.update(self.evaluate())
                     history.append(record)
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                    shown.update(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                    if "eval_kl" in record:
+                        shown["held_out_kl"] = f"{record['eval_kl']:.4f}"
+                    bar.set_postfix(shown)
                     if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and self.rank == 0:
                         save_checkpoint(config.checkpoint_dir, step, self.trainee, self.optimizer,
                                         {"history": history, "config": asdict(config)})
@@ -195,6 +200,8 @@ class Distiller:
             if qat_paths:
                 remove_fake_quant(self.student)
             restore_dtypes(self.student, dtypes)
+            if quantized is not None:
+                quantized.detach()
         return history
 
 

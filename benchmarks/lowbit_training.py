@@ -1,0 +1,202 @@
+"""Low-bit quantization by training on SmolLM2-135M: post-training start vs block-wise vs end-to-end QAT.
+
+    python benchmarks/lowbit_training.py [--out runs/lowbit_training]
+        [--rows affine:2:64,affine:2:32,affine:3:64,affine:4:64,lut:3:8,lut:4:8,ternary:2:0]
+        [--recipes start,blockwise,blockwise+e2e,e2e] [--num-samples 32] [--calib-seq-len 256]
+        [--blockwise-epochs 4] [--blockwise-lr 1e-3] [--e2e-steps 100] [--e2e-lr 1e-3] [--resume]
+
+A row is FORMAT:BITS:GROUP. Its ``start`` is the post-training method the training
+recipes start from: gptq for affine, imatrix for lut and ternary (quantized once and
+reused by every recipe of the row). Recipes:
+
+- ``blockwise``: what ``quantize(method="blockwise")`` does after its start: every
+  decoder block's weights and quantization parameters trained through the format's
+  rounding on the block-output error (:func:`mlx_slm.quant.blockwise.reconstruct_blocks`)
+  on the calibration windows;
+- ``e2e``: end-to-end QAT from the start: ``distill(train_quantized=True)`` from the
+  float model's cached top-k logits (KL at temperature 1), weights and step sizes
+  trained through the format, on random windows of the training part of the text;
+- ``blockwise+e2e``: the same end-to-end run from the blockwise result.
+
+Texts: training/calibration on Debian's bible-kjv (its first 95%; the last 5% is the
+held-out text the end-to-end runs evaluate on every ``--e2e-eval-every`` steps, giving
+the KL-vs-tokens curve); evaluation on Debian's fortunes as in
+benchmarks/quantization_quality.py (8 x 512 tokens, KL(fp16 || model) per token, top-1,
+PPL, bpw). "tokens" counts the tokens trained on (a token seen twice counts twice),
+"train s" the training wall time, "total s" with the start's quantization. Prints a
+table and writes OUT/lowbit_training.json after every row (``--resume`` keeps the rows
+already measured with the same settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import mlx_slm
+from mlx_slm.io.atomic import atomic_file
+from mlx_slm.textdata import local_text
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quantization_quality import source_folder
+
+RECIPES = ("start", "blockwise", "blockwise+e2e", "e2e")
+DEFAULT_ROWS = "affine:2:64,affine:2:32,affine:3:64,affine:4:64,lut:3:8,lut:4:8,ternary:2:0"
+
+
+def parse_row(text: str) -> dict:
+    fmt, bits, group = text.split(":")
+    return {"format": fmt, "bits": int(bits), "group_size": int(group)}
+
+
+def start_method(row: dict) -> str:
+    return "gptq" if row["format"] == "affine" else "imatrix"
+
+
+def write_texts(out: Path) -> dict:
+    """OUT/train.txt and OUT/heldout.txt (the calibration text split 95/5), OUT/eval.txt."""
+    text, calib_source = local_text("calib")
+    cut = text.rfind("\n", 0, int(len(text) * 0.95))
+    (out / "train.txt").write_text(text[:cut])
+    (out / "heldout.txt").write_text(text[cut:])
+    evaluation, eval_source = local_text("eval")
+    (out / "eval.txt").write_text(evaluation)
+    return {"train": f"{calib_source}, first 95%", "heldout": f"{calib_source}, last 5%", "eval": eval_source}
+
+
+class Bench:
+    def __init__(self, args, out: Path):
+        self.args, self.out = args, out
+        self.folder = source_folder(out, args.model)
+        self.reference, self.tokenizer = mlx_slm.load(self.folder)
+        self.evaluate = {"text": out / "eval.txt", "seq_len": args.seq_len, "max_windows": args.max_windows,
+                         "decode_tokens": 0, "progress": False}
+        self.calibration = {"calib": out / "train.txt", "tokenizer": self.tokenizer,
+                            "num_samples": args.num_samples, "seq_len": args.calib_seq_len}
+
+    def start(self, row: dict, name: str) -> tuple[Path, float]:
+        """The row's post-training start, quantized once and saved (folder, seconds it took)."""
+        folder = self.out / f"start-{name.replace(':', '-')}"
+        record = folder / "seconds.txt"
+        if not record.is_file():
+            model, _ = mlx_slm.load(self.folder)
+            began = time.perf_counter()
+            mlx_slm.quantize(model, method=start_method(row), progress=False, **row, **self.calibration)
+            seconds = time.perf_counter() - began
+            mlx_slm.save(model, self.tokenizer, folder, overwrite=True, extra_files={"seconds.txt": f"{seconds}"})
+        return folder, float(record.read_text())
+
+    def blockwise(self, model) -> dict:
+        """Block-wise reconstruction of ``model`` (the start, loaded) towards the float model."""
+        from mlx_slm.quant.blockwise import reconstruct_blocks
+        from mlx_slm.quant.blockwise_config import BlockwiseConfig
+        from mlx_slm.quant.calibration import calibration_windows
+
+        tokens, _ = calibration_windows(**self.calibration)
+        config = BlockwiseConfig(epochs=self.args.blockwise_epochs, learning_rate=self.args.blockwise_lr,
+                                 inputs=self.args.blockwise_inputs)
+        report = reconstruct_blocks(model, self.reference, tokens, config)
+        return {"tokens": report["train_tokens"], "blockwise": report}
+
+    def end_to_end(self, model) -> dict:
+        from mlx_slm.distill import DistillConfig, distill
+
+        args = self.args
+        config = DistillConfig(steps=args.e2e_steps, batch_size=args.e2e_batch_size, seq_len=args.calib_seq_len,
+                               learning_rate=args.e2e_lr, warmup_steps=min(10, args.e2e_steps // 10), alpha=0.0,
+                               temperature=1.0, teacher_top_k=args.e2e_top_k, cache_dir=str(self.out / "cache"),
+                               eval_every=args.e2e_eval_every, eval_windows=args.e2e_eval_windows,
+                               train_quantized=True)
+        history = distill(model, self.reference, self.tokenizer, self.out / "train.txt", config,
+                          eval_text=self.out / "heldout.txt")
+        curve = [(r["step"] + 1, r["eval_kl"]) for r in history if "eval_kl" in r]
+        return {"tokens": args.e2e_steps * args.e2e_batch_size * args.calib_seq_len, "e2e_heldout_kl": curve}
+
+    def measure(self, row: dict, name: str, recipe: str) -> dict:
+        start_folder, start_seconds = self.start(row, name)
+        model, _ = mlx_slm.load(start_folder)
+        began, extra = time.perf_counter(), {"tokens": 0}
+        if recipe.startswith("blockwise"):
+            extra = self.blockwise(model)
+        if recipe.endswith("e2e"):
+            e2e = self.end_to_end(model)
+            extra = {**extra, **e2e, "tokens": extra["tokens"] + e2e["tokens"]}
+        train_seconds = time.perf_counter() - began
+        report = mlx_slm.evaluate(model, self.tokenizer, reference=self.reference, **self.evaluate)
+        label = start_method(row) if recipe == "start" else recipe
+        return {"row": name, "recipe": label, **row, "train_seconds": train_seconds,
+                "total_seconds": train_seconds + start_seconds, **extra, **report}
+
+
+def table(rows: list[dict]) -> str:
+    header = (f"{'row':<14}{'recipe':<15}{'bpw':>6}{'PPL':>12}{'KL':>9}{'top-1':>8}{'tokens':>10}"
+              f"{'train s':>9}{'total s':>9}")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        kl = "-" if r.get("kld") is None else f"{r['kld']:.4f}"
+        top1 = "-" if r.get("top1") is None else f"{r['top1']:.1%}"
+        lines.append(f"{r['row']:<14}{r['recipe']:<15}{r['bpw']:>6.2f}{r['ppl']:>12.3f}{kl:>9}{top1:>8}"
+                     f"{r['tokens']:>10}{r['train_seconds']:>9.0f}{r['total_seconds']:>9.0f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="float model folder or .gguf (default: the SmolLM2-135M GGUF)")
+    parser.add_argument("--out", default="runs/lowbit_training")
+    parser.add_argument("--rows", default=DEFAULT_ROWS, help="FORMAT:BITS:GROUP, comma-separated")
+    parser.add_argument("--recipes", default=",".join(RECIPES), help=f"of {', '.join(RECIPES)}")
+    parser.add_argument("--num-samples", type=int, default=32, help="calibration windows")
+    parser.add_argument("--calib-seq-len", type=int, default=256, help="tokens per calibration / training window")
+    parser.add_argument("--blockwise-epochs", type=int, default=4)
+    parser.add_argument("--blockwise-lr", type=float, default=1e-3)
+    parser.add_argument("--blockwise-inputs", default="quantized", choices=("quantized", "float"))
+    parser.add_argument("--e2e-steps", type=int, default=100)
+    parser.add_argument("--e2e-batch-size", type=int, default=4)
+    parser.add_argument("--e2e-lr", type=float, default=1e-3, help="relative to each layer's step size")
+    parser.add_argument("--e2e-top-k", type=int, default=256, help="teacher logits cached per position")
+    parser.add_argument("--e2e-eval-every", type=int, default=20)
+    parser.add_argument("--e2e-eval-windows", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=512, help="tokens per evaluation window")
+    parser.add_argument("--max-windows", type=int, default=8, help="evaluation windows")
+    parser.add_argument("--resume", action="store_true", help="keep rows measured with the same settings")
+    args = parser.parse_args(argv)
+    recipes = [r for r in args.recipes.split(",") if r]
+    unknown = set(recipes) - set(RECIPES)
+    if unknown:
+        parser.error(f"unknown recipes {sorted(unknown)}; choose from {', '.join(RECIPES)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    texts = write_texts(out)
+    bench = Bench(args, out)
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "rows", "recipes", "resume")}
+    path = out / "lowbit_training.json"
+    rows = []
+    if args.resume and path.is_file():
+        earlier = json.loads(path.read_text())
+        rows = earlier["rows"] if earlier.get("settings") == settings else []
+    if not any(r["recipe"] == "fp16" for r in rows):
+        report = mlx_slm.evaluate(bench.reference, bench.tokenizer, **bench.evaluate)
+        rows.insert(0, {"row": "fp16", "recipe": "fp16", "tokens": 0, "train_seconds": 0, "total_seconds": 0,
+                        **report})
+    for name in [r for r in args.rows.split(",") if r]:
+        row = parse_row(name)
+        for recipe in recipes:
+            label = start_method(row) if recipe == "start" else recipe
+            if any(r["row"] == name and r["recipe"] == label for r in rows):
+                continue
+            rows.append(bench.measure(row, name, recipe))
+            print(table(rows).splitlines()[-1], flush=True)
+            with atomic_file(path) as tmp:
+                tmp.write_text(json.dumps({"texts": texts, "settings": settings, "rows": rows}, indent=1,
+                                          default=str))
+    print()
+    print(table(rows))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

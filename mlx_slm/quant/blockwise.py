@@ -1,0 +1,258 @@
+"""Block-wise reconstruction: train each decoder block through its format's exact rounding.
+
+For a model whose decoder blocks are already quantized (by gptq, imatrix, rtn, ...),
+each block in order gets :mod:`.fake_quant` twins of its quantized linear layers:
+float32 weights seen through the format's rounding plus the format's own
+parameters (affine scales and biases; lut palettes and row scales; ternary scales),
+all trained with Adam to minimise the mean squared error between the block's output
+and the float model's block output on the calibration windows (EfficientQAT's
+Block-AP; the twins start exactly at the given quantization, so training starts from
+the gptq solution rather than from round-to-nearest). The block is then rounded
+once and stored in its format; everything else in the model is left as it was.
+
+Inputs (``BlockwiseConfig.inputs``): "quantized" trains block i on the output of the
+already-trained quantized blocks before it, against the float model's output of
+block i on the float model's own activations (so each block also corrects the drift
+of the ones before it); "float" trains on the float model's activations. The target
+is the float model's block output either way.
+
+Each block keeps its start unless its error on held-out windows got lower, so no
+block ends worse than its start on those windows. Memory: the windows' activations
+(inputs, targets, and the next inputs: three arrays [S, T, D] float32) plus one
+block's training state, never the whole model's gradients. Blocks are found through
+``model.layers`` and called as ``block(x, mask, cache=None)`` with the masks the
+model's own forward pass gives each layer, so any mlx-lm architecture with that
+layout runs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict
+
+import mlx.core as mx
+import mlx.optimizers as optim
+import numpy as np
+from mlx import nn
+from mlx.utils import tree_flatten, tree_unflatten
+from tqdm import tqdm
+
+from ..backend import backend_of
+from ..errors import SLMError
+from ..runtime import fast_cpu, restore_dtypes, widen_floats
+from .blockwise_config import BlockwiseConfig
+from .fake_quant import QUANT_PARAMS, make_twin, store_twin
+
+
+class Recorder:
+    """Stands in for a block during one forward pass: records its input and mask, then runs it
+    (or stops the pass with :class:`Stop`). Other attributes are the block's."""
+
+    def __init__(self, block, stop: bool):
+        self.block, self.stop, self.seen = block, stop, None
+
+    def __getattr__(self, key):
+        return getattr(self.block, key)
+
+    def __call__(self, x, mask=None, cache=None):
+        self.seen = (x, mask)
+        if self.stop:
+            raise Stop
+        return self.block(x, mask, cache=cache)
+
+
+class Stop(Exception):
+    pass
+
+
+def blocks_of(model) -> list:
+    blocks = getattr(model, "layers", None)
+    if not isinstance(blocks, list) or not blocks:
+        raise SLMError("blockwise reconstruction needs a model whose decoder blocks are listed in model.layers")
+    return blocks
+
+
+def block_masks(model, tokens: mx.array) -> list:
+    """The attention mask the model hands each block for windows of ``tokens``'s length."""
+    blocks = blocks_of(model)
+    recorders = [Recorder(block, stop=False) for block in blocks]
+    blocks[:] = recorders
+    try:
+        mx.eval(model(tokens[:1]))
+    finally:
+        blocks[:] = [r.block for r in recorders]
+    return [r.seen[1] for r in recorders]
+
+
+def block_inputs(model, tokens: np.ndarray, batch_size: int) -> mx.array:
+    """The first block's inputs [S, T, D] float32 for windows ``tokens`` [S, T]."""
+    blocks = blocks_of(model)
+    recorder = Recorder(blocks[0], stop=True)
+    blocks[0] = recorder
+    out = []
+    try:
+        for first in range(0, len(tokens), batch_size):
+            try:
+                model(mx.array(tokens[first:first + batch_size]))
+            except Stop:
+                pass
+            out.append(recorder.seen[0].astype(mx.float32))
+            mx.eval(out[-1])
+    finally:
+        blocks[0] = recorder.block
+    return mx.concatenate(out)
+
+
+def run_block(block, x: mx.array, mask, batch_size: int) -> mx.array:
+    out = []
+    for first in range(0, len(x), batch_size):
+        out.append(block(x[first:first + batch_size], mask, cache=None).astype(mx.float32))
+        mx.eval(out[-1])
+    return mx.concatenate(out)
+
+
+def quantized_linears(block) -> list:
+    """(path inside the block, module, twin) of every quantized linear layer that can train."""
+    found = []
+    for path, module in block.named_modules():
+        twin = make_twin(module)
+        if twin is not None:
+            found.append((path, module, twin))
+    return found
+
+
+class BlockTrainer:
+    """Trains one block's twins on (inputs, targets); keeps the best held-out state."""
+
+    def __init__(self, block, twins: dict, mask, config: BlockwiseConfig):
+        self.block, self.twins, self.mask, self.config = block, twins, mask, config
+        self.loss_and_grad = nn.value_and_grad(block, self.loss)
+        self.optimizers = {"weights": optim.Adam(learning_rate=config.learning_rate),
+                           "quant": optim.Adam(learning_rate=config.scale_learning_rate)}
+
+    def loss(self, x, y):
+        """Mean over tokens of the squared error relative to the token's size, target's and output's
+        (a few tokens carry activations thousands of times larger than the rest, in the float model or
+        in the quantized one: unweighted, or weighted by the target alone, they would decide everything)."""
+        out = self.block(x, self.mask, cache=None)
+        size = mx.stop_gradient(mx.square(y).mean(axis=-1) + mx.square(out).mean(axis=-1)) + 1e-6
+        return mx.mean(mx.square(out - y).mean(axis=-1) / size)
+
+    def error(self, x: mx.array, y: mx.array) -> float:
+        """Mean squared error over ``x`` / ``y`` in batches."""
+        size, total = self.config.batch_size, 0.0
+        for first in range(0, len(x), size):
+            rows = slice(first, first + size)
+            total += self.loss(x[rows], y[rows]).item() * len(x[rows])
+        return total / len(x)
+
+    def step(self, x, y) -> float:
+        loss, grads = self.loss_and_grad(x, y)
+        params = dict(tree_flatten(self.block.trainable_parameters()))
+        grads = {name: g for name, g in tree_flatten(grads) if name.rsplit(".", 1)[0] in self.twins}
+        updated = {}
+        for kind, optimizer in self.optimizers.items():
+            names = [n for n in grads if (n.rsplit(".", 1)[-1] in QUANT_PARAMS) == (kind == "quant")]
+            if names:
+                updated.update(optimizer.apply_gradients({n: grads[n] for n in names},
+                                                         {n: params[n] for n in names}))
+        self.block.update(tree_unflatten(list(updated.items())))
+        mx.eval(updated, [o.state for o in self.optimizers.values()], loss)
+        return loss.item()
+
+    def state(self) -> list:
+        return [(f"{path}.{name}", value) for path, twin in self.twins.items()
+                for name, value in tree_flatten(twin.trainable_parameters())]
+
+    def run(self, train: tuple, held: tuple) -> dict:
+        config = self.config
+        rng = np.random.default_rng(config.seed)
+        start = best = self.error(*held)
+        best_state, history, steps = None, [], 0
+        count, size = len(train[0]), min(config.batch_size, len(train[0]))
+        for _ in range(config.epochs):
+            order = rng.permutation(count)
+            for first in range(0, count - size + 1, size):
+                rows = mx.array(order[first:first + size])
+                loss = self.step(train[0][rows], train[1][rows])
+                steps += 1
+                if not math.isfinite(loss):
+                    break
+            error = self.error(*held)
+            history.append(round(error, 8))
+            if error < best:
+                best, best_state = error, self.state()
+            if not math.isfinite(loss):
+                break
+        if best_state is not None:
+            self.block.update(tree_unflatten(best_state))
+        return {"start_error": start, "final_error": best, "kept_start": best_state is None, "steps": steps,
+                "held_out_history": history}
+
+
+def train_block(block, mask, train: tuple, held: tuple, config: BlockwiseConfig) -> dict:
+    """Train ``block``'s quantized layers in place; return its report (errors on the held-out windows)."""
+    layers = quantized_linears(block)
+    if not layers:
+        return {"layers": 0, "start_error": None, "final_error": None, "kept_start": True, "steps": 0}
+    block.update_modules(tree_unflatten([(path, twin) for path, _, twin in layers]))
+    narrow = widen_floats(block)  # norms and other float parameters; the twins are float32 already
+    try:
+        report = BlockTrainer(block, {p: t for p, _, t in layers}, mask, config).run(train, held)
+        if not report["kept_start"]:
+            for _, module, twin in layers:
+                store_twin(module, twin)
+    finally:
+        restore_dtypes(block, narrow)
+        block.update_modules(tree_unflatten([(path, module) for path, module, _ in layers]))
+        mx.eval(block.parameters())
+    return {"layers": len(layers), **report}
+
+
+def reconstruct_blocks(model, teacher, tokens, config: BlockwiseConfig | None = None,
+                       progress: bool = True) -> dict:
+    """Train every decoder block of the quantized MLX ``model`` to reproduce ``teacher``'s, in place.
+
+    model: an MLX model whose blocks hold quantized linear layers (affine, lut, ternary).
+    teacher: the float MLX model with the same architecture. tokens: calibration windows
+    [S, T] (S >= 2); the last ``max(1, round(S * held_out))`` are held out.
+    Returns the report: per block the held-out mean squared error before and after
+    (``blocks``), the token counts, the inputs used and the seconds taken.
+    """
+    config = (config or BlockwiseConfig()).check()
+    if backend_of(model) != "mlx" or backend_of(teacher) != "mlx":
+        raise SLMError("blockwise reconstruction trains with MLX: load the model with backend='mlx'")
+    tokens = np.asarray(tokens, dtype=np.int32)
+    if tokens.ndim != 2 or len(tokens) < 2 or tokens.shape[1] < 2:
+        raise SLMError(f"blockwise reconstruction needs at least 2 calibration windows (one is held out), "
+                       f"not an array of shape {tokens.shape}")
+    held = max(1, round(len(tokens) * config.held_out))
+    if held >= len(tokens):
+        raise SLMError(f"held_out={config.held_out} leaves no training window out of {len(tokens)}")
+    split = len(tokens) - held
+    started = time.perf_counter()
+    blocks, teacher_blocks = blocks_of(model), blocks_of(teacher)
+    student_x = block_inputs(model, tokens, config.batch_size)
+    reports = []
+    with fast_cpu(teacher):
+        masks = block_masks(teacher, mx.array(tokens[:1]))
+        float_x = block_inputs(teacher, tokens, config.batch_size)
+        bar = tqdm(range(len(blocks)), desc=f"blockwise ({split} x {tokens.shape[1]} tokens, {config.epochs} epochs)",
+                   disable=not progress)
+        for index in bar:
+            target = run_block(teacher_blocks[index], float_x, masks[index], config.batch_size)
+            x = student_x if config.inputs == "quantized" else float_x
+            report = train_block(blocks[index], masks[index], (x[:split], target[:split]),
+                                 (x[split:], target[split:]), config)
+            reports.append(report)
+            if report["final_error"] is not None:
+                bar.set_postfix(held_out_error=f"{report['start_error']:.4f}->{report['final_error']:.4f}")
+            with fast_cpu(blocks[index]):
+                student_x = run_block(blocks[index], student_x, masks[index], config.batch_size)
+            float_x = target
+    trained = [r for r in reports if r["final_error"] is not None]
+    return {**asdict(config), "blocks": reports, "train_windows": split, "held_out_windows": held,
+            "seq_len": int(tokens.shape[1]), "train_tokens": int(split * tokens.shape[1] * config.epochs),
+            "improved_blocks": sum(not r["kept_start"] for r in trained), "trained_blocks": len(trained),
+            "seconds": time.perf_counter() - started}

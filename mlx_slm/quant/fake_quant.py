@@ -1,0 +1,207 @@
+"""Trainable twins of quantized layers: float weights seen through the format's exact rounding.
+
+A twin replaces one quantized linear layer (affine ``QuantizedLinear``, ``LutLinear``,
+``TernaryLinear``/``TernaryB3Linear``) while it trains. It holds a float32 weight
+``w`` [N, K] and the format's float parameters, and computes ``x @ fake(w).T`` where
+``fake`` rounds exactly as the stored format does:
+
+- affine: ``q = clip(round((w - b) / s), 0, 2**bits - 1)``, ``fake = s * q + b`` per
+  group of ``group_size`` input columns (MLX's ``w = scales * q + biases``);
+- ternary: ``q = clip(round(w / s), -1, 1)``, ``fake = s * q`` per group (0: per row);
+- lut: ``q = argmin_j |w - P_j|`` over the row's palette ``P``, ``fake = r * P_q``
+  with ``r`` the optional float16 row scale (``w`` holds the weight divided by ``r``).
+
+Rounding passes gradients straight through (STE), so ``w`` and the scales, biases,
+palettes and row scales all train (LSQ-style gradients for the step sizes). The
+format's float parameters are seen rounded to their stored dtype (float16), also
+straight through, so the values trained are the values saved: :meth:`Twin.stored`
+returns exactly the arrays of the quantized layer that computes ``fake(w)``.
+
+Every array is held divided by ``unit``, a power of two near the layer's mean step
+size, so an Adam learning rate is relative to the layer's scale and multiplying back
+is exact. A twin made from a layer reproduces that layer's codes and values exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import numpy as np
+from mlx import nn
+
+from ..formats.affine import pack_codes
+from ..formats.ternary import pack_base3
+from ..layers import LutLinear, TernaryB3Linear, TernaryLinear
+from ..runtime import dequantized_float32
+
+QUANT_PARAMS = ("scales", "biases", "lut")  # trained with the quantization-parameter rate
+
+
+def power_of_two(value: float) -> float:
+    return 2.0 ** round(math.log2(value)) if value > 0 and math.isfinite(value) else 1.0
+
+
+def round_ste(x: mx.array) -> mx.array:
+    """round(x) forward, identity backward."""
+    return x + mx.stop_gradient(mx.round(x) - x)
+
+
+def cast_ste(x: mx.array, dtype) -> mx.array:
+    """x rounded to ``dtype`` (and back to float32) forward, identity backward."""
+    return x + mx.stop_gradient(x.astype(dtype).astype(mx.float32) - x)
+
+
+def safe_divisor(s: mx.array) -> mx.array:
+    return mx.where(s == 0, mx.array(1.0, s.dtype), s)
+
+
+class Twin(nn.Module):
+    """Base class. ``weight`` (w / unit) and the format's parameters train; ``bias`` is frozen."""
+
+    def __init__(self, layer, unit: float):
+        super().__init__()
+        self.unit, self.bits, self.group_size = unit, layer.bits, layer.group_size
+        self.stored_dtype = layer["scales"].dtype if "scales" in layer else layer["lut"].dtype
+        if "bias" in layer:
+            self.bias = layer["bias"].astype(mx.float32)
+            self.freeze(keys=["bias"])
+
+    def __call__(self, x: mx.array) -> mx.array:
+        out = x @ self.fake().T
+        return out + self["bias"] if "bias" in self else out
+
+    def stored_param(self, name: str) -> mx.array:
+        """A format parameter in real units, rounded to its stored dtype (straight through)."""
+        return cast_ste(self[name] * self.unit, self.stored_dtype)
+
+    def fake(self) -> mx.array:
+        """The dense weight [N, K] float32 that the saved layer computes with."""
+        raise NotImplementedError
+
+    def codes(self) -> np.ndarray:
+        """Integer codes [N, K] (uint8) of the current parameters."""
+        raise NotImplementedError
+
+    def stored(self) -> dict:
+        """suffix -> MLX array of the quantized layer computing :meth:`fake` (``bias`` excluded)."""
+        raise NotImplementedError
+
+
+class AffineTwin(Twin):
+    def __init__(self, layer: nn.QuantizedLinear):
+        unit = power_of_two(mx.abs(layer.scales.astype(mx.float32)).mean().item())
+        super().__init__(layer, unit)
+        self.weight = dequantized_float32(layer) / unit
+        self.scales = layer.scales.astype(mx.float32) / unit
+        self.biases = layer.biases.astype(mx.float32) / unit
+
+    def grouped(self):
+        rows, width = self.weight.shape
+        w = (self.weight * self.unit).reshape(rows, width // self.group_size, self.group_size)
+        return w, self.stored_param("scales")[..., None], self.stored_param("biases")[..., None]
+
+    def fake(self):
+        w, s, b = self.grouped()
+        q = mx.clip(round_ste((w - b) / safe_divisor(s)), 0, (1 << self.bits) - 1)
+        return (s * q + b).reshape(self.weight.shape)
+
+    def codes(self):
+        w, s, b = self.grouped()
+        q = mx.clip(mx.round((w - b) / safe_divisor(s)), 0, (1 << self.bits) - 1)
+        return np.array(q.reshape(self.weight.shape)).astype(np.uint8)
+
+    def stored(self):
+        return {"weight": mx.array(pack_codes(self.codes(), self.bits)),
+                "scales": (self.scales * self.unit).astype(self.stored_dtype),
+                "biases": (self.biases * self.unit).astype(self.stored_dtype)}
+
+
+class TernaryTwin(Twin):
+    def __init__(self, layer: TernaryLinear):
+        unit = power_of_two(mx.abs(layer["scales"].astype(mx.float32)).mean().item())
+        super().__init__(layer, unit)
+        self.base3 = isinstance(layer, TernaryB3Linear)
+        self.weight = layer.dense_weight() / unit
+        self.scales = layer["scales"].astype(mx.float32) / unit
+
+    def grouped(self):
+        rows, width = self.weight.shape
+        group = self.group_size or width
+        w = (self.weight * self.unit).reshape(rows, width // group, group)
+        return w, self.stored_param("scales")[..., None]
+
+    def fake(self):
+        w, s = self.grouped()
+        return (s * mx.clip(round_ste(w / safe_divisor(s)), -1, 1)).reshape(self.weight.shape)
+
+    def codes(self):
+        w, s = self.grouped()
+        trits = mx.clip(mx.round(w / safe_divisor(s)), -1, 1)
+        return (np.array(trits.reshape(self.weight.shape)) + 1).astype(np.uint8)
+
+    def stored(self):
+        codes = self.codes()
+        return {"weight": mx.array(pack_base3(codes) if self.base3 else pack_codes(codes, 2)),
+                "scales": (self.scales * self.unit).astype(self.stored_dtype)}
+
+
+class LutTwin(Twin):
+    def __init__(self, layer: LutLinear):
+        has_scales = "scales" in layer
+        unit = power_of_two(mx.abs(layer["lut"].astype(mx.float32)).mean().item())
+        super().__init__(layer, unit)
+        dense = layer.dense_weight()
+        self.lut = layer["lut"].astype(mx.float32) / unit
+        if has_scales:
+            rows = layer["scales"].astype(mx.float32)
+            self.row_unit = power_of_two(mx.abs(rows).mean().item())
+            self.scales = rows / self.row_unit
+            dense = dense / safe_divisor(rows)
+        self.weight = dense / unit
+
+    def row_scales(self):
+        return cast_ste(self["scales"] * self.row_unit, self.stored_dtype) if "scales" in self else None
+
+    def palettes(self) -> mx.array:
+        """[N, 2**bits]: each row's palette, in units of ``unit``, rounded to the stored dtype."""
+        lut = cast_ste(self.lut * self.unit, self.stored_dtype) / self.unit
+        return mx.repeat(lut, self.group_size, axis=0)
+
+    def nearest(self, palettes: mx.array) -> mx.array:
+        distance = mx.abs(mx.stop_gradient(self.weight)[..., None] - mx.stop_gradient(palettes)[:, None, :])
+        return mx.argmin(distance, axis=-1)
+
+    def fake(self):
+        palettes = self.palettes()
+        chosen = mx.take_along_axis(palettes, self.nearest(palettes), axis=1)
+        dense = (chosen + (self.weight - mx.stop_gradient(self.weight))) * self.unit  # exactly chosen forward
+        scales = self.row_scales()
+        return dense if scales is None else dense * scales
+
+    def codes(self):
+        return np.array(self.nearest(self.palettes())).astype(np.uint8)
+
+    def stored(self):
+        out = {"weight": mx.array(pack_codes(self.codes(), self.bits)),
+               "lut": (self.lut * self.unit).astype(self.stored_dtype)}
+        if "scales" in self:
+            out["scales"] = (self.scales * self.row_unit).astype(self.stored_dtype)
+        return out
+
+
+def make_twin(layer) -> Twin | None:
+    """The twin of a quantized linear layer, or None for a layer kind that does not train here."""
+    if isinstance(layer, nn.QuantizedLinear) and getattr(layer, "mode", "affine") == "affine":
+        return AffineTwin(layer)
+    if isinstance(layer, TernaryLinear):
+        return TernaryTwin(layer)
+    if isinstance(layer, LutLinear):
+        return LutTwin(layer)
+    return None
+
+
+def store_twin(layer, twin: Twin) -> None:
+    """Write the twin's stored arrays into ``layer`` (the module it was made from)."""
+    for name, value in twin.stored().items():
+        setattr(layer, name, value)

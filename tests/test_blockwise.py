@@ -1,0 +1,268 @@
+"""Block-wise reconstruction and the fake-quantization twins it trains (MLX)."""
+
+import numpy as np
+import pytest
+from helpers import sample_text, tiny_model_folder
+
+pytestmark = pytest.mark.mlx
+
+FORMATS = [("affine", 2, 32), ("affine", 3, 32), ("affine", 4, 32), ("lut", 3, 8), ("lut", 2, 1),
+           ("ternary", 2, 0), ("ternary_b3", 2, 32)]
+
+
+def tiny_pair(root, fmt, bits, group_size, model_type="llama"):
+    """(float teacher, quantized student, tokenizer, windows [16, 64]) on a tiny random model."""
+    import mlx_slm
+    from mlx_slm.evaluate import token_windows
+    from mlx_slm.quantize import float_teacher
+
+    model, tokenizer = mlx_slm.load(tiny_model_folder(root, model_type=model_type))
+    teacher = float_teacher(model)
+    mlx_slm.quantize(model, bits=bits, group_size=group_size, format=fmt, method="rtn", progress=False)
+    return teacher, model, tokenizer, token_windows(tokenizer, [sample_text(120)], 64, 16)
+
+
+def parameters(model) -> dict:
+    from mlx.utils import tree_flatten
+
+    return {k: np.array(v) for k, v in tree_flatten(model.parameters())}
+
+
+@pytest.mark.parametrize("fmt,bits,group_size", FORMATS)
+def test_every_block_reconstructs_better(tmp_path, fmt, bits, group_size):
+    from mlx_slm.quant.blockwise import BlockwiseConfig, reconstruct_blocks
+
+    teacher, student, _, windows = tiny_pair(tmp_path, fmt, bits, group_size)
+    before = parameters(student)
+    report = reconstruct_blocks(student, teacher, windows, BlockwiseConfig(epochs=3), progress=False)
+    assert report["trained_blocks"] == len(report["blocks"]) == 2
+    for block in report["blocks"]:
+        assert block["layers"] == 7 and not block["kept_start"]
+        assert block["final_error"] < 0.99 * block["start_error"], block
+    after = parameters(student)
+    assert after.keys() == before.keys()
+    assert all(after[k].dtype == before[k].dtype and after[k].shape == before[k].shape for k in before)
+    changed = {k for k in before if not np.array_equal(before[k], after[k])}
+    assert changed and all(".layers." in k for k in changed)  # embeddings, final norm, head untouched
+    assert not any("norm" in k for k in changed)
+    assert report["train_tokens"] == 14 * 64 * 3 and report["held_out_windows"] == 2
+
+
+@pytest.mark.parametrize("fmt,bits,group_size", FORMATS)
+def test_twin_rounds_as_the_format_stores(tmp_path, fmt, bits, group_size):
+    """A twin reproduces its layer exactly; after random training steps, what it stores is what it computed."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    from mlx_slm.quant.fake_quant import make_twin, store_twin
+    from mlx_slm.runtime import dense_twin
+
+    _, student, _, _ = tiny_pair(tmp_path, fmt, bits, group_size)
+    layer = student.model.layers[0].mlp.down_proj
+    twin = make_twin(layer)
+    np.testing.assert_array_equal(np.array(twin.fake()), np.array(dense_twin(layer).weight))
+    rng = np.random.default_rng(0)
+    noisy = [(name, value * mx.array(1 + 0.3 * rng.standard_normal(value.shape).astype(np.float32)))
+             for name, value in tree_flatten(twin.trainable_parameters())]
+    twin.update(tree_unflatten(noisy))
+    trained, codes = np.array(twin.fake()), twin.codes()
+    store_twin(layer, twin)
+    np.testing.assert_array_equal(np.array(dense_twin(layer).weight), trained)
+    np.testing.assert_array_equal(make_twin(layer).codes(), codes)
+    assert len(np.unique(codes)) > 1
+
+
+def test_gradients_reach_weights_and_step_sizes(tmp_path):
+    import mlx.core as mx
+    from mlx import nn
+
+    from mlx_slm.quant.fake_quant import make_twin
+
+    _, student, _, _ = tiny_pair(tmp_path, "affine", 2, 32)
+    twin = make_twin(student.model.layers[0].mlp.up_proj)
+    x = mx.array(np.random.default_rng(1).standard_normal((3, twin.weight.shape[1])).astype(np.float32))
+    grads = nn.value_and_grad(twin, lambda x: (twin(x) ** 2).sum())(x)[1]
+    for name in ("weight", "scales", "biases"):
+        assert float(mx.abs(grads[name]).max()) > 0, name
+
+
+def test_blockwise_quantize_saves_for_stock_mlx_lm(tmp_path):
+    """method="blockwise": the affine result loads in stock mlx_lm bit for bit and beats its rtn start."""
+    import mlx.core as mx
+    from mlx_lm import load as mlx_lm_load
+    from test_learned import full_kl
+
+    import mlx_slm
+
+    folder = tiny_model_folder(tmp_path)
+    teacher, tokenizer = mlx_slm.load(folder)
+    text = [sample_text(120)]
+    models = {}
+    for method, options in (("rtn", None), ("blockwise", {"start": "rtn", "epochs": 3})):
+        model, _ = mlx_slm.load(folder)
+        mlx_slm.quantize(model, bits=2, group_size=32, method=method, calib=text, tokenizer=tokenizer,
+                         num_samples=16, seq_len=64, progress=False, blockwise_options=options)
+        models[method] = model
+    record = mlx_slm.model_config(models["blockwise"])["mlx_slm"]
+    assert record["method"] == "blockwise" and record["blockwise"]["start"] == "rtn"
+    assert record["calibration"]["num_samples"] == 16
+    from mlx_slm.evaluate import token_windows
+
+    held = token_windows(tokenizer, [sample_text(40, seed=7)], 64, 4)
+    assert full_kl(models["blockwise"], teacher, held) < 0.9 * full_kl(models["rtn"], teacher, held)
+    out = mlx_slm.save(models["blockwise"], tokenizer, tmp_path / "bw")
+    stock, _ = mlx_lm_load(str(out))
+    assert parameters(stock).keys() == parameters(models["blockwise"]).keys()
+    for name, value in parameters(models["blockwise"]).items():
+        np.testing.assert_array_equal(parameters(stock)[name], value, err_msg=name)
+    tokens = mx.array(held[:1])
+    np.testing.assert_array_equal(np.array(stock(tokens)), np.array(models["blockwise"](tokens)))
+
+
+@pytest.mark.parametrize("fmt,bits,group_size", [("lut", 3, 8), ("ternary", 2, 0)])
+def test_lowbit_blockwise_round_trips(tmp_path, fmt, bits, group_size):
+    import mlx_slm
+
+    folder = tiny_model_folder(tmp_path)
+    model, tokenizer = mlx_slm.load(folder)
+    mlx_slm.quantize(model, bits=bits, group_size=group_size, format=fmt, method="blockwise",
+                     calib=[sample_text(120)], tokenizer=tokenizer, num_samples=8, seq_len=64, progress=False,
+                     blockwise_options={"epochs": 1})
+    assert mlx_slm.model_config(model)["mlx_slm"]["blockwise"]["start"] == "imatrix"
+    loaded, _ = mlx_slm.load(mlx_slm.save(model, tokenizer, tmp_path / "out"))
+    saved, again = parameters(model), parameters(loaded)
+    assert saved.keys() == again.keys()
+    for name, value in saved.items():
+        np.testing.assert_array_equal(again[name], value, err_msg=name)
+
+
+def test_float_inputs_option_and_learned_polish(tmp_path):
+    import mlx_slm
+
+    folder = tiny_model_folder(tmp_path)
+    model, tokenizer = mlx_slm.load(folder)
+    mlx_slm.quantize(model, bits=3, group_size=32, method="learned", calib=[sample_text(120)], tokenizer=tokenizer,
+                     num_samples=16, seq_len=64, progress=False,
+                     learned_options={"start": "blockwise", "steps": 4, "eval_every": 2, "learning_rate": 1e-3},
+                     blockwise_options={"start": "rtn", "epochs": 1, "inputs": "float"})
+    record = mlx_slm.model_config(model)["mlx_slm"]
+    assert record["method"] == "learned" and record["learned"]["start"] == "blockwise"
+    assert record["blockwise"]["inputs"] == "float" and record["blockwise"]["trained_blocks"] == 2
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"epochs": -1}, "epochs"), ({"inputs": "teacher"}, "inputs"), ({"learning_rate": 0}, "learning_rate"),
+    ({"held_out": 1.0}, "held_out"), ({"start": "learned"}, "start"), ({"steps": 3}, "unknown blockwise"),
+])
+def test_bad_settings(tmp_path, options, match):
+    import mlx_slm
+    from mlx_slm.errors import SLMError
+
+    model, tokenizer = mlx_slm.load(tiny_model_folder(tmp_path))
+    with pytest.raises(SLMError, match=match):
+        mlx_slm.quantize(model, bits=2, method="blockwise", calib=[sample_text(20)], tokenizer=tokenizer,
+                         num_samples=4, seq_len=32, blockwise_options=options, progress=False)
+    assert not mlx_slm.model_config(model).get("quantization")
+
+
+def test_gptq_start_refuses_lut(tmp_path):
+    import mlx_slm
+    from mlx_slm.errors import SLMError
+
+    model, tokenizer = mlx_slm.load(tiny_model_folder(tmp_path))
+    with pytest.raises(SLMError, match="affine format only"):
+        mlx_slm.quantize(model, bits=3, group_size=8, format="lut", method="blockwise", calib=[sample_text(20)],
+                         tokenizer=tokenizer, num_samples=4, seq_len=32, blockwise_options={"start": "gptq"},
+                         progress=False)
+
+
+def test_cli_blockwise(tmp_path, capsys):
+    from mlx_slm.cli import main
+
+    folder = tiny_model_folder(tmp_path)
+    (tmp_path / "calib.txt").write_text(sample_text(120))
+    argv = ["quantize", str(folder), "-o", str(tmp_path / "q2"), "--bits", "2", "--group-size", "32",
+            "--method", "blockwise", "--calib", str(tmp_path / "calib.txt"), "--num-samples", "8",
+            "--seq-len", "64", "--blockwise-epochs", "1", "--blockwise-start", "rtn"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "blockwise from rtn:" in out and "tokens trained" in out
+    assert main(argv[:3] + [str(tmp_path / "q2b")] + argv[4:] + ["--blockwise-inputs", "nope"]) == 2
+    assert "inputs" in capsys.readouterr().err
+    assert not (tmp_path / "q2b").exists()
+
+
+def quantized_training_run(root, steps, **settings):
+    """(teacher, 2-bit rtn student after ``steps`` of train_quantized distillation, history, windows)."""
+    from mlx_slm.distill import DistillConfig, distill
+
+    teacher, student, tokenizer, windows = tiny_pair(root, "affine", 2, 32)
+    config = DistillConfig(steps=steps, batch_size=2, seq_len=32, learning_rate=1e-2, alpha=0.0, temperature=1.0,
+                           train_quantized=True, **settings)
+    history = distill(student, teacher, tokenizer, [sample_text(60)], config, progress=False)
+    return teacher, student, history, windows
+
+
+def test_end_to_end_qat_trains_weights_and_step_sizes_in_the_format(tmp_path):
+    from mlx_slm.runtime import quantized_modules
+    from test_learned import full_kl
+
+    teacher, start, _, windows = tiny_pair(tmp_path / "start", "affine", 2, 32)
+    before = parameters(start)
+    _, student, history, _ = quantized_training_run(tmp_path, 20)
+    after = parameters(student)
+    assert after.keys() == before.keys()
+    changed = {k for k in before if not np.array_equal(before[k], after[k])}
+    assert {k.rsplit(".", 1)[-1] for k in changed} == {"weight", "scales", "biases"}
+    assert all(".layers." in k and "norm" not in k for k in changed)
+    assert all(after[k].dtype == before[k].dtype for k in before)
+    assert len(quantized_modules(student)) == len(quantized_modules(start))
+    assert all(not m.trainable_parameters() for _, m in quantized_modules(student))  # frozen again, as loaded
+    held = windows[-4:]
+    assert full_kl(student, teacher, held) < 0.8 * full_kl(start, teacher, held)
+    assert len(history) == 20
+
+
+def test_end_to_end_qat_resume_is_exact(tmp_path, monkeypatch):
+    import pytest as _pytest
+
+    from mlx_slm.distill.trainer import Distiller
+
+    settings = {"checkpoint_every": 2, "checkpoint_dir": str(tmp_path / "ckpt")}
+    _, reference, _, _ = quantized_training_run(tmp_path / "a", 5, **settings)
+    original_step = Distiller.step
+
+    def interrupted(self, step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return original_step(self, step)
+
+    settings["checkpoint_dir"] = str(tmp_path / "ckpt2")
+    monkeypatch.setattr(Distiller, "step", interrupted)
+    with _pytest.raises(KeyboardInterrupt):
+        quantized_training_run(tmp_path / "b", 5, **settings)
+    monkeypatch.setattr(Distiller, "step", original_step)
+    from mlx_slm.distill import DistillConfig, distill
+
+    teacher, student, tokenizer, _ = tiny_pair(tmp_path / "c", "affine", 2, 32)
+    config = DistillConfig(steps=5, batch_size=2, seq_len=32, learning_rate=1e-2, alpha=0.0, temperature=1.0,
+                           train_quantized=True, **settings)
+    history = distill(student, teacher, tokenizer, [sample_text(60)], config, resume=True, progress=False)
+    assert [r["step"] for r in history] == list(range(5))
+    want = parameters(reference)
+    for name, value in parameters(student).items():
+        np.testing.assert_array_equal(value, want[name], err_msg=name)
+
+
+def test_end_to_end_qat_needs_a_quantized_student(tmp_path):
+    import mlx_slm
+    from mlx_slm.distill import DistillConfig, distill
+    from mlx_slm.errors import SLMError
+
+    teacher, tokenizer = mlx_slm.load(tiny_model_folder(tmp_path))
+    student, _ = mlx_slm.load(tiny_model_folder(tmp_path))
+    with pytest.raises(SLMError, match="needs a quantized student"):
+        distill(student, teacher, tokenizer, [sample_text(20)], DistillConfig(steps=1, seq_len=16,
+                                                                               train_quantized=True), progress=False)
+    with pytest.raises(SLMError, match="neither qat nor sparsity"):
+        DistillConfig(train_quantized=True, qat={"format": "ternary"}).check()
