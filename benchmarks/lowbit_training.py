@@ -3,7 +3,7 @@
     python benchmarks/lowbit_training.py [--out runs/lowbit_training]
         [--rows affine:2:64,affine:2:32,affine:3:64,affine:4:64,lut:3:8,lut:4:8,ternary:2:0]
         [--recipes start,blockwise,blockwise+e2e,e2e] [--num-samples 32] [--calib-seq-len 256]
-        [--blockwise-epochs 4] [--blockwise-lr 1e-3] [--e2e-steps 100] [--e2e-lr 1e-3] [--resume]
+        [--blockwise-epochs 2] [--blockwise-lr 1e-3] [--e2e-steps 40] [--e2e-lr 1e-3] [--resume]
 
 A row is FORMAT:BITS:GROUP. Its ``start`` is the post-training method the training
 recipes start from: gptq for affine, imatrix for lut and ternary (quantized once and
@@ -151,14 +151,14 @@ def main(argv=None) -> None:
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"of {', '.join(RECIPES)}")
     parser.add_argument("--num-samples", type=int, default=32, help="calibration windows")
     parser.add_argument("--calib-seq-len", type=int, default=256, help="tokens per calibration / training window")
-    parser.add_argument("--blockwise-epochs", type=int, default=4)
+    parser.add_argument("--blockwise-epochs", type=int, default=2)
     parser.add_argument("--blockwise-lr", type=float, default=1e-3)
     parser.add_argument("--blockwise-inputs", default="quantized", choices=("quantized", "float"))
-    parser.add_argument("--e2e-steps", type=int, default=100)
+    parser.add_argument("--e2e-steps", type=int, default=40)
     parser.add_argument("--e2e-batch-size", type=int, default=4)
     parser.add_argument("--e2e-lr", type=float, default=1e-3, help="relative to each layer's step size")
     parser.add_argument("--e2e-top-k", type=int, default=256, help="teacher logits cached per position")
-    parser.add_argument("--e2e-eval-every", type=int, default=20)
+    parser.add_argument("--e2e-eval-every", type=int, default=10)
     parser.add_argument("--e2e-eval-windows", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per evaluation window")
     parser.add_argument("--max-windows", type=int, default=8, help="evaluation windows")

@@ -18,7 +18,7 @@ from .distill.cli import add_distill_parser
 from .export.cli import add_export_parser
 from .finetune.cli import add_finetune_parser, add_fuse_parser
 from .prune.cli import add_prune_parser
-from .quantize import LEARNED_STARTS, METHODS
+from .quantize import LEARNED_STARTS, METHODS, check_settings
 
 
 def cmd_convert(args) -> None:
@@ -37,6 +37,7 @@ def cmd_quantize(args) -> None:
     from mlx_slm.quant.budget import format_report as format_plan
 
     check_output(args, args.model, args.calib, args.config)
+    check_settings(args.method, args.format, args.bits, args.group_size)
     blockwise = None
     if args.method == "blockwise" or args.learned_start == "blockwise":
         blockwise = blockwise_options(args).check()

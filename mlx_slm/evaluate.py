@@ -26,9 +26,10 @@ def read_text(text) -> str:
     path = Path(text)
     if not path.is_file():
         raise SLMError(f"no such text file: {path}")
+    content = decode_text(path)
     if path.suffix.lower() == ".jsonl":
         pieces = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for number, line in enumerate(content.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -36,7 +37,20 @@ def read_text(text) -> str:
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise SLMError(f"{path}:{number}: each line must be a JSON object with a \"text\" field") from None
         return "\n\n".join(pieces)
-    return path.read_text(encoding="utf-8", errors="replace")
+    return content
+
+
+def decode_text(path: Path) -> str:
+    """The UTF-8 text of ``path``; SLMError naming the offset of a NUL or undecodable byte (binary input)."""
+    data = path.read_bytes()
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise SLMError(f"{path} is not a text file: a NUL byte at offset {nul}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SLMError(f"{path} is not UTF-8 text: byte 0x{data[err.start]:02x} at offset {err.start} "
+                       "cannot be decoded") from None
 
 
 def token_windows(tokenizer, text, seq_len: int, max_windows: int | None) -> np.ndarray:

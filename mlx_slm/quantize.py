@@ -43,6 +43,19 @@ LEARNED_STARTS = ("rtn", "imatrix", "gptq", "awq", "blockwise")
 SENSITIVITY_WINDOWS = (8, 128)  # calibration windows x tokens the target_bpw planner measures on
 
 
+def check_settings(method: str, format: str, bits: int | None, group_size: int | None) -> None:
+    """SLMError for a method / format / bits / group size request that no layer could take
+    (checked before any model is loaded)."""
+    if method not in METHODS:
+        raise SLMError(f"quantization method {method!r} is not available; available: {', '.join(METHODS)}")
+    weight_format = get_format(format)
+    weight_format.check(weight_format.default_bits if bits is None else bits,
+                        weight_format.default_group_size if group_size is None else group_size)
+    if method in AFFINE_ONLY and format != "affine":
+        raise SLMError(f"method {method!r} supports the affine format only, not {format!r} "
+                       "(use method 'imatrix' or 'rtn')")
+
+
 def candidate_layers(model) -> dict[str, tuple]:
     """Unquantized layers that could be quantized: path -> weight shape."""
     if backend_of(model) == "numpy":
@@ -288,10 +301,13 @@ def float_teacher(model):
     return teacher
 
 
-def calibrated_teacher(model, settings: dict, method: str):
-    """(calibration windows, their record, the float teacher) for a trained method; MLX only."""
+def require_training(model, method: str) -> None:
     if backend_of(model) != "mlx":
         raise MLXRequiredError(f"method {method!r} (training)")
+
+
+def calibrated_teacher(model, settings: dict):
+    """(calibration windows, their record, the float teacher) for a trained method."""
     tokens, calibration = calibration_windows(settings["tokenizer"], settings["calib"], settings["num_samples"],
                                               settings["seq_len"])
     return tokens, calibration, float_teacher(model)
@@ -300,6 +316,7 @@ def calibrated_teacher(model, settings: dict, method: str):
 def quantize_blockwise(model, options, settings: dict):
     """Method "blockwise": quantize with the start method, then train block by block
     (:func:`mlx_slm.quant.blockwise.reconstruct_blocks`)."""
+    require_training(model, "blockwise")
     from .quant.blockwise import reconstruct_blocks
     from .quant.blockwise_config import BlockwiseConfig
 
@@ -307,7 +324,7 @@ def quantize_blockwise(model, options, settings: dict):
     if config.start is None:
         config.start = "gptq" if settings["format"] == "affine" else "imatrix"
     config.check()
-    tokens, calibration, teacher = calibrated_teacher(model, settings, "blockwise")
+    tokens, calibration, teacher = calibrated_teacher(model, settings)
     quantize(model, method=config.start, **settings)
     report = reconstruct_blocks(model, teacher, tokens, config, progress=settings["progress"])
     model_settings = model_config(model)
@@ -318,6 +335,7 @@ def quantize_blockwise(model, options, settings: dict):
 
 def quantize_learned(model, options: dict | None, blockwise_options, settings: dict):
     """Method "learned": quantize with ``options["start"]``, then learn scales and biases."""
+    require_training(model, "learned")
     from .quant.learned import DEFAULTS, learn_quantization
 
     options = dict(options or {})
@@ -329,7 +347,7 @@ def quantize_learned(model, options: dict | None, blockwise_options, settings: d
         raise SLMError(f"unknown learned_options {sorted(unknown)}; known: {sorted(['start', *DEFAULTS])}")
     if settings["format"] != "affine":
         raise SLMError(f"method 'learned' trains affine scales and biases, not the {settings['format']!r} format")
-    tokens, calibration, teacher = calibrated_teacher(model, settings, "learned")
+    tokens, calibration, teacher = calibrated_teacher(model, settings)
     if start == "blockwise":
         quantize_blockwise(model, blockwise_options, settings)
     else:
@@ -390,8 +408,7 @@ def quantize(model, bits: int | None = None, group_size: int | None = None, meth
     instead of 1.85), off for one-row palettes, which absorb the scale.
     Layers whose shape does not fit their format stay in float and are logged.
     """
-    if method not in METHODS:
-        raise SLMError(f"quantization method {method!r} is not available; available: {', '.join(METHODS)}")
+    check_settings(method, format, None, None)
     if learned_options is not None and method != "learned":
         raise SLMError(f"learned_options are for method 'learned', not {method!r}")
     if blockwise_options is not None and method != "blockwise" and (learned_options or {}).get("start") != "blockwise":
@@ -412,9 +429,6 @@ def quantize(model, bits: int | None = None, group_size: int | None = None, meth
         if format != "affine":
             raise SLMError(f"target_bpw plans affine bits and group sizes, not the {format!r} format")
         config, plan_report = budget_config(model, target_bpw, tokenizer, calib, num_samples, seq_len, progress)
-    if method in AFFINE_ONLY and format != "affine":
-        raise SLMError(f"method {method!r} supports the affine format only, not {format!r} "
-                       "(use method 'imatrix' or 'rtn')")
     bits = weight_format.default_bits if bits is None else bits
     group_size = weight_format.default_group_size if group_size is None else group_size
     user_config = check_config(read_config_file(config) if isinstance(config, (str, bytes)) or

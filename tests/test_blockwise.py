@@ -266,3 +266,52 @@ def test_end_to_end_qat_needs_a_quantized_student(tmp_path):
                                                                                train_quantized=True), progress=False)
     with pytest.raises(SLMError, match="neither qat nor sparsity"):
         DistillConfig(train_quantized=True, qat={"format": "ternary"}).check()
+
+
+@pytest.mark.slow
+def test_blockwise_beats_gptq_at_2_bits_on_smollm2(smollm2_dir, english_text, tmp_path):
+    """A short block-wise run from SmolLM2's 2-bit gptq start lowers KL on text it never saw."""
+    from test_learned import full_kl
+
+    import mlx_slm
+    from mlx_slm.evaluate import token_windows
+    from mlx_slm.quant.blockwise import BlockwiseConfig, reconstruct_blocks
+    from mlx_slm.quant.calibration import calibration_windows
+
+    text = english_text.read_text()
+    cut = text.rfind("\n", 0, int(len(text) * 0.7))
+    (tmp_path / "calib.txt").write_text(text[:cut])
+    teacher, tokenizer = mlx_slm.load(smollm2_dir)
+    student, _ = mlx_slm.load(smollm2_dir)
+    calib = {"calib": tmp_path / "calib.txt", "tokenizer": tokenizer, "num_samples": 12, "seq_len": 128}
+    mlx_slm.quantize(student, bits=2, group_size=64, method="gptq", progress=False, **calib)
+    held = token_windows(tokenizer, [text[cut:]], 128, 4)
+    start = full_kl(student, teacher, held)
+    tokens, _ = calibration_windows(**calib)
+    report = reconstruct_blocks(student, teacher, tokens, BlockwiseConfig(epochs=2, batch_size=2), progress=False)
+    assert report["improved_blocks"] >= 20, report["improved_blocks"]
+    assert full_kl(student, teacher, held) < 0.97 * start
+
+
+def test_cli_end_to_end_qat(tmp_path, capsys):
+    """quantize --method blockwise, then distill --train-quantized: the recipe as a user runs it."""
+    import mlx_slm
+    from mlx_slm.cli import main
+
+    folder = tiny_model_folder(tmp_path)
+    (tmp_path / "train.txt").write_text(sample_text(120))
+    (tmp_path / "held.txt").write_text(sample_text(30, seed=5))
+    assert main(["quantize", str(folder), "-o", str(tmp_path / "bw"), "--bits", "2", "--group-size", "32",
+                 "--method", "blockwise", "--calib", str(tmp_path / "train.txt"), "--num-samples", "8",
+                 "--seq-len", "64", "--blockwise-epochs", "1", "--blockwise-start", "rtn"]) == 0
+    assert main(["distill", str(tmp_path / "bw"), "--teacher", str(folder), "--data", str(tmp_path / "train.txt"),
+                 "-o", str(tmp_path / "qat"), "--train-quantized", "--steps", "4", "--batch-size", "2",
+                 "--seq-len", "32", "--alpha", "0", "--temperature", "1", "--learning-rate", "1e-2",
+                 "--eval-text", str(tmp_path / "held.txt"), "--eval-every", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "4 steps x 2 windows x 32 tokens = 256 tokens, the student's quantized layers" in out
+    trained, _ = mlx_slm.load(tmp_path / "qat")
+    start, _ = mlx_slm.load(tmp_path / "bw")
+    assert mlx_slm.model_config(trained)["quantization"] == mlx_slm.model_config(start)["quantization"]
+    changed = {k for k, v in parameters(start).items() if not np.array_equal(v, parameters(trained)[k])}
+    assert changed and all(".layers." in k for k in changed)

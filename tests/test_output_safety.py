@@ -1,6 +1,7 @@
 """Outputs never replace a user's files: only empty folders or folders mlx-slm wrote, never inputs or cwd."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -136,3 +137,46 @@ def test_cli_checks_the_output_before_the_model(tmp_path, capsys):
     (tmp_path / "out" / "x").write_text("x")
     assert main(["convert", str(tmp_path / "bad.gguf"), "-o", str(tmp_path / "out"), "--backend", "numpy"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"\x7fELF\x02\x01\x01\x00\x00\x00", r"not a text file: a NUL byte at offset 7"),
+    (b"plain words then \xff\xfe latin", r"not UTF-8 text: byte 0xff at offset 17"),
+])
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_binary_or_undecodable_text_is_one_clear_error(tmp_path, tiny, capsys, content, match, suffix):
+    """eval --text and quantize --calib refuse binary input (it used to run for minutes on /bin/ls)."""
+    source, _, _ = tiny
+    text = tmp_path / f"bad{suffix}"
+    text.write_bytes(content)
+    assert main(["eval", str(source), "--text", str(text), "--backend", "numpy"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mlx-slm: error: ")
+    assert re.search(match, err[0]), err[0]
+    assert main(["quantize", str(source), "-o", str(tmp_path / "q"), "--method", "imatrix", "--calib", str(text),
+                 "--backend", "numpy"]) == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("settings,match", [
+    (["--bits", "1"], "bits"), (["--group-size", "100"], "group"),
+    (["--format", "lut", "--method", "gptq"], "affine format only"),
+])
+def test_quantize_settings_are_checked_before_the_model_loads(tmp_path, capsys, settings, match):
+    (tmp_path / "bad.gguf").write_bytes(b"GGUF" + b"\0" * 20)  # would fail to load: the settings fail first
+    assert main(["quantize", str(tmp_path / "bad.gguf"), "-o", str(tmp_path / "q"), *settings,
+                 "--backend", "numpy"]) == 2
+    err = capsys.readouterr().err
+    assert match in err and "gguf" not in err.lower(), err
+
+
+@pytest.mark.parametrize("method", ["blockwise", "learned"])
+def test_training_methods_need_mlx(tiny, method):
+    """Without MLX (or on the numpy backend) the trained methods say so in one line."""
+    from mlx_slm.errors import MLXRequiredError
+
+    _, model, tokenizer = tiny
+    with pytest.raises(MLXRequiredError, match=f"method '{method}' \\(training\\) needs MLX"):
+        mlx_slm.quantize(model, bits=2, method=method, calib=["some text " * 50], tokenizer=tokenizer,
+                         num_samples=2, seq_len=16, progress=False)

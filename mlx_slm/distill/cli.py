@@ -45,6 +45,10 @@ def cmd_distill(args) -> None:
     config.check()
     student, tokenizer = mlx_slm.load(args.student)
     teacher, teacher_tokenizer = mlx_slm.load(args.teacher)
+    windows = config.batch_size * config.grad_accum
+    print(f"training on {args.data}: {config.steps} steps x {windows} windows x {config.seq_len} tokens = "
+          f"{config.steps * windows * config.seq_len} tokens"
+          + (", the student's quantized layers through their format" if config.train_quantized else ""))
     history = distill(student, teacher, tokenizer, args.data, config, eval_text=args.eval_text,
                       resume=args.resume, teacher_tokenizer=teacher_tokenizer)
     if config.qat:

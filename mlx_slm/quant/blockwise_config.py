@@ -33,7 +33,7 @@ class BlockwiseConfig:
     ``quantize(method="blockwise")``); :data:`FIELD_HELP` says what each field means."""
 
     start: str | None = None
-    epochs: int = 4
+    epochs: int = 2
     batch_size: int = 4
     learning_rate: float = 1e-3
     scale_learning_rate: float = 1e-3
