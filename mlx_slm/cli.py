@@ -56,7 +56,9 @@ def cmd_quantize(args) -> None:
     if "blockwise" in record:
         report = record["blockwise"]
         print(f"blockwise from {report['start']}: {report['improved_blocks']} of {report['trained_blocks']} blocks "
-              f"improved on held-out windows ({report['train_tokens']} tokens trained, {report['seconds']:.0f} s)")
+              f"improved on held-out windows, held-out KL {report['start_kl']:.4f} -> {report['final_kl']:.4f}"
+              + (" (the start was kept)" if report["kept_start"] else "")
+              + f" ({report['train_tokens']} tokens trained, {report['seconds']:.0f} s)")
     if "learned" in record:
         report = record["learned"]
         print(f"learned from {report['start']}: held-out KL {report['start_kl']:.4f} -> {report['final_kl']:.4f} "

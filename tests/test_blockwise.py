@@ -46,6 +46,23 @@ def test_every_block_reconstructs_better(tmp_path, fmt, bits, group_size):
     assert changed and all(".layers." in k for k in changed)  # embeddings, final norm, head untouched
     assert not any("norm" in k for k in changed)
     assert report["train_tokens"] == 14 * 64 * 3 and report["held_out_windows"] == 2
+    assert report["final_kl"] < report["start_kl"] and not report["kept_start"]
+
+
+def test_a_model_that_got_worse_keeps_its_start(tmp_path, monkeypatch):
+    """Lower error in every block does not guarantee a better model: then the start comes back exactly."""
+    from mlx_slm.quant import blockwise
+
+    teacher, student, _, windows = tiny_pair(tmp_path, "affine", 2, 32)
+    before = parameters(student)
+    measured = iter([0.5, 0.6])  # the model's held-out KL before and after training
+    monkeypatch.setattr(blockwise, "held_out_kl", lambda *args: next(measured))
+    report = blockwise.reconstruct_blocks(student, teacher, windows, blockwise.BlockwiseConfig(epochs=1),
+                                          progress=False)
+    assert report["kept_start"] and report["improved_blocks"] == 2
+    after = parameters(student)
+    for name, value in before.items():
+        np.testing.assert_array_equal(after[name], value, err_msg=name)
 
 
 @pytest.mark.parametrize("fmt,bits,group_size", FORMATS)

@@ -76,7 +76,10 @@ class TeacherCache:
         values, indices, logits_of = [], [], logits_function(teacher)
         for start in tqdm(range(0, len(windows), batch_size), desc="teacher top-k", disable=not progress):
             logits = logits_of(windows[start:start + batch_size, :-1])
-            top = np.argsort(-logits, axis=-1, kind="stable")[..., :top_k]
+            k = min(top_k, logits.shape[-1])
+            part = np.argpartition(-logits, k - 1, axis=-1)[..., :k]  # the k largest, unordered: no full sort
+            order = np.argsort(-np.take_along_axis(logits, part, axis=-1), axis=-1, kind="stable")
+            top = np.take_along_axis(part, order, axis=-1)
             values.append(np.take_along_axis(logits, top, axis=-1).astype(np.float16))
             indices.append(top.astype(np.int32))
         with atomic_directory(self.folder, overwrite=True) as tmp:

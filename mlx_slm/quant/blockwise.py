@@ -4,8 +4,9 @@ For a model whose decoder blocks are already quantized (by gptq, imatrix, rtn, .
 each block in order gets :mod:`.fake_quant` twins of its quantized linear layers:
 float32 weights seen through the format's rounding plus the format's own
 parameters (affine scales and biases; lut palettes and row scales; ternary scales),
-all trained with Adam to minimise the mean squared error between the block's output
-and the float model's block output on the calibration windows (EfficientQAT's
+all trained with Adam to minimise the squared error (per token, relative to the
+token's size) between the block's output and the float model's block output on the
+calibration windows (EfficientQAT's
 Block-AP; the twins start exactly at the given quantization, so training starts from
 the gptq solution rather than from round-to-nearest). The block is then rounded
 once and stored in its format; everything else in the model is left as it was.
@@ -17,7 +18,9 @@ of the ones before it); "float" trains on the float model's activations. The tar
 is the float model's block output either way.
 
 Each block keeps its start unless its error on held-out windows got lower, so no
-block ends worse than its start on those windows. Memory: the windows' activations
+block ends worse than its start on those windows; and the whole model keeps its start
+unless its KL to the float model on those windows got lower (lower error in every
+block does not guarantee it: measured on a ternary SmolLM2, where it rose). Memory: the windows' activations
 (inputs, targets, and the next inputs: three arrays [S, T, D] float32) plus one
 block's training state, never the whole model's gradients. Blocks are found through
 ``model.layers`` and called as ``block(x, mask, cache=None)`` with the masks the
@@ -102,6 +105,20 @@ def block_inputs(model, tokens: np.ndarray, batch_size: int) -> mx.array:
     finally:
         blocks[0] = recorder.block
     return mx.concatenate(out)
+
+
+def held_out_kl(model, teacher, tokens: np.ndarray) -> float:
+    """Mean per-token KL(teacher || model) over windows ``tokens`` [S, T], the full vocabulary (teacher
+    already under :func:`mlx_slm.runtime.fast_cpu`)."""
+    total = 0.0
+    with fast_cpu(model):
+        for window in tokens:
+            x = mx.array(window[None])
+            t = teacher(x).astype(mx.float32)
+            s = model(x).astype(mx.float32)
+            t, s = t - mx.logsumexp(t, axis=-1, keepdims=True), s - mx.logsumexp(s, axis=-1, keepdims=True)
+            total += (mx.exp(t) * (t - s)).sum(axis=-1).mean().item()
+    return total / len(tokens)
 
 
 def run_block(block, x: mx.array, mask, batch_size: int) -> mx.array:
@@ -217,8 +234,10 @@ def reconstruct_blocks(model, teacher, tokens, config: BlockwiseConfig | None = 
     model: an MLX model whose blocks hold quantized linear layers (affine, lut, ternary).
     teacher: the float MLX model with the same architecture. tokens: calibration windows
     [S, T] (S >= 2); the last ``max(1, round(S * held_out))`` are held out.
-    Returns the report: per block the held-out mean squared error before and after
-    (``blocks``), the token counts, the inputs used and the seconds taken.
+    Returns the report: per block the held-out error before and after (``blocks``), the
+    model's held-out KL before and after (``start_kl``, ``final_kl``; ``kept_start`` when
+    training did not lower it and the start was restored), the token counts, the
+    settings and the seconds taken.
     """
     config = (config or BlockwiseConfig()).check()
     if backend_of(model) != "mlx" or backend_of(teacher) != "mlx":
@@ -234,8 +253,10 @@ def reconstruct_blocks(model, teacher, tokens, config: BlockwiseConfig | None = 
     started = time.perf_counter()
     blocks, teacher_blocks = blocks_of(model), blocks_of(teacher)
     student_x = block_inputs(model, tokens, config.batch_size)
+    start_state = tree_flatten(model.parameters())  # immutable arrays: keeping them costs no copy
     reports = []
     with fast_cpu(teacher):
+        start_kl = held_out_kl(model, teacher, tokens[split:])
         masks = block_masks(teacher, mx.array(tokens[:1]))
         float_x = block_inputs(teacher, tokens, config.batch_size)
         bar = tqdm(range(len(blocks)), desc=f"blockwise ({split} x {tokens.shape[1]} tokens, {config.epochs} epochs)",
@@ -251,8 +272,14 @@ def reconstruct_blocks(model, teacher, tokens, config: BlockwiseConfig | None = 
             with fast_cpu(blocks[index]):
                 student_x = run_block(blocks[index], student_x, masks[index], config.batch_size)
             float_x = target
+        final_kl = held_out_kl(model, teacher, tokens[split:])
+    kept_start = not final_kl < start_kl
+    if kept_start:  # every block's error dropped, and still the whole model got worse: keep the start
+        model.update(tree_unflatten(start_state))
+        mx.eval(model.parameters())
     trained = [r for r in reports if r["final_error"] is not None]
-    return {**asdict(config), "blocks": reports, "train_windows": split, "held_out_windows": held,
+    return {**asdict(config), "start_kl": start_kl, "final_kl": final_kl, "kept_start": kept_start,
+            "blocks": reports, "train_windows": split, "held_out_windows": held,
             "seq_len": int(tokens.shape[1]), "train_tokens": int(split * tokens.shape[1] * config.epochs),
             "improved_blocks": sum(not r["kept_start"] for r in trained), "trained_blocks": len(trained),
             "seconds": time.perf_counter() - started}
