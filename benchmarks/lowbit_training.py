@@ -132,13 +132,13 @@ class Bench:
 
 
 def table(rows: list[dict]) -> str:
-    header = (f"{'row':<14}{'recipe':<15}{'bpw':>6}{'PPL':>12}{'KL':>9}{'top-1':>8}{'tokens':>10}"
+    header = (f"{'row':<14}{'recipe':<15}{'bpw':>6}{'PPL':>14}{'KL':>9}{'top-1':>8}{'tokens':>10}"
               f"{'train s':>9}{'total s':>9}")
     lines = [header, "-" * len(header)]
     for r in rows:
         kl = "-" if r.get("kld") is None else f"{r['kld']:.4f}"
         top1 = "-" if r.get("top1") is None else f"{r['top1']:.1%}"
-        lines.append(f"{r['row']:<14}{r['recipe']:<15}{r['bpw']:>6.2f}{r['ppl']:>12.3f}{kl:>9}{top1:>8}"
+        lines.append(f"{r['row']:<14}{r['recipe']:<15}{r['bpw']:>6.2f}{r['ppl']:>14.3f}{kl:>9}{top1:>8}"
                      f"{r['tokens']:>10}{r['train_seconds']:>9.0f}{r['total_seconds']:>9.0f}")
     return "\n".join(lines)
 
