@@ -18,6 +18,7 @@ over the calibration windows on the numpy engine.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 from tqdm import tqdm
@@ -322,7 +323,7 @@ def quantize_blockwise(model, options, settings: dict):
 
     config = options if isinstance(options, BlockwiseConfig) else BlockwiseConfig.from_options(options)
     if config.start is None:
-        config.start = "gptq" if settings["format"] == "affine" else "imatrix"
+        config = replace(config, start="gptq" if settings["format"] == "affine" else "imatrix")
     config.check()
     tokens, calibration, teacher = calibrated_teacher(model, settings)
     quantize(model, method=config.start, **settings)

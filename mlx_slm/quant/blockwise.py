@@ -6,10 +6,10 @@ float32 weights seen through the format's rounding plus the format's own
 parameters (affine scales and biases; lut palettes and row scales; ternary scales),
 all trained with Adam to minimise the squared error (per token, relative to the
 token's size) between the block's output and the float model's block output on the
-calibration windows (EfficientQAT's
-Block-AP; the twins start exactly at the given quantization, so training starts from
-the gptq solution rather than from round-to-nearest). The block is then rounded
-once and stored in its format; everything else in the model is left as it was.
+calibration windows (EfficientQAT's Block-AP; the twins start exactly at the given
+quantization, so training starts from the gptq solution rather than from
+round-to-nearest). The block is then rounded once and stored in its format;
+everything else in the model is left as it was.
 
 Inputs (``BlockwiseConfig.inputs``): "quantized" trains block i on the output of the
 already-trained quantized blocks before it, against the float model's output of
@@ -20,9 +20,10 @@ is the float model's block output either way.
 Each block keeps its start unless its error on held-out windows got lower, so no
 block ends worse than its start on those windows; and the whole model keeps its start
 unless its KL to the float model on those windows got lower (lower error in every
-block does not guarantee it: measured on a ternary SmolLM2, where it rose). Memory: the windows' activations
-(inputs, targets, and the next inputs: three arrays [S, T, D] float32) plus one
-block's training state, never the whole model's gradients. Blocks are found through
+block does not guarantee it: on a ternary SmolLM2 every block's error fell and the
+model's KL rose). Memory: the windows' activations (inputs, targets, and the next
+inputs: three arrays [S, T, D] float32) plus one block's training state, never the
+whole model's gradients. Blocks are found through
 ``model.layers`` and called as ``block(x, mask, cache=None)`` with the masks the
 model's own forward pass gives each layer, so any mlx-lm architecture with that
 layout runs.
@@ -157,7 +158,7 @@ class BlockTrainer:
         return mx.mean(mx.square(out - y).mean(axis=-1) / size)
 
     def error(self, x: mx.array, y: mx.array) -> float:
-        """Mean squared error over ``x`` / ``y`` in batches."""
+        """:meth:`loss` averaged over the windows ``x`` / ``y`` [S, T, D], in batches."""
         size, total = self.config.batch_size, 0.0
         for first in range(0, len(x), size):
             rows = slice(first, first + size)
