@@ -221,8 +221,9 @@ def quantized_training_run(root, steps, **settings):
 
 
 def test_end_to_end_qat_trains_weights_and_step_sizes_in_the_format(tmp_path):
-    from mlx_slm.runtime import quantized_modules
     from test_learned import full_kl
+
+    from mlx_slm.runtime import quantized_modules
 
     teacher, start, _, windows = tiny_pair(tmp_path / "start", "affine", 2, 32)
     before = parameters(start)

@@ -81,7 +81,7 @@ def test_loaded_model_is_an_input(tmp_path, tiny):
 
 def test_leftovers_of_killed_runs_are_removed(tmp_path, tiny):
     _, model, tokenizer = tiny
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True,
                           text=True).stdout.strip()
     stale = [tmp_path / f".out.partial-{dead}-x1y2", tmp_path / f".out.old-{dead}"]
     for folder in stale:
