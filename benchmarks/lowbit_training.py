@@ -38,6 +38,7 @@ from pathlib import Path
 
 import mlx_slm
 from mlx_slm.io.atomic import atomic_file
+from mlx_slm.quant.blockwise_config import default_start
 from mlx_slm.textdata import local_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,10 +51,6 @@ DEFAULT_ROWS = "affine:2:64,affine:2:32,affine:3:64,affine:4:64,lut:3:8,lut:4:8,
 def parse_row(text: str) -> dict:
     fmt, bits, group = text.split(":")
     return {"format": fmt, "bits": int(bits), "group_size": int(group)}
-
-
-def start_method(row: dict) -> str:
-    return "gptq" if row["format"] == "affine" else "imatrix"
 
 
 def write_texts(out: Path) -> dict:
@@ -84,7 +81,8 @@ class Bench:
         if not record.is_file():
             model, _ = mlx_slm.load(self.folder)
             began = time.perf_counter()
-            mlx_slm.quantize(model, method=start_method(row), progress=False, **row, **self.calibration)
+            mlx_slm.quantize(model, method=default_start(row["format"]), progress=False, **row,
+                             **self.calibration)
             seconds = time.perf_counter() - began
             mlx_slm.save(model, self.tokenizer, folder, overwrite=True, extra_files={"seconds.txt": f"{seconds}"})
         return folder, float(record.read_text())
@@ -126,7 +124,7 @@ class Bench:
             extra = {**extra, **e2e, "tokens": extra["tokens"] + e2e["tokens"]}
         train_seconds = time.perf_counter() - began
         report = mlx_slm.evaluate(model, self.tokenizer, reference=self.reference, **self.evaluate)
-        label = start_method(row) if recipe == "start" else recipe
+        label = default_start(row["format"]) if recipe == "start" else recipe
         return {"row": name, "recipe": label, **row, "train_seconds": train_seconds,
                 "total_seconds": train_seconds + start_seconds, **extra, **report}
 
@@ -185,7 +183,7 @@ def main(argv=None) -> None:
     for name in [r for r in args.rows.split(",") if r]:
         row = parse_row(name)
         for recipe in recipes:
-            label = start_method(row) if recipe == "start" else recipe
+            label = default_start(row["format"]) if recipe == "start" else recipe
             if any(r["row"] == name and r["recipe"] == label for r in rows):
                 continue
             rows.append(bench.measure(row, name, recipe))

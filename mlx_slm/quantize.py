@@ -319,11 +319,11 @@ def quantize_blockwise(model, options, settings: dict):
     (:func:`mlx_slm.quant.blockwise.reconstruct_blocks`)."""
     require_training(model, "blockwise")
     from .quant.blockwise import reconstruct_blocks
-    from .quant.blockwise_config import BlockwiseConfig
+    from .quant.blockwise_config import BlockwiseConfig, default_start
 
     config = options if isinstance(options, BlockwiseConfig) else BlockwiseConfig.from_options(options)
     if config.start is None:
-        config = replace(config, start="gptq" if settings["format"] == "affine" else "imatrix")
+        config = replace(config, start=default_start(settings["format"]))
     config.check()
     tokens, calibration, teacher = calibrated_teacher(model, settings)
     quantize(model, method=config.start, **settings)

@@ -3,10 +3,11 @@
 Every folder written here is built in ``.NAME.partial-PID-*`` beside its target and
 renamed into place. It carries a marker file (:data:`MARKER`) listing the files this
 tool wrote, and an existing folder is replaced only when it is empty or holds nothing
-but what its marker lists: never the current folder or one of its ancestors, never one of
-the run's inputs (the model being saved was loaded from, the files a command reads) or
-a folder holding one, never a folder with files of the user's. Leftovers of killed runs (``.NAME.partial-PID-*`` and ``.NAME.old-PID`` whose
-process is gone) are removed by the next write to the same target.
+but what its marker lists: never the current folder or one of its ancestors, never one
+of the run's inputs (the model being saved was loaded from, the files a command reads)
+or a folder holding one, never a folder with files of the user's. Leftovers of killed
+runs (``.NAME.partial-PID-*`` and ``.NAME.old-PID`` whose process is gone) are removed
+by the next write to the same target.
 """
 
 from __future__ import annotations
@@ -90,8 +91,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # it exists, under another user
+        pass
     return True
 
 

@@ -43,6 +43,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from tqdm import tqdm
 
 from ..backend import backend_of
+from ..distill.losses import kl, log_softmax
 from ..errors import SLMError
 from ..runtime import fast_cpu, restore_dtypes, widen_floats
 from .blockwise_config import BlockwiseConfig
@@ -115,10 +116,8 @@ def held_out_kl(model, teacher, tokens: np.ndarray) -> float:
     with fast_cpu(model):
         for window in tokens:
             x = mx.array(window[None])
-            t = teacher(x).astype(mx.float32)
-            s = model(x).astype(mx.float32)
-            t, s = t - mx.logsumexp(t, axis=-1, keepdims=True), s - mx.logsumexp(s, axis=-1, keepdims=True)
-            total += (mx.exp(t) * (t - s)).sum(axis=-1).mean().item()
+            log_t, log_s = (log_softmax(m(x).astype(mx.float32)) for m in (teacher, model))
+            total += kl(log_t, log_s).mean().item()
     return total / len(tokens)
 
 

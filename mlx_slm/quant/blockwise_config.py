@@ -24,6 +24,11 @@ FIELD_HELP = {
 
 
 STARTS = ("rtn", "imatrix", "gptq", "awq")
+
+
+def default_start(weight_format: str) -> str:
+    """The start when none is given: gptq for the affine format, imatrix for lut and ternary."""
+    return "gptq" if weight_format == "affine" else "imatrix"
 INPUTS = ("quantized", "float")
 
 
