@@ -38,7 +38,7 @@ from pathlib import Path
 
 import mlx_slm
 from mlx_slm.io.atomic import atomic_file
-from mlx_slm.quant.blockwise_config import default_start
+from mlx_slm.quant.methods.blockwise import default_start
 from mlx_slm.textdata import local_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -90,7 +90,7 @@ class Bench:
     def blockwise(self, model) -> dict:
         """Block-wise reconstruction of ``model`` (the start, loaded) towards the float model."""
         from mlx_slm.quant.blockwise import reconstruct_blocks
-        from mlx_slm.quant.blockwise_config import BlockwiseConfig
+        from mlx_slm.quant.methods.blockwise import BlockwiseConfig
         from mlx_slm.quant.calibration import calibration_windows
 
         tokens, _ = calibration_windows(**self.calibration)

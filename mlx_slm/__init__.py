@@ -1,7 +1,8 @@
 """mlx_slm: make small language models smaller and ship them to Apple devices.
 
     model, tokenizer = mlx_slm.load("SmolLM2-135M-Instruct.Q4_1.gguf")
-    model = mlx_slm.quantize(model, bits=4, group_size=64)
+    model = mlx_slm.quantize(model, mlx_slm.QuantizeConfig(method="gptq", bits=4),
+                             mlx_slm.Calibration("kjv.txt", tokenizer))
     mlx_slm.save(model, tokenizer, "smollm2-4bit")
     print(mlx_slm.evaluate(model, tokenizer, text="notes.txt"))
 """
@@ -13,12 +14,14 @@ _blas.preload()  # must run before anything imports mlx
 from .errors import MLXRequiredError, SLMError  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
 from .loading import load, model_config  # noqa: E402
+from .quant.calibration import Calibration  # noqa: E402
+from .quant.config import QuantizeConfig  # noqa: E402
 from .quantize import quantize  # noqa: E402
 from .saving import save  # noqa: E402
 from . import stats  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["load", "save", "quantize", "evaluate", "export_coreml", "model_config", "SLMError", "MLXRequiredError"]
+__all__ = ["load", "save", "quantize", "QuantizeConfig", "Calibration", "evaluate", "export_coreml", "model_config", "SLMError", "MLXRequiredError"]
 
 
 def __getattr__(name):

@@ -18,7 +18,7 @@ from .distill.cli import add_distill_parser
 from .export.cli import add_export_parser
 from .finetune.cli import add_finetune_parser, add_fuse_parser
 from .prune.cli import add_prune_parser
-from .quantize import LEARNED_STARTS, METHODS, check_settings
+from .quant.arguments import add_method_arguments, methods_help, quantize_config
 
 
 def cmd_convert(args) -> None:
@@ -32,64 +32,24 @@ def cmd_convert(args) -> None:
 
 def cmd_quantize(args) -> None:
     import mlx_slm
-
     from mlx_slm.loading import model_config
     from mlx_slm.quant.budget import format_report as format_plan
+    from mlx_slm.quant.calibration import Calibration
+    from mlx_slm.quant.methods import methods
 
     check_output(args, args.model, args.calib, args.config)
-    check_settings(args.method, args.format, args.bits, args.group_size)
-    blockwise = None
-    if args.method == "blockwise" or args.learned_start == "blockwise":
-        blockwise = blockwise_options(args).check()
+    settings = quantize_config(args)
     model, tokenizer = mlx_slm.load(args.model, backend=args.backend)
-    learned = None
-    if args.method == "learned":
-        given = {"steps": args.learned_steps, "learning_rate": args.learned_lr}
-        learned = {"start": args.learned_start, **{k: v for k, v in given.items() if v is not None}}
-    mlx_slm.quantize(model, bits=args.bits, group_size=args.group_size, method=args.method, format=args.format,
-                     config=args.config, calib=args.calib, tokenizer=tokenizer, num_samples=args.num_samples,
-                     seq_len=args.seq_len, per_row_scale=args.per_row_scale, target_bpw=args.target_bpw,
-                     learned_options=learned, blockwise_options=blockwise)
+    mlx_slm.quantize(model, settings, Calibration(args.calib, tokenizer, args.num_samples, args.seq_len))
     record = model_config(model).get("mlx_slm") or {}
     if "plan" in record:
         print(format_plan(record["plan"]))
-    if "blockwise" in record:
-        report = record["blockwise"]
-        print(f"blockwise from {report['start']}: {report['improved_blocks']} of {report['trained_blocks']} blocks "
-              f"improved on held-out windows, held-out KL {report['start_kl']:.4f} -> {report['final_kl']:.4f}"
-              + (" (the start was kept)" if report["kept_start"] else "")
-              + f" ({report['train_tokens']} tokens trained, {report['seconds']:.0f} s)")
-    if "learned" in record:
-        report = record["learned"]
-        print(f"learned from {report['start']}: held-out KL {report['start_kl']:.4f} -> {report['final_kl']:.4f} "
-              f"after {report['steps_run']} steps" + (" (the start was kept)" if report["kept_start"] else ""))
+    for name, method in methods().items():
+        if method.report is not None and name in settings.options and name in record:
+            print(method.report(record))
     mlx_slm.save(model, tokenizer, args.output, overwrite=args.overwrite)
     stats = mlx_slm.stats.weight_stats(model)
     print(f"wrote {args.output}: {stats['bpw']:.3f} bits per weight, {stats['size_bytes'] / 1e6:.1f} MB")
-
-
-def blockwise_options(args):
-    """The BlockwiseConfig of the ``--blockwise-*`` arguments (unset ones keep its defaults)."""
-    from dataclasses import fields
-
-    from mlx_slm.quant.blockwise_config import BlockwiseConfig
-
-    given = {f.name: getattr(args, f"blockwise_{f.name}") for f in fields(BlockwiseConfig)}
-    return BlockwiseConfig(**{k: v for k, v in given.items() if v is not None})
-
-
-def add_blockwise_options(parser) -> None:
-    """One ``--blockwise-NAME`` argument per field of BlockwiseConfig, its help from the field's doc."""
-    from dataclasses import MISSING, fields
-
-    from mlx_slm.quant.blockwise_config import FIELD_HELP, BlockwiseConfig
-
-    group = parser.add_argument_group("blockwise (method blockwise, or learned with --learned-start blockwise)")
-    for field in fields(BlockwiseConfig):
-        kind = {"int": int, "float": float}.get(str(field.type), str)
-        default = "" if field.default in (MISSING, None) else f" (default {field.default})"
-        group.add_argument(f"--blockwise-{field.name.replace('_', '-')}", dest=f"blockwise_{field.name}",
-                           type=kind, default=None, help=FIELD_HELP[field.name] + default)
 
 
 def format_report(report: dict) -> str:
@@ -193,20 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     quantize = commands.add_parser(
         "quantize", help="quantize a model (affine, lut or ternary formats)",
-        description="Quantize the linear and embedding layers. Formats -- " + format_help() + ". Methods: rtn "
-                    "(affine: round-to-nearest, identical to mlx_lm.convert -q; lut: plain k-means; ternary: "
-                    "absmean), imatrix (weighted by activation importance: affine scales and biases, lut "
-                    "k-means, ternary scales), gptq (affine only, error-compensating rounding), awq (affine "
-                    "only, activation-aware rescaling of each norm/linear and the linears it feeds) or learned "
-                    "(MLX only: gptq or awq, then scales and biases trained by KL distillation from the float "
-                    "model, never worse than the start) or blockwise (MLX only, any format: gptq or imatrix, "
-                    "then each decoder block's weights and quantization parameters trained through the "
-                    "format's rounding to reproduce the float block's outputs, a block kept only where its "
-                    "held-out error drops); all but rtn read local calibration text (--calib), "
-                    "nothing is downloaded. --target-bpw chooses each layer's bits and group size from "
-                    "measured sensitivities to meet a bits-per-weight budget, prints the plan and saves it in "
-                    "config.json. Layers whose shape does not fit the format stay "
-                    "in float and are reported. Only the affine format loads in stock mlx_lm.", epilog=EPILOG)
+        description="Quantize the linear and embedding layers. Formats -- " + format_help() + ". Methods -- "
+                    + methods_help() + ". The calibrated methods read local text (--calib), nothing is "
+                    "downloaded. --target-bpw chooses each layer's bits and group size from measured "
+                    "sensitivities to meet a bits-per-weight budget, prints the plan and saves it in "
+                    "config.json. Layers whose shape does not fit the format stay in float and are reported. Only the affine format loads in stock mlx_lm.", epilog=EPILOG)
     quantize.add_argument("model", help="model folder, Hub id, or .gguf file")
     quantize.add_argument("-o", "--output", required=True, help="output folder (written atomically)")
     quantize.add_argument("--format", default="affine", choices=sorted(FORMATS),
@@ -220,16 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--per-row-scale", action=argparse.BooleanOptionalAction, default=None,
                           help="lut: a float16 scale per output row, palettes cluster w/scale (default: on "
                                "when a palette serves several rows, off for one-row palettes)")
-    quantize.add_argument("--method", default="rtn", choices=METHODS,
-                          help="quantization method (default rtn); imatrix, gptq, awq (activation-aware "
-                               "scaling, then imatrix; affine only), blockwise and learned need --calib")
-    add_blockwise_options(quantize)
-    quantize.add_argument("--learned-start", default="gptq", choices=LEARNED_STARTS,
-                          help="learned: the method whose output is trained (default gptq)")
-    quantize.add_argument("--learned-steps", type=int, default=None,
-                          help="learned: most training steps (default 200; stops early on held-out KL)")
-    quantize.add_argument("--learned-lr", type=float, default=None,
-                          help="learned: Adam's learning rate, relative to each layer's mean scale (default 3e-5)")
+    add_method_arguments(quantize)
     quantize.add_argument("--target-bpw", type=float, default=None,
                           help="mixed precision: average bits per weight of the matrices to reach (+-0.01), "
                                "e.g. 3.0; per-layer bits/group sizes from measured sensitivities")

@@ -199,7 +199,7 @@ def test_awq_keeps_float_layers_consistent(tmp_path):
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"format": "lut"}, "'awq' supports the affine format only"),
-    ({"awq_options": {"alpha": 0.5}}, r"unknown awq_options \['alpha'\]"),
+    ({"awq_options": {"alpha": 0.5}}, r"unknown awq options \['alpha'\]"),
     ({"awq_options": {"grid": 1}}, "grid must be an integer >= 2"),
     ({"awq_options": {"quantizer": "rtn"}}, "quantizer must be one of"),
     ({"calib": None}, "calibration text is missing"),

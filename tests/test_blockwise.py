@@ -204,8 +204,14 @@ def test_cli_blockwise(tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "blockwise from rtn:" in out and "tokens trained" in out
-    assert main(argv[:3] + [str(tmp_path / "q2b")] + argv[4:] + ["--blockwise-inputs", "nope"]) == 2
-    assert "inputs" in capsys.readouterr().err
+    assert main(argv[:3] + [str(tmp_path / "q2b")] + argv[4:] + ["--blockwise-held-out", "1.5"]) == 2
+    assert "held_out must be between 0 and 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # a choice the flag does not offer: argparse's own exit 2
+        main(argv[:3] + [str(tmp_path / "q2b")] + argv[4:] + ["--blockwise-inputs", "nope"])
+    assert exit_info.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
+    assert main(argv[:3] + [str(tmp_path / "q2b")] + argv[4:6] + ["--method", "gptq", "--blockwise-epochs", "1",
+                                                              "--calib", str(tmp_path / "calib.txt")]) == 2
+    assert "blockwise options are given, but method 'gptq' does not use them" in capsys.readouterr().err
     assert not (tmp_path / "q2b").exists()
 
 

@@ -275,7 +275,7 @@ def test_gptq_same_on_both_backends_and_stock_mlx_lm_runs_it(tmp_path):
     ({"calib": None}, "calibration text is missing"),
     ({"tokenizer": None}, "needs the model's tokenizer"),
     ({"num_samples": 500}, "calibration text too short"),
-    ({"gptq_options": {"dampening": 0.1}}, "unknown gptq_options"),
+    ({"gptq_options": {"dampening": 0.1}}, "unknown gptq options"),
     ({"format": "lut"}, "affine format only"),
     ({"gptq_options": {"grid": "k-means"}}, "grid must be"),
 ])

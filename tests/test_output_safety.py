@@ -171,7 +171,7 @@ def test_quantize_settings_are_checked_before_the_model_loads(tmp_path, capsys, 
     assert match in err and "gguf" not in err.lower(), err
 
 
-@pytest.mark.parametrize("method", ["blockwise", "learned"])
+@pytest.mark.parametrize("method", ["blockwise", "learned", "e2e"])
 def test_training_methods_need_mlx(tiny, method):
     """Without MLX (or on the numpy backend) the trained methods say so in one line."""
     from mlx_slm.errors import MLXRequiredError

@@ -21,6 +21,7 @@ mode, bits and group size:
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 import mlx.nn as nn
 from mlx.utils import tree_unflatten
@@ -49,7 +50,7 @@ def quantized_base(layer):
 def check_gptq(model, quantized: dict, gptq_options: dict | None) -> dict:
     """GPTQ's options (defaults filled); SLMError for what it cannot re-quantize."""
     from ..models.numpy_llama import SUPPORTED
-    from ..quantize import GPTQ_DEFAULTS
+    from ..quant.methods.gptq import GPTQConfig
 
     model_type = model_config(model).get("model_type")
     if model_type not in SUPPORTED:
@@ -59,10 +60,7 @@ def check_gptq(model, quantized: dict, gptq_options: dict | None) -> dict:
         if type(base) is not nn.QuantizedLinear or base.mode != "affine":
             raise SLMError(f"requantize='gptq' re-quantizes affine linear layers; {path} is a "
                            f"{type(base).__name__} in mode {base.mode!r}; use requantize='rtn'")
-    unknown = set(gptq_options or {}) - set(GPTQ_DEFAULTS)
-    if unknown:
-        raise SLMError(f"unknown gptq_options {sorted(unknown)}; known: {sorted(GPTQ_DEFAULTS)}")
-    return {**GPTQ_DEFAULTS, **(gptq_options or {})}
+    return asdict(GPTQConfig.from_options(gptq_options))
 
 
 def requantize_gptq(model, quantized: dict, tokens, options: dict, progress: bool) -> None:

@@ -46,8 +46,8 @@ from ..backend import backend_of
 from ..distill.losses import kl, log_softmax
 from ..errors import SLMError
 from ..runtime import fast_cpu, restore_dtypes, widen_floats
-from .blockwise_config import BlockwiseConfig
 from .fake_quant import QUANT_PARAMS, make_twin, store_twin
+from .methods.blockwise import BlockwiseConfig
 
 
 class Recorder:

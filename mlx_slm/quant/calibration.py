@@ -8,6 +8,7 @@ the whole text, so a long book contributes from its beginning to its end.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +56,23 @@ def calibration_windows(tokenizer, calib, num_samples: int = DEFAULT_NUM_SAMPLES
         "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
     }
     return tokens, record
+
+
+@dataclass
+class Calibration:
+    """Calibration text and how it is cut: ``text`` (.txt / .jsonl path or list of strings),
+    the model's ``tokenizer``, ``num_samples`` windows of ``seq_len`` tokens. The windows are
+    cut once, on first use, and shared by every method of one quantization run."""
+
+    text: object = None
+    tokenizer: object = None
+    num_samples: int = DEFAULT_NUM_SAMPLES
+    seq_len: int = DEFAULT_SEQ_LEN
+    _cut: tuple | None = field(default=None, init=False, repr=False, compare=False)
+
+    def windows(self) -> tuple[np.ndarray, dict]:
+        """(tokens [num_samples, seq_len] int32, record): :func:`calibration_windows`."""
+        if self._cut is None:
+            self._cut = calibration_windows(self.tokenizer, self.text, self.num_samples, self.seq_len)
+        tokens, record = self._cut
+        return tokens, dict(record)

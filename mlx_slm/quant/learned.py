@@ -47,9 +47,7 @@ from ..backend import backend_of
 from ..distill.losses import divergence, log_softmax
 from ..errors import SLMError
 from ..runtime import fast_cpu, quantized_modules, widen_floats
-
-DEFAULTS = {"steps": 200, "batch_size": 4, "learning_rate": 3e-5, "top_k": 1024, "eval_every": 10,
-            "patience": 4, "held_out": 1 / 8, "seed": 0}
+from .methods.learned import LearnedConfig
 
 
 def affine_layers(model) -> list[tuple[str, nn.Module]]:
@@ -189,15 +187,7 @@ def check_request(model, tokens: np.ndarray, options: dict) -> tuple[list, dict]
     if backend_of(model) != "mlx":
         raise SLMError("learned needs MLX: training does not run on the numpy fallback "
                        "(load the model with backend='mlx')")
-    unknown = set(options) - set(DEFAULTS)
-    if unknown:
-        raise SLMError(f"unknown learned options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    settings = {**DEFAULTS, **options}
-    for name in ("batch_size", "top_k", "eval_every", "patience"):
-        if settings[name] < 1:
-            raise SLMError(f"learned option {name} must be at least 1, not {settings[name]}")
-    if settings["steps"] < 0 or settings["learning_rate"] <= 0 or not 0 < settings["held_out"] < 1:
-        raise SLMError("learned options need steps >= 0, learning_rate > 0 and 0 < held_out < 1")
+    settings = LearnedConfig.from_options(options).training()
     layers = affine_layers(model)
     if not layers:
         raise SLMError("learned quantization trains the scales and biases of affine-quantized layers, and this "
@@ -288,7 +278,8 @@ def learn_quantization(model, teacher, tokens, progress: bool = True, **options)
     teacher: the float model (MLX or numpy backend, same vocabulary); its top-k logits
     are computed once. tokens: calibration windows [S, T] int (S >= 2); the last
     ``max(1, round(S * held_out))`` are held out.
-    options (see ``DEFAULTS``): steps, batch_size (windows per step), learning_rate
+    options (:class:`~mlx_slm.quant.methods.learned.LearnedConfig`'s fields but start):
+    steps, batch_size (windows per step), learning_rate
     (Adam, relative to each layer's scales), top_k (teacher logits kept; >= the
     vocabulary gives the exact KL), eval_every (steps between held-out evaluations),
     patience (evaluations without improvement before stopping), held_out (fraction),

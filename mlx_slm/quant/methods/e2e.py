@@ -1,0 +1,119 @@
+"""Method "e2e": the start method, then end-to-end quantization-aware training of the whole model:
+every decoder layer's float weights and step sizes trained through the format's rounding on the
+float model's cached top-k logits (:func:`mlx_slm.distill.distill` with ``train_quantized``; MLX only).
+
+The calibration text is split: its last ``held_out`` fraction is never trained on and scores
+the model before and after training (KL(float || model) per token, full vocabulary); the
+trained model is kept only if that KL dropped, else the start is restored.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+
+from ...errors import SLMError
+from . import Method, MethodOptions, option, register
+from .blockwise import default_start
+
+STARTS = ("rtn", "imatrix", "gptq", "awq", "blockwise")
+
+
+@dataclass
+class E2EConfig(MethodOptions):
+    """Settings of the end-to-end run (the distillation trainer's, at temperature 1, KL only)."""
+
+    start: str | None = option(None, "the method whose result is trained (default: gptq for the affine format, "
+                                     "imatrix for lut and ternary)", choices=STARTS)
+    steps: int = option(100, "training steps (each batch_size windows of --seq-len tokens)")
+    batch_size: int = option(4, "windows per step")
+    learning_rate: float = option(1e-3, "Adam's rate, relative to each layer's quantization step")
+    top_k: int = option(256, "teacher logits cached per position")
+    eval_every: int = option(10, "steps between held-out evaluations shown while training")
+    eval_windows: int = option(4, "held-out windows of --seq-len tokens")
+    held_out: float = option(0.05, "fraction at the end of the calibration text never trained on")
+    seed: int = option(0, "seed of the window order")
+
+    def check(self) -> E2EConfig:
+        if self.start is not None and self.start not in STARTS:
+            raise SLMError(f"e2e start must be one of {', '.join(STARTS)}, not {self.start!r}")
+        for name in ("steps", "batch_size", "top_k", "eval_every", "eval_windows"):
+            if getattr(self, name) < 1:
+                raise SLMError(f"e2e {name} must be at least 1, not {getattr(self, name)}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise SLMError(f"e2e learning_rate must be a positive number, not {self.learning_rate}")
+        if not 0 < self.held_out < 1:
+            raise SLMError(f"e2e held_out must be between 0 and 1, not {self.held_out}")
+        return self
+
+    def uses(self, weight_format: str) -> tuple[str, ...]:
+        return (self.start or default_start(weight_format),)
+
+
+def split_text(text: str, held_out: float) -> tuple[str, str]:
+    """(training part, held-out part): the last ``held_out`` of the characters, cut at a line break."""
+    cut = int(len(text) * (1 - held_out))
+    line = text.rfind("\n", 0, cut)
+    cut = line if line > 0 else cut
+    return text[:cut], text[cut:]
+
+
+def run(model, settings, calibration, progress):
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    from ...distill import DistillConfig, distill
+    from ...evaluate import read_text
+    from ...loading import model_config, set_model_config
+    from ...quantize import float_teacher, run_method
+    from ...runtime import fast_cpu
+    from ..blockwise import held_out_kl
+    from ..calibration import Calibration
+
+    config = settings.options_of("e2e")
+    config = replace(config, start=config.start or default_start(settings.format))
+    if calibration.text is None:
+        raise SLMError("method 'e2e' trains on the calibration text: pass calib=<.txt/.jsonl or strings> (--calib)")
+    train_text, held_text = split_text(read_text(calibration.text), config.held_out)
+    held, _ = Calibration([held_text], calibration.tokenizer, config.eval_windows, calibration.seq_len).windows()
+    teacher = float_teacher(model)
+    run_method(model, replace(settings, method=config.start), calibration, progress)
+    started = time.perf_counter()
+    with fast_cpu(teacher):
+        start_kl = held_out_kl(model, teacher, held)
+    start_state = tree_flatten(model.parameters())  # immutable arrays: keeping them costs no copy
+    with tempfile.TemporaryDirectory(prefix="mlx-slm-e2e-") as cache:
+        trainer = DistillConfig(steps=config.steps, batch_size=config.batch_size, seq_len=calibration.seq_len,
+                                learning_rate=config.learning_rate, warmup_steps=min(10, config.steps // 10),
+                                alpha=0.0, temperature=1.0, teacher_top_k=config.top_k, cache_dir=cache,
+                                eval_every=config.eval_every, eval_windows=config.eval_windows, seed=config.seed,
+                                train_quantized=True)
+        history = distill(model, teacher, calibration.tokenizer, [train_text], trainer, eval_text=[held_text],
+                          progress=progress)
+    with fast_cpu(teacher):
+        final_kl = held_out_kl(model, teacher, held)
+    kept_start = not final_kl < start_kl
+    if kept_start:
+        model.update(tree_unflatten(start_state))
+    saved = model_config(model)
+    saved["mlx_slm"].update(method="e2e", e2e={
+        **asdict(config), "start_kl": start_kl, "final_kl": final_kl,
+        "kept_start": kept_start, "train_tokens": config.steps * config.batch_size * calibration.seq_len,
+        "held_out_curve": [[r["step"] + 1, r["eval_kl"]] for r in history if "eval_kl" in r],
+        "seconds": time.perf_counter() - started})
+    set_model_config(model, saved)
+    return model
+
+
+def report(record: dict) -> str:
+    done = record["e2e"]
+    return (f"e2e from {done['start']}: held-out KL {done['start_kl']:.4f} -> {done['final_kl']:.4f}"
+            + (" (the start was kept)" if done["kept_start"] else "")
+            + f" ({done['train_tokens']} tokens trained, {done['seconds']:.0f} s)")
+
+
+register(Method("e2e", "MLX only, any format: the start (gptq or imatrix), then the whole model's weights and "
+                       "step sizes trained through the format's rounding by KL distillation from the float "
+                       "model on the calibration text, kept only if the held-out KL drops", run, E2EConfig,
+                calibrated=True, training=True, report=report, rank=6))

@@ -1,0 +1,60 @@
+"""Method "e2e": one command for end-to-end QAT from a post-training start, kept only if held-out KL drops."""
+
+import numpy as np
+import pytest
+from helpers import sample_text, tiny_model_folder
+from test_learned import full_kl
+from test_quantize import assert_same_weights, saved_weights
+
+pytestmark = pytest.mark.mlx
+
+
+def e2e_cli(tmp_path, name, *extra):
+    return ["quantize", str(tiny_model_folder(tmp_path)), "-o", str(tmp_path / name), "--bits", "2",
+            "--group-size", "32", "--method", "e2e", "--calib", str(tmp_path / "calib.txt"), "--num-samples", "4",
+            "--seq-len", "32", "--e2e-start", "rtn", "--e2e-batch-size", "2", "--e2e-eval-windows", "2",
+            "--e2e-held-out", "0.2", *extra]
+
+
+def test_e2e_command_trains_in_the_format_and_saves_what_it_trained(tmp_path, capsys):
+    import mlx.core as mx
+    import mlx_lm
+
+    import mlx_slm
+    from mlx_slm.cli import main
+    from mlx_slm.evaluate import token_windows
+    from mlx_slm.quant.methods.e2e import split_text
+
+    text = sample_text(160)
+    (tmp_path / "calib.txt").write_text(text)
+    assert main(e2e_cli(tmp_path, "start", "--e2e-steps", "1", "--e2e-learning-rate", "1e3")) == 0  # ruins: kept
+    assert "(the start was kept)" in capsys.readouterr().out
+    assert main(["quantize", str(tiny_model_folder(tmp_path)), "-o", str(tmp_path / "rtn"), "--bits", "2",
+                 "--group-size", "32"]) == 0
+    assert_same_weights(saved_weights(tmp_path / "start"), saved_weights(tmp_path / "rtn"))
+
+    assert main(e2e_cli(tmp_path, "e2e", "--e2e-steps", "20", "--e2e-learning-rate", "1e-2")) == 0
+    out = capsys.readouterr().out
+    assert "e2e from rtn: held-out KL" in out and "(the start was kept)" not in out
+    record = mlx_slm.model_config(mlx_slm.load(tmp_path / "e2e")[0])["mlx_slm"]["e2e"]
+    assert record["final_kl"] < 0.8 * record["start_kl"] and record["train_tokens"] == 20 * 2 * 32
+    assert len(record["held_out_curve"]) == 2  # every eval_every=10 steps
+
+    teacher, tokenizer = mlx_slm.load(tiny_model_folder(tmp_path))
+    held = token_windows(tokenizer, [split_text(text, 0.2)[1]], 32, 2)
+    trained, start = mlx_slm.load(tmp_path / "e2e")[0], mlx_slm.load(tmp_path / "rtn")[0]
+    assert full_kl(trained, teacher, held) < 0.8 * full_kl(start, teacher, held)
+    stock, _ = mlx_lm.load(str(tmp_path / "e2e"))  # affine results load in stock mlx_lm, same logits
+    x = mx.array(held)
+    np.testing.assert_allclose(np.array(stock(x)), np.array(trained(x)), rtol=1e-4, atol=1e-4)
+
+
+def test_e2e_settings_are_checked_before_loading(tmp_path, capsys):
+    from mlx_slm.cli import main
+
+    (tmp_path / "calib.txt").write_text(sample_text(20))
+    assert main(e2e_cli(tmp_path, "bad", "--e2e-held-out", "1")) == 2
+    assert "e2e held_out must be between 0 and 1" in capsys.readouterr().err
+    assert main(e2e_cli(tmp_path, "bad", "--format", "lut", "--e2e-start", "gptq", "--group-size", "8")) == 2
+    assert "method 'gptq' supports the affine format only" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
