@@ -29,8 +29,8 @@ from mlx_slm.io.atomic import atomic_file
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT / "coreml"))
-from compress_smollm2 import default_model
-from mil_interpreter import MILInterpreter, compare_greedy
+from compress_smollm2 import default_model  # noqa: E402  (after the sys.path lines)
+from mil_interpreter import MILInterpreter, compare_greedy  # noqa: E402  (after the sys.path line)
 
 PROMPT = "The capital of France is"
 # format name -> mlx_slm.quantize keyword arguments (None: the float16 model as loaded); any "q<bits>g<group>"

@@ -27,7 +27,7 @@ from mlx_slm.io.atomic import atomic_file
 from mlx_slm.textdata import local_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-from compress_smollm2 import default_model  # noqa: E402
+from compress_smollm2 import default_model
 
 STOCK = r"""
 import json, sys, time

@@ -20,7 +20,9 @@ import platform
 import time
 from pathlib import Path
 
-import mlx_slm  # noqa: F401  (fast BLAS for MLX on Linux)
+import mlx_slm  # noqa: F401  (fast BLAS for MLX on Linux: before mlx)
+
+# isort: split
 import mlx.core as mx
 import numpy as np
 

@@ -90,8 +90,8 @@ class Bench:
     def blockwise(self, model) -> dict:
         """Block-wise reconstruction of ``model`` (the start, loaded) towards the float model."""
         from mlx_slm.quant.blockwise import reconstruct_blocks
-        from mlx_slm.quant.methods.blockwise import BlockwiseConfig
         from mlx_slm.quant.calibration import calibration_windows
+        from mlx_slm.quant.methods.blockwise import BlockwiseConfig
 
         tokens, _ = calibration_windows(**self.calibration)
         config = BlockwiseConfig(epochs=self.args.blockwise_epochs, learning_rate=self.args.blockwise_lr,

@@ -199,7 +199,7 @@ def measure(folder: Path, reference, tokenizer, data: Calibration, method: str, 
     try:
         with PeakMemory() as memory:
             config = QUANTIZERS[method](model, model_config(model), setting, args, data)
-    except Exception as err:  # noqa: BLE001 - an unsupported setting is a result, not a crash
+    except Exception as err:
         return {**row, "error": f"{type(err).__name__}: {err}", "quant_seconds": time.perf_counter() - began}
     row.update(quant_seconds=time.perf_counter() - began, quant_peak_mb=memory.grown_bytes / 1e6)
     model.set_dtype(data.source_dtype)  # scales, biases and float layers back to the fp16 of the source
@@ -253,9 +253,9 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
 
     texts = write_texts(out)
-    settings = {k: getattr(args, k) for k in ("num_samples", "calib_seq_len", "group_size", "awq_grid", "dwq_samples",
-                                               "dwq_valid", "dwq_batch_size", "dwq_lr", "compute_dtype", "seed", "seq_len",
-                                               "max_windows")}
+    settings = {k: getattr(args, k) for k in ("num_samples", "calib_seq_len", "group_size", "awq_grid",
+                                               "dwq_samples", "dwq_valid", "dwq_batch_size", "dwq_lr",
+                                               "compute_dtype", "seed", "seq_len", "max_windows")}
     print(f"calibration text: {texts['calib']}; evaluation text: {texts['eval']}")
     print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), flush=True)
 

@@ -94,7 +94,8 @@ def main() -> None:
         print(f"{name:<14} params {row['parameters'] / 1e6:6.1f}M  PPL {before['ppl']:9.2f} -> {after['ppl']:8.2f}  "
               f"KLD {before['kld']:.3f} -> {after['kld']:.3f}  ({row['seconds']:.0f} s)", flush=True)
 
-    print(f"\nSmolLM2-135M fp16: {dense_params / 1e6:.1f}M parameters, {dense_bytes / 1e6:.1f} MB; eval: {eval_source}, "
+    print(f"\nSmolLM2-135M fp16: {dense_params / 1e6:.1f}M parameters, {dense_bytes / 1e6:.1f} MB; "
+          f"eval: {eval_source}, "
           f"{args.eval_windows} x {args.eval_seq_len} tokens; distillation: {args.steps} steps x {args.batch_size} x "
           f"{args.seq_len} tokens of {train_source}, teacher top-{args.top_k}")
     print(f"{'row':<14}{'params M':>9}{'MB':>8}{'PPL before':>12}{'PPL after':>11}{'KLD before':>12}{'KLD after':>11}")

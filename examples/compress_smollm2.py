@@ -31,7 +31,8 @@ def default_model() -> Path:
 
 
 def table(rows: list[dict]) -> str:
-    header = f"{'model':<12}{'PPL':>13}{'KLD':>9}{'top-1':>8}{'bpw':>7}{'size MB':>9}{'eval tok/s':>11}{'decode tok/s':>13}"
+    header = (f"{'model':<12}{'PPL':>13}{'KLD':>9}{'top-1':>8}{'bpw':>7}{'size MB':>9}{'eval tok/s':>11}"
+              f"{'decode tok/s':>13}")
     lines = [header, "-" * len(header)]
     for r in rows:
         kld = "-" if r["kld"] is None else f"{r['kld']:.4f}"

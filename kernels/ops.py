@@ -18,7 +18,7 @@ Layouts (see :mod:`mlx_slm.formats.lut` and :mod:`mlx_slm.formats.ternary`):
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import mlx.core as mx
 import numpy as np
@@ -70,7 +70,7 @@ def metal_ready(rows: int, width: int) -> bool:
             and mx.default_device() == mx.gpu)
 
 
-@lru_cache(maxsize=None)
+@cache
 def kernel(name: str):
     """The compiled ``mx.fast.metal_kernel`` for ``kernels/<name>.metal``."""
     inputs, outputs = KERNELS[name]
@@ -101,7 +101,7 @@ def with_input_gradient(forward, dense):
     return product
 
 
-@lru_cache(maxsize=None)
+@cache
 def lut_product(bits: int, group_size: int, has_scale: bool):
     """The kernel call for one lut setting, with its activation gradient (built once per setting)."""
 
@@ -116,7 +116,7 @@ def lut_product(bits: int, group_size: int, has_scale: bool):
     return with_input_gradient(forward, dense)
 
 
-@lru_cache(maxsize=None)
+@cache
 def ternary_product(group_size: int):
     """The kernel call for one ternary setting, with its activation gradient (built once per setting)."""
 

@@ -11,6 +11,7 @@ from . import _blas
 
 _blas.preload()  # must run before anything imports mlx
 
+from . import stats  # noqa: E402
 from .errors import MLXRequiredError, SLMError  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
 from .loading import load, model_config  # noqa: E402
@@ -18,10 +19,10 @@ from .quant.calibration import Calibration  # noqa: E402
 from .quant.config import QuantizeConfig  # noqa: E402
 from .quantize import quantize  # noqa: E402
 from .saving import save  # noqa: E402
-from . import stats  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["load", "save", "quantize", "QuantizeConfig", "Calibration", "evaluate", "export_coreml", "model_config", "SLMError", "MLXRequiredError"]
+__all__ = ["load", "save", "quantize", "QuantizeConfig", "Calibration", "evaluate", "export_coreml", "model_config",
+           "stats", "SLMError", "MLXRequiredError"]
 
 
 def __getattr__(name):

@@ -133,7 +133,9 @@ def cmd_info(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mlx-slm", description="Make small language models smaller: convert, quantize, prune, distill, fine-tune, evaluate, export.",
+        prog="mlx-slm",
+        description="Make small language models smaller: convert, quantize, prune, distill, fine-tune, evaluate, "
+                    "export.",
         epilog=EPILOG)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -157,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                     + methods_help() + ". The calibrated methods read local text (--calib), nothing is "
                     "downloaded. --target-bpw chooses each layer's bits and group size from measured "
                     "sensitivities to meet a bits-per-weight budget, prints the plan and saves it in "
-                    "config.json. Layers whose shape does not fit the format stay in float and are reported. Only the affine format loads in stock mlx_lm.", epilog=EPILOG)
+                    "config.json. Layers whose shape does not fit the format stay in float and are reported. "
+                    "Only the affine format loads in stock mlx_lm.", epilog=EPILOG)
     quantize.add_argument("model", help="model folder, Hub id, or .gguf file")
     quantize.add_argument("-o", "--output", required=True, help="output folder (written atomically)")
     quantize.add_argument("--format", default="affine", choices=sorted(FORMATS),

@@ -11,8 +11,8 @@ A ``ternary_b3`` layer keeps its base-3 bytes as ``weight`` and computes with a
 from __future__ import annotations
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
+from mlx import nn
 
 from .formats import get_format
 from .formats.affine import pack_codes
@@ -166,7 +166,8 @@ def empty_module(format_name: str, bits: int, group_size: int, original: nn.Modu
 
 def float_dtype(weights: dict):
     """The dtype of a saved model's float ``*.weight`` tensors (norms, float matrices); float16 if none."""
-    dtypes = [a.dtype for name, a in weights.items() if name.endswith(".weight") and mx.issubdtype(a.dtype, mx.floating)]
+    dtypes = [a.dtype for name, a in weights.items()
+              if name.endswith(".weight") and mx.issubdtype(a.dtype, mx.floating)]
     return max(set(dtypes), key=dtypes.count) if dtypes else mx.float16
 
 

@@ -139,7 +139,7 @@ def apply_mlx(model, plan: dict, chosen: dict | None = None) -> None:
     """nn.quantize with ``plan`` (affine layers); then, if given, overwrite layers with ``chosen``
     (path -> {suffix: array})."""
     import mlx.core as mx
-    import mlx.nn as nn
+    from mlx import nn
     from mlx.utils import tree_unflatten
 
     from .loading import mlx_array

@@ -14,8 +14,8 @@ from collections.abc import MutableMapping
 from contextlib import contextmanager
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
+from mlx import nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 

@@ -30,7 +30,8 @@ def fortunes() -> str | None:
 def king_james_bible() -> str | None:
     if not shutil.which("bible"):
         return None
-    result = subprocess.run(["bible", "-f", "Gen1:1-Rev22:21"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(["bible", "-f", "Gen1:1-Rev22:21"], capture_output=True, text=True, timeout=120,
+                            check=False)
     return result.stdout if result.returncode == 0 and result.stdout.strip() else None
 
 

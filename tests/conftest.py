@@ -6,9 +6,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import sample_text, smollm2_gguf  # noqa: E402
+from helpers import sample_text, smollm2_gguf
 
-from mlx_slm.backend import mlx_available  # noqa: E402
+from mlx_slm.backend import mlx_available
 
 FORTUNES = Path("/usr/share/games/fortunes/computers")
 
@@ -45,7 +45,10 @@ def english_text(tmp_path_factory) -> Path:
     if FORTUNES.is_file():
         path.write_text(FORTUNES.read_text(encoding="utf-8", errors="replace"))
     else:
-        import argparse, json, logging, pathlib  # noqa: E401
+        import argparse
+        import json
+        import logging
+        import pathlib
 
         path.write_text("\n\n".join(inspect.getdoc(m) or "" for m in (argparse, json, logging, pathlib)))
     return path

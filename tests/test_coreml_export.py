@@ -20,7 +20,7 @@ from mlx_slm.loading import set_model_config
 
 ct = pytest.importorskip("coremltools")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "coreml"))
-from mil_interpreter import (
+from mil_interpreter import (  # noqa: E402  (after the sys.path line)
     MILInterpreter,
     UnsupportedOpError,
     causal_mask,

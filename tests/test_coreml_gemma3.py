@@ -17,7 +17,7 @@ from mlx_slm.loading import set_model_config
 
 ct = pytest.importorskip("coremltools")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "coreml"))
-from mil_interpreter import MILInterpreter, compare_greedy
+from mil_interpreter import MILInterpreter, compare_greedy  # noqa: E402  (after the sys.path line)
 
 WINDOW = 8
 PROMPT = [5, 9, 100, 7, 30, 61, 200, 11, 42, 88, 150, 3, 77]  # 13 tokens > WINDOW

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import sample_text, tiny_model_folder
 
 pytestmark = pytest.mark.mlx
@@ -225,8 +224,9 @@ def test_feature_distillation_learns_a_projection_between_widths(tmp_path):
 
 
 def test_two_processes_equal_one_process_on_the_doubled_batch(tmp_path):
-    import mlx_slm
     from distill_settings import SETTINGS
+
+    import mlx_slm
     from mlx_slm.distill import DistillConfig, distill
 
     teacher_dir, student_dir = tiny_model_folder(tmp_path, seed=0), tiny_model_folder(tmp_path, seed=1)
@@ -236,7 +236,7 @@ def test_two_processes_equal_one_process_on_the_doubled_batch(tmp_path):
     out = tmp_path / "two.npz"
     run = subprocess.run([str(launcher), "-n", "2", "--backend", "ring", sys.executable,
                           str(HERE / "distill_worker.py"), str(teacher_dir), str(student_dir), str(text), str(out)],
-                         capture_output=True, text=True, timeout=300, cwd=HERE)
+                         capture_output=True, text=True, timeout=300, cwd=HERE, check=False)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     teacher, tokenizer = mlx_slm.load(teacher_dir)
     student, _ = mlx_slm.load(student_dir)
@@ -282,6 +282,7 @@ def test_bad_requests_fail_clearly(pair):
 ])
 def test_gradual_pruning_reaches_its_sparsity_and_keeps_zeros(pair, settings, check):
     import mlx.core as mx
+
     from mlx_slm.distill import DistillConfig, distill
     from mlx_slm.prune.schedule import sparsity_at
 

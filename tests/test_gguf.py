@@ -115,7 +115,8 @@ def test_qwen3_is_not_unpermuted(tmp_path):
     stored = write_tiny_gguf(tmp_path / "q.gguf", config, weights, arch="qwen3", quant="F32")
     got_config, got, _ = read_gguf(tmp_path / "q.gguf", dtype="float32", progress=False)
     assert got_config["model_type"] == "qwen3"
-    assert np.array_equal(got["model.layers.0.self_attn.q_proj.weight"], stored["model.layers.0.self_attn.q_proj.weight"])
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert np.array_equal(got[name], stored[name])
     assert "model.layers.1.self_attn.k_norm.weight" in got
 
 

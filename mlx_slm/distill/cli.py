@@ -11,7 +11,8 @@ DESCRIPTION = (
     "projection when widths differ), the teacher's top-k logits cached on disk, gradient accumulation and "
     "checkpointing, quantization-aware training (--qat-format: the student trains through fake quantization "
     "and is saved quantized; --train-quantized: an already-quantized student, e.g. from quantize --method "
-    "blockwise, trains its weights and step sizes through its own format and stays in it), and resuming after an interrupt (--checkpoint-dir + --resume). The student must "
+    "blockwise, trains its weights and step sizes through its own format and stays in it), and resuming after "
+    "an interrupt (--checkpoint-dir + --resume). The student must "
     "share the teacher's tokenizer. Needs MLX; run data-parallel with `mlx.launch -n 2 ... mlx-slm distill`.")
 
 

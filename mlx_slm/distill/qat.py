@@ -19,7 +19,7 @@ parameters (norms, embeddings, head) stay frozen.
 from __future__ import annotations
 
 import mlx.core as mx
-import mlx.nn as nn
+from mlx import nn
 from mlx.utils import tree_unflatten
 
 from ..errors import SLMError

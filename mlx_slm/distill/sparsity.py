@@ -11,8 +11,8 @@ once, not gradually).
 from __future__ import annotations
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
+from mlx import nn
 from mlx.utils import tree_unflatten
 
 from ..errors import SLMError

@@ -13,9 +13,9 @@ import time
 from dataclasses import asdict
 
 import mlx.core as mx
-import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
+from mlx import nn
 from mlx.utils import tree_map
 from tqdm import tqdm
 

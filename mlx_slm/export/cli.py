@@ -10,7 +10,8 @@ COREML_DESCRIPTION = (
     "into the folder of -o. Affine 4/8-bit layers keep their codes and scales (constexpr_blockwise_shift_scale), "
     "5/6-bit are stored as uint8, 2/3-bit as per-group lookup tables (constexpr_lut_to_dense); lut layers keep "
     "their codes and palettes (constexpr_lut_to_dense, times their row scales), ternary layers become 2-bit "
-    "codes with a [-s, 0, s] table per scale; float layers become fp16. Llama family (llama, mistral, qwen2, qwen3, smollm) and Gemma 3 (gemma3_text, gemma3: its text "
+    "codes with a [-s, 0, s] table per scale; float layers become fp16. Llama family (llama, mistral, qwen2, "
+    "qwen3, smollm) and Gemma 3 (gemma3_text, gemma3: its text "
     "model; needs the MLX backend). Needs coremltools.")
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
-import mlx.nn as nn
+from mlx import nn
 from mlx.utils import tree_unflatten
 from mlx_lm.models.switch_layers import QuantizedSwitchLinear
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import mlx.core as mx
-import mlx.nn as nn
+from mlx import nn
 from mlx.utils import tree_unflatten
 
 from ..runtime import computes_on_cpu, dense_twin, quantized_modules, restore_dtypes, widen_floats

@@ -17,8 +17,8 @@ from functools import partial
 from pathlib import Path
 
 import mlx.core as mx
-import mlx.nn as nn
 import mlx.optimizers as optim
+from mlx import nn
 from mlx_lm.tuner.trainer import default_loss, iterate_batches
 from mlx_lm.tuner.trainer import evaluate as mean_loss
 from tqdm import tqdm

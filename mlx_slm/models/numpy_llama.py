@@ -160,7 +160,8 @@ class NumpyLlama:
             out = self.linear(f"{prefix}.{name}", x).reshape(batch, length, count, self.head_dim)
             return out.transpose(0, 2, 1, 3)
 
-        queries, keys, values = heads("q_proj", self.num_heads), heads("k_proj", self.num_kv_heads), heads("v_proj", self.num_kv_heads)
+        queries = heads("q_proj", self.num_heads)
+        keys, values = heads("k_proj", self.num_kv_heads), heads("v_proj", self.num_kv_heads)
         if f"{prefix}.q_norm.weight" in self.weights:
             queries = self.norm(f"{prefix}.q_norm", queries)
             keys = self.norm(f"{prefix}.k_norm", keys)

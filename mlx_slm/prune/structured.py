@@ -198,7 +198,7 @@ def transformers_objection(config: dict) -> str | None:
               if k not in ("model_type", "quantization", "quantization_config", "mlx_slm")}
     try:
         AutoConfig.for_model(config["model_type"], **fields)
-    except Exception as err:  # noqa: BLE001 (validation errors of several types)
+    except Exception as err:
         lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
         return lines[-1].rstrip(".") if lines else type(err).__name__
     return None

@@ -55,7 +55,8 @@ def parse_target(value, where: str):
 
 
 def pruning_plan(layers: dict, sparsity, pattern, overrides: dict | None) -> dict:
-    """Layer path -> target (see :func:`parse_target`); overrides (glob -> target) apply in order, the last match wins."""
+    """Layer path -> target (see :func:`parse_target`); overrides (glob -> target) apply in order, the last
+    match wins."""
     default = ("nm", parse_pattern(pattern)) if pattern is not None else ("s", check_sparsity(sparsity))
     rules = [(glob, parse_target(value, f"layer override {glob!r}")) for glob, value in (overrides or {}).items()]
     plan = {}

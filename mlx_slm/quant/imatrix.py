@@ -121,7 +121,8 @@ def weighted_quantize(w: np.ndarray, importance, bits: int, group_size: int, dty
     q_best, s_best, b_best = affine.quantize_codes(w.astype(dtype, copy=False), bits, group_size)
     q_best = q_best.reshape(groups.shape).astype(np.float32)
     s_best, b_best = round_to(s_best, dtype), round_to(b_best, dtype)
-    err_best = (d * np.square(groups - (as_float32(s_best)[..., None] * q_best + as_float32(b_best)[..., None]))).sum(-1)
+    restored = as_float32(s_best)[..., None] * q_best + as_float32(b_best)[..., None]
+    err_best = (d * np.square(groups - restored)).sum(-1)
 
     def consider(scales, biases):
         nonlocal q_best, s_best, b_best, err_best

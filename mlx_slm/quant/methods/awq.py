@@ -42,4 +42,5 @@ def apply(model, plan: dict, job) -> None:
 
 
 register(Method("awq", "affine only: activation-aware scaling of each norm / linear and the linears it feeds, "
-                       "then imatrix (or gptq)", partial(post_training, apply=apply), AWQConfig, formats=("affine",), calibrated=True, rank=3))
+                       "then imatrix (or gptq)", partial(post_training, apply=apply), AWQConfig, formats=("affine",),
+                calibrated=True, rank=3))

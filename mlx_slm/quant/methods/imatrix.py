@@ -17,4 +17,5 @@ def apply(model, plan: dict, job) -> None:
 
 
 register(Method("imatrix", "weighted by activation importance (affine scales and biases, lut k-means, ternary "
-                           "scales), one decoder block at a time", partial(post_training, apply=apply), calibrated=True, rank=1))
+                           "scales), one decoder block at a time", partial(post_training, apply=apply),
+                calibrated=True, rank=1))
