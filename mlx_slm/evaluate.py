@@ -16,7 +16,14 @@ from .backend import backend_of
 from .errors import SLMError
 from .loading import model_config
 from .stats import weight_stats
-from .text_tokens import encode_text
+from .text_tokens import check_readable, encode_text
+
+
+def describe_text(text) -> str:
+    """A text source as messages and records name it: its path, or how many strings it has."""
+    if isinstance(text, (list, tuple)):
+        return f"{len(text)} strings"
+    return str(Path(text))
 
 
 def read_text(text) -> str:
@@ -57,7 +64,10 @@ def token_windows(tokenizer, text, seq_len: int, max_windows: int | None) -> np.
     """Non-overlapping windows of ``seq_len`` token ids, ``[W, seq_len]`` int32."""
     if seq_len < 2:
         raise SLMError("seq_len must be at least 2")
+    if max_windows is not None and max_windows < 1:
+        raise SLMError(f"max_windows must be at least 1, not {max_windows}")
     ids = encode_text(tokenizer, read_text(text), None if max_windows is None else max_windows * seq_len)
+    check_readable(tokenizer, ids, f"text {describe_text(text)}")
     count = len(ids) // seq_len
     if max_windows is not None:
         count = min(count, max_windows)

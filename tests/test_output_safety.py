@@ -5,8 +5,9 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
-from helpers import tiny_model_folder
+from helpers import sample_text, tiny_model_folder
 
 import mlx_slm
 from mlx_slm.cli import main
@@ -157,6 +158,34 @@ def test_binary_or_undecodable_text_is_one_clear_error(tmp_path, tiny, capsys, c
                  "--backend", "numpy"]) == 2
     assert re.search(match, capsys.readouterr().err)
     assert not (tmp_path / "q").exists()
+
+
+def test_text_the_tokenizer_cannot_read_is_refused_with_its_share(tmp_path, tiny, capsys):
+    """Valid UTF-8 in a script the vocabulary lacks becomes byte pieces: measured and refused."""
+    from mlx_slm.text_tokens import unreadable_share
+
+    source, model, tokenizer = tiny
+    linear_b = "".join(chr(0x10000 + (i * 7) % 90) for i in range(3000))  # 4-byte characters
+    (tmp_path / "linear_b.txt").write_text(linear_b)
+    english = sample_text(10)
+    assert unreadable_share(tokenizer, np.asarray(tokenizer.encode(english))) == 0.0
+    share = unreadable_share(tokenizer, np.asarray(tokenizer.encode(linear_b)))
+    assert share > 0.9
+    assert main(["quantize", str(source), "-o", str(tmp_path / "q"), "--method", "imatrix", "--calib",
+                 str(tmp_path / "linear_b.txt"), "--backend", "numpy"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{share:.0%} of its tokens are unknown or partial characters" in err[0]
+    assert main(["eval", str(source), "--text", str(tmp_path / "linear_b.txt"), "--backend", "numpy"]) == 2
+    assert "partial characters" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
+
+
+def test_max_windows_zero_is_a_settings_error(tmp_path, tiny, capsys):
+    source, _, _ = tiny
+    (tmp_path / "t.txt").write_text(sample_text(10))
+    assert main(["eval", str(source), "--text", str(tmp_path / "t.txt"), "--max-windows", "0",
+                 "--backend", "numpy"]) == 2
+    assert "max_windows must be at least 1, not 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("settings,match", [

@@ -9,22 +9,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import SLMError
-from ..evaluate import read_text
-from ..text_tokens import encode_text
+from ..evaluate import describe_text, read_text
+from ..text_tokens import check_readable, encode_text
 
 DEFAULT_NUM_SAMPLES = 64
 DEFAULT_SEQ_LEN = 256
-
-
-def describe_source(calib) -> str:
-    if isinstance(calib, (list, tuple)):
-        return f"{len(calib)} strings"
-    return str(Path(calib))
 
 
 def calibration_windows(tokenizer, calib, num_samples: int = DEFAULT_NUM_SAMPLES,
@@ -42,6 +35,7 @@ def calibration_windows(tokenizer, calib, num_samples: int = DEFAULT_NUM_SAMPLES
         raise SLMError(f"need num_samples >= 1 and seq_len >= 2, not {num_samples} and {seq_len}")
     text = read_text(calib)
     ids = encode_text(tokenizer, text)
+    check_readable(tokenizer, ids, f"calibration text {describe_text(calib)}")
     available = len(ids) // seq_len
     if available < num_samples:
         raise SLMError(f"calibration text too short: {len(ids)} tokens give {available} windows of {seq_len}, "
@@ -49,7 +43,7 @@ def calibration_windows(tokenizer, calib, num_samples: int = DEFAULT_NUM_SAMPLES
     starts = np.linspace(0, available - 1, num_samples).round().astype(int) * seq_len
     tokens = np.stack([ids[s : s + seq_len] for s in starts])
     record = {
-        "source": describe_source(calib),
+        "source": describe_text(calib),
         "num_samples": num_samples,
         "seq_len": seq_len,
         "text_tokens": len(ids),
