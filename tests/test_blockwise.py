@@ -238,7 +238,8 @@ def test_end_to_end_qat_trains_weights_and_step_sizes_in_the_format(tmp_path):
     assert after.keys() == before.keys()
     changed = {k for k in before if not np.array_equal(before[k], after[k])}
     assert {k.rsplit(".", 1)[-1] for k in changed} == {"weight", "scales", "biases"}
-    assert all(".layers." in k and "norm" not in k for k in changed)
+    assert all((".layers." in k or "embed_tokens" in k) and "norm" not in k for k in changed)
+    assert {"model.embed_tokens.weight", "model.embed_tokens.scales"} <= changed  # the tied head trains too
     assert all(after[k].dtype == before[k].dtype for k in before)
     assert len(quantized_modules(student)) == len(quantized_modules(start))
     assert all(not m.trainable_parameters() for _, m in quantized_modules(student))  # frozen again, as loaded
@@ -338,4 +339,4 @@ def test_cli_end_to_end_qat(tmp_path, capsys):
     start, _ = mlx_slm.load(tmp_path / "bw")
     assert mlx_slm.model_config(trained)["quantization"] == mlx_slm.model_config(start)["quantization"]
     changed = {k for k, v in parameters(start).items() if not np.array_equal(v, parameters(trained)[k])}
-    assert changed and all(".layers." in k for k in changed)
+    assert changed and all(".layers." in k or "embed_tokens" in k for k in changed)

@@ -64,20 +64,21 @@ class FakeQuantLinear(nn.Module):
 
 
 class QuantizedTraining:
-    """Swap a quantized student's linear layers for trainable twins (``attach``), store them back (``detach``).
+    """Swap a quantized student's quantized layers for trainable twins (``attach``), store them back
+    (``detach``): every linear layer and the embedding (whose twin is also the tied output head).
 
-    On a CPU the quantized layers outside the decoder (embedding, output head) compute
-    meanwhile with frozen float32 dense twins (:func:`mlx_slm.runtime.dense_twin`): the same
-    values, on a fast GEMM instead of scalar ``quantized_matmul``.
+    On a CPU the quantized layers without a twin compute meanwhile with frozen float32 dense
+    twins (:func:`mlx_slm.runtime.dense_twin`): the same values, on a fast GEMM instead of
+    scalar ``quantized_matmul``.
     """
 
     def __init__(self, model: nn.Module):
         from ..quant.fake_quant import make_twin
 
         self.model = model
-        self.layers = [(path, module, twin) for path, module in model.named_modules()
-                       if ".layers." in f".{path}" and (twin := make_twin(module)) is not None]
-        if not self.layers:
+        self.layers = [(path, module, twin) for path, module in quantized_modules(model)
+                       if (twin := make_twin(module)) is not None]
+        if not any(".layers." in f".{path}" for path, _, _ in self.layers):
             raise SLMError("train_quantized needs a quantized student (affine, lut or ternary decoder layers); "
                            "quantize it first, e.g. with method gptq or blockwise")
         trained = {path for path, _, _ in self.layers}

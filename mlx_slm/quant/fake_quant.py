@@ -32,7 +32,7 @@ from mlx import nn
 
 from ..formats.affine import pack_codes
 from ..formats.ternary import pack_base3
-from ..layers import LutLinear, TernaryB3Linear, TernaryLinear
+from ..layers import EmbeddingMixin, LutLinear, TernaryB3Linear, TernaryLinear
 from ..runtime import dequantized_float32
 
 QUANT_PARAMS = ("scales", "biases", "lut")  # trained with the quantization-parameter rate
@@ -190,8 +190,34 @@ class LutTwin(Twin):
         return out
 
 
-def make_twin(layer) -> Twin | None:
-    """The twin of a quantized linear layer, or None for a layer kind that does not train here."""
+class EmbeddingTwin(nn.Module):
+    """The twin of a quantized embedding: the linear twin ``twin`` of its [V, D] table, looked up
+    by token id (``__call__``) and used as the tied output head (``as_linear``), so both uses
+    train the same weights and quantization parameters."""
+
+    def __init__(self, twin: Twin):
+        super().__init__()
+        self.twin = twin
+
+    def __call__(self, ids: mx.array) -> mx.array:
+        return self.twin.fake()[ids]
+
+    def as_linear(self, x: mx.array) -> mx.array:
+        return self.twin(x)
+
+    def codes(self) -> np.ndarray:
+        return self.twin.codes()
+
+    def stored(self) -> dict:
+        return self.twin.stored()
+
+
+def make_twin(layer) -> Twin | EmbeddingTwin | None:
+    """The twin of a quantized linear or embedding layer, or None for a kind that does not train here."""
+    if isinstance(layer, nn.QuantizedEmbedding) and getattr(layer, "mode", "affine") == "affine":
+        return EmbeddingTwin(AffineTwin(layer))
+    if isinstance(layer, EmbeddingMixin):
+        return EmbeddingTwin(TernaryTwin(layer) if isinstance(layer, TernaryLinear) else LutTwin(layer))
     if isinstance(layer, nn.QuantizedLinear) and getattr(layer, "mode", "affine") == "affine":
         return AffineTwin(layer)
     if isinstance(layer, TernaryLinear):
@@ -201,7 +227,7 @@ def make_twin(layer) -> Twin | None:
     return None
 
 
-def store_twin(layer, twin: Twin) -> None:
+def store_twin(layer, twin: Twin | EmbeddingTwin) -> None:
     """Write the twin's stored arrays into ``layer`` (the module it was made from)."""
     for name, value in twin.stored().items():
         setattr(layer, name, value)
