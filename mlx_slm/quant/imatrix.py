@@ -33,9 +33,9 @@ def in_row_chunks(quantize_rows=None, *, cache_sized: bool = False):
     """Wrap ``quantize_rows(w [N, K], ...) -> (q, scales, biases)`` (rows independent) so it runs on
     slices of at most :data:`CHUNK_ELEMENTS` weights: a 150k-row embedding needs no 10-GB temporaries.
     ``cache_sized``: for element-wise work that makes many passes over each slice, equal slices of at
-    most :data:`CACHE_CHUNK_ELEMENTS` (1.75x faster than 16-MB slices for :func:`weighted_quantize`),
-    their count a multiple of the cores, run on one thread per core (numpy's loops release the GIL:
-    1.6-1.8x faster on 2 cores). The result is the same as in one piece."""
+    most :data:`CACHE_CHUNK_ELEMENTS` (slices that stay in the cache), their count a multiple of the
+    cores, run on one thread per core (numpy's loops release the GIL). The result is the same as in
+    one piece."""
     if quantize_rows is None:
         return functools.partial(in_row_chunks, cache_sized=cache_sized)
 

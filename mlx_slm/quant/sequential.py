@@ -89,7 +89,7 @@ def jointly_quantized(names, method: str, stats: InputStatistics, weight, settin
     """``names`` in lists that one call of :func:`choose_values` can quantize as one matrix (their rows
     stacked): with GPTQ, layers that read the same inputs (q/k/v, gate/up) with equal settings, scale
     dtype, weight dtype and width. GPTQ treats rows independently, and one pass over the columns for
-    all of them saves per-column work (1.2x faster on SmolLM2's blocks). Other methods: one list each."""
+    all of them saves per-column work. Other methods: one list each."""
     if method != "gptq" or stats is None:
         return [[name] for name in names]
     batches: dict = {}
