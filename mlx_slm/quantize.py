@@ -356,10 +356,11 @@ def run_method(model, settings: QuantizeConfig, calibration: Calibration, progre
 def keyword_request(bits=None, group_size=None, method="rtn", config=None, format="affine", calib=None,
                     tokenizer=None, num_samples=DEFAULT_NUM_SAMPLES, seq_len=DEFAULT_SEQ_LEN, gptq_options=None,
                     per_row_scale=None, awq_options=None, learned_options=None, target_bpw=None,
-                    blockwise_options=None) -> tuple[QuantizeConfig, Calibration]:
+                    blockwise_options=None, e2e_options=None) -> tuple[QuantizeConfig, Calibration]:
     """The keyword form of :func:`quantize` as (QuantizeConfig, Calibration): ``config`` is the
     per-layer overrides, ``calib`` the calibration text, ``METHOD_options`` that method's options."""
-    given = {"gptq": gptq_options, "awq": awq_options, "learned": learned_options, "blockwise": blockwise_options}
+    given = {"gptq": gptq_options, "awq": awq_options, "learned": learned_options, "blockwise": blockwise_options,
+             "e2e": e2e_options}
     settings = QuantizeConfig(method=method, format=format, bits=bits, group_size=group_size,
                               options={name: value for name, value in given.items() if value is not None},
                               layers=config, target_bpw=target_bpw, per_row_scale=per_row_scale)

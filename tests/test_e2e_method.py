@@ -58,3 +58,31 @@ def test_e2e_settings_are_checked_before_loading(tmp_path, capsys):
     assert main(e2e_cli(tmp_path, "bad", "--format", "lut", "--e2e-start", "gptq", "--group-size", "8")) == 2
     assert "method 'gptq' supports the affine format only" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("fmt,bits,group_size", [("affine", 2, 32), ("lut", 3, 8), ("ternary", 2, 0)])
+def test_trained_results_export_to_core_ml(tmp_path, fmt, bits, group_size):
+    """What e2e trains is an ordinary model of its format: saved and read back on the numpy engine, its
+    Core ML package (run by the MIL interpreter) decodes greedily as it does, logits within the export
+    tests' bound."""
+    pytest.importorskip("coremltools")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "coreml"))
+    from mil_interpreter import MILInterpreter, compare_greedy
+    from test_coreml_export import PROMPT, TINY_TOLERANCE
+
+    import mlx_slm
+
+    model, tokenizer = mlx_slm.load(tiny_model_folder(tmp_path))
+    start = {"affine": "rtn"}.get(fmt, "imatrix")
+    mlx_slm.quantize(model, bits=bits, group_size=group_size, format=fmt, method="e2e", calib=[sample_text(160)],
+                     tokenizer=tokenizer, num_samples=4, seq_len=32, progress=False,
+                     e2e_options={"start": start, "steps": 6, "batch_size": 2, "learning_rate": 3e-3,
+                                  "eval_windows": 2, "held_out": 0.2})
+    assert not mlx_slm.model_config(model)["mlx_slm"]["e2e"]["kept_start"]
+    saved, _ = mlx_slm.load(mlx_slm.save(model, tokenizer, tmp_path / "trained"), backend="numpy")
+    package = mlx_slm.export_coreml(saved, tokenizer, tmp_path / "out" / "Tiny.mlpackage", max_context=32)
+    package_tokens, model_tokens, delta = compare_greedy(MILInterpreter(package), saved, PROMPT, steps=8)
+    assert package_tokens == model_tokens and delta < TINY_TOLERANCE
