@@ -340,3 +340,26 @@ def test_cli_end_to_end_qat(tmp_path, capsys):
     assert mlx_slm.model_config(trained)["quantization"] == mlx_slm.model_config(start)["quantization"]
     changed = {k for k, v in parameters(start).items() if not np.array_equal(v, parameters(trained)[k])}
     assert changed and all(".layers." in k or "embed_tokens" in k for k in changed)
+
+
+def test_end_to_end_qat_keeps_its_best_evaluation_and_stops_on_patience(tmp_path):
+    """keep_best: the student ends as it was at its lowest held-out KL (re-measured after saving the
+    twins back, it equals the trainer's best evaluation); patience stops the run early."""
+    from test_learned import full_kl
+
+    from mlx_slm.distill import DistillConfig, distill
+    from mlx_slm.errors import SLMError
+    from mlx_slm.evaluate import token_windows
+
+    teacher, student, tokenizer, _ = tiny_pair(tmp_path, "affine", 2, 32)
+    held_text = [sample_text(30, seed=5)]
+    config = DistillConfig(steps=12, batch_size=2, seq_len=32, learning_rate=0.3, alpha=0.0, temperature=1.0,
+                           train_quantized=True, eval_every=1, eval_windows=2, keep_best=True, patience=3)
+    history = distill(student, teacher, tokenizer, [sample_text(60)], config, eval_text=held_text, progress=False)
+    kls = [r["eval_kl"] for r in history]
+    assert history[-1]["stopped_early"] and len(history) < 12  # lr 0.3 overshoots: three worse evaluations
+    assert kls[-1] > min(kls) and kls.index(min(kls)) == len(kls) - 4
+    windows = token_windows(tokenizer, held_text, 33, 2)[:, :-1]
+    assert full_kl(student, teacher, windows) == pytest.approx(min(kls), rel=1e-3)
+    with pytest.raises(SLMError, match="give eval_every"):
+        DistillConfig(keep_best=True).check()

@@ -29,7 +29,8 @@ def config_from_args(args):
         temperature=args.temperature, divergence=args.divergence, skew=args.skew,
         feature_weight=args.feature_weight, feature_layers=tuple(args.feature_layers or ()),
         teacher_top_k=args.top_k, cache_dir=args.cache_dir, grad_checkpoint=args.grad_checkpoint,
-        eval_every=args.eval_every, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
+        eval_every=args.eval_every, keep_best=args.keep_best, patience=args.patience,
+        checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
         seed=args.seed, qat=qat, train_quantized=args.train_quantized)
 
 
@@ -76,6 +77,10 @@ def add_distill_parser(commands) -> None:
     parser.add_argument("-o", "--output", required=True, help="output folder (written atomically)")
     parser.add_argument("--eval-text", help="held-out text for KL / perplexity every --eval-every steps")
     parser.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default: never)")
+    parser.add_argument("--keep-best", action="store_true",
+                        help="save the student as it was at its lowest held-out KL, not after the last step")
+    parser.add_argument("--patience", type=int, default=0,
+                        help="stop after N evaluations without a lower held-out KL (default 0: never)")
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps (default 100)")
     parser.add_argument("--batch-size", type=int, default=4, help="windows per micro-batch, all processes (4)")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per window (default 256)")

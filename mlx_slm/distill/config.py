@@ -31,6 +31,8 @@ class DistillConfig:
     grad_checkpoint: bool = False
     eval_every: int = 0
     eval_windows: int = 4
+    keep_best: bool = False         # end as the student was at its lowest held-out KL (needs eval_every)
+    patience: int = 0               # > 0: stop after this many evaluations without a lower held-out KL
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0
     seed: int = 0
@@ -47,5 +49,9 @@ class DistillConfig:
             raise SLMError("feature distillation needs the teacher's hidden states: use it without teacher_top_k")
         if self.train_quantized and (self.qat or self.sparsity):
             raise SLMError("train_quantized trains an already-quantized student: give neither qat nor sparsity")
+        if (self.keep_best or self.patience) and not self.eval_every:
+            raise SLMError("keep_best and patience follow the held-out KL: give eval_every (and eval text)")
+        if self.patience < 0:
+            raise SLMError(f"patience must be 0 (never stop early) or more, not {self.patience}")
         if self.checkpoint_every and not self.checkpoint_dir:
             raise SLMError("checkpoint_every needs checkpoint_dir")

@@ -9,6 +9,7 @@ back to their saved dtype at the end.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict
 
@@ -16,7 +17,7 @@ import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
 from mlx import nn
-from mlx.utils import tree_map
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from tqdm import tqdm
 
 from ..backend import backend_of, require_mlx
@@ -55,6 +56,33 @@ def check_pair(student, teacher, tokenizer, teacher_tokenizer) -> None:
     probe = mx.array([[0, 1]])
     if vocabulary_size(student, probe) != vocabulary_size(teacher, probe):
         raise SLMError("the teacher's and student's vocabularies differ in size; they must share a tokenizer")
+
+
+class Best:
+    """The lowest held-out KL seen, and (``keep_best``) the student's trainable parameters then:
+    MLX arrays are immutable, so keeping them costs one more copy of what trains, no more.
+    Every rank evaluates the same windows, so every rank decides alike. After a resume it
+    follows the evaluations since."""
+
+    def __init__(self, student, config: DistillConfig):
+        self.student, self.config = student, config
+        self.kl, self.step, self.state, self.waited = math.inf, None, None, 0
+
+    def after_evaluation(self, step: int, kl: float) -> bool:
+        """Record an evaluation; True when ``patience`` evaluations in a row brought no lower KL."""
+        if kl < self.kl:
+            self.kl, self.step, self.waited = kl, step, 0
+            if self.config.keep_best:
+                self.state = tree_flatten(self.student.trainable_parameters())
+            return False
+        self.waited += 1
+        return bool(self.config.patience) and self.waited >= self.config.patience
+
+    def restore(self) -> None:
+        """With ``keep_best``, put the best parameters back into the student."""
+        if self.state is not None:
+            self.student.update(tree_unflatten(self.state))
+            mx.eval(self.student.parameters())
 
 
 def learning_rate_schedule(config: DistillConfig):
@@ -101,6 +129,8 @@ class Distiller:
                                   config.seed, self.rank, self.world)
         self.eval_windows = (token_windows(tokenizer, eval_text, config.seq_len + 1, config.eval_windows)
                              if eval_text is not None and config.eval_every else None)
+        if (config.keep_best or config.patience) and self.eval_windows is None:
+            raise SLMError("keep_best and patience follow the held-out KL: give eval text")
         self.cache = (TeacherCache(config.cache_dir, teacher, self.data.windows, config.teacher_top_k,
                                    self.data.used_windows(config.steps), progress=progress and self.rank == 0)
                       if config.teacher_top_k else None)
@@ -176,7 +206,7 @@ class Distiller:
         if resume:
             state = load_checkpoint(config.checkpoint_dir, self.trainee, self.optimizer)
             history, first = state["history"], state["step"] + 1
-        shown = {}
+        shown, best = {}, Best(self.student, config)
         bar = tqdm(range(first, config.steps), desc="distilling", disable=not self.progress or self.rank != 0,
                    initial=first, total=config.steps)
         try:
@@ -191,10 +221,14 @@ class Distiller:
                     shown.update(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
                     if "eval_kl" in record:
                         shown["held_out_kl"] = f"{record['eval_kl']:.4f}"
+                        record["stopped_early"] = best.after_evaluation(step, record["eval_kl"])
                     bar.set_postfix(shown)
                     if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and self.rank == 0:
                         save_checkpoint(config.checkpoint_dir, step, self.trainee, self.optimizer,
                                         {"history": history, "config": asdict(config)})
+                    if record.get("stopped_early"):
+                        break
+            best.restore()
         finally:
             bar.close()
             if qat_paths:

@@ -2,9 +2,10 @@
 every decoder layer's float weights and step sizes trained through the format's rounding on the
 float model's cached top-k logits (:func:`mlx_slm.distill.distill` with ``train_quantized``; MLX only).
 
-The calibration text is split: its last ``held_out`` fraction is never trained on and scores
-the model before and after training (KL(float || model) per token, full vocabulary); the
-trained model is kept only if that KL dropped, else the start is restored.
+The calibration text is split: its last ``held_out`` fraction is never trained on. Every
+``eval_every`` steps the trainer scores it and training ends in the state of the lowest score
+(``patience`` stops it early); that state is then compared with the start (KL(float || model)
+per token, full vocabulary) and kept only if the KL dropped, else the start is restored.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class E2EConfig(MethodOptions):
     batch_size: int = option(4, "windows per step")
     learning_rate: float = option(1e-3, "Adam's rate, relative to each layer's quantization step")
     top_k: int = option(256, "teacher logits cached per position")
-    eval_every: int = option(10, "steps between held-out evaluations shown while training")
+    eval_every: int = option(10, "steps between held-out evaluations; training ends in the state of the best")
+    patience: int = option(0, "stop after this many evaluations without a lower held-out KL (0: never)")
     eval_windows: int = option(4, "held-out windows of --seq-len tokens")
     held_out: float = option(0.05, "fraction at the end of the calibration text never trained on")
     seed: int = option(0, "seed of the window order")
@@ -44,6 +46,8 @@ class E2EConfig(MethodOptions):
                 raise SLMError(f"e2e {name} must be at least 1, not {getattr(self, name)}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise SLMError(f"e2e learning_rate must be a positive number, not {self.learning_rate}")
+        if self.patience < 0:
+            raise SLMError(f"e2e patience must be 0 (never stop early) or more, not {self.patience}")
         if not 0 < self.held_out < 1:
             raise SLMError(f"e2e held_out must be between 0 and 1, not {self.held_out}")
         return self
@@ -88,7 +92,7 @@ def run(model, settings, calibration, progress):
                                 learning_rate=config.learning_rate, warmup_steps=min(10, config.steps // 10),
                                 alpha=0.0, temperature=1.0, teacher_top_k=config.top_k, cache_dir=cache,
                                 eval_every=config.eval_every, eval_windows=config.eval_windows, seed=config.seed,
-                                train_quantized=True)
+                                keep_best=True, patience=config.patience, train_quantized=True)
         history = distill(model, teacher, calibration.tokenizer, [train_text], trainer, eval_text=[held_text],
                           progress=progress)
     with fast_cpu(teacher):
@@ -99,7 +103,7 @@ def run(model, settings, calibration, progress):
     saved = model_config(model)
     saved["mlx_slm"].update(method="e2e", e2e={
         **asdict(config), "start_kl": start_kl, "final_kl": final_kl,
-        "kept_start": kept_start, "train_tokens": config.steps * config.batch_size * calibration.seq_len,
+        "kept_start": kept_start, "train_tokens": len(history) * config.batch_size * calibration.seq_len,
         "held_out_curve": [[r["step"] + 1, r["eval_kl"]] for r in history if "eval_kl" in r],
         "seconds": time.perf_counter() - started})
     set_model_config(model, saved)
