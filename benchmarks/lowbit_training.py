@@ -13,9 +13,12 @@ reused by every recipe of the row). Recipes:
   decoder block's weights and quantization parameters trained through the format's
   rounding on the block-output error (:func:`mlx_slm.quant.blockwise.reconstruct_blocks`)
   on the calibration windows;
-- ``e2e``: end-to-end QAT from the start: ``distill(train_quantized=True)`` from the
-  float model's cached top-k logits (KL at temperature 1), weights and step sizes
-  trained through the format, on random windows of the training part of the text;
+- ``e2e``: what ``quantize(method="e2e")`` does after its start
+  (:func:`mlx_slm.quant.methods.e2e.train_end_to_end`): every quantized layer's weights
+  and step sizes (the embedding and tied head included) trained through the format on
+  random windows of the training part of the text, towards the float model's cached
+  top-k logits (KL at temperature 1 over the k tokens and the rest), ending at the best
+  held-out evaluation and kept only if the held-out KL dropped;
 - ``blockwise+e2e``: the same end-to-end run from the blockwise result.
 
 Texts: training/calibration on Debian's bible-kjv (its first 95%; the last 5% is the
@@ -100,18 +103,17 @@ class Bench:
         return {"tokens": report["train_tokens"], "blockwise": report}
 
     def end_to_end(self, model) -> dict:
-        from mlx_slm.distill import DistillConfig, distill
+        """What ``quantize(method="e2e")`` does after its start (:func:`train_end_to_end`), on this
+        benchmark's training and held-out texts, the teacher cache kept for every row."""
+        from mlx_slm.quant.methods.e2e import E2EConfig, train_end_to_end
 
         args = self.args
-        config = DistillConfig(steps=args.e2e_steps, batch_size=args.e2e_batch_size, seq_len=args.calib_seq_len,
-                               learning_rate=args.e2e_lr, warmup_steps=min(10, args.e2e_steps // 10), alpha=0.0,
-                               temperature=1.0, teacher_top_k=args.e2e_top_k, cache_dir=str(self.out / "cache"),
-                               eval_every=args.e2e_eval_every, eval_windows=args.e2e_eval_windows,
-                               train_quantized=True)
-        history = distill(model, self.reference, self.tokenizer, self.out / "train.txt", config,
-                          eval_text=self.out / "heldout.txt")
-        curve = [(r["step"] + 1, r["eval_kl"]) for r in history if "eval_kl" in r]
-        return {"tokens": args.e2e_steps * args.e2e_batch_size * args.calib_seq_len, "e2e_heldout_kl": curve}
+        config = E2EConfig(steps=args.e2e_steps, batch_size=args.e2e_batch_size, learning_rate=args.e2e_lr,
+                           top_k=args.e2e_top_k, eval_every=args.e2e_eval_every, eval_windows=args.e2e_eval_windows)
+        report = train_end_to_end(model, self.reference, self.tokenizer, (self.out / "train.txt").read_text(),
+                                  (self.out / "heldout.txt").read_text(), config.check(), args.calib_seq_len,
+                                  cache_dir=self.out / "cache")
+        return {"tokens": report["train_tokens"], "e2e_heldout_kl": report["held_out_curve"], "e2e": report}
 
     def measure(self, row: dict, name: str, recipe: str) -> dict:
         start_folder, start_seconds = self.start(row, name)

@@ -80,6 +80,38 @@ def test_top_k_loss_renormalizes_on_the_teacher_support():
     assert got == pytest.approx(want, rel=1e-5)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_top_k_loss_with_the_tail_is_the_kl_of_k_plus_one_outcomes(temperature):
+    """teacher_lse: the k tokens plus one outcome for all the others, for both models; k = V is the full KL."""
+    import mlx.core as mx
+
+    from mlx_slm.distill.losses import kd_loss
+    from mlx_slm.distill.teacher_cache import top_k_logits
+
+    rng = np.random.default_rng(2)
+    student, teacher = rng.normal(size=(2, 3, 11)) * 2, rng.normal(size=(2, 3, 11)) * 2
+    targets, mask = mx.zeros((2, 3), mx.int32), mx.ones((2, 3))
+    s, t = mx.array(student, dtype=mx.float32), mx.array(teacher, dtype=mx.float32)
+    lse = mx.logsumexp(t / temperature, axis=-1)
+    full = kd_loss(s, targets, mask, t, alpha=0.0, temperature=temperature)[1]["kd"].item()
+    values, indices = top_k_logits(t, 11)
+    every = kd_loss(s, targets, mask, values, indices, 0.0, temperature, teacher_lse=lse)[1]["kd"].item()
+    assert every == pytest.approx(full, rel=1e-4)
+    values, indices = top_k_logits(t, 4)
+    idx = np.array(indices)
+    log_t, log_s = np_log_softmax(teacher / temperature), np_log_softmax(student / temperature)
+
+    def coarse(log_p):
+        top = np.take_along_axis(log_p, idx, -1)
+        return np.concatenate([top, np.log(1 - np.exp(top).sum(-1, keepdims=True))], -1)
+
+    want = np_kl(coarse(log_t), coarse(log_s)).mean()
+    got = kd_loss(s, targets, mask, values, indices, 0.0, temperature, teacher_lse=lse)[1]["kd"].item()
+    assert got == pytest.approx(want, rel=1e-4)
+    renormalized = kd_loss(s, targets, mask, values, indices, 0.0, temperature)[1]["kd"].item()
+    assert abs(got - renormalized) > 1e-3  # the tail changes the loss
+
+
 def test_feature_loss_is_normalized_mse():
     import mlx.core as mx
 
@@ -198,11 +230,16 @@ def test_teacher_cache_is_built_once_and_holds_the_top_k(pair):
     stamp = (cache.folder / "values.npy").stat().st_mtime_ns
     again = TeacherCache(tmp_path / "cache", teacher, windows, 5, progress=False)
     assert again.folder == cache.folder and (again.folder / "values.npy").stat().st_mtime_ns == stamp
-    values, indices = again.lookup(np.array([1]))
+    values, indices, lse = again.lookup(np.array([1]))
     with fast_cpu(teacher):  # the cache is computed in float32 (on the numpy engine on a CPU)
         logits = np.array(teacher(mx.array(windows[1:2, :-1])))
     want = np.sort(logits, -1)[..., ::-1][..., :5]
     np.testing.assert_allclose(np.array(values), want, rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(np.array(lse), np.array(mx.logsumexp(mx.array(logits), axis=-1)), rtol=1e-5)
+    hot = TeacherCache(tmp_path / "cache", teacher, windows, 5, progress=False, temperature=2.0)
+    assert hot.folder != cache.folder  # the logsumexp depends on the temperature: its own cache
+    np.testing.assert_allclose(np.array(hot.lookup(np.array([1]))[2]),
+                               np.array(mx.logsumexp(mx.array(logits) / 2, axis=-1)), rtol=1e-5)
     np.testing.assert_allclose(np.take_along_axis(logits, np.array(indices), -1), want, rtol=2e-3, atol=2e-3)
     partial = TeacherCache(tmp_path / "cache", teacher, windows, 5, used=[3, 1], progress=False)
     assert np.load(partial.folder / "values.npy").shape[0] == 2  # only the windows a run reads

@@ -28,7 +28,7 @@ def config_from_args(args):
         learning_rate=args.learning_rate, warmup_steps=args.warmup_steps, alpha=args.alpha,
         temperature=args.temperature, divergence=args.divergence, skew=args.skew,
         feature_weight=args.feature_weight, feature_layers=tuple(args.feature_layers or ()),
-        teacher_top_k=args.top_k, cache_dir=args.cache_dir, grad_checkpoint=args.grad_checkpoint,
+        teacher_top_k=args.top_k, top_k_tail=args.top_k_tail, cache_dir=args.cache_dir, grad_checkpoint=args.grad_checkpoint,
         eval_every=args.eval_every, keep_best=args.keep_best, patience=args.patience,
         checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
         seed=args.seed, qat=qat, train_quantized=args.train_quantized)
@@ -95,6 +95,9 @@ def add_distill_parser(commands) -> None:
     parser.add_argument("--skew", type=float, default=0.1, help="lambda of skew KL / beta of JSD (default 0.1)")
     parser.add_argument("--top-k", type=int, default=0,
                         help="cache the teacher's top-k logits on disk and train on them (default: live teacher)")
+    parser.add_argument("--top-k-tail", action="store_true",
+                        help="with --top-k: the divergence over the k tokens and 'any other token' (the mass the "
+                             "student moves outside the teacher's top k counts), not renormalized on the k")
     parser.add_argument("--cache-dir", default=".mlx_slm_cache", help="where the teacher cache lives")
     parser.add_argument("--feature-weight", type=float, default=0.0, help="weight of hidden-state distillation")
     parser.add_argument("--feature-layers", type=int, nargs="+", help="student layers matched to the teacher's")

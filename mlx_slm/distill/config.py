@@ -27,6 +27,7 @@ class DistillConfig:
     feature_weight: float = 0.0     # weight of hidden-state distillation
     feature_layers: tuple = ()      # student layer indices (default: the last one)
     teacher_top_k: int = 0          # > 0: cache the teacher's top-k logits on disk
+    top_k_tail: bool = False        # top-k loss over the k tokens + "any other" (else renormalized on the k)
     cache_dir: str = ".mlx_slm_cache"
     grad_checkpoint: bool = False
     eval_every: int = 0
@@ -53,5 +54,7 @@ class DistillConfig:
             raise SLMError("keep_best and patience follow the held-out KL: give eval_every (and eval text)")
         if self.patience < 0:
             raise SLMError(f"patience must be 0 (never stop early) or more, not {self.patience}")
+        if self.top_k_tail and not self.teacher_top_k:
+            raise SLMError("top_k_tail is a form of the top-k loss: give teacher_top_k")
         if self.checkpoint_every and not self.checkpoint_dir:
             raise SLMError("checkpoint_every needs checkpoint_dir")

@@ -61,13 +61,24 @@ def masked_mean(values: mx.array, mask: mx.array) -> mx.array:
     return (values * mask).sum() / mx.maximum(mask.sum(), 1.0)
 
 
+def with_tail(log_top: mx.array) -> mx.array:
+    """[..., k] log-probabilities of k of the tokens -> [..., k + 1]: the k and the log of the mass
+    of all the others (floored at 1e-12 against rounding)."""
+    tail = mx.log(mx.maximum(1.0 - mx.exp(log_top).sum(-1, keepdims=True), 1e-12))
+    return mx.concatenate([log_top, tail], axis=-1)
+
+
 def kd_loss(student_logits: mx.array, targets: mx.array, mask: mx.array, teacher_logits: mx.array,
             teacher_indices: mx.array | None = None, alpha: float = 0.5, temperature: float = 2.0,
-            kind: str = "forward", skew: float = 0.1) -> tuple[mx.array, dict]:
+            kind: str = "forward", skew: float = 0.1, teacher_lse: mx.array | None = None) -> tuple[mx.array, dict]:
     """The distillation loss and its parts.
 
     student_logits: [B, T, V]; targets: [B, T] next-token ids; mask: [B, T] (1 = counted).
     teacher_logits: [B, T, V], or [B, T, k] top-k values with ``teacher_indices`` [B, T, k].
+    teacher_lse: with top-k values, the teacher's logsumexp over the whole vocabulary of
+    ``logits / temperature`` [B, T]: the divergence is then taken over k + 1 outcomes, the k
+    tokens and "any other token" for both models, so mass the student moves outside the
+    teacher's top k is penalized. Without it both are renormalized over the k tokens.
     Returns ``(loss scalar, {"ce": ..., "kd": ...})`` (float32).
     """
     if not 0.0 <= alpha <= 1.0:
@@ -78,10 +89,15 @@ def kd_loss(student_logits: mx.array, targets: mx.array, mask: mx.array, teacher
     log_probs = log_softmax(student_logits)
     ce = -mx.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
     student_t = student_logits / temperature
-    if teacher_indices is not None:
-        student_t = mx.take_along_axis(student_t, teacher_indices, axis=-1)
     teacher_t = teacher_logits.astype(mx.float32) / temperature
-    distill = divergence(log_softmax(teacher_t), log_softmax(student_t), kind, skew)
+    if teacher_lse is not None:
+        student_top = mx.take_along_axis(log_softmax(student_t), teacher_indices, axis=-1)
+        teacher_top = teacher_t - teacher_lse.astype(mx.float32)[..., None]
+        distill = divergence(with_tail(teacher_top), with_tail(student_top), kind, skew)
+    else:
+        if teacher_indices is not None:
+            student_t = mx.take_along_axis(student_t, teacher_indices, axis=-1)
+        distill = divergence(log_softmax(teacher_t), log_softmax(student_t), kind, skew)
     ce, distill = masked_mean(ce, mask), masked_mean(distill, mask)
     loss = alpha * ce + (1.0 - alpha) * temperature**2 * distill
     return loss, {"ce": ce, "kd": distill}

@@ -4,9 +4,11 @@ A large teacher then runs once per window instead of once per step. On a CPU a
 Llama-family teacher runs on the numpy engine with the same weights (MLX's CPU
 ``exp`` is scalar; see :mod:`mlx_slm.runtime`). The cache is a
 folder with ``values.npy`` (float16 [W, T, k], the k largest logits of each position,
-in decreasing order), ``indices.npy`` (int32 [W, T, k]) and ``meta.json``; it is
-keyed by a hash of the windows, k and the teacher's weights' shapes and a sample of
-their values, so a stale cache is never reused. Written atomically.
+in decreasing order), ``indices.npy`` (int32 [W, T, k]), ``lse.npy`` (float32 [W, T], the
+logsumexp of all the logits divided by the temperature, which the loss needs to know the
+mass outside the k) and ``meta.json``; it is keyed by a hash of the windows, k, the
+temperature and the teacher's weights' shapes and a sample of their values, so a stale
+cache is never reused. Written atomically.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from ..io.atomic import atomic_directory
 from ..runtime import computes_on_cpu, numpy_twin
 
 
-def cache_key(teacher, windows: np.ndarray, top_k: int) -> str:
+def cache_key(teacher, windows: np.ndarray, top_k: int, temperature: float) -> str:
     digest = hashlib.sha256(np.ascontiguousarray(windows).tobytes())
-    digest.update(str(top_k).encode())
+    digest.update(f"{top_k} {temperature!r} lse".encode())
     for name, value in tree_flatten(teacher.parameters()):
         digest.update(f"{name}{value.shape}{value.dtype}".encode())
         digest.update(np.array(value.reshape(-1)[:64].astype(mx.float32)).tobytes())
@@ -62,18 +64,19 @@ class TeacherCache:
     """
 
     def __init__(self, folder, teacher, windows: np.ndarray, top_k: int, used=None, batch_size: int = 4,
-                 progress: bool = True):
+                 progress: bool = True, temperature: float = 1.0):
         used = np.arange(len(windows)) if used is None else np.unique(np.asarray(used))
         self.slot = {int(window): slot for slot, window in enumerate(used)}
-        key = cache_key(teacher, windows[used], top_k)
+        key = cache_key(teacher, windows[used], top_k, temperature)
         self.folder = Path(folder) / f"teacher-top{top_k}-{key}"
         if not (self.folder / "meta.json").is_file():
-            self.build(teacher, windows[used], top_k, batch_size, progress)
+            self.build(teacher, windows[used], top_k, temperature, batch_size, progress)
         self.values = np.load(self.folder / "values.npy", mmap_mode="r")
         self.indices = np.load(self.folder / "indices.npy", mmap_mode="r")
+        self.lse = np.load(self.folder / "lse.npy", mmap_mode="r")
 
-    def build(self, teacher, windows, top_k, batch_size, progress) -> None:
-        values, indices, logits_of = [], [], logits_function(teacher)
+    def build(self, teacher, windows, top_k, temperature, batch_size, progress) -> None:
+        values, indices, lse, logits_of = [], [], [], logits_function(teacher)
         for start in tqdm(range(0, len(windows), batch_size), desc="teacher top-k", disable=not progress):
             logits = logits_of(windows[start:start + batch_size, :-1])
             k = min(top_k, logits.shape[-1])
@@ -82,12 +85,17 @@ class TeacherCache:
             top = np.take_along_axis(part, order, axis=-1)
             values.append(np.take_along_axis(logits, top, axis=-1).astype(np.float16))
             indices.append(top.astype(np.int32))
+            scaled = logits / np.float32(temperature)
+            peak = scaled.max(-1, keepdims=True)
+            lse.append((peak[..., 0] + np.log(np.exp(scaled - peak).sum(-1))).astype(np.float32))
         with atomic_directory(self.folder, overwrite=True) as tmp:
             np.save(Path(tmp) / "values.npy", np.concatenate(values))
             np.save(Path(tmp) / "indices.npy", np.concatenate(indices))
+            np.save(Path(tmp) / "lse.npy", np.concatenate(lse))
             (Path(tmp) / "meta.json").write_text(json.dumps({"top_k": top_k, "windows": len(windows)}))
 
-    def lookup(self, rows: np.ndarray) -> tuple[mx.array, mx.array]:
-        """(values [B, T, k] float32, indices [B, T, k]) of the windows ``rows``."""
+    def lookup(self, rows: np.ndarray) -> tuple[mx.array, mx.array, mx.array]:
+        """(values [B, T, k] float32, indices [B, T, k], logsumexp [B, T] float32) of the windows ``rows``."""
         slots = [self.slot[int(row)] for row in rows]
-        return mx.array(self.values[slots].astype(np.float32)), mx.array(np.asarray(self.indices[slots]))
+        return (mx.array(self.values[slots].astype(np.float32)), mx.array(np.asarray(self.indices[slots])),
+                mx.array(np.asarray(self.lse[slots])))

@@ -132,7 +132,8 @@ class Distiller:
         if (config.keep_best or config.patience) and self.eval_windows is None:
             raise SLMError("keep_best and patience follow the held-out KL: give eval text")
         self.cache = (TeacherCache(config.cache_dir, teacher, self.data.windows, config.teacher_top_k,
-                                   self.data.used_windows(config.steps), progress=progress and self.rank == 0)
+                                   self.data.used_windows(config.steps), progress=progress and self.rank == 0,
+                                   temperature=config.temperature)
                       if config.teacher_top_k else None)
         self.student_layers, self.teacher_layers, projections = feature_pairs(student, teacher, config)
         self.trainee = Trainee(student, projections)
@@ -142,21 +143,22 @@ class Distiller:
                                      weight_decay=config.weight_decay)
 
     def teacher_targets(self, rows, inputs):
-        """(teacher logits or top-k values, top-k indices or None, teacher hidden states)."""
+        """(teacher logits or top-k values, top-k indices or None, teacher hidden states, the
+        teacher's logsumexp when the loss keeps the mass outside the top k (``top_k_tail``) or None)."""
         if self.cache is not None:
-            values, indices = self.cache.lookup(rows)
-            return values, indices, []
+            values, indices, lse = self.cache.lookup(rows)
+            return values, indices, [], lse if self.config.top_k_tail else None
         with layer_outputs(self.teacher, self.teacher_layers) as hidden:
             logits = self.teacher(inputs)
-        return mx.stop_gradient(logits), None, [mx.stop_gradient(hidden[j]) for j in self.teacher_layers]
+        return mx.stop_gradient(logits), None, [mx.stop_gradient(hidden[j]) for j in self.teacher_layers], None
 
-    def loss(self, trainee, inputs, targets, teacher_logits, teacher_indices, teacher_hidden):
+    def loss(self, trainee, inputs, targets, teacher_logits, teacher_indices, teacher_hidden, teacher_lse):
         config = self.config
         with layer_outputs(trainee.student, self.student_layers) as hidden:
             logits = trainee.student(inputs)
         mask = mx.ones(targets.shape)
         loss, parts = kd_loss(logits, targets, mask, teacher_logits, teacher_indices, config.alpha,
-                              config.temperature, config.divergence, config.skew)
+                              config.temperature, config.divergence, config.skew, teacher_lse)
         if config.feature_weight:
             parts["feature"] = feature_loss([hidden[i] for i in self.student_layers], teacher_hidden,
                                             trainee.projections)

@@ -64,48 +64,59 @@ def split_text(text: str, held_out: float) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
-def run(model, settings, calibration, progress):
+def train_end_to_end(model, teacher, tokenizer, train_text: str, held_text: str, config: E2EConfig, seq_len: int,
+                     progress: bool = True, cache_dir=None) -> dict:
+    """Train the quantized ``model`` end to end towards ``teacher`` on ``train_text`` in windows of
+    ``seq_len`` tokens; keep the result only if the KL on ``held_text`` dropped. Returns the report
+    (start_kl, final_kl, kept_start, train_tokens, held_out_curve [[step, KL]], seconds).
+    cache_dir: where the teacher's top-k logits are kept (None: a temporary folder)."""
     from mlx.utils import tree_flatten, tree_unflatten
 
     from ...distill import DistillConfig, distill
-    from ...evaluate import read_text
-    from ...loading import model_config, set_model_config
-    from ...quantize import float_teacher, run_method
     from ...runtime import fast_cpu
     from ..blockwise import held_out_kl
     from ..calibration import Calibration
+
+    held, _ = Calibration([held_text], tokenizer, config.eval_windows, seq_len).windows()
+    started = time.perf_counter()
+    with fast_cpu(teacher):
+        start_kl = held_out_kl(model, teacher, held)
+    start_state = tree_flatten(model.parameters())  # immutable arrays: keeping them costs no copy
+    with tempfile.TemporaryDirectory(prefix="mlx-slm-e2e-") as scratch:
+        trainer = DistillConfig(steps=config.steps, batch_size=config.batch_size, seq_len=seq_len,
+                                learning_rate=config.learning_rate, warmup_steps=min(10, config.steps // 10),
+                                alpha=0.0, temperature=1.0, teacher_top_k=config.top_k, top_k_tail=True,
+                                cache_dir=str(cache_dir or scratch), eval_every=config.eval_every,
+                                eval_windows=config.eval_windows, seed=config.seed, keep_best=True,
+                                patience=config.patience, train_quantized=True)
+        history = distill(model, teacher, tokenizer, [train_text], trainer, eval_text=[held_text], progress=progress)
+    with fast_cpu(teacher):
+        final_kl = held_out_kl(model, teacher, held)
+    kept_start = not final_kl < start_kl
+    if kept_start:
+        model.update(tree_unflatten(start_state))
+    return {**asdict(config), "start_kl": start_kl, "final_kl": final_kl, "kept_start": kept_start,
+            "train_tokens": len(history) * config.batch_size * seq_len,
+            "held_out_curve": [[r["step"] + 1, r["eval_kl"]] for r in history if "eval_kl" in r],
+            "seconds": time.perf_counter() - started}
+
+
+def run(model, settings, calibration, progress):
+    from ...evaluate import read_text
+    from ...loading import model_config, set_model_config
+    from ...quantize import float_teacher, run_method
 
     config = settings.options_of("e2e")
     config = replace(config, start=config.start or default_start(settings.format))
     if calibration.text is None:
         raise SLMError("method 'e2e' trains on the calibration text: pass calib=<.txt/.jsonl or strings> (--calib)")
     train_text, held_text = split_text(read_text(calibration.text), config.held_out)
-    held, _ = Calibration([held_text], calibration.tokenizer, config.eval_windows, calibration.seq_len).windows()
     teacher = float_teacher(model)
     run_method(model, replace(settings, method=config.start), calibration, progress)
-    started = time.perf_counter()
-    with fast_cpu(teacher):
-        start_kl = held_out_kl(model, teacher, held)
-    start_state = tree_flatten(model.parameters())  # immutable arrays: keeping them costs no copy
-    with tempfile.TemporaryDirectory(prefix="mlx-slm-e2e-") as cache:
-        trainer = DistillConfig(steps=config.steps, batch_size=config.batch_size, seq_len=calibration.seq_len,
-                                learning_rate=config.learning_rate, warmup_steps=min(10, config.steps // 10),
-                                alpha=0.0, temperature=1.0, teacher_top_k=config.top_k, cache_dir=cache,
-                                eval_every=config.eval_every, eval_windows=config.eval_windows, seed=config.seed,
-                                keep_best=True, patience=config.patience, train_quantized=True)
-        history = distill(model, teacher, calibration.tokenizer, [train_text], trainer, eval_text=[held_text],
-                          progress=progress)
-    with fast_cpu(teacher):
-        final_kl = held_out_kl(model, teacher, held)
-    kept_start = not final_kl < start_kl
-    if kept_start:
-        model.update(tree_unflatten(start_state))
+    report = train_end_to_end(model, teacher, calibration.tokenizer, train_text, held_text, config,
+                              calibration.seq_len, progress)
     saved = model_config(model)
-    saved["mlx_slm"].update(method="e2e", e2e={
-        **asdict(config), "start_kl": start_kl, "final_kl": final_kl,
-        "kept_start": kept_start, "train_tokens": len(history) * config.batch_size * calibration.seq_len,
-        "held_out_curve": [[r["step"] + 1, r["eval_kl"]] for r in history if "eval_kl" in r],
-        "seconds": time.perf_counter() - started})
+    saved["mlx_slm"].update(method="e2e", e2e=report)
     set_model_config(model, saved)
     return model
 
