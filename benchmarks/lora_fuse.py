@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 import mlx_slm
+from mlx_slm.data.corpora import local_text
 from mlx_slm.finetune import finetune, fuse, load_adapters
 from mlx_slm.io.atomic import atomic_file
-from mlx_slm.textdata import local_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 from compress_smollm2 import default_model

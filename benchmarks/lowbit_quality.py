@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import mlx_slm
+from mlx_slm.data.corpora import local_text
 from mlx_slm.io.atomic import atomic_file
 from mlx_slm.stats import weight_stats
-from mlx_slm.textdata import local_text
 
 ROWS = {  # name -> mlx_slm.quantize keyword arguments
     "affine 4/64 rtn": dict(format="affine", bits=4, group_size=64),

@@ -40,9 +40,9 @@ import time
 from pathlib import Path
 
 import mlx_slm
+from mlx_slm.data.corpora import local_text
 from mlx_slm.io.atomic import atomic_file
 from mlx_slm.quant.methods.blockwise import default_start
-from mlx_slm.textdata import local_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quantization_quality import source_folder
@@ -92,8 +92,8 @@ class Bench:
 
     def blockwise(self, model) -> dict:
         """Block-wise reconstruction of ``model`` (the start, loaded) towards the float model."""
+        from mlx_slm.data.windows import calibration_windows
         from mlx_slm.quant.blockwise import reconstruct_blocks
-        from mlx_slm.quant.calibration import calibration_windows
         from mlx_slm.quant.methods.blockwise import BlockwiseConfig
 
         tokens, _ = calibration_windows(**self.calibration)

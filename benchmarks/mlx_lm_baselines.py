@@ -56,9 +56,9 @@ from quantization_quality import PeakMemory, source_folder, write_texts
 from quantization_quality import table as quality_table
 
 import mlx_slm
+from mlx_slm.data.windows import calibration_windows
 from mlx_slm.io.atomic import atomic_file
 from mlx_slm.loading import model_config, set_model_config
-from mlx_slm.quant.calibration import calibration_windows
 
 METHODS = ("rtn", "gptq", "dynamic", "awq", "dwq")
 

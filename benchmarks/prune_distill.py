@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 import mlx_slm
+from mlx_slm.data.corpora import local_text
 from mlx_slm.distill import DistillConfig, distill
 from mlx_slm.io.atomic import atomic_file
 from mlx_slm.prune import count_parameters, prune, prune_structured
 from mlx_slm.stats import weight_stats
-from mlx_slm.textdata import local_text
 
 ROWS = {
     "magnitude-50": ("prune", dict(method="magnitude", sparsity=0.5), {"final": 0.5, "initial": 0.5}),

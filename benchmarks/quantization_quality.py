@@ -39,8 +39,8 @@ from collections import Counter
 from pathlib import Path
 
 import mlx_slm
+from mlx_slm.data.corpora import local_text
 from mlx_slm.io.atomic import atomic_file
-from mlx_slm.textdata import local_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 from compress_smollm2 import default_model
@@ -144,8 +144,8 @@ class Planner:
 
     def config(self, target_bpw: float) -> tuple[dict, dict]:
         """(per-layer config, plan report) for ``target_bpw``, as ``quantize(target_bpw=...)`` plans it."""
+        from mlx_slm.data.windows import calibration_windows
         from mlx_slm.quant.budget import plan_for_budget
-        from mlx_slm.quant.calibration import calibration_windows
         from mlx_slm.quant.sensitivity import measure_sensitivity
         from mlx_slm.quantize import sensitivity_windows
 

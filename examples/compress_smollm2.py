@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import mlx_slm
+from mlx_slm.data.corpora import local_text
 from mlx_slm.io.atomic import atomic_file
-from mlx_slm.textdata import local_text
 
 SETTINGS = [(4, 64), (3, 64), (2, 64)]
 

@@ -12,10 +12,10 @@ from . import _blas
 _blas.preload()  # must run before anything imports mlx
 
 from . import stats  # noqa: E402
+from .data.windows import Calibration  # noqa: E402
 from .errors import MLXRequiredError, SLMError  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
 from .loading import load, model_config  # noqa: E402
-from .quant.calibration import Calibration  # noqa: E402
 from .quant.config import QuantizeConfig  # noqa: E402
 from .quantize import quantize  # noqa: E402
 from .saving import save  # noqa: E402

@@ -2,78 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from contextlib import ExitStack
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from . import _blas
 from .backend import backend_of
+from .data.windows import token_windows
 from .errors import SLMError
 from .loading import model_config
 from .stats import weight_stats
-from .text_tokens import check_readable, encode_text
-
-
-def describe_text(text) -> str:
-    """A text source as messages and records name it: its path, or how many strings it has."""
-    if isinstance(text, (list, tuple)):
-        return f"{len(text)} strings"
-    return str(Path(text))
-
-
-def read_text(text) -> str:
-    """A list of strings, or a .txt / .jsonl path (each JSON line's "text" field)."""
-    if isinstance(text, (list, tuple)):
-        return "\n\n".join(str(t) for t in text)
-    path = Path(text)
-    if not path.is_file():
-        raise SLMError(f"no such text file: {path}")
-    content = decode_text(path)
-    if path.suffix.lower() == ".jsonl":
-        pieces = []
-        for number, line in enumerate(content.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                pieces.append(json.loads(line)["text"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise SLMError(f"{path}:{number}: each line must be a JSON object with a \"text\" field") from None
-        return "\n\n".join(pieces)
-    return content
-
-
-def decode_text(path: Path) -> str:
-    """The UTF-8 text of ``path``; SLMError naming the offset of a NUL or undecodable byte (binary input)."""
-    data = path.read_bytes()
-    nul = data.find(b"\0")
-    if nul >= 0:
-        raise SLMError(f"{path} is not a text file: a NUL byte at offset {nul}")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise SLMError(f"{path} is not UTF-8 text: byte 0x{data[err.start]:02x} at offset {err.start} "
-                       "cannot be decoded") from None
-
-
-def token_windows(tokenizer, text, seq_len: int, max_windows: int | None) -> np.ndarray:
-    """Non-overlapping windows of ``seq_len`` token ids, ``[W, seq_len]`` int32."""
-    if seq_len < 2:
-        raise SLMError("seq_len must be at least 2")
-    if max_windows is not None and max_windows < 1:
-        raise SLMError(f"max_windows must be at least 1, not {max_windows}")
-    ids = encode_text(tokenizer, read_text(text), None if max_windows is None else max_windows * seq_len)
-    check_readable(tokenizer, ids, f"text {describe_text(text)}")
-    count = len(ids) // seq_len
-    if max_windows is not None:
-        count = min(count, max_windows)
-    if count == 0:
-        raise SLMError(f"the text has {len(ids)} tokens, fewer than one window of {seq_len}")
-    return ids[: count * seq_len].reshape(count, seq_len)
 
 
 class Runner:

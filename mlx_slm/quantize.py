@@ -25,12 +25,12 @@ import numpy as np
 from tqdm import tqdm
 
 from .backend import backend_of, numpy_engine
+from .data.windows import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, Calibration
 from .errors import MLXRequiredError, SLMError
 from .formats import affine, get_format
 from .formats.dtypes import FLOAT_DTYPES
 from .loading import model_config, set_model_config
 from .qconfig import check_config, read_config_file, resolve_layer
-from .quant.calibration import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, Calibration
 from .quant.config import QuantizeConfig
 from .quant.imatrix import weighted_quantize
 from .quant.methods import get_method

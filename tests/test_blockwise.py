@@ -13,7 +13,7 @@ FORMATS = [("affine", 2, 32), ("affine", 3, 32), ("affine", 4, 32), ("lut", 3, 8
 def tiny_pair(root, fmt, bits, group_size, model_type="llama"):
     """(float teacher, quantized student, tokenizer, windows [16, 64]) on a tiny random model."""
     import mlx_slm
-    from mlx_slm.evaluate import token_windows
+    from mlx_slm.data.windows import token_windows
     from mlx_slm.quantize import float_teacher
 
     model, tokenizer = mlx_slm.load(tiny_model_folder(root, model_type=model_type))
@@ -123,7 +123,7 @@ def test_blockwise_quantize_saves_for_stock_mlx_lm(tmp_path):
     record = mlx_slm.model_config(models["blockwise"])["mlx_slm"]
     assert record["method"] == "blockwise" and record["blockwise"]["start"] == "rtn"
     assert record["calibration"]["num_samples"] == 16
-    from mlx_slm.evaluate import token_windows
+    from mlx_slm.data.windows import token_windows
 
     held = token_windows(tokenizer, [sample_text(40, seed=7)], 64, 4)
     assert full_kl(models["blockwise"], teacher, held) < 0.9 * full_kl(models["rtn"], teacher, held)
@@ -299,9 +299,8 @@ def test_blockwise_beats_gptq_at_2_bits_on_smollm2(smollm2_dir, english_text, tm
     from test_learned import full_kl
 
     import mlx_slm
-    from mlx_slm.evaluate import token_windows
+    from mlx_slm.data.windows import calibration_windows, token_windows
     from mlx_slm.quant.blockwise import BlockwiseConfig, reconstruct_blocks
-    from mlx_slm.quant.calibration import calibration_windows
 
     text = english_text.read_text()
     cut = text.rfind("\n", 0, int(len(text) * 0.7))
@@ -347,9 +346,9 @@ def test_end_to_end_qat_keeps_its_best_evaluation_and_stops_on_patience(tmp_path
     twins back, it equals the trainer's best evaluation); patience stops the run early."""
     from test_learned import full_kl
 
+    from mlx_slm.data.windows import token_windows
     from mlx_slm.distill import DistillConfig, distill
     from mlx_slm.errors import SLMError
-    from mlx_slm.evaluate import token_windows
 
     teacher, student, tokenizer, _ = tiny_pair(tmp_path, "affine", 2, 32)
     held_text = [sample_text(30, seed=5)]

@@ -8,12 +8,12 @@ from helpers import output_error, sample_text, tiny_model_folder
 
 import mlx_slm
 from mlx_slm.cli import main
+from mlx_slm.data.windows import calibration_windows
 from mlx_slm.errors import SLMError
 from mlx_slm.formats import affine
 from mlx_slm.formats.affine import dequantize_codes
 from mlx_slm.formats.dtypes import bfloat16
 from mlx_slm.io import safetensors_np
-from mlx_slm.quant.calibration import calibration_windows
 from mlx_slm.quant.gptq import gptq_quantize, inverse_hessian_factor, static_grid, upper_cholesky_of_inverse
 from mlx_slm.quant.imatrix import weighted_group_error, weighted_quantize
 

@@ -140,8 +140,8 @@ def parameters(model) -> dict:
 def held_out_kl(student, teacher, tokenizer) -> float:
     import mlx.core as mx
 
+    from mlx_slm.data.windows import token_windows
     from mlx_slm.distill.losses import kd_loss
-    from mlx_slm.evaluate import token_windows
 
     windows = mx.array(token_windows(tokenizer, [sample_text(30, seed=9)], 33, 6))
     inputs, targets = windows[:, :-1], windows[:, 1:]

@@ -22,7 +22,7 @@ def test_e2e_command_trains_in_the_format_and_saves_what_it_trained(tmp_path, ca
 
     import mlx_slm
     from mlx_slm.cli import main
-    from mlx_slm.evaluate import token_windows
+    from mlx_slm.data.windows import token_windows
     from mlx_slm.quant.methods.e2e import split_text
 
     text = sample_text(160)

@@ -7,8 +7,9 @@ import pytest
 from helpers import sample_text, tiny_model_folder
 
 import mlx_slm
+from mlx_slm.data.windows import token_windows
 from mlx_slm.errors import SLMError
-from mlx_slm.evaluate import log_softmax, token_windows
+from mlx_slm.evaluate import log_softmax
 
 
 def hand_metrics(model, reference, windows):

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.mlx
 def tiny_setup(root, model_type: str = "llama"):
     """(folder, float teacher, tokenizer, calibration windows [16, 64])."""
     import mlx_slm
-    from mlx_slm.evaluate import token_windows
+    from mlx_slm.data.windows import token_windows
 
     folder = tiny_model_folder(root, model_type=model_type)
     teacher, tokenizer = mlx_slm.load(folder)
@@ -148,7 +148,7 @@ def test_bad_requests_fail_clearly(tiny):
 @pytest.mark.slow
 def test_learning_lowers_held_out_kl_of_rtn_3_bit_smollm2(smollm2_dir, english_text):
     import mlx_slm
-    from mlx_slm.quant.calibration import calibration_windows
+    from mlx_slm.data.windows import calibration_windows
     from mlx_slm.quant.learned import learn_quantization
 
     teacher, tokenizer = mlx_slm.load(smollm2_dir, backend="mlx", progress=False)

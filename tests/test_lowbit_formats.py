@@ -410,7 +410,7 @@ SMOLLM2_PPL_RATIO, SMOLLM2_KL = 1.12, 0.15
 def test_smollm2_lut4_perplexity(smollm2_dir, english_text):
     """Palettized 4-bit (group 8, row scales, plain k-means) on 8 of SmolLM2's 30 decoder blocks
     (0 and 3-9; the rest and the embedding stay float to keep the test short), numpy engine."""
-    from mlx_slm.evaluate import token_windows
+    from mlx_slm.data.windows import token_windows
 
     reference, tokenizer = mlx_slm.load(smollm2_dir, backend="numpy")
     model, _ = mlx_slm.load(smollm2_dir, backend="numpy")

@@ -41,7 +41,7 @@ def test_twin_reads_the_models_exact_weights_and_keeps_assignments(tmp_path):
 
 
 def test_calibration_holds_one_block_in_float32(tmp_path):
-    from mlx_slm.quant.calibration import calibration_windows
+    from mlx_slm.data.windows import calibration_windows
     from mlx_slm.quant.sequential import calibrate_blocks
     from mlx_slm.runtime import numpy_twin
 

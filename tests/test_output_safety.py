@@ -158,11 +158,16 @@ def test_binary_or_undecodable_text_is_one_clear_error(tmp_path, tiny, capsys, c
                  "--backend", "numpy"]) == 2
     assert re.search(match, capsys.readouterr().err)
     assert not (tmp_path / "q").exists()
+    if suffix == ".jsonl":  # fine-tuning data is read the same way
+        from mlx_slm.finetune.data import read_records
+
+        with pytest.raises(SLMError, match=match):
+            read_records(text)
 
 
 def test_text_the_tokenizer_cannot_read_is_refused_with_its_share(tmp_path, tiny, capsys):
     """Valid UTF-8 in a script the vocabulary lacks becomes byte pieces: measured and refused."""
-    from mlx_slm.text_tokens import unreadable_share
+    from mlx_slm.data.tokens import unreadable_share
 
     source, model, tokenizer = tiny
     linear_b = "".join(chr(0x10000 + (i * 7) % 90) for i in range(3000))  # 4-byte characters

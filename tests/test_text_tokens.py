@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from mlx_slm import text_tokens
-from mlx_slm.text_tokens import encode_text, piece_bounds
+from mlx_slm.data import tokens as text_tokens
+from mlx_slm.data.tokens import encode_text, piece_bounds
 
 
 class DummyPrefixTokenizer:

@@ -28,7 +28,8 @@ def config_from_args(args):
         learning_rate=args.learning_rate, warmup_steps=args.warmup_steps, alpha=args.alpha,
         temperature=args.temperature, divergence=args.divergence, skew=args.skew,
         feature_weight=args.feature_weight, feature_layers=tuple(args.feature_layers or ()),
-        teacher_top_k=args.top_k, top_k_tail=args.top_k_tail, cache_dir=args.cache_dir, grad_checkpoint=args.grad_checkpoint,
+        teacher_top_k=args.top_k, top_k_tail=args.top_k_tail, cache_dir=args.cache_dir,
+        grad_checkpoint=args.grad_checkpoint,
         eval_every=args.eval_every, keep_best=args.keep_best, patience=args.patience,
         checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
         seed=args.seed, qat=qat, train_quantized=args.train_quantized)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..data.windows import token_windows
 from ..errors import SLMError
-from ..evaluate import token_windows
 
 
 class WindowBatches:

@@ -21,8 +21,8 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from tqdm import tqdm
 
 from ..backend import backend_of, require_mlx
+from ..data.windows import token_windows
 from ..errors import SLMError
-from ..evaluate import token_windows
 from ..runtime import computes_on_cpu, fast_cpu, restore_dtypes, widen_floats
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DistillConfig

@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from types import SimpleNamespace
 
+from ..data.text import decode_text
 from ..errors import SLMError
 
 log = logging.getLogger("mlx_slm")
@@ -45,7 +46,7 @@ def read_records(path) -> tuple[list[dict], str]:
     if not path.is_file():
         raise SLMError(f"no such JSONL file: {path}")
     records, shape = [], None
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(decode_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -27,11 +27,11 @@ from mlx import nn
 from mlx.utils import tree_unflatten
 from mlx_lm.models.switch_layers import QuantizedSwitchLinear
 
+from ..data.windows import calibration_windows
 from ..errors import SLMError
 from ..formats import get_format
 from ..formats.dtypes import FLOAT_DTYPES
 from ..loading import model_config, set_model_config
-from ..quant.calibration import calibration_windows
 from .adapters import adapter_layers
 
 REQUANTIZE = ("gptq", "rtn", None)

@@ -57,7 +57,7 @@ def add_prune_parser(commands) -> None:
     import argparse
 
     from ..cli_common import EPILOG, add_backend
-    from ..quant.calibration import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN
+    from ..data.windows import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN
 
     parser = commands.add_parser("prune", help="prune a model: zeros in the weights (unstructured, N:M) or a "
                                                "smaller model (channels, heads, layers)",

@@ -29,9 +29,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ..backend import backend_of, numpy_engine
+from ..data.windows import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, calibration_windows
 from ..errors import SLMError
 from ..formats.dtypes import round_to
-from ..quant.calibration import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, calibration_windows
 from ..quant.sequential import in_batches
 from ..quant.statistics import InputStatistics
 from .common import Observers, add_record, check_float_model, stored_dtypes

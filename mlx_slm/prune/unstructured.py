@@ -15,9 +15,9 @@ import re
 import numpy as np
 
 from ..backend import numpy_engine
+from ..data.windows import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, calibration_windows
 from ..errors import SLMError
 from ..formats.dtypes import as_float32, round_to
-from ..quant.calibration import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, calibration_windows
 from ..quant.sequential import calibrate_blocks
 from .common import (
     HessianFactors,

@@ -72,10 +72,10 @@ def train_end_to_end(model, teacher, tokenizer, train_text: str, held_text: str,
     cache_dir: where the teacher's top-k logits are kept (None: a temporary folder)."""
     from mlx.utils import tree_flatten, tree_unflatten
 
+    from ...data.windows import Calibration
     from ...distill import DistillConfig, distill
     from ...runtime import fast_cpu
     from ..blockwise import held_out_kl
-    from ..calibration import Calibration
 
     held, _ = Calibration([held_text], tokenizer, config.eval_windows, seq_len).windows()
     started = time.perf_counter()
@@ -102,7 +102,7 @@ def train_end_to_end(model, teacher, tokenizer, train_text: str, held_text: str,
 
 
 def run(model, settings, calibration, progress):
-    from ...evaluate import read_text
+    from ...data.text import read_text
     from ...loading import model_config, set_model_config
     from ...quantize import float_teacher, run_method
 

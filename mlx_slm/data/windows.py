@@ -1,8 +1,9 @@
-"""Calibration data: local text -> ``[num_samples, seq_len]`` token windows, and its record.
+"""Token windows of a local text: consecutive ones for evaluation and training (:func:`token_windows`),
+and calibration windows spread evenly over the whole text, so a long book contributes from its
+beginning to its end (:func:`calibration_windows`, :class:`Calibration`).
 
-Nothing is downloaded: ``calib`` is a .txt / .jsonl path or a list of strings
-(read by :func:`mlx_slm.evaluate.read_text`). The windows are spread evenly over
-the whole text, so a long book contributes from its beginning to its end.
+Nothing is downloaded: a text is a .txt / .jsonl path or a list of strings
+(:func:`mlx_slm.data.text.read_text`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,27 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import SLMError
-from ..evaluate import describe_text, read_text
-from ..text_tokens import check_readable, encode_text
+from .text import describe_text, read_text
+from .tokens import check_readable, encode_text
 
 DEFAULT_NUM_SAMPLES = 64
 DEFAULT_SEQ_LEN = 256
+
+
+def token_windows(tokenizer, text, seq_len: int, max_windows: int | None) -> np.ndarray:
+    """Non-overlapping windows of ``seq_len`` token ids, ``[W, seq_len]`` int32."""
+    if seq_len < 2:
+        raise SLMError("seq_len must be at least 2")
+    if max_windows is not None and max_windows < 1:
+        raise SLMError(f"max_windows must be at least 1, not {max_windows}")
+    ids = encode_text(tokenizer, read_text(text), None if max_windows is None else max_windows * seq_len)
+    check_readable(tokenizer, ids, f"text {describe_text(text)}")
+    count = len(ids) // seq_len
+    if max_windows is not None:
+        count = min(count, max_windows)
+    if count == 0:
+        raise SLMError(f"the text has {len(ids)} tokens, fewer than one window of {seq_len}")
+    return ids[: count * seq_len].reshape(count, seq_len)
 
 
 def calibration_windows(tokenizer, calib, num_samples: int = DEFAULT_NUM_SAMPLES,

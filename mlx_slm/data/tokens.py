@@ -88,7 +88,7 @@ def unreadable_share(tokenizer, ids: np.ndarray) -> float:
 def check_readable(tokenizer, ids: np.ndarray, source: str) -> None:
     """SLMError when more than :data:`UNREADABLE_REFUSED` of ``ids`` are unreadable (see
     :func:`unreadable_share`): calibrating or evaluating on it would measure nothing useful."""
-    from .errors import SLMError
+    from ..errors import SLMError
 
     share = unreadable_share(tokenizer, ids)
     if share > UNREADABLE_REFUSED:

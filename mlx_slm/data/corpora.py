@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .errors import SLMError
+from ..errors import SLMError
 
 FORTUNE_FILES = ("computers", "science", "literature", "people", "wisdom", "work", "humorists")
 FORTUNES_DIR = Path("/usr/share/games/fortunes")

@@ -1,0 +1,1 @@
+"""Text data: reading local texts, tokenizing them, cutting token windows, the corpora Debian ships."""
