@@ -19,18 +19,13 @@ import argparse
 import json
 import re
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import mlx_slm
+from mlx_slm.coreml.mil_interpreter import MILInterpreter, compare_greedy
 from mlx_slm.io.atomic import atomic_file
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "examples"))
-sys.path.insert(0, str(ROOT / "coreml"))
-from compress_smollm2 import default_model  # noqa: E402  (after the sys.path lines)
-from mil_interpreter import MILInterpreter, compare_greedy  # noqa: E402  (after the sys.path line)
+from mlx_slm.io.packaged import smollm2_gguf
 
 PROMPT = "The capital of France is"
 # format name -> mlx_slm.quantize keyword arguments (None: the float16 model as loaded); any "q<bits>g<group>"
@@ -107,7 +102,7 @@ def main() -> None:
     rows = []
     for name in formats:
         options = quantize_options(name)
-        model, tokenizer = mlx_slm.load(args.model or default_model(), backend="numpy", progress=False)
+        model, tokenizer = mlx_slm.load(args.model or smollm2_gguf(), backend="numpy", progress=False)
         if options is not None:
             mlx_slm.quantize(model, progress=False, **options)
         for precision in ["float16"] + (["float32"] if name in float32 else []):
@@ -116,7 +111,7 @@ def main() -> None:
 
     print()
     print(table(rows))
-    settings = {"model": str(args.model or default_model()), "prompt": PROMPT, "steps": args.steps,
+    settings = {"model": str(args.model or smollm2_gguf()), "prompt": PROMPT, "steps": args.steps,
                 "max_context": args.max_context, "reference": "the model's float32 numpy forward pass"}
     with atomic_file(out / "coreml_export.json") as path:
         path.write_text(json.dumps({"settings": settings, "rows": rows}, indent=2))

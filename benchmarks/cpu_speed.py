@@ -25,9 +25,7 @@ import mlx_slm
 from mlx_slm import _blas
 from mlx_slm.data.corpora import local_text
 from mlx_slm.io.atomic import atomic_file
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-from compress_smollm2 import default_model
+from mlx_slm.io.packaged import smollm2_gguf
 
 STOCK = r"""
 import json, sys, time
@@ -64,7 +62,7 @@ def ours(path: Path, window: int, decode_tokens: int, text: Path, engine: str | 
 def prepare(out: Path) -> dict[str, Path]:
     paths = {"fp16": out / "fp16", "4-bit g64": out / "q4g64"}
     if not (paths["fp16"] / "config.json").is_file():
-        model, tokenizer = mlx_slm.load(default_model(), progress=False)
+        model, tokenizer = mlx_slm.load(smollm2_gguf(), progress=False)
         mlx_slm.save(model, tokenizer, paths["fp16"], overwrite=True)
     if not (paths["4-bit g64"] / "config.json").is_file():
         model, tokenizer = mlx_slm.load(paths["fp16"])

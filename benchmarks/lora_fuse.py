@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -26,9 +25,7 @@ import mlx_slm
 from mlx_slm.data.corpora import local_text
 from mlx_slm.finetune import finetune, fuse, load_adapters
 from mlx_slm.io.atomic import atomic_file
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-from compress_smollm2 import default_model
+from mlx_slm.io.packaged import smollm2_gguf
 
 
 def fortune_records(text: str, chars: int = 600) -> list[str]:
@@ -82,7 +79,7 @@ def main() -> None:
 
     folder = out / "fp16"
     if not (folder / "config.json").is_file():
-        model, tokenizer = mlx_slm.load(args.model or default_model(), progress=False)
+        model, tokenizer = mlx_slm.load(args.model or smollm2_gguf(), progress=False)
         mlx_slm.save(model, tokenizer, folder, overwrite=True)
     evaluate = {"text": out / "heldout.txt", "seq_len": args.seq_len, "max_windows": args.max_windows,
                 "decode_tokens": 0, "progress": False, "cpu_engine": "mlx"}

