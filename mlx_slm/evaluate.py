@@ -14,6 +14,7 @@ from .backend import backend_of
 from .data.windows import token_windows
 from .errors import SLMError
 from .loading import model_config
+from .progress import hidden
 from .stats import weight_stats
 
 
@@ -141,7 +142,7 @@ def evaluate(model, tokenizer, text, reference=None, seq_len: int = 512, max_win
             import mlx.core as mx
 
             mx.reset_peak_memory()
-        for window in tqdm(windows, desc="evaluating", disable=not progress):
+        for window in tqdm(windows, desc="evaluating", disable=hidden(progress)):
             start = time.perf_counter()
             logprobs = log_softmax(runner.logits(window))[:-1]
             model_seconds += time.perf_counter() - start

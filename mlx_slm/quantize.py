@@ -30,6 +30,7 @@ from .errors import MLXRequiredError, SLMError
 from .formats import affine, get_format
 from .formats.dtypes import FLOAT_DTYPES
 from .loading import model_config, set_model_config
+from .progress import hidden
 from .qconfig import check_config, read_config_file, resolve_layer
 from .quant.config import QuantizeConfig
 from .quant.imatrix import weighted_quantize
@@ -131,7 +132,7 @@ def store_numpy(model, chosen: dict) -> None:
 def apply_numpy(model, plan: dict, weight_format, progress: bool) -> None:
     todo = [(p, s) for p, s in plan.items() if s is not None]
     chosen = {path: stored_arrays(weight_format, weight_format.pack(model.weights[f"{path}.weight"], **settings))
-              for path, settings in tqdm(todo, desc="quantizing", disable=not progress)}
+              for path, settings in tqdm(todo, desc="quantizing", disable=hidden(progress))}
     store_numpy(model, chosen)
 
 
@@ -173,7 +174,7 @@ def layer_importance(engine, names, tokens: np.ndarray, progress: bool) -> dict:
     engine.observer = stats
     try:
         for first in tqdm(range(0, len(tokens), STATISTICS_BATCH), desc="activation statistics",
-                          disable=not progress):
+                          disable=hidden(progress)):
             h = engine.embed(tokens[first : first + STATISTICS_BATCH])
             for layer in range(engine.num_layers):
                 h = engine.block(layer, h)
@@ -207,7 +208,7 @@ def quantize_packed(model, plan: dict, method: str, job: Job) -> None:
     importance = layer_importance(engine, list(todo), job.tokens, job.progress) if method == "imatrix" else {}
     default = job.settings.format
     chosen = {}
-    for path, settings in tqdm(todo.items(), desc="quantizing", disable=not job.progress):
+    for path, settings in tqdm(todo.items(), desc="quantizing", disable=hidden(job.progress)):
         w = engine.weights[f"{path}.weight"].astype(dtypes[path], copy=False)
         chosen[path] = choose_layer(w, get_format(layer_format(settings, default)), settings, method,
                                     importance.get(path), job.settings.per_row_scale)

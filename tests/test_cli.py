@@ -75,3 +75,13 @@ def test_unsupported_architecture_cli(tmp_path):
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "made_up_arch"}))
     result = run("info", folder)
     assert result.returncode == 2 and "made_up_arch" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_no_progress_bars_when_stderr_is_not_a_terminal(tmp_path, tiny_text):
+    """A run whose output goes to a log (a pipe here) prints no tqdm bars: no carriage-return noise."""
+    folder = tiny_model_folder(tmp_path)
+    result = run("quantize", folder, "-o", tmp_path / "q", "--method", "imatrix", "--calib", tiny_text,
+                 "--num-samples", "4", "--seq-len", "32", "--backend", "numpy")
+    assert result.returncode == 0, result.stderr
+    assert "imatrix blocks" not in result.stderr and "\r" not in result.stderr, result.stderr
+    assert "wrote" in result.stdout

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from ..errors import SLMError
 from ..io.atomic import atomic_directory
+from ..progress import hidden
 from ..runtime import computes_on_cpu, numpy_twin
 
 
@@ -77,7 +78,7 @@ class TeacherCache:
 
     def build(self, teacher, windows, top_k, temperature, batch_size, progress) -> None:
         values, indices, lse, logits_of = [], [], [], logits_function(teacher)
-        for start in tqdm(range(0, len(windows), batch_size), desc="teacher top-k", disable=not progress):
+        for start in tqdm(range(0, len(windows), batch_size), desc="teacher top-k", disable=hidden(progress)):
             logits = logits_of(windows[start:start + batch_size, :-1])
             k = min(top_k, logits.shape[-1])
             part = np.argpartition(-logits, k - 1, axis=-1)[..., :k]  # the k largest, unordered: no full sort

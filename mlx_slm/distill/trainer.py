@@ -23,6 +23,7 @@ from tqdm import tqdm
 from ..backend import backend_of, require_mlx
 from ..data.windows import token_windows
 from ..errors import SLMError
+from ..progress import hidden
 from ..runtime import computes_on_cpu, fast_cpu, restore_dtypes, widen_floats
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DistillConfig
@@ -209,7 +210,7 @@ class Distiller:
             state = load_checkpoint(config.checkpoint_dir, self.trainee, self.optimizer)
             history, first = state["history"], state["step"] + 1
         shown, best = {}, Best(self.student, config)
-        bar = tqdm(range(first, config.steps), desc="distilling", disable=not self.progress or self.rank != 0,
+        bar = tqdm(range(first, config.steps), desc="distilling", disable=hidden(self.progress and self.rank == 0),
                    initial=first, total=config.steps)
         try:
             with fast_cpu(self.teacher), gradient_checkpointing(self.student, config.grad_checkpoint):

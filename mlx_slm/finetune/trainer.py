@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ..backend import backend_of
 from ..distill.hooks import gradient_checkpointing
 from ..errors import SLMError
+from ..progress import hidden
 from .adapters import add_adapters, resume_state, save_adapters
 from .data import load_dataset
 from .precision import training_precision
@@ -111,7 +112,7 @@ def finetune(model, tokenizer, train_jsonl, *, method: str = "lora", rank: int =
                           {"step": step, "history": history, "adapter_config": config})
 
     loss_and_grad = nn.value_and_grad(model, default_loss)
-    bar = tqdm(total=steps, initial=first, desc=f"{method} fine-tuning", disable=not progress)
+    bar = tqdm(total=steps, initial=first, desc=f"{method} fine-tuning", disable=hidden(progress))
     with training_precision(model), gradient_checkpointing(model, grad_checkpoint):
         mx.eval(model.parameters())
         state = [model.state, optimizer.state, mx.random.state]

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import SLMError
 from ..formats.dtypes import FLOAT_DTYPES
+from ..progress import hidden
 
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 
@@ -147,7 +148,7 @@ def read_gguf(path, dtype: str = "float16", progress: bool = True):
     target = FLOAT_DTYPES[dtype]
     permute = config["model_type"] == "llama"
     weights = {}
-    for tensor in tqdm(reader.tensors, desc=f"reading {path.name}", disable=not progress):
+    for tensor in tqdm(reader.tensors, desc=f"reading {path.name}", disable=hidden(progress)):
         name = hf_name(tensor.name)
         if name is None:
             continue

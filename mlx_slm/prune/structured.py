@@ -32,6 +32,7 @@ from ..backend import backend_of, numpy_engine
 from ..data.windows import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, calibration_windows
 from ..errors import SLMError
 from ..formats.dtypes import round_to
+from ..progress import hidden
 from ..quant.sequential import in_batches
 from ..quant.statistics import InputStatistics
 from .common import Observers, add_record, check_float_model, stored_dtypes
@@ -43,7 +44,7 @@ def block_influence(engine, tokens: np.ndarray, batch_size: int = 4, progress: b
     """Block Influence per decoder block [L]: 1 - mean cosine(input, output) over all calibration tokens."""
     cosines = np.zeros(engine.num_layers)
     count = 0
-    for start in tqdm(range(0, len(tokens), batch_size), desc="block influence", disable=not progress):
+    for start in tqdm(range(0, len(tokens), batch_size), desc="block influence", disable=hidden(progress)):
         h = engine.embed(tokens[start : start + batch_size])
         for layer in range(engine.num_layers):
             out = engine.block(layer, h)
@@ -94,7 +95,7 @@ def choose_width(engine, tokens: np.ndarray, keep_channels: int | None, keep_gro
     channels, groups = {}, {}
     rep = engine.num_heads // engine.num_kv_heads
     h = in_batches(engine.embed, tokens, batch_size)
-    for layer in tqdm(range(engine.num_layers), desc="width importance", disable=not progress):
+    for layer in tqdm(range(engine.num_layers), desc="width importance", disable=hidden(progress)):
         o_name, d_name = f"model.layers.{layer}.self_attn.o_proj", f"model.layers.{layer}.mlp.down_proj"
         attention = InputStatistics([o_name], gram=True)
         mlp = InputStatistics([d_name], gram=False)

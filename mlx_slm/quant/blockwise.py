@@ -45,6 +45,7 @@ from tqdm import tqdm
 from ..backend import backend_of
 from ..distill.losses import kl, log_softmax
 from ..errors import SLMError
+from ..progress import hidden
 from ..runtime import fast_cpu, restore_dtypes, widen_floats
 from .fake_quant import QUANT_PARAMS, make_twin, store_twin
 from .methods.blockwise import BlockwiseConfig
@@ -260,7 +261,7 @@ def reconstruct_blocks(model, teacher, tokens, config: BlockwiseConfig | None = 
         masks = block_masks(teacher, mx.array(tokens[:1]))
         float_x = block_inputs(teacher, tokens, config.batch_size)
         bar = tqdm(range(len(blocks)), desc=f"blockwise ({split} x {tokens.shape[1]} tokens, {config.epochs} epochs)",
-                   disable=not progress)
+                   disable=hidden(progress))
         for index in bar:
             target = run_block(teacher_blocks[index], float_x, masks[index], config.batch_size)
             x = student_x if config.inputs == "quantized" else float_x

@@ -43,6 +43,7 @@ from tqdm import tqdm
 from ..backend import backend_of
 from ..distill.losses import divergence, log_softmax
 from ..errors import SLMError
+from ..progress import hidden
 from ..runtime import fast_cpu, quantized_modules, widen_floats
 from .methods.learned import LearnedConfig
 
@@ -163,7 +164,7 @@ def teacher_top_k(teacher, tokens: np.ndarray, top_k: int, batch_size: int, prog
     of each position and its vocabulary size."""
     values, indices = [], []
     with teacher_logits(teacher) as logits_of:
-        for first in tqdm(range(0, len(tokens), batch_size), desc="teacher top-k", disable=not progress):
+        for first in tqdm(range(0, len(tokens), batch_size), desc="teacher top-k", disable=hidden(progress)):
             logits = logits_of(tokens[first:first + batch_size])
             k = min(top_k, logits.shape[-1])
             top = np.argpartition(logits, logits.shape[-1] - k, axis=-1)[..., -k:]
@@ -242,7 +243,7 @@ class ScaleLearner:
         best, best_step, stale, steps, stopped, train_seconds = None, 0, 0, 0, False, 0.0
         history = []  # (step, held-out KL) of every evaluation
         bar = tqdm(zip(range(settings["steps"]), self.batches()), total=settings["steps"], desc="learning scales",
-                   disable=not progress)
+                   disable=hidden(progress))
         for step, rows in bar:
             tick = time.perf_counter()
             params, loss = self.step(params, rows)

@@ -28,6 +28,7 @@ from ..errors import SLMError
 from ..evaluate import log_softmax
 from ..formats import affine
 from ..formats.dtypes import as_float32
+from ..progress import hidden
 
 PROBE = {"bits": 3, "group_size": 64}
 ENERGY_ROWS = 512  # output rows (evenly spaced) on which each setting's error energy is measured
@@ -252,7 +253,7 @@ def measure_sensitivity(model, tokens: np.ndarray, probe: dict | None = None, pr
         if options:
             layers[path].probe = probe_index(options, probe or PROBE)
     run = FloatRun(engine, tokens)
-    for layer in tqdm([s for s in layers.values() if s.options], desc="sensitivity", disable=not progress):
+    for layer in tqdm([s for s in layers.values() if s.options], desc="sensitivity", disable=hidden(progress)):
         probe_layer(run, layer, engine.weights[f"{layer.path}.weight"].astype(dtypes[layer.path], copy=False))
     weights, fixed = matrix_totals(model, {p for p, s in layers.items() if s.options})
     return Sensitivity(layers, weights, fixed, tokens.shape, time.perf_counter() - start)

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from ..errors import SLMError
 from ..formats import affine
+from ..progress import hidden
 from .awq import ScaleWriter, check_options, scale_group
 from .gptq import gptq_quantize, prepare_hessian
 from .graph import block_groups, head_groups
@@ -40,7 +41,7 @@ def calibrate_blocks(engine, names, tokens: np.ndarray, gram: bool, update, desc
     Returns the hidden states after the last block, [S, T, D].
     """
     h = in_batches(engine.embed, tokens, batch_size)
-    for layer in tqdm(range(engine.num_layers), desc=desc, disable=not progress):
+    for layer in tqdm(range(engine.num_layers), desc=desc, disable=hidden(progress)):
         prefix = f"model.layers.{layer}."
         block_names = order(p for p in names if p.startswith(prefix))
         if block_names:

@@ -5,7 +5,7 @@ A method module defines its options (a dataclass built with :func:`option`, with
 adding a method is adding one file here. :func:`mlx_slm.quantize` runs the row, and the
 ``mlx-slm quantize`` command derives ``--method``'s choices, its help and one
 ``--METHOD-FIELD`` flag per option field from the rows. Importable without MLX: the
-training methods import it inside ``run``.
+training methods import MLX inside ``run``.
 """
 
 from __future__ import annotations
