@@ -111,6 +111,10 @@ def cmd_info(args) -> None:
     model, _ = mlx_slm.load(args.model, backend=args.backend)
     config = mlx_slm.model_config(model)
     stats = weight_stats(model)
+    if str(args.model).lower().endswith(".gguf"):
+        from mlx_slm.io.gguf import describe_file
+
+        print(f"file              {describe_file(args.model)} (loaded dequantized, as below)")
     quantization = config.get("quantization") or {}
     print(f"model type        {config.get('model_type')}")
     print(f"layers            {config.get('num_hidden_layers')} x hidden {config.get('hidden_size')}, "

@@ -39,6 +39,10 @@ def test_convert_quantize_eval_info(tmp_path, tiny_text, capsys):
     assert main(["info", str(tmp_path / "q3")]) == 0
     out = capsys.readouterr().out
     assert "affine 3-bit, group 64" in out and "3.500" in out
+    assert main(["info", str(tmp_path / "tiny.gguf")]) == 0  # the file's own format, then the loaded model
+    out = capsys.readouterr().out
+    assert "GGUF, tensors Q8_0 x" in out and "8.500 bits per matrix weight as stored" in out, out
+    assert "format            float" in out
 
 
 def bad_inputs(tmp_path):

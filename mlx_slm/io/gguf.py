@@ -48,6 +48,22 @@ def read_reader(path: Path):
         raise SLMError(f"{path} is not a readable GGUF file (corrupt or truncated?): {err}") from None
 
 
+def describe_file(path: Path) -> str:
+    """One line on how a GGUF file stores its tensors: each tensor type with its count, and the
+    bits per weight of its matrices as stored (a loaded model is dequantized, so its own
+    figures say nothing about the file)."""
+    kinds: dict[str, int] = {}
+    matrix_bits = matrix_weights = 0
+    for tensor in read_reader(Path(path)).tensors:
+        kinds[tensor.tensor_type.name] = kinds.get(tensor.tensor_type.name, 0) + 1
+        if len(tensor.shape) == 2:
+            matrix_bits += 8 * int(tensor.n_bytes)
+            matrix_weights += int(tensor.n_elements)
+    types = ", ".join(f"{name} x {count}" for name, count in sorted(kinds.items(), key=lambda kv: -kv[1]))
+    stored = f"; {matrix_bits / matrix_weights:.3f} bits per matrix weight as stored" if matrix_weights else ""
+    return f"GGUF, tensors {types}{stored}"
+
+
 def read_fields(reader) -> dict:
     """All metadata fields as plain Python values."""
     fields = {}
