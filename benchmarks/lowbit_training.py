@@ -3,7 +3,7 @@
     python benchmarks/lowbit_training.py [--out runs/lowbit_training]
         [--rows affine:2:64,affine:2:32,affine:3:64,affine:4:64,lut:3:8,lut:4:8,ternary:2:0]
         [--recipes start,blockwise,blockwise+e2e,e2e] [--num-samples 32] [--calib-seq-len 256]
-        [--blockwise-epochs 2] [--blockwise-lr 1e-3] [--e2e-steps 40] [--e2e-lr 1e-3] [--resume]
+        [--blockwise-epochs 2] [--blockwise-lr 1e-3] [--e2e-steps 40] [--e2e-lr LR] [--resume]
 
 A row is FORMAT:BITS:GROUP. Its ``start`` is the post-training method the training
 recipes start from: gptq for affine, imatrix for lut and ternary (quantized once and
@@ -102,13 +102,14 @@ class Bench:
         report = reconstruct_blocks(model, self.reference, tokens, config)
         return {"tokens": report["train_tokens"], "blockwise": report}
 
-    def end_to_end(self, model) -> dict:
+    def end_to_end(self, model, bits: int) -> dict:
         """What ``quantize(method="e2e")`` does after its start (:func:`train_end_to_end`), on this
         benchmark's training and held-out texts, the teacher cache kept for every row."""
-        from mlx_slm.quant.methods.e2e import E2EConfig, train_end_to_end
+        from mlx_slm.quant.methods.e2e import E2EConfig, default_rate, train_end_to_end
 
         args = self.args
-        config = E2EConfig(steps=args.e2e_steps, batch_size=args.e2e_batch_size, learning_rate=args.e2e_lr,
+        config = E2EConfig(steps=args.e2e_steps, batch_size=args.e2e_batch_size,
+                           learning_rate=args.e2e_lr or default_rate(bits),
                            top_k=args.e2e_top_k, eval_every=args.e2e_eval_every, eval_windows=args.e2e_eval_windows)
         report = train_end_to_end(model, self.reference, self.tokenizer, (self.out / "train.txt").read_text(),
                                   (self.out / "heldout.txt").read_text(), config.check(), args.calib_seq_len,
@@ -122,7 +123,7 @@ class Bench:
         if recipe.startswith("blockwise"):
             extra = self.blockwise(model)
         if recipe.endswith("e2e"):
-            e2e = self.end_to_end(model)
+            e2e = self.end_to_end(model, row["bits"])
             extra = {**extra, **e2e, "tokens": extra["tokens"] + e2e["tokens"]}
         train_seconds = time.perf_counter() - began
         report = mlx_slm.evaluate(model, self.tokenizer, reference=self.reference, **self.evaluate)
@@ -156,7 +157,8 @@ def main(argv=None) -> None:
     parser.add_argument("--blockwise-inputs", default="quantized", choices=("quantized", "float"))
     parser.add_argument("--e2e-steps", type=int, default=40)
     parser.add_argument("--e2e-batch-size", type=int, default=4)
-    parser.add_argument("--e2e-lr", type=float, default=1e-3, help="relative to each layer's step size")
+    parser.add_argument("--e2e-lr", type=float, default=None,
+                        help="relative to each layer's step size (default: the e2e method's, by the row's bits)")
     parser.add_argument("--e2e-top-k", type=int, default=256, help="teacher logits cached per position")
     parser.add_argument("--e2e-eval-every", type=int, default=10)
     parser.add_argument("--e2e-eval-windows", type=int, default=4)

@@ -82,3 +82,15 @@ def test_trained_results_export_to_core_ml(tmp_path, fmt, bits, group_size):
     package = mlx_slm.export_coreml(saved, tokenizer, tmp_path / "out" / "Tiny.mlpackage", max_context=32)
     package_tokens, model_tokens, delta = compare_greedy(MILInterpreter(package), saved, PROMPT, steps=8)
     assert package_tokens == model_tokens and delta < TINY_TOLERANCE
+
+
+@pytest.mark.parametrize("bits,rate", [(2, 1e-3), (3, 1e-4)])
+def test_default_rate_follows_the_bits(tmp_path, bits, rate):
+    import mlx_slm
+
+    model, tokenizer = mlx_slm.load(tiny_model_folder(tmp_path))
+    mlx_slm.quantize(model, bits=bits, group_size=32, method="e2e", calib=[sample_text(160)], tokenizer=tokenizer,
+                     num_samples=4, seq_len=32, progress=False,
+                     e2e_options={"start": "rtn", "steps": 1, "batch_size": 2, "eval_every": 1, "eval_windows": 2,
+                                  "held_out": 0.2})
+    assert mlx_slm.model_config(model)["mlx_slm"]["e2e"]["learning_rate"] == rate

@@ -10,7 +10,7 @@ from dataclasses import MISSING, fields
 from .config import QuantizeConfig
 from .methods import methods
 
-TYPES = {"int": int, "float": float, "str": str, "str | None": str}
+TYPES = {"int": int, "float": float, "str": str, "str | None": str, "float | None": float}
 
 
 def flag(method: str, field) -> str:

@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 from ...errors import SLMError
+from ...formats import get_format
 from . import Method, MethodOptions, option, register
 from .blockwise import default_start
 
@@ -30,7 +31,9 @@ class E2EConfig(MethodOptions):
                                      "imatrix for lut and ternary)", choices=STARTS)
     steps: int = option(100, "training steps (each batch_size windows of --seq-len tokens)")
     batch_size: int = option(4, "windows per step")
-    learning_rate: float = option(1e-3, "Adam's rate, relative to each layer's quantization step")
+    learning_rate: float | None = option(None, "Adam's rate, relative to each layer's quantization step "
+                                               "(default: 1e-3 at 2 bits, 1e-4 above, where 1e-3 moves a good "
+                                               "start away from the float model)")
     top_k: int = option(256, "teacher logits cached per position")
     eval_every: int = option(10, "steps between held-out evaluations; training ends in the state of the best")
     patience: int = option(0, "stop after this many evaluations without a lower held-out KL (0: never)")
@@ -44,7 +47,7 @@ class E2EConfig(MethodOptions):
         for name in ("steps", "batch_size", "top_k", "eval_every", "eval_windows"):
             if getattr(self, name) < 1:
                 raise SLMError(f"e2e {name} must be at least 1, not {getattr(self, name)}")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+        if self.learning_rate is not None and not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise SLMError(f"e2e learning_rate must be a positive number, not {self.learning_rate}")
         if self.patience < 0:
             raise SLMError(f"e2e patience must be 0 (never stop early) or more, not {self.patience}")
@@ -54,6 +57,12 @@ class E2EConfig(MethodOptions):
 
     def uses(self, weight_format: str) -> tuple[str, ...]:
         return (self.start or default_start(weight_format),)
+
+
+def default_rate(bits: int) -> float:
+    """The learning rate when none is given: 1e-3 for 2-bit and ternary starts, which are far
+    from the float model, 1e-4 for 3 bits and more."""
+    return 1e-3 if bits <= 2 else 1e-4
 
 
 def split_text(text: str, held_out: float) -> tuple[str, str]:
@@ -67,7 +76,8 @@ def split_text(text: str, held_out: float) -> tuple[str, str]:
 def train_end_to_end(model, teacher, tokenizer, train_text: str, held_text: str, config: E2EConfig, seq_len: int,
                      progress: bool = True, cache_dir=None) -> dict:
     """Train the quantized ``model`` end to end towards ``teacher`` on ``train_text`` in windows of
-    ``seq_len`` tokens; keep the result only if the KL on ``held_text`` dropped. Returns the report
+    ``seq_len`` tokens; keep the result only if the KL on ``held_text`` dropped. ``config`` must
+    name its learning rate (:func:`default_rate` gives the method's). Returns the report
     (start_kl, final_kl, kept_start, train_tokens, held_out_curve [[step, KL]], seconds).
     cache_dir: where the teacher's top-k logits are kept (None: a temporary folder)."""
     from mlx.utils import tree_flatten, tree_unflatten
@@ -77,6 +87,8 @@ def train_end_to_end(model, teacher, tokenizer, train_text: str, held_text: str,
     from ...runtime import fast_cpu
     from ..blockwise import held_out_kl
 
+    if config.learning_rate is None:
+        raise SLMError("train_end_to_end needs config.learning_rate (default_rate(bits) is the method's)")
     held, _ = Calibration([held_text], tokenizer, config.eval_windows, seq_len).windows()
     started = time.perf_counter()
     with fast_cpu(teacher):
@@ -107,7 +119,9 @@ def run(model, settings, calibration, progress):
     from ...quantize import float_teacher, run_method
 
     config = settings.options_of("e2e")
-    config = replace(config, start=config.start or default_start(settings.format))
+    bits = get_format(settings.format).default_bits if settings.bits is None else settings.bits
+    config = replace(config, start=config.start or default_start(settings.format),
+                     learning_rate=config.learning_rate or default_rate(bits))
     if calibration.text is None:
         raise SLMError("method 'e2e' trains on the calibration text: pass calib=<.txt/.jsonl or strings> (--calib)")
     train_text, held_text = split_text(read_text(calibration.text), config.held_out)
