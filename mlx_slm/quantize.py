@@ -299,6 +299,14 @@ def float_teacher(model):
     return teacher
 
 
+def record_result(model, **entries) -> None:
+    """Add ``entries`` to the ``mlx_slm`` record of the model's config (a trained method's
+    report over its start's record)."""
+    saved = model_config(model)
+    saved["mlx_slm"].update(entries)
+    set_model_config(model, saved)
+
+
 def post_training(model, settings: QuantizeConfig, calibration: Calibration, progress: bool, apply):
     """What every post-training method shares: plan each layer's format and settings, cut the
     calibration windows (calibrated methods), let ``apply(model, plan, job)`` choose and store
@@ -308,8 +316,7 @@ def post_training(model, settings: QuantizeConfig, calibration: Calibration, pro
     layers_config, plan_report = settings.layers, None
     if settings.target_bpw is not None:
         layers_config, plan_report = budget_config(model, settings.target_bpw, calibration, progress)
-    bits = weight_format.default_bits if settings.bits is None else settings.bits
-    group_size = weight_format.default_group_size if settings.group_size is None else settings.group_size
+    bits, group_size = settings.bits_and_group()
     user_config = check_config(read_config_file(layers_config) if isinstance(layers_config, (str, bytes)) or
                                hasattr(layers_config, "__fspath__") else (layers_config or {}))
     weight_format.check(user_config.get("bits", bits), user_config.get("group_size", group_size))
@@ -375,8 +382,8 @@ def quantize(model, settings: QuantizeConfig | None = None, calibration: Calibra
     ``quantize(model, QuantizeConfig(method="gptq", bits=3), Calibration("kjv.txt", tokenizer))``;
     or the keyword form ``quantize(model, bits=3, method="gptq", calib="kjv.txt",
     tokenizer=tokenizer, gptq_options={...})`` (:func:`keyword_request` says how the keywords
-    map). The methods are the rows of :mod:`mlx_slm.quant.methods` (rtn, imatrix, gptq, awq,
-    blockwise, learned; their options are dataclasses), the formats those of
+    map). The methods are the rows of :mod:`mlx_slm.quant.methods` (their options are
+    dataclasses), the formats those of
     :mod:`mlx_slm.formats` (affine, lut, ternary, ternary_b3). Layers whose shape does not fit
     their format stay in float and are logged; the request and its results are saved in the
     model's config (``quantization`` as mlx-lm reads it, ``mlx_slm`` for the rest).

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import SLMError
+
 PIECE_CHARS = 1 << 16  # characters per piece (about 16k tokens of English)
 PIECES_PER_BATCH = 16  # pieces a fast tokenizer encodes at once, in parallel
 UNREADABLE_REFUSED = 0.5  # above this share of unknown / partial-byte tokens a text is not one the model reads
@@ -88,8 +90,6 @@ def unreadable_share(tokenizer, ids: np.ndarray) -> float:
 def check_readable(tokenizer, ids: np.ndarray, source: str) -> None:
     """SLMError when more than :data:`UNREADABLE_REFUSED` of ``ids`` are unreadable (see
     :func:`unreadable_share`): calibrating or evaluating on it would measure nothing useful."""
-    from ..errors import SLMError
-
     share = unreadable_share(tokenizer, ids)
     if share > UNREADABLE_REFUSED:
         raise SLMError(f"{source}: {share:.0%} of its tokens are unknown or partial characters to this model's "

@@ -40,9 +40,7 @@ class QuantizeConfig:
         """SLMError for a request no layer could take; returns a copy whose ``options`` hold
         every method it runs, checked and with defaults."""
         method = get_method(self.method)
-        weight_format = get_format(self.format)
-        weight_format.check(weight_format.default_bits if self.bits is None else self.bits,
-                            weight_format.default_group_size if self.group_size is None else self.group_size)
+        get_format(self.format).check(*self.bits_and_group())
         given = {name: self._given(name, value) for name, value in (self.options or {}).items()}
         used, todo = [], [method.name]
         while todo:
@@ -67,6 +65,12 @@ class QuantizeConfig:
                 raise SLMError(f"target_bpw plans affine bits and group sizes, not the {self.format!r} format")
         return replace(self, options=given)
 
+    def bits_and_group(self) -> tuple[int, int]:
+        """(bits, group_size) for every layer: the given ones, else the format's defaults."""
+        weight_format = get_format(self.format)
+        return (weight_format.default_bits if self.bits is None else self.bits,
+                weight_format.default_group_size if self.group_size is None else self.group_size)
+
     @staticmethod
     def _given(name: str, value):
         method = get_method(name)
@@ -76,5 +80,4 @@ class QuantizeConfig:
 
     def options_of(self, name: str):
         """The checked options of method ``name`` (its defaults when none were given)."""
-        value = self.options.get(name)
-        return get_method(name).options.from_options(value)
+        return self._given(name, self.options.get(name))

@@ -59,8 +59,7 @@ class BlockwiseConfig(MethodOptions):
 
 
 def run(model, settings, calibration, progress):
-    from ...loading import model_config, set_model_config
-    from ...quantize import float_teacher, run_method
+    from ...quantize import float_teacher, record_result, run_method
     from ..blockwise import reconstruct_blocks
 
     config = settings.options_of("blockwise")
@@ -69,9 +68,7 @@ def run(model, settings, calibration, progress):
     teacher = float_teacher(model)
     run_method(model, replace(settings, method=config.start), calibration, progress)
     report = reconstruct_blocks(model, teacher, tokens, config, progress=progress)
-    saved = model_config(model)
-    saved["mlx_slm"].update(method="blockwise", calibration=record, blockwise=report)
-    set_model_config(model, saved)
+    record_result(model, method="blockwise", calibration=record, blockwise=report)
     return model
 
 

@@ -16,7 +16,6 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 from ...errors import SLMError
-from ...formats import get_format
 from . import Method, MethodOptions, option, register
 from .blockwise import default_start
 
@@ -115,13 +114,11 @@ def train_end_to_end(model, teacher, tokenizer, train_text: str, held_text: str,
 
 def run(model, settings, calibration, progress):
     from ...data.text import read_text
-    from ...loading import model_config, set_model_config
-    from ...quantize import float_teacher, run_method
+    from ...quantize import float_teacher, record_result, run_method
 
     config = settings.options_of("e2e")
-    bits = get_format(settings.format).default_bits if settings.bits is None else settings.bits
     config = replace(config, start=config.start or default_start(settings.format),
-                     learning_rate=config.learning_rate or default_rate(bits))
+                     learning_rate=config.learning_rate or default_rate(settings.bits_and_group()[0]))
     if calibration.text is None:
         raise SLMError("method 'e2e' trains on the calibration text: pass calib=<.txt/.jsonl or strings> (--calib)")
     train_text, held_text = split_text(read_text(calibration.text), config.held_out)
@@ -129,9 +126,7 @@ def run(model, settings, calibration, progress):
     run_method(model, replace(settings, method=config.start), calibration, progress)
     report = train_end_to_end(model, teacher, calibration.tokenizer, train_text, held_text, config,
                               calibration.seq_len, progress)
-    saved = model_config(model)
-    saved["mlx_slm"].update(method="e2e", e2e=report)
-    set_model_config(model, saved)
+    record_result(model, method="e2e", e2e=report)
     return model
 
 

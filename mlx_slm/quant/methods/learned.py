@@ -44,8 +44,7 @@ class LearnedConfig(MethodOptions):
 
 
 def run(model, settings, calibration, progress):
-    from ...loading import model_config, set_model_config
-    from ...quantize import float_teacher, run_method
+    from ...quantize import float_teacher, record_result, run_method
     from ..learned import learn_quantization
 
     config = settings.options_of("learned")
@@ -53,9 +52,7 @@ def run(model, settings, calibration, progress):
     teacher = float_teacher(model)
     run_method(model, replace(settings, method=config.start), calibration, progress)
     done = learn_quantization(model, teacher, tokens, progress=progress, **config.training())
-    saved = model_config(model)
-    saved["mlx_slm"].update(method="learned", calibration=record, learned={"start": config.start, **done})
-    set_model_config(model, saved)
+    record_result(model, method="learned", calibration=record, learned={"start": config.start, **done})
     return model
 
 
