@@ -51,10 +51,10 @@ def main() -> None:
     print(f"evaluation text: {source}")
 
     try:
-        source = args.model or smollm2_gguf()
+        model_path = args.model or smollm2_gguf()
     except mlx_slm.SLMError as err:
         sys.exit(f"{err}")
-    model, tokenizer = mlx_slm.load(source)
+    model, tokenizer = mlx_slm.load(model_path)
     mlx_slm.save(model, tokenizer, out / "fp16", overwrite=True)
     reference, _ = mlx_slm.load(out / "fp16")
     evaluate = dict(text=text_path, seq_len=args.seq_len, max_windows=args.max_windows, progress=False)
