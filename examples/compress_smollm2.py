@@ -66,10 +66,8 @@ def main() -> None:
         mlx_slm.quantize(quantized, bits=bits, group_size=group_size, progress=False)
         mlx_slm.save(quantized, tokenizer, out / name, overwrite=True)
         rows.append({"name": name, **mlx_slm.evaluate(quantized, tokenizer, reference=reference, **evaluate)})
-        print(table(rows).splitlines()[-1])
+        print(table(rows).splitlines()[-1])  # the table grows a row at a time; it is printed once
 
-    print()
-    print(table(rows))
     with atomic_file(out / "report.json") as path:
         path.write_text(json.dumps({"text_source": source, "rows": rows}, indent=2))
     print(f"\nwrote {out / 'report.json'} ({time.perf_counter() - start:.0f} s in all)")

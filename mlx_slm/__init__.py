@@ -7,8 +7,10 @@
     print(mlx_slm.evaluate(model, tokenizer, text="notes.txt"))
 """
 
-from . import _blas
+from . import _blas, interrupt
 
+if interrupt.is_command():
+    interrupt.install()  # Ctrl-C: one line and status 130 from here on, even during the imports below
 _blas.preload()  # must run before anything imports mlx
 
 from . import stats  # noqa: E402

@@ -13,7 +13,8 @@ import logging
 import os
 import sys
 
-from .cli_common import EPILOG, add_backend, check_output
+from . import interrupt
+from .cli_common import EPILOG, Parser, add_backend, check_output
 from .distill.cli import add_distill_parser
 from .export.cli import add_export_parser
 from .finetune.cli import add_finetune_parser, add_fuse_parser
@@ -71,8 +72,10 @@ def format_report(report: dict) -> str:
 
 def cmd_eval(args) -> None:
     import mlx_slm
+    from mlx_slm.data.text import read_text
     from mlx_slm.io.atomic import atomic_file
 
+    read_text(args.text)  # garbage is refused before the models load
     model, tokenizer = mlx_slm.load(args.model, backend=args.backend)
     reference = mlx_slm.load(args.ref, backend=args.backend)[0] if args.ref else None
     report = mlx_slm.evaluate(model, tokenizer, text=args.text, reference=reference, seq_len=args.seq_len,
@@ -86,14 +89,10 @@ def cmd_eval(args) -> None:
 
 
 def describe_format(settings: dict) -> str:
-    """One line for a quantization entry: mode, bits and what its group size means."""
-    mode, bits, group = settings.get("mode", "affine"), settings["bits"], settings["group_size"]
-    if mode == "lut":
-        return f"lut {bits}-bit palettes, one per {group} output row{'s' if group != 1 else ''}"
-    if mode in ("ternary", "ternary_b3"):
-        storage = "base-3 bytes" if mode == "ternary_b3" else "2-bit codes"
-        return f"{mode} (b1.58, {storage}), scale per {f'group {group}' if group else 'row'}"
-    return f"{mode} {bits}-bit, group {group}"
+    """One line for a quantization entry of config.json: its format row's label."""
+    from mlx_slm.formats import get_format
+
+    return get_format(settings.get("mode", "affine")).label(settings["bits"], settings["group_size"])
 
 
 def format_help() -> str:
@@ -136,7 +135,7 @@ def cmd_info(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mlx-slm",
         description="Make small language models smaller: convert, quantize, prune, distill, fine-tune, evaluate, "
                     "export.",
@@ -221,20 +220,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # no "PyTorch was not found" notice
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no "PyTorch was not found" notice
     import mlx_slm  # noqa: F401  (loads the fast BLAS before MLX)
     from mlx_slm.errors import SLMError
 
     try:
         args.run(args)
     except SLMError as err:
-        print(f"mlx-slm: error: {err}", file=sys.stderr)
+        print(f"mlx-slm: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, whatever it wraps
         return 2
-    except KeyboardInterrupt:
-        print("mlx-slm: interrupted; no partial output was left behind", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # main() called from Python; the command itself exits in mlx_slm.interrupt
+        print(interrupt.MESSAGE, file=sys.stderr)
+        return interrupt.EXIT_STATUS
     except Exception as err:
         if os.environ.get("MLX_SLM_DEBUG"):
             raise

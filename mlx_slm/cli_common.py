@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 EPILOG = "Set MLX_SLM_BACKEND=numpy to run without MLX, MLX_SLM_DEBUG=1 for tracebacks."
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one line for a bad command line (no usage block): ``PROG: error: MESSAGE (see --help)``."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def add_backend(parser) -> None:

@@ -141,17 +141,10 @@ def lowbit_module(format_name: str, settings: dict, arrays: dict, original: nn.M
 
 
 def empty_arrays(format_name: str, shape: tuple, bits: int, group_size: int, with_scales: bool) -> dict:
-    """Zero placeholders of the stored arrays of an [N, K] layer, to be filled by ``load_weights``."""
-    rows, width = shape
-    if format_name == "lut":
-        arrays = {"weight": mx.zeros((rows, width * bits // 32), mx.uint32),
-                  "lut": mx.zeros((rows // group_size, 1 << bits), mx.float16)}
-        if with_scales:
-            arrays["scales"] = mx.zeros((rows, 1), mx.float16)
-        return arrays
-    weight = (mx.zeros((rows, -(-width // 5)), mx.uint8) if format_name == "ternary_b3"
-              else mx.zeros((rows, width // 16), mx.uint32))
-    return {"weight": weight, "scales": mx.zeros((rows, width // group_size if group_size else 1), mx.float16)}
+    """Zero placeholders of the stored arrays of an [N, K] layer (the format row's shapes), to be
+    filled by ``load_weights``."""
+    shapes = get_format(format_name).empty(shape, bits, group_size, per_row_scale=with_scales)
+    return {suffix: mx.zeros(size, getattr(mx, np.dtype(dtype).name)) for suffix, (size, dtype) in shapes.items()}
 
 
 def empty_module(format_name: str, bits: int, group_size: int, original: nn.Module, with_scales: bool,

@@ -56,6 +56,11 @@ def sanitize_numpy_weights(config: dict, weights: dict) -> dict:
     return weights
 
 
+def one_line(err: Exception) -> str:
+    """An exception's message on one line (MLX lists mismatched parameters one per line)."""
+    return " ".join(str(err).split())
+
+
 def mlx_array(values: np.ndarray):
     import mlx.core as mx
 
@@ -80,7 +85,7 @@ def build_mlx_model(config: dict, weights: dict):
     try:
         model.load_weights(list(arrays.items()))
     except ValueError as err:
-        raise SLMError(f"the weights do not fit a {config.get('model_type')} model: {err}") from None
+        raise SLMError(f"the weights do not fit a {config.get('model_type')} model: {one_line(err)}") from None
     mx.eval(model.parameters())
     model.eval()
     set_model_config(model, config)
@@ -139,7 +144,7 @@ def build_lowbit_mlx_model(folder: Path, config: dict):
     try:
         model.load_weights(list(weights.items()))
     except ValueError as err:
-        raise SLMError(f"the weights in {folder} do not fit its config: {err}") from None
+        raise SLMError(f"the weights in {folder} do not fit its config: {one_line(err)}") from None
     mx.eval(model.parameters())
     return model
 
@@ -155,9 +160,13 @@ def load_folder_mlx(folder: Path):
         try:
             model, config = load_model(folder)
         except ValueError as err:
-            raise SLMError(f"cannot load {folder}: {err}") from None
+            raise SLMError(f"cannot load {folder}: {one_line(err)}") from None
+        from mlx.utils import tree_flatten
+
+        hf.check_float(config, {k: str(v.dtype).rsplit(".", 1)[-1] for k, v in tree_flatten(model.parameters())},
+                       folder)
     set_model_config(model, config)
-    return model, load_tokenizer(folder, eos_token_ids=config.get("eos_token_id"))
+    return model, read_tokenizer(folder, lambda: load_tokenizer(folder, eos_token_ids=config.get("eos_token_id")))
 
 
 def load_folder_numpy(folder: Path):
@@ -168,7 +177,22 @@ def load_folder_numpy(folder: Path):
     config = hf.read_config(folder)
     check_modes(config, "numpy")
     weights = sanitize_numpy_weights(config, hf.read_weights(folder))
-    return NumpyLlama(config, weights), AutoTokenizer.from_pretrained(str(folder))
+    model = NumpyLlama(config, weights)
+    if not config.get("quantization"):  # MLX checks names and shapes as it loads; here it is done by hand
+        hf.check_float(config, {name: value.dtype.name for name, value in weights.items()}, folder)
+        hf.check_shapes(config, {name: value.shape for name, value in weights.items()}, folder)
+    return model, read_tokenizer(folder, lambda: AutoTokenizer.from_pretrained(str(folder)))
+
+
+def read_tokenizer(folder: Path, read):
+    """``read()``'s tokenizer, or one SLMError when the folder's tokenizer files are missing or unreadable
+    (transformers raises a ValueError or OSError of several lines)."""
+    try:
+        return read()
+    except (ValueError, OSError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SLMError(f"cannot read the tokenizer in {folder} (tokenizer.json or tokenizer.model "
+                       f"missing or broken?): {first}") from None
 
 
 def load(source, backend: str | None = None, dtype: str = "float16", progress: bool = True):

@@ -37,7 +37,10 @@ def read_config_file(path) -> dict:
 
         return yaml.safe_load(text) or {}
     except Exception as err:
-        raise SLMError(f"cannot parse quantization config {path}: {err}") from None
+        mark = getattr(err, "problem_mark", None)  # YAML errors: "line L, column C: problem"
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise SLMError(f"cannot parse quantization config {path}: {where}{problem}") from None
 
 
 def is_keep(value) -> bool:

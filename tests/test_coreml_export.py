@@ -14,8 +14,9 @@ from helpers import tiny_model_folder
 import mlx_slm
 from mlx_slm.errors import SLMError
 from mlx_slm.export.coreml_weights import coreml_bytes, shift_scale_arrays
-from mlx_slm.export.weights import AffineWeight, PalettizedWeight, model_weights
+from mlx_slm.export.weights import model_weights
 from mlx_slm.formats import affine
+from mlx_slm.formats.views import AffineWeight, PalettizedWeight
 from mlx_slm.loading import set_model_config
 
 ct = pytest.importorskip("coremltools")

@@ -11,6 +11,7 @@ from mlx_slm.cli import main
 from mlx_slm.errors import SLMError
 from mlx_slm.formats import affine, get_format, lut, ternary
 from mlx_slm.formats.dtypes import bfloat16
+from mlx_slm.formats.views import AffineWeight
 from mlx_slm.io import safetensors_np
 from mlx_slm.quant.kmeans import kmeans_1d
 
@@ -176,6 +177,47 @@ def test_matmul_and_bits_per_weight(name, options):
     assert weight_format.bits_per_weight(*settings, shape=(48, 192), **extra) == stored_bits / (48 * 192)
     named = dict(zip(weight_format.stored, stored))
     assert weight_format.layer_shape(named, *settings) == (48, 192)
+
+
+def dense_of(view) -> np.ndarray:
+    """The float32 weight a format row's export view describes, by the formulas its classes document."""
+    codes = view.codes.astype(np.int64)
+    if isinstance(view, AffineWeight):
+        scales, biases = (np.repeat(a, view.group_size, axis=1) for a in (view.scales, view.biases))
+        return codes * scales + biases
+    rows, width = codes.shape
+    tables = view.lut.astype(np.float32)
+    row_group = rows // tables.shape[0]
+    column_group = width // tables.shape[1]
+    n, k = np.meshgrid(np.arange(rows), np.arange(width), indexing="ij")
+    dense = tables[n // row_group, k // column_group, codes]
+    return dense if view.row_scales is None else dense * view.row_scales.astype(np.float32)
+
+
+@pytest.mark.parametrize("name,options", [("affine", {"bits": 3, "group_size": 32}),
+                                          ("lut", {"bits": 4, "group_size": 8}),
+                                          ("lut", {"bits": 3, "group_size": 16, "per_row_scale": False}),
+                                          ("ternary", {"bits": 2, "group_size": 0}),
+                                          ("ternary_b3", {"bits": 2, "group_size": 64})])
+def test_format_rows_describe_their_arrays_and_export_view(name, options):
+    """A row's placeholders have the packed arrays' shapes and dtypes, and its export view computes
+    exactly the weight the row's own unpack gives (what Core ML export reads)."""
+    from mlx_slm.formats.views import PalettizedWeight
+
+    weight_format = get_format(name)
+    stored = dict(zip(weight_format.stored, weight_format.pack(random_weight((48, 192)), **options)))
+    settings = (options["bits"], options["group_size"])
+    assert weight_format.label(*settings).startswith(name.split("_")[0])
+    if weight_format.empty is not None:
+        extra = {"per_row_scale": options.get("per_row_scale", True)}
+        expected = {k: (a.shape, a.dtype) for k, a in stored.items() if a is not None}
+        assert {k: (shape, np.dtype(dtype)) for k, (shape, dtype) in
+                weight_format.empty((48, 192), *settings, **extra).items()} == expected
+    view = weight_format.view(stored, *settings)
+    assert isinstance(view, AffineWeight if name == "affine" else PalettizedWeight)
+    assert view.stored_bytes == sum(a.nbytes for a in stored.values() if a is not None)
+    dense = weight_format.unpack(*stored.values(), *settings, dtype=np.float32)
+    np.testing.assert_array_equal(dense_of(view).astype(np.float32), dense)
 
 
 def test_registry_and_affine_traits_unchanged():

@@ -16,7 +16,15 @@ def describe_text(text) -> str:
 
 
 def read_text(text) -> str:
-    """A list of strings, or a .txt / .jsonl path (each JSON line's "text" field)."""
+    """A list of strings, or a .txt / .jsonl path (each JSON line's "text" field); never empty."""
+    content = join_text(text)
+    if not content.strip():
+        raise SLMError(f"the text {describe_text(text)} is empty")
+    return content
+
+
+def join_text(text) -> str:
+    """The text of a source as read, before the emptiness check of :func:`read_text`."""
     if isinstance(text, (list, tuple)):
         return "\n\n".join(str(t) for t in text)
     path = Path(text)

@@ -38,6 +38,7 @@ def config_from_args(args):
 def cmd_distill(args) -> None:
     import mlx_slm
     from mlx_slm.cli_common import check_output
+    from mlx_slm.data.text import read_text
     from mlx_slm.distill import distill
     from mlx_slm.errors import SLMError
 
@@ -46,6 +47,9 @@ def cmd_distill(args) -> None:
         raise SLMError(f"no such training text: {args.data}")
     config = config_from_args(args)
     config.check()
+    for text in (args.data, args.eval_text):  # garbage is refused before the models load
+        if text is not None:
+            read_text(text)
     student, tokenizer = mlx_slm.load(args.student)
     teacher, teacher_tokenizer = mlx_slm.load(args.teacher)
     windows = config.batch_size * config.grad_accum

@@ -23,6 +23,7 @@ from mlx import nn
 from mlx.utils import tree_unflatten
 
 from ..errors import SLMError
+from ..formats import get_format
 from ..runtime import computes_on_cpu, dense_twin, quantized_modules
 
 FORMATS = ("affine", "ternary")
@@ -111,8 +112,9 @@ def check_qat(qat: dict) -> tuple[str, int, int]:
     fmt = qat.get("format", "affine")
     if fmt not in FORMATS:
         raise SLMError(f"quantization-aware training supports formats {FORMATS}, not {fmt!r}")
-    bits = int(qat.get("bits", 2 if fmt == "ternary" else 4))
-    group_size = int(qat.get("group_size", 0 if fmt == "ternary" else 64))
+    row = get_format(fmt)
+    bits = int(qat.get("bits", row.default_bits))
+    group_size = int(qat.get("group_size", row.default_group_size))
     return fmt, bits, group_size
 
 

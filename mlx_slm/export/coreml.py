@@ -7,6 +7,7 @@ own weights (no PyTorch); quantized layers keep their codes and scales (see
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import interrupt
 from ..errors import SLMError
+from ..formats.views import AffineWeight, PalettizedWeight
 from ..io.atomic import refuse_inputs
 from ..loading import model_config, model_source
 from ..models.numpy_llama import SUPPORTED
@@ -25,7 +28,7 @@ from .coreml_gemma3 import GEMMA3_TYPES, Gemma3ProgramBuilder, gemma3_text_confi
 from .coreml_llama import CAUSAL_MASK, INPUT_IDS, LOGITS, LlamaProgramBuilder
 from .coreml_weights import layer_record, weight_var
 from .manifest import build_manifest
-from .weights import AffineWeight, PalettizedWeight, model_weights
+from .weights import model_weights
 
 PRECISIONS = ("float16", "float32")
 BUILDERS = {**{model_type: LlamaProgramBuilder for model_type in SUPPORTED},
@@ -35,14 +38,25 @@ DEFAULT_MAX_CONTEXT = 2048
 
 @contextmanager
 def quiet_coremltools():
-    """coremltools logs errors only inside the block."""
+    """coremltools logs errors only inside the block, and its pass-pipeline bars show only on a terminal
+    (it calls tqdm without ``disable``, so piped logs would get carriage-return noise)."""
+    import sys
+
+    import tqdm
+
     logger = logging.getLogger("coremltools")
     level = logger.level
     logger.setLevel(logging.ERROR)
+    pipeline = sys.modules.get("coremltools.converters.mil.mil.passes.pass_pipeline")
+    bar = getattr(pipeline, "tqdm", None)
+    if bar is not None:
+        pipeline.tqdm = functools.partial(tqdm.tqdm, disable=None)
     try:
         yield
     finally:
         logger.setLevel(level)
+        if bar is not None:
+            pipeline.tqdm = bar
 
 
 def import_coremltools():
@@ -89,10 +103,17 @@ def package_path(out_path) -> Path:
 def refuse_existing(package: Path, overwrite: bool, inputs=()) -> None:
     """Refuse to replace a package or manifest unless asked, and anything that is not one.
 
-    The package's folder must not hold a model this run reads: the tokenizer files
-    written beside the package would replace the input's.
+    Neither the package nor its manifest may be (or hold) an input, and the package's
+    folder may not be inside a model folder this run reads: the tokenizer files written
+    beside the package would replace the input's. A folder that merely holds the input
+    model (``export coreml m -o Smol.mlpackage`` run beside ``m``) is fine.
     """
-    refuse_inputs(package.parent, inputs)
+    for target in (package, package.with_suffix(".json")):
+        refuse_inputs(target, inputs)
+    for source in (Path(p).expanduser().resolve() for p in inputs if p is not None):
+        if source.is_dir() and (source == package.parent or source in package.parent.parents):
+            raise SLMError(f"{package} would be written inside the input model {source}, beside files of its own; "
+                           "write the package elsewhere")
     for target in (package, package.with_suffix(".json")):
         if target.exists() and not overwrite:
             raise SLMError(f"{target} already exists (pass --overwrite / overwrite=True to replace it)")
@@ -114,17 +135,19 @@ def staged_outputs(package: Path, overwrite: bool, inputs=()):
     package.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{package.name}.partial-{os.getpid()}-", dir=package.parent))
     try:
-        yield staging
-        refuse_existing(package, overwrite, inputs)
-        entries = sorted(staging.iterdir(), key=lambda entry: entry.name == package.name)
-        clashes = [entry.name for entry in entries if (package.parent / entry.name).exists()]
-        if clashes and not overwrite:
-            raise SLMError(f"{package.parent / clashes[0]} already exists (pass --overwrite to replace it)")
-        for entry in entries:
-            target = package.parent / entry.name
-            if target.is_dir():  # an old package: set it aside, so the new one replaces it in one rename
-                target.rename(staging / f".old-{entry.name}")
-            os.replace(entry, target)
+        with interrupt.scratch(staging):
+            yield staging
+            refuse_existing(package, overwrite, inputs)
+            entries = sorted(staging.iterdir(), key=lambda entry: entry.name == package.name)
+            clashes = [entry.name for entry in entries if (package.parent / entry.name).exists()]
+            if clashes and not overwrite:
+                raise SLMError(f"{package.parent / clashes[0]} already exists (pass --overwrite to replace it)")
+            with interrupt.deferred():
+                for entry in entries:
+                    target = package.parent / entry.name
+                    if target.is_dir():  # an old package: set it aside, so the new one replaces it in one rename
+                        target.rename(staging / f".old-{entry.name}")
+                    os.replace(entry, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

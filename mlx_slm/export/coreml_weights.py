@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SLMError
-from .weights import AffineWeight, PalettizedWeight
+from ..formats.views import AffineWeight, PalettizedWeight
 
 FP16_MAX = float(np.finfo(np.float16).max)
 

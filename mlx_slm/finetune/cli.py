@@ -27,11 +27,15 @@ def cmd_finetune(args) -> None:
     from mlx_slm.cli_common import check_output
     from mlx_slm.errors import SLMError
     from mlx_slm.finetune import finetune
+    from mlx_slm.finetune.data import read_records
 
     output = Path(args.output)
     if output.exists() and not (args.overwrite or args.resume):
         raise SLMError(f"{output} already exists (pass --resume to continue that run or --overwrite to replace it)")
     check_output(args, args.model, args.data, args.valid, overwrite=args.overwrite or args.resume)
+    for data in (args.data, args.valid):  # garbage is refused before the model loads
+        if data is not None:
+            read_records(data)
     model, tokenizer = mlx_slm.load(args.model)
     history = finetune(model, tokenizer, args.data, method=args.method, rank=args.rank, scale=args.scale,
                        dropout=args.dropout, num_layers=args.num_layers, keys=args.keys, steps=args.steps,

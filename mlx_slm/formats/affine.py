@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import SLMError
 from .base import WeightFormat
 from .dtypes import as_float32, round_to
+from .views import AffineWeight, stored_bytes
 
 BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
@@ -138,9 +139,21 @@ def layer_shape(stored: dict, bits: int, group_size: int) -> tuple[int, int]:
     return rows, words * 32 // bits
 
 
+def label(bits: int, group_size: int) -> str:
+    return f"affine {bits}-bit, group {group_size}"
+
+
+def view(stored: dict, bits: int, group_size: int) -> AffineWeight:
+    """Codes unpacked to uint8 [N, K]; scales and biases as exact float32 copies."""
+    return AffineWeight(codes=unpack_codes(stored["weight"], bits), scales=stored["scales"].astype(np.float32),
+                        biases=stored["biases"].astype(np.float32), bits=bits, group_size=group_size,
+                        stored_bytes=stored_bytes(stored))
+
+
 FORMAT = WeightFormat(
     name="affine", check=check_settings, misfit=misfit, pack=pack, unpack=unpack, matmul=matmul,
-    bits_per_weight=bits_per_weight, layer_shape=layer_shape, stored=("weight", "scales", "biases"),
+    bits_per_weight=bits_per_weight, layer_shape=layer_shape, label=label, view=view,
+    stored=("weight", "scales", "biases"),
     default_bits=4, default_group_size=64,
     description="MLX's own format: per group of group_size input columns a scale and a bias "
                 "(bits 2-8 but 7; group 32/64/128); runs on stock mlx_lm",

@@ -20,9 +20,16 @@ class WeightFormat:
     bits_per_weight(bits, group_size, shape=None, **options) -> storage bits per weight, every
     stored byte included.
     layer_shape(stored {suffix: array or None}, bits, group_size) -> (N, K) of the float weight.
+    label(bits, group_size) -> one line naming a layer's settings (``mlx-slm info``).
+    view(stored {suffix: numpy array or None}, bits, group_size) -> the layer as the exporters read
+    it: :class:`~mlx_slm.formats.views.AffineWeight` or :class:`~mlx_slm.formats.views.PalettizedWeight`.
+    empty(shape (N, K), bits, group_size, **options) -> {suffix: (array shape, numpy dtype)} of the
+    stored arrays, for placeholders that saved arrays are loaded into; None for a format MLX
+    itself builds (affine: ``nn.QuantizedLinear``).
     stored: parameter name suffixes of the stored arrays, e.g. ("weight", "scales", "biases").
     optional: the suffixes in ``stored`` that a layer may lack.
     default_bits / default_group_size: what ``quantize`` uses when none is given.
+    description: one sentence for the CLI's help.
     """
 
     name: str
@@ -33,7 +40,10 @@ class WeightFormat:
     matmul: Callable
     bits_per_weight: Callable
     layer_shape: Callable
+    label: Callable
+    view: Callable
     stored: tuple[str, ...]
+    empty: Callable | None = None
     optional: tuple[str, ...] = ()
     default_bits: int = 4
     default_group_size: int = 64

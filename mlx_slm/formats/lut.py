@@ -21,6 +21,7 @@ from ..quant.kmeans import kmeans_1d, nearest_codes
 from .affine import layer_shape, pack_codes, unpack_codes
 from .base import WeightFormat
 from .dtypes import as_float32, round_to
+from .views import PalettizedWeight, stored_bytes
 
 BITS = (2, 3, 4)
 K_MULTIPLE = 32
@@ -105,9 +106,32 @@ def bits_per_weight(bits: int, group_size: int, shape=None, per_row_scale: bool 
     return total / (rows * width)
 
 
+def label(bits: int, group_size: int) -> str:
+    return f"lut {bits}-bit palettes, one per {group_size} output row{'s' if group_size != 1 else ''}"
+
+
+def view(stored: dict, bits: int, group_size: int) -> PalettizedWeight:
+    """Codes uint8 [N, K]; one palette per group of rows as lut [N / gN, 1, 2**bits]; row scales if stored."""
+    lut = stored["lut"]
+    return PalettizedWeight(codes=unpack_codes(stored["weight"], bits), lut=lut.reshape(lut.shape[0], 1, -1),
+                            row_scales=stored.get("scales"), bits=bits, mode="lut", group_size=group_size,
+                            stored_bytes=stored_bytes(stored))
+
+
+def empty(shape: tuple, bits: int, group_size: int, per_row_scale: bool = True) -> dict:
+    """Stored shapes of an [N, K] layer: packed codes uint32 [N, K*bits/32], palettes float16
+    [N / group_size, 2**bits], row scales float16 [N, 1] (with ``per_row_scale``)."""
+    rows, width = shape
+    arrays = {"weight": ((rows, width * bits // 32), np.uint32), "lut": ((rows // group_size, 1 << bits), np.float16)}
+    if per_row_scale:
+        arrays["scales"] = ((rows, 1), np.float16)
+    return arrays
+
+
 FORMAT = WeightFormat(
     name="lut", check=check_settings, misfit=misfit, pack=pack, unpack=unpack, matmul=matmul,
-    bits_per_weight=bits_per_weight, layer_shape=layer_shape, stored=("weight", "lut", "scales"),
+    bits_per_weight=bits_per_weight, layer_shape=layer_shape, label=label, view=view, empty=empty,
+    stored=("weight", "lut", "scales"),
     optional=("scales",), default_bits=4, default_group_size=8,
     description="palettized: 2/3/4-bit indices into a float16 palette of 2**bits values (k-means) "
                 "shared by group_size output rows, optionally times a per-row scale; input width "

@@ -22,6 +22,7 @@ from ..quant.imatrix import importance_weights
 from .affine import pack_codes, unpack_codes
 from .base import WeightFormat
 from .dtypes import as_float32, round_to
+from .views import PalettizedWeight, stored_bytes
 
 K_MULTIPLE = 16
 TRITS_PER_BYTE = 5
@@ -107,6 +108,12 @@ def dequantize_codes(codes: np.ndarray, scales: np.ndarray, group_size: int, dty
     return dense.astype(np.float16 if dtype is None else dtype)
 
 
+def sign_tables(scales: np.ndarray) -> np.ndarray:
+    """float16 [N, G] scales -> float16 [N, G, 4] tables ``[-s, 0, s, 0]`` (code c = trit + 1)."""
+    levels = np.array([-1, 0, 1, 0], np.float32)
+    return (scales.astype(np.float32)[..., None] * levels).astype(np.float16)
+
+
 def make_format(name: str, base3: bool) -> WeightFormat:
     """The registry entry of ``ternary`` (2-bit stream) or ``ternary_b3`` (base-3 bytes)."""
 
@@ -137,10 +144,29 @@ def make_format(name: str, base3: bool) -> WeightFormat:
         code_bits = 8 * -(-width // TRITS_PER_BYTE) if base3 else 2 * width
         return (code_bits + 16 * (width // group_size if group_size else 1)) / width
 
+    def label(bits, group_size):
+        return f"{name} (b1.58, {'base-3 bytes' if base3 else '2-bit codes'}), scale per " \
+               f"{f'group {group_size}' if group_size else 'row'}"
+
+    def view(stored, bits, group_size):
+        """Trits + 1 as 2-bit codes uint8 [N, K]; per row and scale group a table ``[-s, 0, s, 0]``."""
+        width = layer_shape(stored)[1]
+        codes = unpack_base3(stored["weight"], width) if base3 else unpack_codes(stored["weight"], 2)
+        return PalettizedWeight(codes=codes, lut=sign_tables(stored["scales"]), row_scales=None, bits=2, mode=name,
+                                group_size=group_size, stored_bytes=stored_bytes(stored))
+
+    def empty(shape, bits, group_size, **options):
+        """Stored shapes of an [N, K] layer: codes (uint8 [N, ceil(K/5)] or uint32 [N, K/16]) and
+        float16 scales [N, K / group_size] ([N, 1] for group size 0)."""
+        rows, width = shape
+        weight = ((rows, -(-width // TRITS_PER_BYTE)), np.uint8) if base3 else ((rows, width // 16), np.uint32)
+        return {"weight": weight, "scales": ((rows, width // group_size if group_size else 1), np.float16)}
+
     storage = "five trits per byte, 1.6 bits" if base3 else "2-bit codes"
     return WeightFormat(
         name=name, check=check_settings, misfit=misfit, pack=pack, unpack=unpack, matmul=matmul,
-        bits_per_weight=bits_per_weight, layer_shape=layer_shape, stored=("weight", "scales"),
+        bits_per_weight=bits_per_weight, layer_shape=layer_shape, label=label, view=view, empty=empty,
+        stored=("weight", "scales"),
         default_bits=2, default_group_size=0,
         description=f"BitNet b1.58: weights in {{-1, 0, +1}} x a float16 absmean scale per group of "
                     f"group_size input columns (0: one per row), {storage}",

@@ -7,7 +7,9 @@ but what its marker lists: never the current folder or one of its ancestors, nev
 of the run's inputs (the model being saved was loaded from, the files a command reads)
 or a folder holding one, never a folder with files of the user's. Leftovers of killed
 runs (``.NAME.partial-PID-*`` and ``.NAME.old-PID`` whose process is gone) are removed
-by the next write to the same target.
+by the next write to the same target; an ``.old`` folder whose target is missing (a run
+killed between its two renames) is put back instead. Temporary folders are registered
+with :mod:`mlx_slm.interrupt`, so Ctrl-C in the command removes them too.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from .. import interrupt
 from ..errors import SLMError
 
 MARKER = ".mlx-slm-output.json"
@@ -70,6 +73,7 @@ def check_output(target, overwrite: bool = False, inputs=()) -> Path:
     the rename. ``inputs``: paths the run reads, which the output may neither be nor hold.
     """
     target = refuse_inputs(target, inputs)
+    sweep_leftovers(target)
     if not target.exists():
         return target
     if not target.is_dir():
@@ -97,13 +101,19 @@ def _alive(pid: int) -> bool:
 
 
 def sweep_leftovers(target: Path) -> None:
-    """Remove ``.NAME.partial-PID-*`` / ``.NAME.old-PID`` beside ``target`` whose process is gone."""
+    """Clear ``.NAME.partial-PID-*`` / ``.NAME.old-PID`` beside ``target`` whose process is gone
+    (an ``.old`` one is renamed back to ``target`` when ``target`` is missing)."""
     if not target.parent.is_dir():
         return
     pattern = re.compile(rf"^\.{re.escape(target.name)}\.(partial|old)-(\d+)(-.*)?$")
     for entry in target.parent.iterdir():
         found = pattern.match(entry.name)
-        if found and int(found.group(2)) != os.getpid() and not _alive(int(found.group(2))):
+        if not found or int(found.group(2)) == os.getpid() or _alive(int(found.group(2))):
+            continue
+        if found.group(1) == "old" and not target.exists():
+            log.warning("restoring %s from %s, left by a run killed while replacing it", target, entry.name)
+            entry.rename(target)
+        else:
             log.warning("removing %s, left by an interrupted run", entry)
             if entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
@@ -121,23 +131,22 @@ def atomic_directory(target, overwrite: bool = False, inputs=()):
     """Yield a temporary folder beside ``target``; rename it to ``target`` on success (see module doc)."""
     target = check_output(target, overwrite, inputs)
     target.parent.mkdir(parents=True, exist_ok=True)
-    sweep_leftovers(target)
     temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{os.getpid()}-", dir=target.parent))
     temporary.chmod(0o777 & ~current_umask())
-    try:
-        yield temporary
-        write_marker(temporary)
-        check_output(target, overwrite, inputs)  # the folder may have changed during the work
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    old = None
-    if target.exists():
+    with interrupt.scratch(temporary):
+        try:
+            yield temporary
+            write_marker(temporary)
+            check_output(target, overwrite, inputs)  # the folder may have changed during the work
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        target.rename(old)
-    temporary.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        with interrupt.deferred():
+            if target.exists():
+                target.rename(old)
+            temporary.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager
@@ -150,9 +159,10 @@ def atomic_file(target, inputs=()):
     handle, name = tempfile.mkstemp(prefix=f".{target.name}.partial-{os.getpid()}-", dir=target.parent)
     os.close(handle)
     Path(name).chmod(0o666 & ~current_umask())
-    try:
-        yield Path(name)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-    os.replace(name, target)
+    with interrupt.scratch(name):
+        try:
+            yield Path(name)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+        os.replace(name, target)

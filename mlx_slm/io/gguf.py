@@ -8,7 +8,10 @@ permuted for its RoPE kernel; :func:`unpermute_qk` undoes it.
 
 from __future__ import annotations
 
+import math
+import mmap
 import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ import numpy as np
 from ..errors import SLMError
 from ..formats.dtypes import FLOAT_DTYPES
 from ..progress import hidden
+from .hf import check_shapes
 
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 
@@ -35,6 +39,92 @@ LAYER_NAMES = {
 GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 SKIPPED = {"rope_freqs"}
 
+VALUE_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF scalar type -> bytes
+STRING, ARRAY = 8, 9  # the other two GGUF value types
+MAX_DIMS = 4  # llama.cpp's GGML_MAX_DIMS
+
+
+def corrupt(path: Path, what: str) -> SLMError:
+    what = " ".join(what.split())  # one line, whatever a reader's message holds
+    return SLMError(f"{path} is not a readable GGUF file (corrupt or truncated?): {what}")
+
+
+def check_header(path: Path) -> None:
+    """Walk the header with every declared count and length checked against the bytes left.
+
+    GGUFReader trusts them: an array declared longer than the file makes it loop over empty reads
+    for as many items (2**63 is a hang). llama.cpp's limits hold too: no arrays of arrays, at most
+    four dimensions per tensor.
+    """
+    size = path.stat().st_size
+    if size < 24:
+        raise corrupt(path, f"{size} bytes, too short for a GGUF header")
+    with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        if view[:4] != b"GGUF":
+            raise SLMError(f"{path} is not a GGUF file: it does not start with the GGUF magic")
+        order = "<" if struct.unpack_from("<I", view, 4)[0] & 0xFFFF else ">"  # GGUFReader's byte order rule
+        offset = 8
+
+        def skip(count: int, what: str) -> int:
+            nonlocal offset
+            if count > size - offset:
+                raise corrupt(path, f"{what} at byte {offset} declares {count} bytes, past the end of the file")
+            offset += count
+            return offset - count
+
+        def number(fmt: str, what: str) -> int:
+            return struct.unpack_from(order + fmt, view, skip(struct.calcsize(fmt), what))[0]
+
+        def value(kind: int, what: str) -> None:
+            if kind == ARRAY:
+                item, count = number("I", what), number("Q", what)
+                if item in VALUE_SIZES:
+                    skip(count * VALUE_SIZES[item], what)
+                elif item != STRING:
+                    raise corrupt(path, f"{what} is an array of value type {item}")
+                elif count > (size - offset) // 8:
+                    raise corrupt(path, f"{what} declares {count} strings, more than the file can hold")
+                else:
+                    for _ in range(count):
+                        skip(number("Q", what), what)
+            elif kind == STRING:
+                skip(number("Q", what), what)
+            elif kind in VALUE_SIZES:
+                skip(VALUE_SIZES[kind], what)
+            else:
+                raise corrupt(path, f"{what} has the unknown value type {kind}")
+
+        tensors, entries = number("Q", "the tensor count"), number("Q", "the metadata count")
+        if 13 * entries + 24 * tensors > size:
+            raise corrupt(path, f"{tensors} tensors and {entries} metadata entries cannot fit in {size} bytes")
+        for index in range(entries):
+            skip(number("Q", f"metadata key {index}"), f"metadata key {index}")
+            value(number("I", f"metadata entry {index}"), f"metadata entry {index}")
+        for index in range(tensors):
+            skip(number("Q", f"tensor name {index}"), f"tensor name {index}")
+            dims = number("I", f"tensor info {index}")
+            if dims > MAX_DIMS:
+                raise corrupt(path, f"tensor {index} declares {dims} dimensions (at most {MAX_DIMS})")
+            skip(8 * dims + 12, f"tensor info {index}")
+
+
+def check_layout(reader, path: Path) -> None:
+    """llama.cpp's rules for tensor data, which GGUFReader does not check: each tensor starts where
+    the one before it ends (padded to the alignment), and ends inside the file."""
+    import gguf
+
+    end = 0
+    for tensor in reader.tensors:
+        block, type_size = gguf.GGML_QUANT_SIZES[tensor.tensor_type]
+        offset = int(tensor.field.parts[-1][0])
+        if offset != end:
+            raise corrupt(path, f"tensor {tensor.name!r} starts at data offset {offset}, not at {end} where the "
+                                "tensor before it ends")
+        size = math.prod(int(d) for d in tensor.shape) // block * type_size
+        if reader.data_offset + offset + size > reader.data.size:
+            raise corrupt(path, f"tensor {tensor.name!r} runs past the end of the file")
+        end += -(-size // reader.alignment) * reader.alignment
+
 
 def read_reader(path: Path):
     """Open a GGUF file, turning any parse failure into one clear error."""
@@ -42,10 +132,13 @@ def read_reader(path: Path):
 
     if not path.is_file():
         raise SLMError(f"no such GGUF file: {path}")
+    check_header(path)
     try:
-        return gguf.GGUFReader(str(path))
+        reader = gguf.GGUFReader(str(path))
     except Exception as err:  # the reader raises many kinds on bad bytes
-        raise SLMError(f"{path} is not a readable GGUF file (corrupt or truncated?): {err}") from None
+        raise corrupt(path, str(err)) from None
+    check_layout(reader, path)
+    return reader
 
 
 def describe_file(path: Path) -> str:
@@ -75,46 +168,63 @@ def read_fields(reader) -> dict:
     return fields
 
 
+def typed(key: str, value, kind):
+    """``value`` as ``kind``: int (a positive integer, as GGUF sizes and counts are) or float (any number)."""
+    if (kind is int and type(value) is int and value > 0) or (kind is float and type(value) in (int, float)):
+        return kind(value)
+    shown = repr(value) if len(repr(value)) < 40 else repr(value)[:37] + "..."
+    raise SLMError(f"GGUF metadata {key} = {shown} is not {'a positive integer' if kind is int else 'a number'}")
+
+
 def config_from_fields(fields: dict, tensor_names: set) -> dict:
     """Hugging Face style config.json content for a llama-family GGUF."""
     arch = fields.get("general.architecture")
-    if arch not in ARCHITECTURES:
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise SLMError(
             f"GGUF architecture {arch!r} is not supported; supported: {', '.join(ARCHITECTURES)}"
         )
 
-    def get(key, default=None, required=True):
+    def get(key, kind=int, default=None, required=True):
         value = fields.get(f"{arch}.{key}", default)
-        if value is None and required:
-            raise SLMError(f"GGUF metadata lacks {arch}.{key}")
-        return value
+        if value is None:
+            if required:
+                raise SLMError(f"GGUF metadata lacks {arch}.{key}")
+            return None
+        return typed(f"{arch}.{key}", value, kind)
 
-    hidden = int(get("embedding_length"))
-    heads = int(get("attention.head_count"))
-    head_dim = int(get("attention.key_length", hidden // heads))
-    tokens = fields.get("tokenizer.ggml.tokens") or []
+    hidden = get("embedding_length")
+    heads = get("attention.head_count")
+    kv_heads = get("attention.head_count_kv", default=heads)
+    if heads % kv_heads:
+        raise SLMError(f"GGUF metadata {arch}.attention.head_count {heads} is not a multiple of "
+                       f"{arch}.attention.head_count_kv {kv_heads}")
+    tokens = fields.get("tokenizer.ggml.tokens")
     config = {
         "model_type": ARCHITECTURES[arch],
         "hidden_size": hidden,
-        "num_hidden_layers": int(get("block_count")),
-        "intermediate_size": int(get("feed_forward_length")),
+        "num_hidden_layers": get("block_count"),
+        "intermediate_size": get("feed_forward_length"),
         "num_attention_heads": heads,
-        "num_key_value_heads": int(get("attention.head_count_kv", heads)),
-        "head_dim": head_dim,
-        "rms_norm_eps": float(get("attention.layer_norm_rms_epsilon")),
-        "rope_theta": float(get("rope.freq_base", 10000.0)),
-        "max_position_embeddings": int(get("context_length", 2048)),
-        "vocab_size": int(get("vocab_size", len(tokens), required=False) or len(tokens)),
+        "num_key_value_heads": kv_heads,
+        "head_dim": get("attention.key_length", required=False) or hidden // heads,
+        "rms_norm_eps": get("attention.layer_norm_rms_epsilon", float),
+        "rope_theta": get("rope.freq_base", float, 10000.0),
+        "max_position_embeddings": get("context_length", default=2048),
+        "vocab_size": get("vocab_size", required=False) or (len(tokens) if isinstance(tokens, list) else 0),
         "tie_word_embeddings": "output.weight" not in tensor_names,
         "attention_bias": "blk.0.attn_q.bias" in tensor_names,
     }
     for key in ("bos", "eos", "padding"):
         value = fields.get(f"tokenizer.ggml.{key}_token_id")
         if value is not None:
-            config[{"padding": "pad"}.get(key, key) + "_token_id"] = int(value)
+            if type(value) is not int or value < 0:
+                raise SLMError(f"GGUF metadata tokenizer.ggml.{key}_token_id = {value!r} is not a token id")
+            config[{"padding": "pad"}.get(key, key) + "_token_id"] = value
+    if config["head_dim"] % 2:
+        raise SLMError(f"GGUF head dimension {config['head_dim']} is odd: rotary embeddings need an even one")
     scaling = fields.get(f"{arch}.rope.scaling.type")
     if scaling == "linear":
-        config["rope_scaling"] = {"type": "linear", "factor": float(get("rope.scaling.factor"))}
+        config["rope_scaling"] = {"type": "linear", "factor": get("rope.scaling.factor", float)}
     elif scaling not in (None, "none"):
         raise SLMError(f"GGUF rope scaling {scaling!r} is not supported")
     if "rope_freqs.weight" in tensor_names:
@@ -161,6 +271,10 @@ def read_gguf(path, dtype: str = "float16", progress: bool = True):
     names = {t.name for t in reader.tensors}
     config = config_from_fields(fields, names)
     config["torch_dtype"] = dtype
+    tokenizer = tokenizer_from_gguf_fields(fields)
+    shapes = {hf_name(t.name): tuple(int(n) for n in reversed(t.shape)) for t in reader.tensors}
+    shapes.pop(None, None)
+    check_shapes(config, shapes, f"GGUF file {path}")
     target = FLOAT_DTYPES[dtype]
     permute = config["model_type"] == "llama"
     weights = {}
@@ -172,12 +286,10 @@ def read_gguf(path, dtype: str = "float16", progress: bool = True):
             values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
         except (NotImplementedError, ValueError) as err:
             raise SLMError(f"cannot decode GGUF tensor {tensor.name} ({tensor.tensor_type.name}): {err}") from None
-        expected = tuple(int(n) for n in reversed(tensor.shape))
-        values = np.asarray(values).reshape(expected)
+        values = np.asarray(values).reshape(shapes[name])
         if permute and name.endswith(("q_proj.weight", "q_proj.bias")):
             values = unpermute_qk(values, config["num_attention_heads"])
         elif permute and name.endswith(("k_proj.weight", "k_proj.bias")):
             values = unpermute_qk(values, config["num_key_value_heads"])
         weights[name] = values.astype(target)
-    tokenizer = tokenizer_from_gguf_fields(fields)
     return config, weights, tokenizer

@@ -50,6 +50,32 @@ PRE_TOKENIZERS = {
 }
 
 
+def vocabulary(fields: dict) -> tuple[list, list, list]:
+    """(tokens, token types, merge pairs), checked: unique string tokens, one integer type per
+    token, merges "a b" whose parts and result are tokens (the `tokenizers` library raises or
+    panics on anything else)."""
+    tokens = fields.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+        raise SLMError("GGUF tokenizer.ggml.tokens is missing or not a list of strings")
+    ids = {}
+    for i, token in enumerate(tokens):
+        if ids.setdefault(token, i) != i:
+            raise SLMError(f"GGUF vocabulary holds token {token!r} twice (ids {ids[token]} and {i})")
+    types = fields.get("tokenizer.ggml.token_type", [1] * len(tokens))
+    if not isinstance(types, list) or len(types) != len(tokens) or not all(type(k) is int for k in types):
+        raise SLMError(f"GGUF tokenizer.ggml.token_type does not give each of the {len(tokens)} tokens an integer")
+    merges = fields.get("tokenizer.ggml.merges", [])
+    if not isinstance(merges, list):
+        raise SLMError("GGUF tokenizer.ggml.merges is not a list")
+    pairs = []
+    for merge in merges:
+        pair = merge.split(" ", 1) if isinstance(merge, str) else []
+        if len(pair) != 2 or pair[0] not in ids or pair[1] not in ids or pair[0] + pair[1] not in ids:
+            raise SLMError(f"GGUF tokenizer.ggml.merges holds {merge!r}, not two tokens that merge into a third")
+        pairs.append(tuple(pair))
+    return tokens, types, pairs
+
+
 def tokenizer_from_gguf_fields(fields: dict):
     """Build a ``transformers.PreTrainedTokenizerFast`` from GGUF ``tokenizer.*`` fields.
 
@@ -64,13 +90,11 @@ def tokenizer_from_gguf_fields(fields: dict):
             "('gpt2') vocabularies only"
         )
     pre = fields.get("tokenizer.ggml.pre", "default")
-    if pre not in PRE_TOKENIZERS:
+    if not isinstance(pre, str) or pre not in PRE_TOKENIZERS:
         raise SLMError(
             f"GGUF pre-tokenizer {pre!r} is not supported; known: {', '.join(sorted(PRE_TOKENIZERS))}"
         )
-    tokens = fields["tokenizer.ggml.tokens"]
-    types = fields.get("tokenizer.ggml.token_type", [1] * len(tokens))
-    merges = [tuple(m.split(" ", 1)) for m in fields.get("tokenizer.ggml.merges", [])]
+    tokens, types, merges = vocabulary(fields)
     vocab = {tok: i for i, tok in enumerate(tokens)}
 
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
@@ -85,7 +109,7 @@ def tokenizer_from_gguf_fields(fields: dict):
 
     def token(key):
         index = fields.get(f"tokenizer.ggml.{key}_token_id")
-        return tokens[index] if index is not None and 0 <= index < len(tokens) else None
+        return tokens[index] if type(index) is int and 0 <= index < len(tokens) else None
 
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,

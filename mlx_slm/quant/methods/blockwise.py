@@ -7,15 +7,15 @@ import math
 from dataclasses import dataclass, replace
 
 from ...errors import SLMError
-from . import Method, MethodOptions, option, register
+from . import Method, MethodOptions, get_method, option, register
 
 STARTS = ("rtn", "imatrix", "gptq", "awq")
 INPUTS = ("quantized", "float")
 
 
 def default_start(weight_format: str) -> str:
-    """The start when none is given: gptq for the affine format, imatrix for lut and ternary."""
-    return "gptq" if weight_format == "affine" else "imatrix"
+    """The start when none is given: gptq where the format takes it (affine), else imatrix (lut, ternary)."""
+    return "gptq" if get_method("gptq").supports(weight_format) else "imatrix"
 
 
 @dataclass

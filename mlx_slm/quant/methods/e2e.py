@@ -15,6 +15,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 
+from ... import interrupt
 from ...errors import SLMError
 from . import Method, MethodOptions, option, register
 from .blockwise import default_start
@@ -93,7 +94,7 @@ def train_end_to_end(model, teacher, tokenizer, train_text: str, held_text: str,
     with fast_cpu(teacher):
         start_kl = held_out_kl(model, teacher, held)
     start_state = tree_flatten(model.parameters())  # immutable arrays: keeping them costs no copy
-    with tempfile.TemporaryDirectory(prefix="mlx-slm-e2e-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="mlx-slm-e2e-") as scratch, interrupt.scratch(scratch):
         trainer = DistillConfig(steps=config.steps, batch_size=config.batch_size, seq_len=seq_len,
                                 learning_rate=config.learning_rate, warmup_steps=min(10, config.steps // 10),
                                 alpha=0.0, temperature=1.0, teacher_top_k=config.top_k, top_k_tail=True,
