@@ -91,7 +91,8 @@ def kd_loss(student_logits: mx.array, targets: mx.array, mask: mx.array, teacher
     student_t = student_logits / temperature
     teacher_t = teacher_logits.astype(mx.float32) / temperature
     if teacher_lse is not None:
-        student_top = mx.take_along_axis(log_softmax(student_t), teacher_indices, axis=-1)
+        student_log = log_probs if temperature == 1.0 else log_softmax(student_t)  # one full-vocabulary pass at T=1
+        student_top = mx.take_along_axis(student_log, teacher_indices, axis=-1)
         teacher_top = teacher_t - teacher_lse.astype(mx.float32)[..., None]
         distill = divergence(with_tail(teacher_top), with_tail(student_top), kind, skew)
     else:
