@@ -73,9 +73,11 @@ def format_report(report: dict) -> str:
 def cmd_eval(args) -> None:
     import mlx_slm
     from mlx_slm.data.text import read_text
+    from mlx_slm.data.windows import check_windows
     from mlx_slm.io.atomic import atomic_file
 
-    read_text(args.text)  # garbage is refused before the models load
+    check_windows(args.seq_len, args.max_windows)  # bad settings and garbage are refused before the models load
+    read_text(args.text)
     model, tokenizer = mlx_slm.load(args.model, backend=args.backend)
     reference = mlx_slm.load(args.ref, backend=args.backend)[0] if args.ref else None
     report = mlx_slm.evaluate(model, tokenizer, text=args.text, reference=reference, seq_len=args.seq_len,

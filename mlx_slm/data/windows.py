@@ -21,12 +21,17 @@ DEFAULT_NUM_SAMPLES = 64
 DEFAULT_SEQ_LEN = 256
 
 
-def token_windows(tokenizer, text, seq_len: int, max_windows: int | None) -> np.ndarray:
-    """Non-overlapping windows of ``seq_len`` token ids, ``[W, seq_len]`` int32."""
+def check_windows(seq_len: int, max_windows: int | None) -> None:
+    """SLMError for window settings no text could satisfy (the CLI checks them before loading a model)."""
     if seq_len < 2:
-        raise SLMError("seq_len must be at least 2")
+        raise SLMError(f"seq_len must be at least 2, not {seq_len}")
     if max_windows is not None and max_windows < 1:
         raise SLMError(f"max_windows must be at least 1, not {max_windows}")
+
+
+def token_windows(tokenizer, text, seq_len: int, max_windows: int | None) -> np.ndarray:
+    """Non-overlapping windows of ``seq_len`` token ids, ``[W, seq_len]`` int32."""
+    check_windows(seq_len, max_windows)
     ids = encode_text(tokenizer, read_text(text), None if max_windows is None else max_windows * seq_len)
     check_readable(tokenizer, ids, f"text {describe_text(text)}")
     count = len(ids) // seq_len
