@@ -49,13 +49,3 @@ def require_mlx(feature: str) -> None:
 
 def backend_of(model) -> str:
     return getattr(model, "backend", None) or "mlx"
-
-
-def numpy_engine(model):
-    """The NumpyLlama that computes calibration statistics: the model itself (numpy backend)
-    or a twin holding an MLX model's exact weights."""
-    if backend_of(model) == "numpy":
-        return model
-    from .runtime import numpy_twin
-
-    return numpy_twin(model)

@@ -16,8 +16,8 @@ from mlx import nn
 
 from .formats import get_format
 from .formats.affine import pack_codes
+from .formats.dtypes import mlx_array
 from .formats.ternary import unpack_base3
-from .loading import mlx_array
 
 
 class LowBitLinear(nn.Module):

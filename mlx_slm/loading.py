@@ -10,10 +10,9 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import numpy as np
-
 from .backend import backend_of, resolve_backend
 from .errors import SLMError
+from .formats.dtypes import mlx_array
 from .io import hf
 from .io.gguf import read_gguf
 
@@ -59,14 +58,6 @@ def sanitize_numpy_weights(config: dict, weights: dict) -> dict:
 def one_line(err: Exception) -> str:
     """An exception's message on one line (MLX lists mismatched parameters one per line)."""
     return " ".join(str(err).split())
-
-
-def mlx_array(values: np.ndarray):
-    import mlx.core as mx
-
-    if values.dtype.name == "bfloat16":
-        return mx.array(values.astype(np.float32)).astype(mx.bfloat16)
-    return mx.array(values)
 
 
 def build_mlx_model(config: dict, weights: dict):

@@ -24,12 +24,13 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from .backend import backend_of, numpy_engine
+from .backend import backend_of
 from .data.windows import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, Calibration
 from .errors import MLXRequiredError, SLMError
 from .formats import affine, get_format
-from .formats.dtypes import FLOAT_DTYPES
+from .formats.dtypes import FLOAT_DTYPES, mlx_array
 from .loading import model_config, set_model_config
+from .model_access import candidate_layers, numpy_engine, weight_dtypes
 from .progress import hidden
 from .qconfig import check_config, read_config_file, resolve_layer
 from .quant.config import QuantizeConfig
@@ -53,21 +54,6 @@ class Job(NamedTuple):
     record: dict
     progress: bool
     formats: set
-
-
-def candidate_layers(model) -> dict[str, tuple]:
-    """Unquantized layers that could be quantized: path -> weight shape."""
-    if backend_of(model) == "numpy":
-        return {
-            name[: -len(".weight")]: value.shape
-            for name, value in model.weights.items()
-            if name.endswith(".weight") and value.ndim == 2 and value.dtype in FLOAT_DTYPES.values()
-        }
-    return {
-        path: module.weight.shape
-        for path, module in model.named_modules()
-        if hasattr(module, "to_quantized") and "weight" in module and module.weight.ndim == 2
-    }
 
 
 def layer_format(settings: dict, default: str) -> str:
@@ -143,7 +129,6 @@ def apply_mlx(model, plan: dict, chosen: dict | None = None) -> None:
     from mlx import nn
     from mlx.utils import tree_unflatten
 
-    from .loading import mlx_array
 
     def predicate(path, module):
         settings = plan.get(path)
@@ -155,16 +140,6 @@ def apply_mlx(model, plan: dict, chosen: dict | None = None) -> None:
         model.update(tree_unflatten([(f"{path}.{suffix}", mlx_array(array)) for path, arrays in chosen.items()
                                      for suffix, array in arrays.items()]))
     mx.eval(model.parameters())
-
-
-def weight_dtypes(model, paths) -> dict:
-    """Layer path -> numpy dtype of its float weight (what its scales and biases are stored in)."""
-    if backend_of(model) == "numpy":
-        return {path: model.weights[f"{path}.weight"].dtype for path in paths}
-    from mlx.utils import tree_flatten
-
-    params = dict(tree_flatten(model.parameters()))
-    return {path: FLOAT_DTYPES[str(params[f"{path}.weight"].dtype).split(".")[-1]] for path in paths}
 
 
 def layer_importance(engine, names, tokens: np.ndarray, progress: bool) -> dict:
@@ -247,7 +222,6 @@ def store_floats(model, updates: dict) -> None:
         return
     from mlx.utils import tree_unflatten
 
-    from .loading import mlx_array
 
     model.update(tree_unflatten([(name, mlx_array(value)) for name, value in updates.items()]))
 

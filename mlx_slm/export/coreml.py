@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import interrupt
 from ..errors import SLMError
 from ..formats.views import AffineWeight, PalettizedWeight
+from ..interrupt import deferred, scratch
 from ..io.atomic import refuse_inputs
 from ..loading import model_config, model_source
 from ..models.numpy_llama import SUPPORTED
@@ -135,14 +135,14 @@ def staged_outputs(package: Path, overwrite: bool, inputs=()):
     package.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{package.name}.partial-{os.getpid()}-", dir=package.parent))
     try:
-        with interrupt.scratch(staging):
+        with scratch(staging):
             yield staging
             refuse_existing(package, overwrite, inputs)
             entries = sorted(staging.iterdir(), key=lambda entry: entry.name == package.name)
             clashes = [entry.name for entry in entries if (package.parent / entry.name).exists()]
             if clashes and not overwrite:
                 raise SLMError(f"{package.parent / clashes[0]} already exists (pass --overwrite to replace it)")
-            with interrupt.deferred():
+            with deferred():
                 for entry in entries:
                     target = package.parent / entry.name
                     if target.is_dir():  # an old package: set it aside, so the new one replaces it in one rename

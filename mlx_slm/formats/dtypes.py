@@ -1,4 +1,4 @@
-"""numpy dtypes MLX has and numpy lacks (bfloat16, through ml_dtypes)."""
+"""numpy dtypes MLX has and numpy lacks (bfloat16, through ml_dtypes), and numpy arrays as exact MLX arrays."""
 
 from __future__ import annotations
 
@@ -18,3 +18,12 @@ def as_float32(x: np.ndarray) -> np.ndarray:
 def round_to(x: np.ndarray, dtype) -> np.ndarray:
     """Round float32 values to ``dtype`` with round-to-nearest-even, as a C++ cast does."""
     return np.asarray(x, dtype=np.float32).astype(dtype)
+
+
+def mlx_array(values: np.ndarray):
+    """An MLX array holding ``values`` exactly (bfloat16 through float32, which MLX converts exactly)."""
+    import mlx.core as mx
+
+    if values.dtype.name == "bfloat16":
+        return mx.array(values.astype(np.float32)).astype(mx.bfloat16)
+    return mx.array(values)

@@ -16,12 +16,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SLMError
-from ..quant.imatrix import importance_weights
 from ..quant.kmeans import kmeans_1d, nearest_codes
 from .affine import layer_shape, pack_codes, unpack_codes
 from .base import WeightFormat
 from .dtypes import as_float32, round_to
 from .views import PalettizedWeight, stored_bytes
+from .weighting import importance_weights
 
 BITS = (2, 3, 4)
 K_MULTIPLE = 32

@@ -18,11 +18,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SLMError
-from ..quant.imatrix import importance_weights
 from .affine import pack_codes, unpack_codes
 from .base import WeightFormat
 from .dtypes import as_float32, round_to
 from .views import PalettizedWeight, stored_bytes
+from .weighting import importance_weights
 
 K_MULTIPLE = 16
 TRITS_PER_BYTE = 5

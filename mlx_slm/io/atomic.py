@@ -23,8 +23,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from .. import interrupt
 from ..errors import SLMError
+from ..interrupt import deferred, scratch
 
 MARKER = ".mlx-slm-output.json"
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def atomic_directory(target, overwrite: bool = False, inputs=()):
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{os.getpid()}-", dir=target.parent))
     temporary.chmod(0o777 & ~current_umask())
-    with interrupt.scratch(temporary):
+    with scratch(temporary):
         try:
             yield temporary
             write_marker(temporary)
@@ -142,7 +142,7 @@ def atomic_directory(target, overwrite: bool = False, inputs=()):
             shutil.rmtree(temporary, ignore_errors=True)
             raise
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        with interrupt.deferred():
+        with deferred():
             if target.exists():
                 target.rename(old)
             temporary.rename(target)
@@ -159,7 +159,7 @@ def atomic_file(target, inputs=()):
     handle, name = tempfile.mkstemp(prefix=f".{target.name}.partial-{os.getpid()}-", dir=target.parent)
     os.close(handle)
     Path(name).chmod(0o666 & ~current_umask())
-    with interrupt.scratch(name):
+    with scratch(name):
         try:
             yield Path(name)
         except BaseException:

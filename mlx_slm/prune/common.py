@@ -41,7 +41,7 @@ def write_weights(model, arrays: dict) -> None:
     import mlx.core as mx
     from mlx.utils import tree_unflatten
 
-    from ..loading import mlx_array
+    from ..formats.dtypes import mlx_array
 
     model.update(tree_unflatten([(name, mlx_array(value)) for name, value in arrays.items()]))
     mx.eval(model.parameters())

@@ -28,10 +28,11 @@ from functools import partial
 import numpy as np
 from tqdm import tqdm
 
-from ..backend import backend_of, numpy_engine
+from ..backend import backend_of
 from ..data.windows import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, calibration_windows
 from ..errors import SLMError
 from ..formats.dtypes import round_to
+from ..model_access import numpy_engine
 from ..progress import hidden
 from ..quant.sequential import in_batches
 from ..quant.statistics import InputStatistics

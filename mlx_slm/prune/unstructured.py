@@ -14,10 +14,10 @@ import re
 
 import numpy as np
 
-from ..backend import numpy_engine
 from ..data.windows import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, calibration_windows
 from ..errors import SLMError
 from ..formats.dtypes import as_float32, round_to
+from ..model_access import numpy_engine
 from ..quant.sequential import calibrate_blocks
 from .common import (
     HessianFactors,

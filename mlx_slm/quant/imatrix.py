@@ -18,6 +18,7 @@ import numpy as np
 
 from ..formats import affine
 from ..formats.dtypes import as_float32, round_to
+from ..formats.weighting import importance_weights
 
 SPACING_STEPS = np.linspace(-1.0, 1.0, 11)  # added to 2^bits - 1 codes across the range
 CHUNK_ELEMENTS = 1 << 22  # weights per slice of rows: bounds the float32 temporaries at ~16 MB each
@@ -94,14 +95,6 @@ def weighted_refit(groups: np.ndarray, q: np.ndarray, d: np.ndarray, sw: np.ndar
     ok = det > 1e-12 * np.maximum(sw * sqq, 1e-30)
     det = np.where(ok, det, 1)
     return np.where(ok, (sw * sqx - sq * sx) / det, 0), np.where(ok, (sqq * sx - sq * sqx) / det, 0), ok
-
-
-def importance_weights(importance, k: int) -> np.ndarray:
-    """Column weights [K] float32: the importance plus a small floor so unseen columns still count."""
-    if importance is None:
-        return np.ones(k, np.float32)
-    d = np.asarray(importance, np.float64)
-    return (d + 1e-6 * max(d.mean(), 1e-30)).astype(np.float32)
 
 
 @in_row_chunks(cache_sized=True)

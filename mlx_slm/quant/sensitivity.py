@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from ..backend import numpy_engine
 from ..errors import SLMError
 from ..evaluate import log_softmax
 from ..formats import affine
 from ..formats.dtypes import as_float32
+from ..model_access import candidate_layers, numpy_engine, weight_dtypes
 from ..progress import hidden
 
 PROBE = {"bits": 3, "group_size": 64}
@@ -235,7 +235,6 @@ def measure_sensitivity(model, tokens: np.ndarray, probe: dict | None = None, pr
     Cost: one float pass, then per layer a rerun from its block to the logits.
     Memory: about 3 * S * T * vocab float32 for the reference distribution.
     """
-    from ..quantize import candidate_layers, weight_dtypes
 
     start = time.perf_counter()
     tokens = np.asarray(tokens, np.int64)

@@ -15,8 +15,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 
-from ... import interrupt
 from ...errors import SLMError
+from ...interrupt import scratch
 from . import Method, MethodOptions, option, register
 from .blockwise import default_start
 
@@ -94,11 +94,11 @@ def train_end_to_end(model, teacher, tokenizer, train_text: str, held_text: str,
     with fast_cpu(teacher):
         start_kl = held_out_kl(model, teacher, held)
     start_state = tree_flatten(model.parameters())  # immutable arrays: keeping them costs no copy
-    with tempfile.TemporaryDirectory(prefix="mlx-slm-e2e-") as scratch, interrupt.scratch(scratch):
+    with tempfile.TemporaryDirectory(prefix="mlx-slm-e2e-") as work, scratch(work):
         trainer = DistillConfig(steps=config.steps, batch_size=config.batch_size, seq_len=seq_len,
                                 learning_rate=config.learning_rate, warmup_steps=min(10, config.steps // 10),
                                 alpha=0.0, temperature=1.0, teacher_top_k=config.top_k, top_k_tail=True,
-                                cache_dir=str(cache_dir or scratch), eval_every=config.eval_every,
+                                cache_dir=str(cache_dir or work), eval_every=config.eval_every,
                                 eval_windows=config.eval_windows, seed=config.seed, keep_best=True,
                                 patience=config.patience, train_quantized=True)
         history = distill(model, teacher, tokenizer, [train_text], trainer, eval_text=[held_text], progress=progress)
