@@ -23,14 +23,18 @@ from .quantize import quantize  # noqa: E402
 from .saving import save  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["load", "save", "quantize", "QuantizeConfig", "Calibration", "evaluate", "export_coreml", "model_config",
-           "stats", "SLMError", "MLXRequiredError"]
+__all__ = ["load", "save", "quantize", "QuantizeConfig", "Calibration", "evaluate", "export_coreml", "export_gguf",
+           "model_config", "stats", "SLMError", "MLXRequiredError"]
 
 
 def __getattr__(name):
-    """``export_coreml`` is imported on first use (coremltools is optional)."""
+    """``export_coreml`` and ``export_gguf`` are imported on first use (coremltools is optional)."""
     if name == "export_coreml":
         from .export import export_coreml
 
         return export_coreml
+    if name == "export_gguf":
+        from .export.gguf import export_gguf
+
+        return export_gguf
     raise AttributeError(f"module 'mlx_slm' has no attribute {name!r}")

@@ -13,6 +13,13 @@ COREML_DESCRIPTION = (
     "codes with a [-s, 0, s] table per scale; float layers become fp16. Llama family (llama, mistral, qwen2, "
     "qwen3, smollm) and Gemma 3 (gemma3_text, gemma3: its text "
     "model; needs the MLX backend). Needs coremltools.")
+GGUF_DESCRIPTION = (
+    "Write one .gguf file for llama.cpp (and mlx_slm.load), with the metadata and byte-level BPE vocabulary "
+    "llama.cpp's converter writes (chat template kept; a llama model's Q/K rows permuted as llama.cpp expects). "
+    "Affine 2-4-bit layers are written as Q4_1 and 5-bit ones as Q5_1, bit for bit (any group size); other "
+    "affine layers are requantized (--requantize-type, default q8_0) and lut/ternary layers dequantized to "
+    "--type, with the largest error per tensor reported. Float matrices become --type (default f16), norms and "
+    "biases f32. Llama family: llama, qwen2, qwen3.")
 
 
 def cmd_export_coreml(args) -> None:
@@ -27,11 +34,22 @@ def cmd_export_coreml(args) -> None:
     print(f"wrote {package} and {package.with_suffix('.json').name}")
 
 
+def cmd_export_gguf(args) -> None:
+    import mlx_slm
+    from mlx_slm.export.gguf import check_output_file, export_gguf, resolve_types
+
+    types = {"float": args.type, "requantize": args.requantize_type}
+    resolve_types(types)
+    check_output_file(args.output, args.overwrite, [args.model])
+    model, tokenizer = mlx_slm.load(args.model, backend=args.backend)
+    print(export_gguf(model, tokenizer, args.output, overwrite=args.overwrite, types=types).format())
+
+
 def add_export_parser(commands) -> None:
     """Add ``export`` (with its ``coreml`` target) to the CLI's subcommands."""
     from ..cli_common import EPILOG, add_backend
 
-    export = commands.add_parser("export", help="export a model for Apple devices (Core ML)",
+    export = commands.add_parser("export", help="export a model to Core ML or GGUF (llama.cpp)",
                                  description="Export a model to another runtime.", epilog=EPILOG)
     targets = export.add_subparsers(dest="target", required=True, metavar="TARGET")
     coreml = targets.add_parser("coreml", help="Core ML .mlpackage + manifest + tokenizer",
@@ -47,3 +65,17 @@ def add_export_parser(commands) -> None:
     coreml.add_argument("--overwrite", action="store_true", help="replace an existing package and manifest")
     add_backend(coreml)
     coreml.set_defaults(run=cmd_export_coreml)
+    from .gguf import FLOAT_CHOICES, REQUANTIZE_CHOICES
+
+    gguf = targets.add_parser("gguf", help="one .gguf file for llama.cpp", description=GGUF_DESCRIPTION,
+                              epilog=EPILOG)
+    gguf.add_argument("model", help="model folder, Hub id, or .gguf file (float, affine, lut or ternary)")
+    gguf.add_argument("-o", "--output", required=True, help="FILE.gguf (written beside it, then renamed)")
+    gguf.add_argument("--type", choices=FLOAT_CHOICES, default="f16",
+                      help="GGUF type of float matrices and of dequantized lut/ternary layers (default f16)")
+    gguf.add_argument("--requantize-type", choices=REQUANTIZE_CHOICES, default="q8_0",
+                      help="GGUF type of affine layers no GGUF block holds exactly: 6/8 bits, or scales "
+                           "beyond float16 (default q8_0)")
+    gguf.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    add_backend(gguf)
+    gguf.set_defaults(run=cmd_export_gguf)

@@ -1,0 +1,265 @@
+"""``export_gguf``: a Llama-family model -> one ``.gguf`` file for llama.cpp (and :func:`mlx_slm.load`).
+
+The file is what llama.cpp's ``convert_hf_to_gguf.py`` writes for the same architecture: the
+``{arch}.*`` hyperparameters, the byte-level BPE vocabulary (:mod:`.gguf_vocab`), tensors under
+llama.cpp's names (``blk.3.attn_q.weight``) with a llama model's Q and K rows permuted for its RoPE
+kernel, no ``output.weight`` when the head is tied to the embedding. Quantized layers keep their
+values where a GGUF block holds them exactly (affine 2-4 bits -> Q4_1, 5 bits -> Q5_1, see
+:mod:`.gguf_tensors`); the returned :class:`GGUFReport` says, per tensor, how it was written and
+with what largest error.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import SLMError
+from ..io.atomic import atomic_file, refuse_inputs
+from ..io.gguf import ARCHITECTURES, GLOBAL_NAMES, LAYER_NAMES
+from ..loading import model_config, model_source
+from .gguf_tensors import TYPE_NAMES, encode, qk_permute, take_rows
+from .gguf_vocab import vocab_fields, write_vocab
+from .weights import model_weights
+
+log = logging.getLogger(__name__)
+
+FLOAT_CHOICES = tuple(TYPE_NAMES)  # --type: what float matrices (and lut/ternary layers) become
+REQUANTIZE_CHOICES = tuple(TYPE_NAMES)  # --requantize-type: affine layouts no GGUF block holds exactly
+ARCH_OF = {model_type: arch for arch, model_type in ARCHITECTURES.items()}  # model_type -> GGUF architecture
+GGUF_STEMS = {**{hf: gg for gg, hf in GLOBAL_NAMES.items()}, **{hf: gg for gg, hf in LAYER_NAMES.items()}}
+FILE_TYPES = {"F32": 0, "F16": 1, "Q4_1": 3, "Q8_0": 7, "Q5_1": 9, "BF16": 32}  # llama.cpp's LlamaFileType
+QUANTIZATION_VERSION = 2  # ggml's GGML_QNT_VERSION, which llama.cpp writes into every file
+
+
+@dataclass
+class TensorRecord:
+    """One written tensor: GGUF name, type, shape [N, K] (model order), bytes, how, largest |error|."""
+
+    name: str
+    kind: str
+    shape: tuple
+    nbytes: int
+    how: str
+    error: float
+
+
+@dataclass
+class GGUFReport:
+    """What :func:`export_gguf` wrote: the file, its size and each tensor (:class:`TensorRecord`)."""
+
+    path: Path
+    file_bytes: int = 0
+    tensors: list = field(default_factory=list)
+
+    def types(self) -> dict:
+        """GGUF type -> {"tensors", "bytes", "bpw"}; bpw over its matrices (None if it holds only vectors)."""
+        rows = {}
+        for t in self.tensors:
+            row = rows.setdefault(t.kind, {"tensors": 0, "bytes": 0, "matrix_bits": 0, "matrix_weights": 0})
+            row["tensors"] += 1
+            row["bytes"] += t.nbytes
+            if len(t.shape) == 2:
+                row["matrix_bits"] += 8 * t.nbytes
+                row["matrix_weights"] += t.shape[0] * t.shape[1]
+        return {kind: {"tensors": r["tensors"], "bytes": r["bytes"],
+                       "bpw": r["matrix_bits"] / r["matrix_weights"] if r["matrix_weights"] else None}
+                for kind, r in sorted(rows.items(), key=lambda kv: -kv[1]["bytes"])}
+
+    @property
+    def bpw(self) -> float:
+        """Bits per weight over every matrix as stored."""
+        matrices = [t for t in self.tensors if len(t.shape) == 2]
+        return sum(8 * t.nbytes for t in matrices) / max(1, sum(t.shape[0] * t.shape[1] for t in matrices))
+
+    def errors(self) -> dict:
+        """GGUF name -> largest |written - model| weight, for tensors not written exactly."""
+        return {t.name: t.error for t in self.tensors if t.how in ("requantized", "dequantized") or t.error}
+
+    def format(self) -> str:
+        lines = [f"wrote {self.path}: {self.file_bytes / 1e6:.1f} MB, {self.bpw:.3f} bits per matrix weight",
+                 f"{'type':<6} {'tensors':>7} {'bytes':>12} {'bpw':>7}"]
+        for kind, row in self.types().items():
+            bpw = "-" if row["bpw"] is None else f"{row['bpw']:.3f}"
+            lines.append(f"{kind:<6} {row['tensors']:>7} {row['bytes']:>12} {bpw:>7}")
+        for how in ("requantized", "dequantized"):
+            changed = [t for t in self.tensors if t.how == how]
+            if changed:
+                worst = max(changed, key=lambda t: t.error)
+                kinds = ", ".join(sorted({t.kind for t in changed}))
+                lines.append(f"{how}: {len(changed)} tensors to {kinds}; largest |error| {worst.error:.3g} "
+                             f"({worst.name})")
+        return "\n".join(lines)
+
+
+def resolve_types(types) -> tuple[str, str]:
+    """``types`` -> (GGUF type of float matrices, GGUF type of requantized affine layers).
+
+    None: ("F16", "Q8_0"). A string: the float type. A dict: ``{"float": ..., "requantize": ...}``.
+    Values are f32, f16, bf16 or q8_0.
+    """
+    if types is None or isinstance(types, str):
+        types = {} if types is None else {"float": types}
+    if not isinstance(types, dict) or set(types) - {"float", "requantize"}:
+        raise SLMError(f"types must be a type name or a dict with keys 'float' and 'requantize', not {types!r}")
+    chosen = {"float": "f16", "requantize": "q8_0", **types}
+    for key, value in chosen.items():
+        if not isinstance(value, str) or value.lower() not in TYPE_NAMES:
+            raise SLMError(f"GGUF {key} type must be one of {', '.join(TYPE_NAMES)}, not {value!r}")
+    return TYPE_NAMES[chosen["float"].lower()], TYPE_NAMES[chosen["requantize"].lower()]
+
+
+def check_output_file(out_path, overwrite: bool = False, inputs=()) -> Path:
+    """Refuse an output that may not be written (before any work); return it resolved.
+
+    It must end in .gguf (``mlx_slm.load`` reads files by that suffix), be neither an input nor a
+    folder holding one, and exist only with ``overwrite``.
+    """
+    path = Path(out_path).expanduser()
+    if path.suffix.lower() != ".gguf":
+        raise SLMError(f"the output must end in .gguf, not {path.name!r}")
+    path = refuse_inputs(path, [p for p in inputs if p is not None and Path(str(p)).expanduser().exists()])
+    if path.is_dir():
+        raise SLMError(f"{path} is a folder, not a GGUF file")
+    if path.exists() and not overwrite:
+        raise SLMError(f"{path} already exists (pass --overwrite / overwrite=True to replace it)")
+    return path
+
+
+def check_config(config: dict) -> str:
+    """The GGUF architecture of a model ``config``; SLMError for what the GGUF reader could not run."""
+    model_type = config.get("model_type")
+    if model_type not in ARCH_OF:
+        raise SLMError(f"GGUF export supports model types {', '.join(ARCH_OF)}, not {model_type!r}")
+    scaling = config.get("rope_scaling") or {}
+    kind = scaling.get("type") or scaling.get("rope_type")
+    if kind not in (None, "default", "linear"):
+        raise SLMError(f"GGUF export supports linear rope scaling only, not {kind!r}")
+    if config.get("mlp_bias"):
+        raise SLMError("GGUF export does not support MLP biases (mlp_bias)")
+    return ARCH_OF[model_type]
+
+
+def gguf_name(name: str) -> str:
+    """``model.layers.3.self_attn.q_proj.weight`` -> ``blk.3.attn_q.weight`` (inverse of the reader's ``hf_name``)."""
+    stem, _, suffix = name.rpartition(".")
+    match = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", stem)
+    if match and match.group(2) in LAYER_NAMES.values():
+        return f"blk.{match.group(1)}.{GGUF_STEMS[match.group(2)]}.{suffix}"
+    if stem in GLOBAL_NAMES.values():
+        return f"{GGUF_STEMS[stem]}.{suffix}"
+    raise SLMError(f"tensor {name!r} has no place in a llama.cpp {'/'.join(ARCH_OF)} model")
+
+
+def model_tensors(weights: dict, config: dict, arch: str) -> list[tuple[str, object]]:
+    """(GGUF name, value) in llama.cpp's order: embedding, blocks, final norm, head. Quantized layers
+    (listed under their path) get the ``.weight`` name; a llama model's Q/K rows are permuted."""
+    heads = {"q_proj": int(config["num_attention_heads"]),
+             "k_proj": int(config.get("num_key_value_heads") or config["num_attention_heads"])}
+    tensors = []
+    for name, value in weights.items():
+        full = name if name.rsplit(".", 1)[-1] in ("weight", "bias") else f"{name}.weight"
+        projection = full.rsplit(".", 2)[-2]
+        if arch == "llama" and projection in heads:
+            value = take_rows(value, qk_permute(value.shape[0], heads[projection]))
+        tensors.append((gguf_name(full), value))
+
+    def order(item):
+        parts = item[0].split(".")
+        if parts[0] == "blk":
+            return (1, int(parts[1]), item[0])
+        return ({"token_embd": 0, "output_norm": 2, "output": 3}[parts[0]], 0, item[0])
+
+    return sorted(tensors, key=order)
+
+
+def write_hyperparameters(writer, config: dict, arch: str, name: str | None) -> None:
+    """The ``general.*`` and ``{arch}.*`` keys llama.cpp's converter writes for this architecture."""
+    hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    writer.add_type("model")
+    if name:
+        writer.add_name(name)
+    writer.add_block_count(int(config["num_hidden_layers"]))
+    if config.get("max_position_embeddings"):
+        writer.add_context_length(int(config["max_position_embeddings"]))
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(int(config["intermediate_size"]))
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(int(config.get("num_key_value_heads") or heads))
+    writer.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
+    writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
+    if head_dim != hidden // heads:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    writer.add_vocab_size(int(config["vocab_size"]))
+    if arch == "llama":
+        writer.add_rope_dimension_count(head_dim)
+    scaling = config.get("rope_scaling") or {}
+    if (scaling.get("type") or scaling.get("rope_type")) == "linear":
+        import gguf
+
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(scaling["factor"]))
+
+
+def file_type(records: list) -> int:
+    """llama.cpp's ``general.file_type``: the type holding most matrix weights."""
+    weights = {}
+    for t in records:
+        if len(t.shape) == 2:
+            weights[t.kind] = weights.get(t.kind, 0) + t.shape[0] * t.shape[1]
+    return FILE_TYPES[max(weights, key=weights.get)] if weights else FILE_TYPES["F32"]
+
+
+def export_gguf(model, tokenizer, path, overwrite: bool = False, types=None) -> GGUFReport:
+    """Write ``model`` and ``tokenizer`` to the GGUF file ``path`` (written beside it, then renamed).
+
+    model: from :func:`mlx_slm.load` (MLX or numpy backend): llama, qwen2 or qwen3, float or quantized.
+    types: None, a type name for float matrices, or ``{"float": ..., "requantize": ...}``; names are
+    f32, f16, bf16, q8_0 (defaults f16 and q8_0). Norms and biases are always F32; affine layers of
+    2-4 bits are Q4_1 and of 5 bits Q5_1 exactly; other affine layers become the requantize type and
+    lut/ternary layers the float type (both measured). Returns a :class:`GGUFReport`.
+    """
+    import gguf
+
+    float_kind, requantize_kind = resolve_types(types)
+    config = model_config(model)
+    arch = check_config(config)
+    inputs = [model_source(model)]
+    target = check_output_file(path, overwrite, inputs)
+    weights = model_weights(model)
+    embedding = weights.get("model.embed_tokens", weights.get("model.embed_tokens.weight"))
+    config["vocab_size"] = int(embedding.shape[0])  # what the file's token list must cover
+    fields = vocab_fields(tokenizer, config)
+    report = GGUFReport(path=target)
+    encoded = []
+    for name, value in model_tensors(weights, config, arch):
+        tensor = encode(name, value, float_kind, requantize_kind)
+        encoded.append((name, tensor))
+        report.tensors.append(TensorRecord(name, tensor.kind, tuple(value.shape), tensor.data.nbytes, tensor.how,
+                                           tensor.error))
+    dequantized = [t for t in report.tensors if t.how == "dequantized"]
+    if dequantized:
+        log.warning("%d lut/ternary layers have no GGUF type yet: written dequantized as %s (%s, ...)",
+                    len(dequantized), "/".join(sorted({t.kind for t in dequantized})), dequantized[0].name)
+    source = model_source(model)
+    title = None if source is None else source.stem if source.is_file() else source.name
+    check_output_file(target, overwrite, inputs)  # again: the file may have appeared meanwhile
+    with atomic_file(target, inputs) as partial:
+        writer = gguf.GGUFWriter(str(partial), arch)
+        write_hyperparameters(writer, config, arch, title)
+        writer.add_file_type(file_type(report.tensors))
+        writer.add_quantization_version(QUANTIZATION_VERSION)
+        write_vocab(writer, fields)
+        for name, tensor in encoded:
+            raw = tensor.data.dtype == "uint8"
+            writer.add_tensor(name, tensor.data, raw_dtype=gguf.GGMLQuantizationType[tensor.kind] if raw else None)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file(progress=False)
+        writer.close()
+    report.file_bytes = target.stat().st_size
+    return report

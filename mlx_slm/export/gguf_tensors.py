@@ -1,0 +1,171 @@
+"""One model tensor -> the bytes and GGUF type of one GGUF tensor, and how exactly it was kept.
+
+Quantized layers keep their values where a GGUF block holds them exactly. MLX's affine layer is
+``w = scale * q + bias`` per group of ``group_size`` input columns, with float16 scales and biases;
+ggml's Q4_1 block is ``w = d * q + m`` over 32 columns with float16 ``d`` and ``m`` and 4-bit ``q``
+(Q5_1: 5-bit). So an affine layer of 2, 3 or 4 bits is Q4_1 and one of 5 bits is Q5_1, bit for bit,
+at any group size (a group of 64 or 128 is 2 or 4 blocks repeating its scale and bias) as long as its
+scales and biases are float16 values. The blocks are packed here rather than by the ``gguf``
+package's quantizer, which would choose its own ``d``, ``m`` and codes from the dequantized weight.
+
+Block layouts (ggml's, little-endian; checked against ``gguf.quants`` dequantization by the tests):
+
+- Q4_1, 20 bytes per 32 weights: ``d`` fp16, ``m`` fp16, ``qs[16]`` with ``qs[j] = q[j] | q[j+16] << 4``.
+- Q5_1, 24 bytes: ``d``, ``m``, ``qh`` (uint32, bit j = bit 4 of ``q[j]``), ``qs[16]`` as Q4_1's low nibbles.
+
+Every other quantized layout (6/8-bit affine, scales beyond float16) is requantized from its
+dequantized float32 weight to Q8_0 (or a float type), and lut/ternary layers, which no GGUF type
+holds yet, are dequantized; their largest absolute error is measured on the written bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import SLMError
+from ..formats.dtypes import as_float32
+from ..formats.views import AffineWeight, PalettizedWeight
+
+BLOCK = 32  # weights per Q4_1 / Q5_1 / Q8_0 block
+EXACT_TYPES = {2: "Q4_1", 3: "Q4_1", 4: "Q4_1", 5: "Q5_1"}  # affine bits -> the GGUF block that holds them
+TYPE_NAMES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}  # the types a user may choose
+
+
+@dataclass
+class Encoded:
+    """One GGUF tensor: ``data`` (float32/float16 values, or uint8 block bytes [N, bytes per row]) of GGUF type
+    ``kind`` (``"Q4_1"``); ``how``: "exact" (the model's own values), "float" (a float tensor in a float
+    type), "requantized" or "dequantized"; ``error``: largest |written - model| weight."""
+
+    data: np.ndarray
+    kind: str
+    how: str
+    error: float = 0.0
+
+
+def qk_permute(rows: int, heads: int) -> np.ndarray:
+    """Row order llama.cpp stores a llama Q or K projection in (for its RoPE kernel): per head, the
+    first half's rows and the second half's interleaved. The inverse of :func:`mlx_slm.io.gguf.unpermute_qk`."""
+    return np.arange(rows).reshape(heads, 2, rows // heads // 2).swapaxes(1, 2).reshape(rows)
+
+
+def take_rows(value, order: np.ndarray):
+    """``value`` (float array, AffineWeight or PalettizedWeight) with its rows in ``order`` (lut palettes
+    shared by several rows cannot move, so those layers are dequantized first)."""
+    if isinstance(value, AffineWeight):
+        return AffineWeight(codes=value.codes[order], scales=value.scales[order], biases=value.biases[order],
+                            bits=value.bits, group_size=value.group_size, stored_bytes=value.stored_bytes)
+    if isinstance(value, PalettizedWeight):
+        return dense(value)[order]
+    return value[order]
+
+
+def dense(value) -> np.ndarray:
+    """The float32 weight [N, K] of a float array or a quantized layer's view (the formulas of
+    :mod:`mlx_slm.formats.views`)."""
+    if isinstance(value, AffineWeight):
+        groups = value.codes.reshape(value.codes.shape[0], -1, value.group_size).astype(np.float32)
+        return (value.scales[..., None] * groups + value.biases[..., None]).reshape(value.codes.shape)
+    if isinstance(value, PalettizedWeight):
+        rows, width = value.codes.shape
+        tables = value.lut.astype(np.float32)
+        row_group = np.arange(rows)[:, None] // (rows // tables.shape[0])
+        column_group = np.arange(width)[None, :] // (width // tables.shape[1])
+        weight = tables[row_group, column_group, value.codes]
+        return weight if value.row_scales is None else weight * value.row_scales.astype(np.float32)
+    return as_float32(value)
+
+
+def is_half(values: np.ndarray) -> bool:
+    """True if every value is a finite float16 number (so an fp16 ``d``/``m`` stores it exactly)."""
+    half = values.astype(np.float16)
+    return bool(np.all(np.isfinite(half)) and np.array_equal(half.astype(np.float32), values))
+
+
+def halves(values: np.ndarray, group_size: int) -> np.ndarray:
+    """Per-group values [N, K/g] -> per-block little-endian fp16 bytes [N, K/32, 2]."""
+    per_block = np.repeat(values, group_size // BLOCK, axis=1)
+    return per_block.astype("<f2")[..., None].view(np.uint8)
+
+
+def pack_q4_1(weight: AffineWeight) -> np.ndarray:
+    """An affine layer of at most 4 bits -> Q4_1 blocks, uint8 [N, K/32 * 20]."""
+    rows, width = weight.codes.shape
+    q = weight.codes.reshape(rows, width // BLOCK, BLOCK)
+    qs = q[..., :16] | (q[..., 16:] << np.uint8(4))
+    blocks = np.concatenate([halves(weight.scales, weight.group_size), halves(weight.biases, weight.group_size), qs],
+                            axis=-1)
+    return blocks.reshape(rows, -1)
+
+
+def pack_q5_1(weight: AffineWeight) -> np.ndarray:
+    """A 5-bit affine layer -> Q5_1 blocks, uint8 [N, K/32 * 24]."""
+    rows, width = weight.codes.shape
+    q = weight.codes.reshape(rows, width // BLOCK, BLOCK)
+    qh = np.packbits((q >> np.uint8(4)) & np.uint8(1), axis=-1, bitorder="little")  # [N, B, 4]: bit j of a uint32
+    qs = (q[..., :16] & np.uint8(15)) | ((q[..., 16:] & np.uint8(15)) << np.uint8(4))
+    blocks = np.concatenate([halves(weight.scales, weight.group_size), halves(weight.biases, weight.group_size), qh,
+                             qs], axis=-1)
+    return blocks.reshape(rows, -1)
+
+
+def exact_kind(weight: AffineWeight) -> str | None:
+    """The GGUF type that holds this affine layer bit for bit, or None."""
+    kind = EXACT_TYPES.get(weight.bits)
+    if kind is None or weight.group_size % BLOCK or not (is_half(weight.scales) and is_half(weight.biases)):
+        return None
+    return kind
+
+
+def encode_float(name: str, weight: np.ndarray, kind: str) -> tuple[np.ndarray, str]:
+    """float32 [N, K] -> (data, GGUF type) in F32/F16/BF16/Q8_0; Q8_0 needs K % 32 == 0 (else F16, as
+    llama.cpp's converter falls back)."""
+    import gguf
+
+    if kind == "Q8_0" and weight.shape[-1] % BLOCK:
+        kind = "F16"
+    if kind == "F32":
+        return np.ascontiguousarray(weight, np.float32), kind
+    if kind == "F16":
+        data = weight.astype(np.float16)
+        if not np.all(np.isfinite(data)) and np.all(np.isfinite(weight)):
+            raise SLMError(f"tensor {name} has values beyond float16's range; export it as f32 or bf16")
+        return data, kind
+    return gguf.quants.quantize(weight, gguf.GGMLQuantizationType[kind]), kind
+
+
+def decoded(data: np.ndarray, kind: str, shape: tuple) -> np.ndarray:
+    """What a GGUF reader gets back from ``data`` of type ``kind``: float32 ``shape``."""
+    import gguf
+
+    if data.dtype != np.uint8:
+        return as_float32(data).reshape(shape)
+    return np.asarray(gguf.quants.dequantize(data, gguf.GGMLQuantizationType[kind]), np.float32).reshape(shape)
+
+
+def max_error(weight: np.ndarray, data: np.ndarray, kind: str) -> float:
+    return float(np.max(np.abs(decoded(data, kind, weight.shape) - weight), initial=0.0))
+
+
+def encode(name: str, value, float_kind: str, requantize_kind: str) -> Encoded:
+    """One tensor (a float array, an :class:`AffineWeight` or a :class:`PalettizedWeight`) -> :class:`Encoded`.
+
+    1-D tensors (norms, biases) are F32, as llama.cpp keeps them; float matrices ``float_kind``;
+    affine layers their exact block (:func:`exact_kind`) or ``requantize_kind``; palettized layers
+    ``float_kind``, dequantized.
+    """
+    if isinstance(value, AffineWeight):
+        kind = exact_kind(value)
+        if kind is not None:
+            return Encoded(pack_q4_1(value) if kind == "Q4_1" else pack_q5_1(value), kind, "exact")
+        weight, how, kind = dense(value), "requantized", requantize_kind
+    elif isinstance(value, PalettizedWeight):
+        weight, how, kind = dense(value), "dequantized", float_kind
+    elif value.ndim != 2:
+        return Encoded(np.ascontiguousarray(as_float32(value)), "F32", "float")
+    else:
+        weight, how, kind = as_float32(value), "float", float_kind
+    data, kind = encode_float(name, weight, kind)
+    return Encoded(data, kind, how, max_error(weight, data, kind))
