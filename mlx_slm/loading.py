@@ -199,10 +199,11 @@ def load(source, backend: str | None = None, dtype: str = "float16", progress: b
     if path.suffix.lower() == ".gguf" or path.is_file():
         if path.suffix.lower() != ".gguf":
             raise SLMError(f"{path} is a file but not a .gguf model")
-        config, weights, tokenizer = read_gguf(path, dtype=dtype, progress=progress)
-        if backend == "numpy":
-            from .models.numpy_llama import NumpyLlama
+        from .models.numpy_llama import NumpyLlama, check_model_type
 
+        config, weights, tokenizer = read_gguf(path, dtype=dtype, progress=progress,
+                                               check=check_model_type if backend == "numpy" else None)
+        if backend == "numpy":
             return remember_source(NumpyLlama(config, weights), path), tokenizer
         from mlx_lm.tokenizer_utils import TokenizerWrapper
 

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helpers import sample_text
 
 from mlx_slm.backend import mlx_available
-from mlx_slm.io.packaged import smollm2_gguf
+from mlx_slm.io.packaged import gemma3_gguf, smollm2_gguf
 
 FORTUNES = Path("/usr/share/games/fortunes/computers")
 
@@ -28,6 +28,12 @@ def smollm2_path():
     path = smollm2_gguf()
     assert path.is_file(), f"missing {path}"
     return path
+
+
+@pytest.fixture(scope="session")
+def gemma3_path():
+    """Gemma 3 270M Q4_K_M (GGUF), assembled once from its PyPI packages into ~/.cache/mlx_slm."""
+    return gemma3_gguf()
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,9 @@
 Tensors are dequantized with the `gguf` package (F32, F16, BF16, Q8_0, Q4_0,
 Q4_1, K-quants, ...) and renamed to mlx-lm / Hugging Face names. llama.cpp
 stores the Q and K projections of llama-architecture models with their rows
-permuted for its RoPE kernel; :func:`unpermute_qk` undoes it.
+permuted for its RoPE kernel; :func:`unpermute_qk` undoes it. Gemma 3
+(``gemma3``, mlx-lm's ``gemma3_text``; MLX only) is stored without that
+permutation but with every norm weight shifted by +1, which the reader takes off.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from ..formats.dtypes import FLOAT_DTYPES
 from ..progress import hidden
 from .hf import check_shapes
 
-ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}  # the llama family: GGUF name -> model_type
+GEMMA3 = "gemma3"  # read into mlx-lm's gemma3_text model (the numpy engine runs the llama family only)
+MODEL_TYPES = {**ARCHITECTURES, GEMMA3: "gemma3_text"}  # every architecture the reader knows
 
 LAYER_NAMES = {
     "attn_norm": "input_layernorm",
@@ -36,6 +40,10 @@ LAYER_NAMES = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
+# Gemma 3 blocks have four norms: llama.cpp's ffn_norm is the one before the MLP there, and the
+# outputs of attention and MLP have their own (post_attention_norm, post_ffw_norm).
+GEMMA3_LAYER_NAMES = {**LAYER_NAMES, "ffn_norm": "pre_feedforward_layernorm",
+                      "post_attention_norm": "post_attention_layernorm", "post_ffw_norm": "post_feedforward_layernorm"}
 GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 SKIPPED = {"rope_freqs"}
 
@@ -177,11 +185,11 @@ def typed(key: str, value, kind):
 
 
 def config_from_fields(fields: dict, tensor_names: set) -> dict:
-    """Hugging Face style config.json content for a llama-family GGUF."""
+    """Hugging Face style config.json content for a llama-family or Gemma 3 GGUF."""
     arch = fields.get("general.architecture")
-    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+    if not isinstance(arch, str) or arch not in MODEL_TYPES:
         raise SLMError(
-            f"GGUF architecture {arch!r} is not supported; supported: {', '.join(ARCHITECTURES)}"
+            f"GGUF architecture {arch!r} is not supported; supported: {', '.join(MODEL_TYPES)}"
         )
 
     def get(key, kind=int, default=None, required=True):
@@ -200,7 +208,7 @@ def config_from_fields(fields: dict, tensor_names: set) -> dict:
                        f"{arch}.attention.head_count_kv {kv_heads}")
     tokens = fields.get("tokenizer.ggml.tokens")
     config = {
-        "model_type": ARCHITECTURES[arch],
+        "model_type": MODEL_TYPES[arch],
         "hidden_size": hidden,
         "num_hidden_layers": get("block_count"),
         "intermediate_size": get("feed_forward_length"),
@@ -229,20 +237,58 @@ def config_from_fields(fields: dict, tensor_names: set) -> dict:
         raise SLMError(f"GGUF rope scaling {scaling!r} is not supported")
     if "rope_freqs.weight" in tensor_names:
         raise SLMError("GGUF files with llama-3 rope frequency factors are not supported yet")
+    if arch == GEMMA3:
+        config.update(gemma3_settings(get, fields, config))
     return config
 
 
-def hf_name(gguf_name: str) -> str | None:
-    """``blk.3.attn_q.weight`` -> ``model.layers.3.self_attn.q_proj.weight``; None to skip."""
+def gemma3_settings(get, fields: dict, config: dict) -> dict:
+    """What a ``gemma3`` GGUF means beyond the llama keys, as llama.cpp reads it, in gemma3_text terms.
+
+    The file holds the sliding window, left out by llama.cpp's converter when every layer attends
+    globally (a sliding_window_pattern of 1). llama.cpp fixes the rest for the architecture: every
+    6th layer global, RoPE base 10000 in the sliding layers (rope.freq_base is the global layers'),
+    queries scaled by 1/sqrt(head_dim), but by 1/sqrt(hidden / heads) in the 62-layer (27B) model.
+    ``get``: :func:`config_from_fields`'s typed reader of ``gemma3.*`` keys.
+    """
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if fields.get(f"{GEMMA3}.{key}") is not None:
+            raise SLMError(f"GGUF metadata {GEMMA3}.{key} is set, but mlx-lm's gemma3_text model has no "
+                           "logit soft-capping (Gemma 3 has none)")
+    head_dim, layers = config["head_dim"], config["num_hidden_layers"]
+    value_length = get("attention.value_length", required=False)
+    if value_length not in (None, head_dim):
+        raise SLMError(f"GGUF metadata {GEMMA3}.attention.value_length {value_length} differs from the key "
+                       f"length {head_dim}: gemma3_text has one head dimension")
+    window = get("attention.sliding_window", required=False)
+    pattern = 6 if window else 1
+    if layers < pattern:
+        raise SLMError(f"GGUF {GEMMA3} model of {layers} layers: with sliding attention every 6th layer is global, "
+                       "and mlx-lm's gemma3_text model needs one, so at least 6")
+    return {
+        "sliding_window": window or config["max_position_embeddings"],
+        "sliding_window_pattern": pattern,
+        "layer_types": ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers)],
+        "rope_local_base_freq": 10000.0,
+        "query_pre_attn_scalar": config["hidden_size"] // config["num_attention_heads"] if layers == 62 else head_dim,
+        "hidden_activation": "gelu_pytorch_tanh",
+    }
+
+
+def hf_name(gguf_name: str, arch: str = "llama") -> str | None:
+    """``blk.3.attn_q.weight`` -> ``model.layers.3.self_attn.q_proj.weight``; None to skip.
+    ``arch``: the file's general.architecture (Gemma 3 names its norms differently)."""
     stem, _, suffix = gguf_name.rpartition(".")
     if stem in SKIPPED:
         return None
     if stem in GLOBAL_NAMES:
         return f"{GLOBAL_NAMES[stem]}.{suffix}"
+    layer_names = GEMMA3_LAYER_NAMES if arch == GEMMA3 else LAYER_NAMES
     match = re.fullmatch(r"blk\.(\d+)\.(\w+)", stem)
-    if match and match.group(2) in LAYER_NAMES:
-        return f"model.layers.{match.group(1)}.{LAYER_NAMES[match.group(2)]}.{suffix}"
-    raise SLMError(f"GGUF tensor {gguf_name!r} has no known place in a llama-family model")
+    if match and match.group(2) in layer_names:
+        return f"model.layers.{match.group(1)}.{layer_names[match.group(2)]}.{suffix}"
+    family = "Gemma 3" if arch == GEMMA3 else "llama-family"
+    raise SLMError(f"GGUF tensor {gguf_name!r} has no known place in a {family} model")
 
 
 def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -255,9 +301,20 @@ def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     )
 
 
-def read_gguf(path, dtype: str = "float16", progress: bool = True):
+def shifted_norm(gguf_name: str, values: np.ndarray, arch: str) -> np.ndarray:
+    """A norm weight as mlx-lm's model holds it. llama.cpp's converter stores each Gemma 3 norm
+    weight w (tensor names ending in ``norm.weight``) as 1 + w, the factor Gemma3RMSNorm multiplies by;
+    mlx-lm's gemma3_text RMSNorm adds the 1 itself, so it is taken off here (in float32)."""
+    if arch == GEMMA3 and gguf_name.endswith("norm.weight"):
+        return np.asarray(values, np.float32) - 1.0
+    return values
+
+
+def read_gguf(path, dtype: str = "float16", progress: bool = True, check=None):
     """Read a GGUF model.
 
+    check: called with the config before the tokenizer is built and any tensor decoded (the numpy
+    backend refuses a model it cannot run at once, not after decoding it).
     Returns ``(config dict, weights {hf name: np.ndarray in dtype}, tokenizer)``.
     """
     import gguf
@@ -271,22 +328,25 @@ def read_gguf(path, dtype: str = "float16", progress: bool = True):
     names = {t.name for t in reader.tensors}
     config = config_from_fields(fields, names)
     config["torch_dtype"] = dtype
+    if check is not None:
+        check(config)
     tokenizer = tokenizer_from_gguf_fields(fields)
-    shapes = {hf_name(t.name): tuple(int(n) for n in reversed(t.shape)) for t in reader.tensors}
+    arch = fields["general.architecture"]
+    shapes = {hf_name(t.name, arch): tuple(int(n) for n in reversed(t.shape)) for t in reader.tensors}
     shapes.pop(None, None)
     check_shapes(config, shapes, f"GGUF file {path}")
     target = FLOAT_DTYPES[dtype]
     permute = config["model_type"] == "llama"
     weights = {}
     for tensor in tqdm(reader.tensors, desc=f"reading {path.name}", disable=hidden(progress)):
-        name = hf_name(tensor.name)
+        name = hf_name(tensor.name, arch)
         if name is None:
             continue
         try:
             values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
         except (NotImplementedError, ValueError) as err:
             raise SLMError(f"cannot decode GGUF tensor {tensor.name} ({tensor.tensor_type.name}): {err}") from None
-        values = np.asarray(values).reshape(shapes[name])
+        values = shifted_norm(tensor.name, np.asarray(values).reshape(shapes[name]), arch)
         if permute and name.endswith(("q_proj.weight", "q_proj.bias")):
             values = unpermute_qk(values, config["num_attention_heads"])
         elif permute and name.endswith(("k_proj.weight", "k_proj.bias")):

@@ -1,9 +1,10 @@
 """Rebuild a Hugging Face fast tokenizer from the vocabulary inside a GGUF file.
 
-Only byte-level BPE vocabularies (``tokenizer.ggml.model == "gpt2"``) are
-supported: GPT-2, SmolLM, StarCoder, Llama-3 and Qwen2 styles. The tokenizer is
-assembled from the `tokenizers` library's parts; the pre-tokenizer follows
-llama.cpp's ``tokenizer.ggml.pre`` name.
+Byte-level BPE vocabularies (``tokenizer.ggml.model == "gpt2"``: GPT-2, SmolLM,
+StarCoder, Llama-3 and Qwen2 styles) are assembled from the `tokenizers`
+library's parts; the pre-tokenizer follows llama.cpp's ``tokenizer.ggml.pre``
+name. Gemma 3's SentencePiece vocabulary (``"llama"``) is built by transformers'
+own GGUF tokenizer converter (:func:`sentencepiece_tokenizer`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from ..errors import SLMError
 
 # Token types used by GGUF: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
 CONTROL, USER_DEFINED = 3, 4
+SENTENCEPIECE_ARCHITECTURES = ("gemma3",)  # "llama" (SentencePiece) vocabularies rebuilt, by architecture
 
 LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -81,13 +83,13 @@ def tokenizer_from_gguf_fields(fields: dict):
 
     fields: GGUF key -> decoded value (str, int, list).
     """
-    from transformers import PreTrainedTokenizerFast
-
     kind = fields.get("tokenizer.ggml.model")
+    if kind == "llama" and fields.get("general.architecture") in SENTENCEPIECE_ARCHITECTURES:
+        return sentencepiece_tokenizer(fields)
     if kind != "gpt2":
         raise SLMError(
             f"GGUF tokenizer model {kind!r} is not supported; mlx_slm rebuilds byte-level BPE "
-            "('gpt2') vocabularies only"
+            f"('gpt2') vocabularies, and SentencePiece ('llama') ones of {', '.join(SENTENCEPIECE_ARCHITECTURES)} files"
         )
     pre = fields.get("tokenizer.ggml.pre", "default")
     if not isinstance(pre, str) or pre not in PRE_TOKENIZERS:
@@ -106,6 +108,13 @@ def tokenizer_from_gguf_fields(fields: dict):
     tokenizer.add_tokens(
         [AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == USER_DEFINED]
     )
+    return fast_tokenizer(tokenizer, fields, tokens)
+
+
+def fast_tokenizer(tokenizer, fields: dict, tokens: list, **options):
+    """``tokenizer`` (a `tokenizers.Tokenizer`) as a ``PreTrainedTokenizerFast`` with the file's
+    bos/eos/unk/pad tokens and chat template; ``options``: more keyword arguments (add_bos_token)."""
+    from transformers import PreTrainedTokenizerFast
 
     def token(key):
         index = fields.get(f"tokenizer.ggml.{key}_token_id")
@@ -119,4 +128,40 @@ def tokenizer_from_gguf_fields(fields: dict):
         pad_token=token("padding"),
         chat_template=fields.get("tokenizer.chat_template"),
         clean_up_tokenization_spaces=False,
+        **options,
     )
+
+
+def flag(fields: dict, key: str, default: bool) -> bool:
+    """A boolean ``tokenizer.ggml.*`` field, ``default`` when absent."""
+    value = fields.get(f"tokenizer.ggml.{key}", default)
+    if type(value) is not bool:
+        raise SLMError(f"GGUF metadata tokenizer.ggml.{key} = {value!r} is not a boolean")
+    return value
+
+
+def sentencepiece_tokenizer(fields: dict):
+    """A Gemma 3 SentencePiece vocabulary (BPE over text with spaces written "▁", byte fallback, no
+    merges stored) as a ``PreTrainedTokenizerFast`` that encodes as SentencePiece does.
+
+    transformers' own GGUF converter builds it: merges rebuilt from the vocabulary in file order,
+    tokens of several spaces respelled as "▁"s, control tokens special, user-defined ones whole.
+    Only its file reader needs torch, so the fields read here go to the converter directly.
+    BOS is added unless tokenizer.ggml.add_bos_token says not (llama.cpp's default for these files).
+    """
+    try:
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
+    except ImportError:
+        raise SLMError("rebuilding a SentencePiece GGUF vocabulary needs transformers' GGUF tokenizer converter "
+                       "(transformers 5): pip install -U transformers") from None
+    tokens, types, merges = vocabulary(fields)
+    described = {"tokenizer_type": "llama", "tokens": tokens, "token_type": types}
+    if merges:
+        described["merges"] = [" ".join(pair) for pair in merges]
+    options = {"add_bos_token": flag(fields, "add_bos_token", True),
+               "add_eos_token": flag(fields, "add_eos_token", False)}
+    try:
+        tokenizer, _ = convert_gguf_tokenizer(fields["general.architecture"], described)
+    except Exception as err:  # the converter and the tokenizers library raise many kinds on odd vocabularies
+        raise SLMError(f"cannot rebuild the GGUF SentencePiece vocabulary: {' '.join(str(err).split())}") from None
+    return fast_tokenizer(tokenizer, fields, tokens, **options)

@@ -115,7 +115,8 @@ def check_weights(folder: Path) -> None:
 
 def llama_shapes(config: dict) -> tuple[dict, dict]:
     """(required, optional): name -> shape of the tensors of a llama-family model of ``config``
-    (mlx-lm names). Optional: the untied head, q/k/v/o and MLP biases, q/k norms (Qwen3)."""
+    (mlx-lm names). Optional: the untied head, q/k/v/o and MLP biases, q/k norms (Qwen3). Gemma 3
+    (gemma3_text) has the same tensors plus two norms per block, and q/k norms always."""
     hidden, layers, inter = config["hidden_size"], config["num_hidden_layers"], config["intermediate_size"]
     heads = config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads") or heads
@@ -134,6 +135,11 @@ def llama_shapes(config: dict) -> tuple[dict, dict]:
             optional[f"{p}{name}.bias"] = (rows,)
         required[p + "input_layernorm.weight"] = required[p + "post_attention_layernorm.weight"] = (hidden,)
         optional[p + "self_attn.q_norm.weight"] = optional[p + "self_attn.k_norm.weight"] = (head_dim,)
+        if config.get("model_type") == "gemma3_text":
+            for name in ("pre_feedforward_layernorm", "post_feedforward_layernorm"):
+                required[f"{p}{name}.weight"] = (hidden,)
+            for name in ("self_attn.q_norm.weight", "self_attn.k_norm.weight"):
+                required[p + name] = optional.pop(p + name)
     return required, optional
 
 

@@ -18,6 +18,16 @@ from ..qconfig import saved_layer_params
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "smollm")
 
 
+def check_model_type(config: dict) -> None:
+    """SLMError unless the numpy engine can run a model of ``config`` (a Llama-family model_type):
+    every other architecture needs MLX, whose mlx-lm classes run it."""
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED:
+        raise SLMError(f"the numpy engine runs Llama-family models ({', '.join(SUPPORTED)}), not {model_type!r}: "
+                       "load it on the MLX backend, which runs it with mlx-lm's own model class (MLX is "
+                       "`pip install mlx` on macOS, `pip install 'mlx[cpu]'` on Linux)")
+
+
 def rope_inverse_frequencies(config: dict, head_dim: int) -> np.ndarray:
     """Angular speed per rotated pair, ``[head_dim // 2]``, with the model's scaling."""
     base = float(config.get("rope_theta", 10000.0))
@@ -96,11 +106,7 @@ class NumpyLlama:
     backend = "numpy"
 
     def __init__(self, config: dict, weights: dict):
-        model_type = config.get("model_type")
-        if model_type not in SUPPORTED:
-            raise SLMError(
-                f"the numpy backend supports model types {', '.join(SUPPORTED)}, not {model_type!r}"
-            )
+        check_model_type(config)
         self.config = config
         self.weights = weights
         self._float32 = {}
