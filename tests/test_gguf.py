@@ -169,3 +169,19 @@ def test_unsupported_gguf_architecture(tmp_path):
     writer.close()
     with pytest.raises(SLMError, match="architecture 'gpt2' is not supported"):
         read_gguf(tmp_path / "g.gguf", progress=False)
+
+
+@pytest.mark.parametrize("flags,bos", [({}, False), ({"tokenizer.ggml.add_bos_token": True}, True),
+                                       ({"tokenizer.ggml.add_bos_token": False}, False)])
+def test_byte_level_tokenizer_adds_bos_as_the_file_says(flags, bos):
+    """llama.cpp adds BOS when tokenizer.ggml.add_bos_token is true (Llama 3 files) and not otherwise."""
+    from mlx_slm.io.gguf_tokenizer import tokenizer_from_gguf_fields
+
+    fields = {**byte_level_fields(), "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm",
+              "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2, **flags}
+    tokenizer = tokenizer_from_gguf_fields(fields)
+    plain = tokenizer_from_gguf_fields({k: v for k, v in fields.items() if "add_bos" not in k})
+    ids = tokenizer.encode("the cat")
+    assert ids == ([1] if bos else []) + plain.encode("the cat")
+    with pytest.raises(SLMError, match="add_bos_token"):
+        tokenizer_from_gguf_fields({**fields, "tokenizer.ggml.add_bos_token": "yes"})

@@ -108,7 +108,9 @@ def tokenizer_from_gguf_fields(fields: dict):
     tokenizer.add_tokens(
         [AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == USER_DEFINED]
     )
-    return fast_tokenizer(tokenizer, fields, tokens)
+    # llama.cpp adds BOS when the file says so (Llama 3 style vocabularies), and not by default
+    return fast_tokenizer(tokenizer, fields, tokens, add_bos_token=flag(fields, "add_bos_token", False),
+                          add_eos_token=flag(fields, "add_eos_token", False))
 
 
 def fast_tokenizer(tokenizer, fields: dict, tokens: list, **options):
