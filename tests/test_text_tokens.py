@@ -58,3 +58,25 @@ def test_a_tokenizer_whose_pieces_do_not_join_gets_the_whole_text(monkeypatch):
     text = "one two three\nfour five six\nseven eight\nnine ten\n" * 5
     tokenizer = DummyPrefixTokenizer()
     np.testing.assert_array_equal(encode_text(tokenizer, text), tokenizer.encode(text))
+
+
+def test_windows_start_with_bos_where_the_tokenizer_puts_one():
+    """A tokenizer that starts every text with BOS (Gemma, Llama 3) gets BOS in each window's first,
+    never-scored position, as llama.cpp's perplexity tool does; the rest of each window is unchanged,
+    and a tokenizer without one (SmolLM2) gets its windows as they were."""
+    from helpers import byte_level_fields, sample_text
+
+    from mlx_slm.data.tokens import leading_bos
+    from mlx_slm.data.windows import calibration_windows, token_windows
+    from mlx_slm.io.gguf_tokenizer import tokenizer_from_gguf_fields
+
+    fields = {**byte_level_fields(), "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm",
+              "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2}
+    plain = tokenizer_from_gguf_fields(fields)
+    with_bos = tokenizer_from_gguf_fields({**fields, "tokenizer.ggml.add_bos_token": True})
+    assert leading_bos(plain) is None and leading_bos(with_bos) == 1
+    text = [sample_text(20)]
+    for cut in (lambda t: token_windows(t, text, 32, 4), lambda t: calibration_windows(t, text, 4, 32)[0]):
+        before, after = cut(plain), cut(with_bos)
+        assert (after[:, 0] == 1).all() and (before[:, 0] != 1).all()
+        np.testing.assert_array_equal(after[:, 1:], before[:, 1:])

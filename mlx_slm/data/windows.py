@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import SLMError
 from .text import describe_text, read_text
-from .tokens import check_readable, encode_text
+from .tokens import check_readable, encode_text, start_with_bos
 
 DEFAULT_NUM_SAMPLES = 64
 DEFAULT_SEQ_LEN = 256
@@ -30,7 +30,8 @@ def check_windows(seq_len: int, max_windows: int | None) -> None:
 
 
 def token_windows(tokenizer, text, seq_len: int, max_windows: int | None) -> np.ndarray:
-    """Non-overlapping windows of ``seq_len`` token ids, ``[W, seq_len]`` int32."""
+    """Non-overlapping windows of ``seq_len`` token ids, ``[W, seq_len]`` int32; each starts with BOS
+    where the tokenizer puts one before every text (:func:`~mlx_slm.data.tokens.start_with_bos`)."""
     check_windows(seq_len, max_windows)
     ids = encode_text(tokenizer, read_text(text), None if max_windows is None else max_windows * seq_len)
     check_readable(tokenizer, ids, f"text {describe_text(text)}")
@@ -39,14 +40,15 @@ def token_windows(tokenizer, text, seq_len: int, max_windows: int | None) -> np.
         count = min(count, max_windows)
     if count == 0:
         raise SLMError(f"the text has {len(ids)} tokens, fewer than one window of {seq_len}")
-    return ids[: count * seq_len].reshape(count, seq_len)
+    return start_with_bos(tokenizer, ids[: count * seq_len].reshape(count, seq_len))
 
 
 def calibration_windows(tokenizer, calib, num_samples: int = DEFAULT_NUM_SAMPLES,
                         seq_len: int = DEFAULT_SEQ_LEN) -> tuple[np.ndarray, dict]:
     """Tokenize ``calib`` into ``num_samples`` non-overlapping windows of ``seq_len`` tokens.
 
-    Returns ``(tokens [num_samples, seq_len] int32, record)``; the record (source,
+    Returns ``(tokens [num_samples, seq_len] int32, record)``, each window starting with BOS where
+    the tokenizer puts one before every text; the record (source,
     sample count, seq_len, token count, sha256 of the text) goes into the saved config.
     """
     if calib is None:
@@ -63,7 +65,7 @@ def calibration_windows(tokenizer, calib, num_samples: int = DEFAULT_NUM_SAMPLES
         raise SLMError(f"calibration text too short: {len(ids)} tokens give {available} windows of {seq_len}, "
                        f"{num_samples} requested (lower --num-samples / --seq-len or give more text)")
     starts = np.linspace(0, available - 1, num_samples).round().astype(int) * seq_len
-    tokens = np.stack([ids[s : s + seq_len] for s in starts])
+    tokens = start_with_bos(tokenizer, np.stack([ids[s : s + seq_len] for s in starts]))
     record = {
         "source": describe_text(calib),
         "num_samples": num_samples,
