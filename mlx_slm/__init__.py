@@ -23,12 +23,17 @@ from .quantize import quantize  # noqa: E402
 from .saving import save  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["load", "save", "quantize", "QuantizeConfig", "Calibration", "evaluate", "export_coreml", "export_gguf",
-           "model_config", "stats", "SLMError", "MLXRequiredError"]
+__all__ = ["load", "save", "quantize", "QuantizeConfig", "Calibration", "evaluate", "export_coreai", "export_coreml",
+           "export_gguf", "model_config", "stats", "SLMError", "MLXRequiredError"]
 
 
 def __getattr__(name):
-    """``export_coreml`` and ``export_gguf`` are imported on first use (coremltools is optional)."""
+    """``export_coreai``, ``export_coreml`` and ``export_gguf`` are imported on first use (coreai-core and
+    coremltools are optional)."""
+    if name == "export_coreai":
+        from .export import export_coreai
+
+        return export_coreai
     if name == "export_coreml":
         from .export import export_coreml
 

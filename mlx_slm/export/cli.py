@@ -1,8 +1,8 @@
-"""``mlx-slm export coreml MODEL -o Name.mlpackage``."""
+"""``mlx-slm export coreml MODEL -o Name.mlpackage``, ``export coreai MODEL -o Name.aimodel``, ``export gguf``."""
 
 from __future__ import annotations
 
-from .coreml import PRECISIONS
+from .package import PRECISIONS
 
 COREML_DESCRIPTION = (
     "Write Name.mlpackage (Core ML, iOS 18, stateful KV cache; inputs inputIds and causalMask, states "
@@ -13,6 +13,14 @@ COREML_DESCRIPTION = (
     "codes with a [-s, 0, s] table per scale; float layers become fp16. Llama family (llama, mistral, qwen2, "
     "qwen3, smollm) and Gemma 3 (gemma3_text, gemma3: its text "
     "model; needs the MLX backend). Needs coremltools.")
+COREAI_DESCRIPTION = (
+    "Write Name.aimodel (Core AI: graph main, inputs input_ids and position_ids, states keyCache and valueCache "
+    "updated in place, output float16 logits, as Apple's coreai-models runner expects), Name.json (the manifest) "
+    "and the tokenizer files into the folder of -o. Every layer keeps its bits: affine 2/4/8-bit codes through "
+    "blockwise_shift_scale with the model's scales and biases; 3/5/6-bit codes split into a 2/4-bit shift-scale "
+    "part and a 1/2-bit high part; lut and ternary layers through lut_to_dense with their own codes and tables; "
+    "float layers in their own float16 (or bfloat16). Llama family (llama, mistral, qwen2, qwen3, smollm). "
+    "Needs coreai-core (pip install 'mlx-slm[coreai]').")
 GGUF_DESCRIPTION = (
     "Write one .gguf file for llama.cpp (and mlx_slm.load), with the metadata and byte-level BPE vocabulary "
     "llama.cpp's converter writes (chat template kept; a llama model's Q/K rows permuted as llama.cpp expects). "
@@ -34,6 +42,18 @@ def cmd_export_coreml(args) -> None:
     print(f"wrote {package} and {package.with_suffix('.json').name}")
 
 
+def cmd_export_coreai(args) -> None:
+    import mlx_slm
+    from mlx_slm.export import export_coreai
+    from mlx_slm.export.package import package_path, refuse_existing
+
+    refuse_existing(package_path(args.output, ".aimodel"), args.overwrite, [args.model])
+    model, tokenizer = mlx_slm.load(args.model, backend=args.backend)
+    package = export_coreai(model, tokenizer, args.output, max_context=args.max_context,
+                            compute_precision=args.compute_precision, overwrite=args.overwrite)
+    print(f"wrote {package} and {package.with_suffix('.json').name}")
+
+
 def cmd_export_gguf(args) -> None:
     import mlx_slm
     from mlx_slm.export.gguf import check_output_file, export_gguf, resolve_types
@@ -46,10 +66,10 @@ def cmd_export_gguf(args) -> None:
 
 
 def add_export_parser(commands) -> None:
-    """Add ``export`` (with its ``coreml`` target) to the CLI's subcommands."""
+    """Add ``export`` (with its ``coreml``, ``coreai`` and ``gguf`` targets) to the CLI's subcommands."""
     from ..cli_common import EPILOG, add_backend
 
-    export = commands.add_parser("export", help="export a model to Core ML or GGUF (llama.cpp)",
+    export = commands.add_parser("export", help="export a model to Core ML, Core AI or GGUF (llama.cpp)",
                                  description="Export a model to another runtime.", epilog=EPILOG)
     targets = export.add_subparsers(dest="target", required=True, metavar="TARGET")
     coreml = targets.add_parser("coreml", help="Core ML .mlpackage + manifest + tokenizer",
@@ -65,6 +85,19 @@ def add_export_parser(commands) -> None:
     coreml.add_argument("--overwrite", action="store_true", help="replace an existing package and manifest")
     add_backend(coreml)
     coreml.set_defaults(run=cmd_export_coreml)
+    coreai = targets.add_parser("coreai", help="Core AI .aimodel + manifest + tokenizer",
+                                description=COREAI_DESCRIPTION, epilog=EPILOG)
+    coreai.add_argument("model", help="model folder, Hub id, or .gguf file (float, affine, lut or ternary)")
+    coreai.add_argument("-o", "--output", required=True, help="Name.aimodel (written atomically)")
+    coreai.add_argument("--max-context", type=int, default=None,
+                        help="longest context in tokens (default: 2048, or the model's max_position_embeddings "
+                             "if smaller; at most max_position_embeddings)")
+    coreai.add_argument("--compute-precision", choices=PRECISIONS, default="float16",
+                        help="float16 (default), or float32: activations, attention and KV cache in fp32 "
+                             "(logits stay float16, as Apple's runner reads them)")
+    coreai.add_argument("--overwrite", action="store_true", help="replace an existing package and manifest")
+    add_backend(coreai)
+    coreai.set_defaults(run=cmd_export_coreai)
     from .gguf import FLOAT_CHOICES, REQUANTIZE_CHOICES
 
     gguf = targets.add_parser("gguf", help="one .gguf file for llama.cpp", description=GGUF_DESCRIPTION,

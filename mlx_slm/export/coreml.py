@@ -10,9 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
-import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,20 +17,17 @@ import numpy as np
 
 from ..errors import SLMError
 from ..formats.views import AffineWeight, PalettizedWeight
-from ..interrupt import deferred, scratch
-from ..io.atomic import refuse_inputs
 from ..loading import model_config, model_source
 from ..models.numpy_llama import SUPPORTED
 from .coreml_gemma3 import GEMMA3_TYPES, Gemma3ProgramBuilder, gemma3_text_config, gemma3_text_weights
 from .coreml_llama import CAUSAL_MASK, INPUT_IDS, LOGITS, LlamaProgramBuilder
 from .coreml_weights import layer_record, weight_var
 from .manifest import build_manifest
+from .package import check_request, package_path, refuse_existing, resolve_max_context, staged_outputs
 from .weights import model_weights
 
-PRECISIONS = ("float16", "float32")
 BUILDERS = {**{model_type: LlamaProgramBuilder for model_type in SUPPORTED},
             **{model_type: Gemma3ProgramBuilder for model_type in GEMMA3_TYPES}}
-DEFAULT_MAX_CONTEXT = 2048
 
 
 @contextmanager
@@ -69,87 +63,11 @@ def import_coremltools():
     return coremltools
 
 
-def resolve_max_context(config: dict, max_context: int | None) -> int:
-    """The requested KV-cache length, by default min(2048, max_position_embeddings)."""
-    if max_context is not None:
-        return max_context
-    return min(DEFAULT_MAX_CONTEXT, int(config.get("max_position_embeddings") or DEFAULT_MAX_CONTEXT))
-
-
 def check_model_type(config: dict) -> None:
     model_type = config.get("model_type")
     if model_type not in BUILDERS:
         raise SLMError(f"Core ML export supports the Llama family ({', '.join(SUPPORTED)}) and Gemma 3 "
                        f"({', '.join(GEMMA3_TYPES)}), not model type {model_type!r}")
-
-
-def check_request(config: dict, max_context: int, compute_precision: str) -> None:
-    limit = config.get("max_position_embeddings")
-    if not isinstance(max_context, int) or max_context < 1:
-        raise SLMError(f"max_context must be a positive integer, not {max_context!r}")
-    if limit is not None and max_context > int(limit):
-        raise SLMError(f"max_context {max_context} is beyond the model's max_position_embeddings {limit}")
-    if compute_precision not in PRECISIONS:
-        raise SLMError(f"compute_precision must be one of {PRECISIONS}, not {compute_precision!r}")
-
-
-def package_path(out_path) -> Path:
-    path = Path(out_path).expanduser().resolve()
-    if path.suffix != ".mlpackage":
-        raise SLMError(f"the output must end in .mlpackage, not {path.name!r}")
-    return path
-
-
-def refuse_existing(package: Path, overwrite: bool, inputs=()) -> None:
-    """Refuse to replace a package or manifest unless asked, and anything that is not one.
-
-    Neither the package nor its manifest may be (or hold) an input, and the package's
-    folder may not be inside a model folder this run reads: the tokenizer files written
-    beside the package would replace the input's. A folder that merely holds the input
-    model (``export coreml m -o Smol.mlpackage`` run beside ``m``) is fine.
-    """
-    for target in (package, package.with_suffix(".json")):
-        refuse_inputs(target, inputs)
-    for source in (Path(p).expanduser().resolve() for p in inputs if p is not None):
-        if source.is_dir() and (source == package.parent or source in package.parent.parents):
-            raise SLMError(f"{package} would be written inside the input model {source}, beside files of its own; "
-                           "write the package elsewhere")
-    for target in (package, package.with_suffix(".json")):
-        if target.exists() and not overwrite:
-            raise SLMError(f"{target} already exists (pass --overwrite / overwrite=True to replace it)")
-    if package.exists() and not (package / "Manifest.json").is_file():
-        raise SLMError(f"refusing to replace {package}: it is not a Core ML package")
-    if package.with_suffix(".json").is_dir():
-        raise SLMError(f"{package.with_suffix('.json')} is a folder, not a manifest")
-
-
-@contextmanager
-def staged_outputs(package: Path, overwrite: bool, inputs=()):
-    """Yield a temporary folder; on success move its entries beside ``package``, the package last.
-
-    Nothing is moved if the body fails, so an interrupted export leaves no
-    partial package or manifest. Tokenizer files beside the package are replaced
-    only with ``overwrite``.
-    """
-    refuse_existing(package, overwrite, inputs)
-    package.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{package.name}.partial-{os.getpid()}-", dir=package.parent))
-    try:
-        with scratch(staging):
-            yield staging
-            refuse_existing(package, overwrite, inputs)
-            entries = sorted(staging.iterdir(), key=lambda entry: entry.name == package.name)
-            clashes = [entry.name for entry in entries if (package.parent / entry.name).exists()]
-            if clashes and not overwrite:
-                raise SLMError(f"{package.parent / clashes[0]} already exists (pass --overwrite to replace it)")
-            with deferred():
-                for entry in entries:
-                    target = package.parent / entry.name
-                    if target.is_dir():  # an old package: set it aside, so the new one replaces it in one rename
-                        target.rename(staging / f".old-{entry.name}")
-                    os.replace(entry, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def convert(ct, program, max_context: int, compute_precision: str):
