@@ -1,5 +1,5 @@
 /// Reads the logits of the last sequence position from a strided array of
-/// shape `(1, …, 1, sequence, vocabulary)`, as Core ML models return them.
+/// shape `(1, …, 1, sequence, vocabulary)`, as Core ML and Core AI models return them.
 enum LogitsLayout {
     enum Failure: Error, Equatable {
         case unexpectedShape([Int])

@@ -1,6 +1,6 @@
 import Foundation
 
-/// The JSON manifest the mlx_slm exporter writes next to a Core ML package.
+/// The JSON manifest the mlx_slm exporter writes next to a Core ML package or Core AI program.
 ///
 /// Decoding is lenient: every field is optional, wrong types read as missing,
 /// `eos_token_id` may be a number or a list, and unknown keys stay in ``raw``.
