@@ -9,7 +9,8 @@ program declares (fp16 for an fp16 op), which is how an fp16 Core ML program
 stores every intermediate. States (the KV cache) persist across
 :meth:`MILInterpreter.predict` calls until :meth:`MILInterpreter.reset`.
 An op this module does not know raises :class:`UnsupportedOpError`.
-:func:`compare_greedy` runs a prompt and greedy steps through a package and a model side by side.
+:func:`compare_greedy` runs a prompt and greedy steps through a package and a model side by side,
+with the masks of :func:`causal_mask` or :func:`zero_mask` (swift-transformers' requests).
 
     interpreter = MILInterpreter("Model.mlpackage")
     logits = interpreter.predict({"inputIds": ids, "causalMask": mask})["logits"]
@@ -208,22 +209,30 @@ DATA_MOVEMENT = {"read_state", "coreml_update_state", "slice_update", "slice_by_
 
 
 def causal_mask(query_len: int, past: int) -> np.ndarray:
-    """fp16 [1, 1, query_len, past + query_len]: 0 where a query may look, -inf elsewhere (as SLMKit sends)."""
+    """fp16 [1, 1, query_len, past + query_len + 1]: a leading 0 column (the contract's extra column),
+    then 0 where a query may look and -inf elsewhere."""
     blocked = np.arange(past + query_len)[None, :] > np.arange(query_len)[:, None] + past
-    return np.where(blocked, -np.inf, 0).astype(np.float16)[None, None]
+    mask = np.where(blocked, -np.inf, 0).astype(np.float16)
+    return np.pad(mask, ((0, 0), (1, 0)))[None, None]
 
 
-def compare_greedy(interpreter, model, prompt, steps: int):
+def zero_mask(query_len: int, past: int) -> np.ndarray:
+    """fp16 zeros [1, 1, 1, past + query_len + 1]: what swift-transformers sends (the program masks causally)."""
+    return np.zeros((1, 1, 1, past + query_len + 1), np.float16)
+
+
+def compare_greedy(interpreter, model, prompt, steps: int, mask=causal_mask):
     """Prefill ``prompt`` then ``steps`` greedy steps fed with the model's token, through the package
     (``interpreter``, from an empty cache) and the model (``model.make_cache()``, then
-    ``model(ids [1, T] int32, cache)`` -> float logits [1, T, vocab]).
+    ``model(ids [1, T] int32, cache)`` -> float logits [1, T, vocab]). ``mask(T, past)`` makes each
+    call's causalMask (:func:`causal_mask`, or :func:`zero_mask` as swift-transformers sends).
 
     Returns (tokens from the package, tokens from the model, max |Δlogit| over every position).
     """
     interpreter.reset()
     prompt = np.array([prompt], np.int32)
     cache = model.make_cache()
-    ours = interpreter.predict({"inputIds": prompt, "causalMask": causal_mask(prompt.shape[1], 0)})["logits"]
+    ours = interpreter.predict({"inputIds": prompt, "causalMask": mask(prompt.shape[1], 0)})["logits"]
     theirs = model(prompt, cache)
     delta, past = 0.0, prompt.shape[1]
     package_tokens, model_tokens = [], []
@@ -234,7 +243,7 @@ def compare_greedy(interpreter, model, prompt, steps: int):
         if len(model_tokens) > steps:
             break
         step = np.array([[model_tokens[-1]]], np.int32)
-        ours = interpreter.predict({"inputIds": step, "causalMask": causal_mask(1, past)})["logits"]
+        ours = interpreter.predict({"inputIds": step, "causalMask": mask(1, past)})["logits"]
         theirs = model(step, cache)
         past += 1
     return package_tokens, model_tokens, delta

@@ -14,7 +14,7 @@ from mlx_slm.errors import SLMError
 from mlx_slm.loading import set_model_config
 
 ct = pytest.importorskip("coremltools")
-from mlx_slm.coreml.mil_interpreter import MILInterpreter, compare_greedy  # noqa: E402  (needs coremltools)
+from mlx_slm.coreml.mil_interpreter import MILInterpreter, compare_greedy, zero_mask  # noqa: E402  (coremltools)
 
 WINDOW = 8
 PROMPT = [5, 9, 100, 7, 30, 61, 200, 11, 42, 88, 150, 3, 77]  # 13 tokens > WINDOW
@@ -98,6 +98,19 @@ def test_gemma3_package_matches_model(bits, tmp_path):
           f"float32 {deltas['float32']:.5f}")
     assert deltas["float16"] < EXPECTED[bits]["float16"]
     assert deltas["float32"] < EXPECTED[bits]["float32"] and deltas["float32"] < deltas["float16"]
+
+
+@pytest.mark.mlx
+def test_gemma3_under_swift_transformers_requests(tmp_path):
+    """swift-transformers' requests (zero causalMask [1, 1, 1, S + 1]): the program builds both the causal mask and
+    the sliding window itself; prompts of 1 and 13 tokens (window 8), then 8 greedy steps."""
+    model, tokenizer = gemma3_model(tmp_path)
+    package = mlx_slm.export_coreml(model, tokenizer, tmp_path / "out" / "Gemma.mlpackage", max_context=32)
+    interpreter = MILInterpreter(package)
+    for prompt in ([PROMPT[0]], PROMPT):
+        package_tokens, model_tokens, delta = compare_greedy(interpreter, MLXSteps(model), prompt, STEPS,
+                                                             mask=zero_mask)
+        assert package_tokens == model_tokens and delta < EXPECTED[None]["float16"], (len(prompt), delta)
 
 
 @pytest.mark.mlx

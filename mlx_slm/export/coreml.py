@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from .manifest import build_manifest
 from .package import check_request, package_path, refuse_existing, resolve_max_context, staged_outputs
 from .weights import model_weights
 
+EXPORTERS_NAME = "co.huggingface.exporters.name"  # swift-transformers' LanguageModel.modelName reads it
 BUILDERS = {**{model_type: LlamaProgramBuilder for model_type in SUPPORTED},
             **{model_type: Gemma3ProgramBuilder for model_type in GEMMA3_TYPES}}
 
@@ -78,25 +80,34 @@ def convert(ct, program, max_context: int, compute_precision: str):
             compute_precision=ct.precision.FLOAT32,  # keep the program's own dtypes (fp16, fp32 norms)
             inputs=[ct.TensorType(INPUT_IDS, shape=(1, ct.RangeDim(1, max_context)), dtype=np.int32),
                     ct.TensorType(CAUSAL_MASK, shape=(1, 1, ct.RangeDim(1, max_context),
-                                                      ct.RangeDim(1, max_context)), dtype=np.float16)],
+                                                      ct.RangeDim(2, max_context + 1)), dtype=np.float16)],
             outputs=[ct.TensorType(LOGITS, dtype=np.dtype(compute_precision).type)],
             pass_pipeline=pass_pipeline(ct, compute_precision), skip_model_load=True)
 
 
 def pass_pipeline(ct, compute_precision: str):
     """coremltools' default passes minus transpose reduction (a third of the conversion time,
-    nothing to gain: the program has one transpose per head split/merge) and minus the lut
-    canonicalization, which would multiply a lut layer's per-row scales into per-row copies of its
-    shared palettes (16 bytes per row and palette entry instead of 2 per row).
+    nothing to gain: the program has one transpose per head split/merge).
 
     For float32 programs constant folding is limited to scalars: folding ``cast(fp16 weight)`` would
     store every float weight again as fp32.
     """
     pipeline = ct.PassPipeline.DEFAULT
-    pipeline.remove_passes(["common::reduce_transposes", "common::canonicalize_quantized_lut_pattern"])
+    pipeline.remove_passes(["common::reduce_transposes"])
     if compute_precision == "float32":
         pipeline.set_options("common::const_elimination", {"skip_const_by_size": "0"})
     return pipeline
+
+
+def hub_name(model, config: dict) -> str | None:
+    """The Hugging Face repo id the model came from: the ``models--org--name`` folder of a Hub download,
+    else config.json's ``_name_or_path`` when it reads ``org/name``; None when neither says."""
+    source = model_source(model)
+    for part in () if source is None else Path(source).parts:
+        if part.startswith("models--") and part.count("--") == 2:
+            return part.removeprefix("models--").replace("--", "/")
+    name = config.get("_name_or_path")
+    return name if isinstance(name, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) else None
 
 
 def program_config(model, config: dict) -> dict:
@@ -111,7 +122,7 @@ def program_weights(model, config: dict) -> dict:
 
 
 def export_coreml(model, tokenizer, out_path, max_context: int | None = None,
-                  compute_precision: str = "float16", overwrite: bool = False) -> Path:
+                  compute_precision: str = "float16", overwrite: bool = False, name: str | None = None) -> Path:
     """Write ``Name.mlpackage``, ``Name.json`` and the tokenizer files into out_path's folder.
 
     model: from :func:`mlx_slm.load` (MLX or numpy backend), float or quantized (affine, lut, ternary).
@@ -120,6 +131,9 @@ def export_coreml(model, tokenizer, out_path, max_context: int | None = None,
     compute_precision: "float16" (activations and KV cache; RMSNorm statistics in fp32) or
     "float32" (activations, attention and logits in fp32; weights and the KV-cache states stay
     fp16 or compressed).
+    name: the metadata ``co.huggingface.exporters.name``, the Hub repo swift-transformers fetches
+    config and tokenizer from when the app passes no tokenizer (default: :func:`hub_name`, else the
+    package's name).
     Returns the package path.
     """
     config = model_config(model)
@@ -143,6 +157,7 @@ def export_coreml(model, tokenizer, out_path, max_context: int | None = None,
     layers = [layer_record(path.removesuffix(".weight"), w) for path, w in sorted(matrices.items())]
     manifest = build_manifest(tokenizer, config, max_context, layers, __version__)
     mlmodel.short_description = f"{config.get('model_type')} language model exported by mlx_slm {__version__}"
+    mlmodel.user_defined_metadata[EXPORTERS_NAME] = name or hub_name(model, config) or package.stem
     with staged_outputs(package, overwrite, inputs) as staging:
         mlmodel.save(str(staging / package.name))
         (staging / package.with_suffix(".json").name).write_text(json.dumps(manifest, indent=2))

@@ -14,8 +14,8 @@ Same contract as :mod:`.coreml_llama` (``inputIds``, ``causalMask``, ``keyCache`
 - layer i is global when (i + 1) % sliding_window_pattern == 0 (RoPE base
   rope_theta, with rope_scaling), else sliding (base rope_local_base_freq), whose
   mask also blocks keys ``sliding_window`` or more positions behind the query.
-  That band is derived inside the program from the positions, so runners that
-  send only the causal mask get Gemma's attention. The cache keeps every
+  That band, like causality, is derived inside the program from the positions, so
+  runners that send a zero mask get Gemma's attention. The cache keeps every
   position for every layer (no rotating buffer).
 """
 
@@ -79,17 +79,15 @@ class Gemma3ProgramBuilder(LlamaProgramBuilder):
         return self.mb.mul(x=super().embed(input_ids), y=self.np_dtype(scale))
 
     def window_mask(self, mask, step: Step):
-        """causalMask [1, 1, T, E] with keys ``sliding_window`` or more positions behind their query
-        set to -inf: query i sits at position P + i, key j at position j."""
+        """The causal mask [1, 1, T, P + T] with keys ``sliding_window`` or more positions behind their
+        query set to -inf: query i sits at position P + i, key j at position j."""
         mb = self.mb
-        queries = mb.expand_dims(x=mb.range_1d(start=step.past, end=step.end, step=1), axes=[1])  # [T, 1]
-        keys = mb.expand_dims(x=mb.range_1d(start=0, end=step.end, step=1), axes=[0])  # [1, E]
-        outside = mb.greater_equal(x=mb.sub(x=queries, y=keys), y=np.int32(self.window))  # [T, E]
+        outside = mb.greater_equal(x=mb.sub(x=step.queries, y=step.keys), y=np.int32(self.window))  # [T, P + T]
         return mb.select(cond=outside, a=self.np_dtype(-np.inf), b=mask)
 
     def layer_inputs(self, mask, step: Step) -> list:
         """Sliding layers: local RoPE base and the windowed mask; global layers: rope_theta (+ scaling)
-        and the caller's mask."""
+        and the causal mask."""
         local = self.rope_rows("rope_local", rope_inverse_frequencies(
             {"rope_theta": self.config["rope_local_base_freq"]}, self.head_dim), step)
         global_ = self.rope_rows("rope_global", rope_inverse_frequencies(self.config, self.head_dim), step)

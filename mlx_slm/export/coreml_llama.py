@@ -1,10 +1,16 @@
 """The MIL program (iOS 18) of a Llama-family model with a stateful KV cache.
 
-Contract (swift-transformers' stateful models, SLMKit's ``CoreMLLanguageModel``):
+Contract: what swift-transformers' ``LanguageModelWithStatefulKVCache`` sends
+(Sources/Models/LanguageModel.swift): on prefill ``inputIds`` [1, N] with a zero
+``causalMask`` [1, 1, 1, N + 1]; on each later step the newest token [1, 1] with a
+zero ``causalMask`` [1, 1, 1, S + 1], S = tokens seen including it. So:
 
-- inputs ``inputIds`` int32 [1, T] and ``causalMask`` fp16 [1, 1, T, P + T]
-  (0 where a query may look, -inf elsewhere); the position of the first token,
-  P, is ``causalMask.shape[3] - causalMask.shape[2]``;
+- inputs ``inputIds`` int32 [1, T] and ``causalMask`` fp16 [1, 1, 1 or T, P + T + 1];
+  P, the position of the first token, is ``causalMask.shape[3] - 1 - inputIds.shape[1]``;
+- the program masks causally itself (key j is hidden from query i when j > P + i), so an
+  all-zero mask is enough. The mask's columns 1 .. P + T are added to the scores of keys
+  0 .. P + T - 1 (broadcast over queries when it has one row); column 0 is ignored
+  (it stands for the empty cache row the reference PyTorch export leaves before token 0);
 - states ``keyCache`` / ``valueCache`` fp16 [layers, kv_heads, max_context, head_dim],
   rows P .. P+T-1 written with ``slice_update`` + ``coreml_update_state``;
 - output ``logits`` [1, T, vocab], in the compute dtype.
@@ -36,10 +42,13 @@ COMPUTE_DTYPES = {"float16": ("fp16", np.float16), "float32": ("fp32", np.float3
 
 class Step(NamedTuple):
     """What every layer of one call shares: positions P (``past``) and P + T (``end``), int32
-    scalars, and the two cache states."""
+    scalars; the query positions P .. P+T-1 as [T, 1] and the key positions 0 .. P+T-1 as
+    [1, P + T] (int32); and the two cache states."""
 
     past: object
     end: object
+    queries: object
+    keys: object
     key_cache: object
     value_cache: object
 
@@ -204,9 +213,27 @@ class LlamaProgramBuilder:
         return self.mb.gather(x=self.weight("model.embed_tokens"), indices=input_ids, axis=0)
 
     def layer_inputs(self, mask, step: Step) -> list:
-        """Per layer: (rope (cos, sin), attention mask). Llama: one RoPE and the caller's causal mask."""
+        """Per layer: (rope (cos, sin), attention mask). Llama: one RoPE and the causal mask."""
         rope = self.rope_rows("rope", rope_inverse_frequencies(self.config, self.head_dim), step)
         return [(rope, mask)] * self.num_layers
+
+    def step(self, input_ids, mask, key_cache, value_cache) -> Step:
+        """Positions from the inputs' shapes: P + T = causalMask.shape[3] - 1, T = inputIds.shape[1]."""
+        mb = self.mb
+        end = mb.sub(x=mb.gather(x=mb.shape(x=mask), indices=3), y=np.int32(1))
+        past = mb.sub(x=end, y=mb.gather(x=mb.shape(x=input_ids), indices=1))
+        queries = mb.expand_dims(x=mb.range_1d(start=past, end=end, step=1), axes=[1])
+        keys = mb.expand_dims(x=mb.range_1d(start=0, end=end, step=1), axes=[0])
+        return Step(past=past, end=end, queries=queries, keys=keys, key_cache=key_cache, value_cache=value_cache)
+
+    def causal_mask(self, mask, step: Step):
+        """causalMask [1, 1, 1 or T, P + T + 1] -> [1, 1, T, P + T] (compute dtype): its columns 1 .. P + T,
+        -inf where a key comes after its query."""
+        mb = self.mb
+        given = mb.slice_by_index(x=self.to_compute(mask), begin=[0, 0, 0, 1], end=[0, 0, 0, 0],
+                                  end_mask=[True, True, True, True])
+        later = mb.greater(x=step.keys, y=step.queries)  # [T, P + T]
+        return mb.select(cond=later, a=self.np_dtype(-np.inf), b=given)
 
     def block(self, layer: int, h, rope, mask, step: Step):
         """One decoder layer, pre-norm: h + attention(norm(h)), then + mlp(norm(h))."""
@@ -215,13 +242,10 @@ class LlamaProgramBuilder:
         return mb.add(x=h, y=self.mlp(layer, self.rms_norm(f"{prefix}.post_attention_layernorm", h)))
 
     def forward(self, input_ids, mask, key_cache, value_cache):
-        """inputIds [1, T], causalMask [1, 1, T, E] -> logits [1, T, vocab] (compute dtype)."""
+        """inputIds [1, T], causalMask [1, 1, 1 or T, P + T + 1] -> logits [1, T, vocab] (compute dtype)."""
         mb = self.mb
-        mask_shape = mb.shape(x=mask)
-        end = mb.gather(x=mask_shape, indices=3)
-        step = Step(past=mb.sub(x=end, y=mb.gather(x=mask_shape, indices=2)), end=end,
-                    key_cache=key_cache, value_cache=value_cache)
-        inputs = self.layer_inputs(self.to_compute(mask), step)
+        step = self.step(input_ids, mask, key_cache, value_cache)
+        inputs = self.layer_inputs(self.causal_mask(mask, step), step)
         h = self.embed(input_ids)
         for layer, (rope, layer_mask) in enumerate(inputs):
             h = self.block(layer, h, rope, layer_mask, step)

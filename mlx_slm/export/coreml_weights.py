@@ -12,15 +12,27 @@ affine 2, 3    ``constexpr_lut_to_dense``            uint2 / uint3 codes (the mo
                                                      i = 0 .. 2^bits - 1 (no shift-scale type
                                                      has 2 or 3 bits)
 lut 2, 3, 4    ``constexpr_lut_to_dense``            uint2 / uint3 / uint4 codes and the model's
-                                                     fp16 palettes [N/g, 1, 2^bits, 1]; a per-row
-               (+ ``constexpr_blockwise_shift_scale``) scale multiplies the decoded fp16 matrix
+                                                     fp16 palettes [N/g, 1, 2^bits, 1]; with row
+                                                     scales one palette per row instead: row scale
+                                                     times its group's palette, rounded once to fp16
 ternary        ``constexpr_lut_to_dense``            uint2 codes c = t + 1 and one table
                                                      [-s, 0, s, 0] per row and scale group
 float          ``const``                             fp16
 =============  ====================================  =========================================
 
-Both constexpr ops decompress to exactly ``scale * q + bias`` per group (up to
-the fp16 rounding of the offset or of the table entries); nothing is re-quantized.
+Nothing is re-quantized. Lookup tables hold the model's weight values rounded to fp16
+(fp16(scale * i + bias) for 2/3-bit affine groups), so those layers decode bit for bit to the
+model's weights in fp16. Shift-scale computes scale * (q - offset)
+with an fp16 offset, which rounds: see :func:`shift_scale_arrays` for the bound.
+
+Row-scaled lut layers are folded into per-row palettes rather than emitted as
+``constexpr_lut_to_dense`` followed by ``constexpr_blockwise_shift_scale``: coremltools rewrites
+that order for every target before iOS 26 (its ``canonicalize_quantized_lut_pattern`` pass: a
+runtime issue fixed in iOS 26), into a shift-scale of per-row palette copies followed by the lookup.
+The folded tables are that rewrite's result computed at export: the same values and the same
+per-row tables, without the scales. With one palette per row (group size 1) they cost 2 bytes per
+row less than palettes plus scales; with g rows per palette they cost 2^bits * 2 * (1 - 1/g) - 2
+bytes per row more.
 """
 
 from __future__ import annotations
@@ -53,8 +65,8 @@ def coreml_op_name(weight) -> str:
 def coreml_bytes(weight) -> int:
     """Bytes the weight's arrays take in the package (before the blob's alignment)."""
     if isinstance(weight, PalettizedWeight):
-        scales = 0 if weight.row_scales is None else weight.row_scales.size * 2
-        return weight.codes.size * weight.bits // 8 + weight.lut.size * 2 + scales
+        tables = weight.lut.size if weight.row_scales is None else weight.row_scales.size * weight.lut.shape[-1]
+        return weight.codes.size * weight.bits // 8 + tables * 2
     if not isinstance(weight, AffineWeight):
         return weight.size * 2
     rows, columns = weight.shape
@@ -66,7 +78,14 @@ def coreml_bytes(weight) -> int:
 
 
 def shift_scale_arrays(weight: AffineWeight):
-    """``(scale, offset)`` fp16 [N, K/g] with ``scale * (q - offset) == scale * q + bias``.
+    """``(scale, offset)`` fp16 [N, K/g] with ``scale * (q - offset) == scale * q + bias`` up to the
+    fp16 rounding of offset = -bias / scale.
+
+    That rounding moves every weight of a group by scale * |offset error| <= scale * ulp(offset) / 2,
+    i.e. 2^-8 of a quantization step while |offset| < 16 (4-bit groups spanning zero), before the
+    result's own fp16 rounding. No fp16 offset is exact in general: -bias / scale needs more than
+    fp16's 11 significant bits, and a per-group lookup table (exact: its entries are the fp16 weights)
+    costs 2^bits fp16 entries per group instead of two numbers (8.0 bpw instead of 4.5 at 4-bit g64).
 
     A group whose offset does not fit fp16 (a tiny scale over constant weights)
     has one code throughout; it gets scale = its value and offset = code - 1.
@@ -113,16 +132,22 @@ def weight_var(mb, weight, name: str):
 UINT_TYPES = {2: "np_uint2_dtype", 3: "np_uint3_dtype", 4: "np_uint4_dtype"}
 
 
+def palettes(weight: PalettizedWeight) -> np.ndarray:
+    """fp16 [tables, 1, 2^bits, 1]: the model's palettes, or with row scales one per row, holding
+    fp16(row scale * palette entry): each decoded weight is the model's, rounded once to fp16."""
+    lut = weight.lut.astype(np.float32)
+    if weight.row_scales is not None:
+        rows = weight.row_scales.shape[0]
+        lut = np.repeat(lut, rows // lut.shape[0], axis=0) * weight.row_scales.astype(np.float32)[:, :, None]
+    return lut.astype(np.float16)[..., None]
+
+
 def palettized_var(mb, weight: PalettizedWeight, name: str):
-    """constexpr_lut_to_dense over the model's own codes and tables (then the row scales, if any)."""
+    """One constexpr_lut_to_dense over the model's own codes and :func:`palettes`."""
     from coremltools.converters.mil.mil import types
 
     indices = weight.codes.astype(getattr(types, UINT_TYPES[weight.bits]))
-    lut = weight.lut.astype(np.float16)[..., None]
-    if weight.row_scales is None:
-        return mb.constexpr_lut_to_dense(indices=indices, lut=lut, name=name)
-    dense = mb.constexpr_lut_to_dense(indices=indices, lut=lut, name=f"{name}_palettized")
-    return mb.constexpr_blockwise_shift_scale(data=dense, scale=weight.row_scales.astype(np.float16), name=name)
+    return mb.constexpr_lut_to_dense(indices=indices, lut=palettes(weight), name=name)
 
 
 def layer_record(path: str, weight) -> dict:

@@ -40,12 +40,14 @@ final class CoreMLContractTests: XCTestCase {
     func testCausalMaskForPrefillAndDecode() {
         let o = CausalMask.allowedBits
         let x = CausalMask.blockedBits
-        XCTAssertEqual(CausalMask.float16Bits(queryLength: 3, pastLength: 0), [o, x, x,
-                                                                                o, o, x,
-                                                                                o, o, o])
-        XCTAssertEqual(CausalMask.float16Bits(queryLength: 1, pastLength: 3), [o, o, o, o])
-        XCTAssertEqual(CausalMask.float16Bits(queryLength: 2, pastLength: 1), [o, o, x,
-                                                                                o, o, o])
+        // the leading column is the one swift-transformers adds (the program ignores it)
+        XCTAssertEqual(CausalMask.width(queryLength: 3, pastLength: 0), 4)
+        XCTAssertEqual(CausalMask.float16Bits(queryLength: 3, pastLength: 0), [o, o, x, x,
+                                                                                o, o, o, x,
+                                                                                o, o, o, o])
+        XCTAssertEqual(CausalMask.float16Bits(queryLength: 1, pastLength: 3), [o, o, o, o, o])
+        XCTAssertEqual(CausalMask.float16Bits(queryLength: 2, pastLength: 1), [o, o, o, x,
+                                                                                o, o, o, o])
         XCTAssertEqual(HalfPrecision.float(fromBits: x), -.infinity)
     }
 

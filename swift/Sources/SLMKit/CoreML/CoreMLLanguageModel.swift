@@ -13,7 +13,8 @@ public enum CoreMLLanguageModelError: Error, Equatable {
 
 /// Runs a stateful Core ML export with the swift-transformers contract:
 /// inputs `inputIds` (int32, `(1, N)`, ranged N) and `causalMask`
-/// (float16, `(1, 1, N, past + N)`), states `keyCache` / `valueCache`, output `logits`.
+/// (float16, `(1, 1, N, past + N + 1)`: see ``CausalMask``), states `keyCache` / `valueCache`,
+/// output `logits`.
 ///
 /// The KV cache lives in an `MLState` that persists across ``logits(for:)``
 /// calls until ``reset()``. Stateful prediction needs iOS 18 / macOS 15.
@@ -103,15 +104,15 @@ public actor CoreMLLanguageModel: CausalLanguageModel {
     }
 
     private static func causalMask(queryLength: Int, pastLength: Int) throws -> MLMultiArray {
-        let keyLength = pastLength + queryLength
+        let width = CausalMask.width(queryLength: queryLength, pastLength: pastLength)
         let array = try MLMultiArray(
-            shape: [1, 1, NSNumber(value: queryLength), NSNumber(value: keyLength)], dataType: .float16)
+            shape: [1, 1, NSNumber(value: queryLength), NSNumber(value: width)], dataType: .float16)
         let bits = CausalMask.float16Bits(queryLength: queryLength, pastLength: pastLength)
         array.withUnsafeMutableBytes { raw, strides in
             let halves = raw.bindMemory(to: UInt16.self)
             for query in 0..<queryLength {
-                for key in 0..<keyLength {
-                    halves[query * strides[2] + key * strides[3]] = bits[query * keyLength + key]
+                for column in 0..<width {
+                    halves[query * strides[2] + column * strides[3]] = bits[query * width + column]
                 }
             }
         }
