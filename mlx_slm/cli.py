@@ -40,7 +40,7 @@ def cmd_quantize(args) -> None:
 
     check_output(args, args.model, args.calib, args.config)
     settings = quantize_config(args)
-    model, tokenizer = mlx_slm.load(args.model, backend=args.backend)
+    model, tokenizer = mlx_slm.load(args.model, backend=args.backend, lazy=True)  # read block by block
     mlx_slm.quantize(model, settings, Calibration(args.calib, tokenizer, args.num_samples, args.seq_len))
     record = model_config(model).get("mlx_slm") or {}
     if "plan" in record:

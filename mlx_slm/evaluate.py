@@ -17,6 +17,8 @@ from .loading import model_config
 from .progress import hidden
 from .stats import weight_stats
 
+SCORED_ROWS = 64  # positions whose log-probabilities are held at once
+
 
 class Runner:
     """Uniform access to a model: float32 logits and greedy decode speed."""
@@ -102,6 +104,22 @@ def make_runner(model, stack: ExitStack, cpu_engine: str | None) -> Runner:
     return Runner(model)
 
 
+def window_scores(logits: np.ndarray, ref_logits, targets: np.ndarray) -> tuple:
+    """(sum of -log p(target), sum of KL(reference || model), top-1 agreements) over a window's
+    positions, ``logits`` / ``ref_logits`` [T, V] float32 and ``targets`` [T - 1], scored
+    :data:`SCORED_ROWS` positions at a time (a 512 x 150k window's log-probabilities would be 300 MB)."""
+    nll = kl = agree = 0.0
+    for start in range(0, len(targets), SCORED_ROWS):
+        rows = slice(start, min(start + SCORED_ROWS, len(targets)))
+        logprobs = log_softmax(logits[rows])
+        nll += -logprobs[np.arange(len(logprobs)), targets[rows]].sum()
+        if ref_logits is not None:
+            ref_logprobs = log_softmax(ref_logits[rows])
+            kl += (np.exp(ref_logprobs) * (ref_logprobs - logprobs)).sum()
+            agree += (ref_logprobs.argmax(-1) == logprobs.argmax(-1)).sum()
+    return nll, kl, agree
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
@@ -144,15 +162,12 @@ def evaluate(model, tokenizer, text, reference=None, seq_len: int = 512, max_win
             mx.reset_peak_memory()
         for window in tqdm(windows, desc="evaluating", disable=hidden(progress)):
             start = time.perf_counter()
-            logprobs = log_softmax(runner.logits(window))[:-1]
+            logits = runner.logits(window)
             model_seconds += time.perf_counter() - start
-            targets = window[1:]
-            nll_sum += -logprobs[np.arange(len(targets)), targets].sum()
-            scored += len(targets)
-            if ref_runner is not None:
-                ref_logprobs = log_softmax(ref_runner.logits(window))[:-1]
-                kl_sum += (np.exp(ref_logprobs) * (ref_logprobs - logprobs)).sum()
-                agree += (ref_logprobs.argmax(-1) == logprobs.argmax(-1)).sum()
+            ref_logits = ref_runner.logits(window) if ref_runner is not None else None
+            nll, kl, agreeing = window_scores(logits, ref_logits, window[1:])
+            nll_sum, kl_sum, agree = nll_sum + nll, kl_sum + kl, agree + agreeing
+            scored += len(window) - 1
         decode = runner.decode_speed(windows[0][: min(16, seq_len)], decode_tokens) if decode_tokens else None
     stats = weight_stats(model)
     return {

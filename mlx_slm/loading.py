@@ -140,7 +140,7 @@ def build_lowbit_mlx_model(folder: Path, config: dict):
     return model
 
 
-def load_folder_mlx(folder: Path):
+def load_folder_mlx(folder: Path, lazy: bool = False):
     from mlx_lm.utils import load_model, load_tokenizer
 
     hf.check_weights(folder)
@@ -149,7 +149,7 @@ def load_folder_mlx(folder: Path):
         model = build_lowbit_mlx_model(folder, config)
     else:
         try:
-            model, config = load_model(folder)
+            model, config = load_model(folder, lazy=lazy)
         except ValueError as err:
             raise SLMError(f"cannot load {folder}: {one_line(err)}") from None
         from mlx.utils import tree_flatten
@@ -186,12 +186,15 @@ def read_tokenizer(folder: Path, read):
                        f"missing or broken?): {first}") from None
 
 
-def load(source, backend: str | None = None, dtype: str = "float16", progress: bool = True):
+def load(source, backend: str | None = None, dtype: str = "float16", progress: bool = True, lazy: bool = False):
     """Load a model and its tokenizer.
 
     source: a Hugging Face / MLX folder, a Hub repo id (``org/name``), or a ``.gguf`` file.
     backend: "mlx" or "numpy" (default: MLX when importable).
     dtype: float dtype for tensors decoded from GGUF ("float16", "bfloat16", "float32").
+    lazy: MLX folders only: read each tensor from its file when first computed with, not now, so
+    a method that works block by block never holds the whole float model (the files must stay
+    unchanged while the model is used).
     Returns ``(model, tokenizer)``.
     """
     backend = resolve_backend(backend)
@@ -211,5 +214,5 @@ def load(source, backend: str | None = None, dtype: str = "float16", progress: b
         return remember_source(model, path), TokenizerWrapper(tokenizer, eos_token_ids=[config["eos_token_id"]]
                                                               if "eos_token_id" in config else None)
     folder = hf.resolve(source)
-    model, tokenizer = load_folder_numpy(folder) if backend == "numpy" else load_folder_mlx(folder)
+    model, tokenizer = load_folder_numpy(folder) if backend == "numpy" else load_folder_mlx(folder, lazy)
     return remember_source(model, folder), tokenizer

@@ -112,7 +112,7 @@ def store_numpy(model, chosen: dict) -> None:
     """Replace numpy layers' weights with ``chosen`` (path -> {suffix: array})."""
     for path, arrays in chosen.items():
         model.weights.update({f"{path}.{suffix}": a for suffix, a in arrays.items()})
-    model.drop_cache()
+    model.drop_cache(list(chosen))
 
 
 def apply_numpy(model, plan: dict, weight_format, progress: bool) -> None:
@@ -136,9 +136,10 @@ def apply_mlx(model, plan: dict, chosen: dict | None = None) -> None:
                                                "mode": "affine"}
 
     nn.quantize(model, class_predicate=predicate)
-    if chosen:
+    if chosen:  # the values nn.quantize computed (lazily) are replaced before anything evaluates them
         model.update(tree_unflatten([(f"{path}.{suffix}", mlx_array(array)) for path, arrays in chosen.items()
                                      for suffix, array in arrays.items()]))
+        return
     mx.eval(model.parameters())
 
 
@@ -156,7 +157,7 @@ def layer_importance(engine, names, tokens: np.ndarray, progress: bool) -> dict:
             stats(engine.head_name, engine.norm("model.norm", h))
     finally:
         engine.observer = None
-    return {name: stats.importance(name) for name in names if name in stats.tokens}
+    return {name: stats.importance(name) for name in names if stats.watched(name)}
 
 
 def choose_layer(w: np.ndarray, weight_format, settings: dict, method: str, importance, per_row_scale):
@@ -235,14 +236,20 @@ def quantize_calibrated(model, plan: dict, method: str, job: Job):
     todo = [path for path, settings in plan.items() if settings is not None]
     dtypes = weight_dtypes(model, todo)
     engine = numpy_engine(model)
+
+    def store(results: dict) -> None:  # one block's layers at a time: their float weights are freed now
+        chosen = {path: stored_arrays(get_format("affine"), stored) for path, stored in results.items()}
+        if backend_of(model) == "numpy":
+            store_numpy(model, chosen)
+            return
+        apply_mlx(model, {path: plan[path] for path in chosen}, chosen)
+        for path in chosen:  # the twin's reference to the float weight
+            engine.weights.pop(f"{path}.weight", None)
+
     choice = sequential_choose(engine, plan, job.tokens, method, dtypes, job.record.get("gptq"),
-                               job.record.get("awq"), progress=job.progress, param_dtypes=float_dtypes(model))
-    chosen = {path: stored_arrays(get_format("affine"), stored) for path, stored in choice.results.items()}
+                               job.record.get("awq"), progress=job.progress, param_dtypes=float_dtypes(model),
+                               store=store)
     store_floats(model, choice.float_updates)
-    if backend_of(model) == "numpy":
-        store_numpy(model, chosen)
-    else:
-        apply_mlx(model, plan, chosen)
     return choice
 
 

@@ -14,7 +14,8 @@ from mlx_slm.formats import affine
 from mlx_slm.formats.affine import dequantize_codes
 from mlx_slm.formats.dtypes import bfloat16
 from mlx_slm.io import safetensors_np
-from mlx_slm.quant.gptq import gptq_quantize, inverse_hessian_factor, static_grid, upper_cholesky_of_inverse
+from mlx_slm.quant.factor import reverse_cholesky_, upper_cholesky_of_inverse_
+from mlx_slm.quant.gptq import gptq_quantize, inverse_hessian_factor, static_grid
 from mlx_slm.quant.imatrix import weighted_group_error, weighted_quantize
 
 # refit / no-refit output error of test_refit_keeps_the_codes_and_lowers_every_rows_output_error,
@@ -45,10 +46,34 @@ def test_upper_cholesky_of_inverse_matches_inverting_then_factoring(k):
     x = correlated_inputs(k, tokens=4 * k, seed=k).astype(np.float64)
     h = x.T @ x / len(x) + 0.01 * np.eye(k) * np.mean(x * x)
     expected = np.linalg.cholesky(np.linalg.inv(h)).T
-    u = upper_cholesky_of_inverse(h)
-    assert np.array_equal(u, np.triu(u))
+    buffer = h.copy()
+    u = upper_cholesky_of_inverse_(buffer)
+    assert u is buffer and np.array_equal(u, np.triu(u))
     np.testing.assert_allclose(u, expected, rtol=0, atol=1e-8 * np.abs(expected).max())
     np.testing.assert_allclose(u.T @ u @ h, np.eye(k), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("k", [130, 700])
+def test_reverse_cholesky_reads_only_the_upper_triangle_and_factors_in_place(k):
+    x = correlated_inputs(k, tokens=4 * k, seed=k).astype(np.float64)
+    h = x.T @ x / len(x) + 0.01 * np.eye(k) * np.mean(x * x)
+    buffer = np.triu(h) + np.tril(np.full_like(h, np.nan), -1)  # a lower triangle that must not be read
+    r = reverse_cholesky_(buffer)
+    expected = np.linalg.cholesky(h[::-1, ::-1])[::-1, ::-1]
+    assert r is buffer and np.array_equal(r, np.triu(r))
+    np.testing.assert_allclose(r, expected, rtol=0, atol=1e-10 * np.abs(expected).max())
+
+
+def test_float32_hessian_factor_is_computed_in_float32_within_its_precision():
+    k = 1536
+    x = correlated_inputs(k, tokens=4 * k, seed=3)
+    h32 = x.T @ x / np.float32(len(x))
+    order = np.argsort(-np.diag(h32), kind="stable")
+    u32 = inverse_hessian_factor(h32, 0.01, order)
+    u64 = inverse_hessian_factor(h32.astype(np.float64), 0.01, order)
+    assert u32.dtype == np.float32 and np.array_equal(u32, np.triu(u32))
+    # float32 has 24 bits: the factor of a damped Hessian agrees to about 1e-4 of its largest entry
+    np.testing.assert_allclose(u32, u64, rtol=0, atol=1e-4 * np.abs(u64).max())
 
 
 def test_inverse_hessian_factor_needs_dampening_for_a_singular_hessian():

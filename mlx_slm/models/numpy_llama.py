@@ -3,7 +3,9 @@
 It runs wherever numpy does, computes in float32 on numpy's BLAS, and is the
 reference the MLX paths are held against. Weights use mlx-lm names; quantized
 layers (an integer ``.weight`` plus the arrays of their format, e.g. ``.scales`` +
-``.biases`` for affine, ``.lut`` for lut) are dequantized once to float32 and cached.
+``.biases`` for affine, ``.lut`` for lut) are dequantized to float32 when used, and
+cached while the cache stays within :data:`FLOAT32_CACHE_BYTES` (a 1.7B model's float32
+copy is 6.8 GB: beyond the budget a layer is dequantized again at every use, one at a time).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from ..formats.dtypes import as_float32
 from ..qconfig import saved_layer_params
 
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "smollm")
+FLOAT32_CACHE_BYTES = 1 << 28  # float32 weights kept between calls (256 MiB; about half of a 135M model's)
 
 
 def check_model_type(config: dict) -> None:
@@ -109,7 +112,8 @@ class NumpyLlama:
         check_model_type(config)
         self.config = config
         self.weights = weights
-        self._float32 = {}
+        self._float32 = {}  # layer path -> float32 weight: cached dequantizations and set_dense overrides
+        self.cache_bytes = FLOAT32_CACHE_BYTES
         self.num_layers = int(config["num_hidden_layers"])
         self.num_heads = int(config["num_attention_heads"])
         self.num_kv_heads = int(config.get("num_key_value_heads") or self.num_heads)
@@ -123,16 +127,20 @@ class NumpyLlama:
         return KVCache(self.num_layers)
 
     def dense(self, name: str) -> np.ndarray:
-        """Float32 weight ``name`` (a layer path), dequantized if it is quantized."""
-        if name not in self._float32:
-            weight = self.weights[f"{name}.weight"]
-            if weight.dtype.kind in "ui":
-                bits, group_size, mode = saved_layer_params(self.config.get("quantization") or {}, name)
-                weight_format = get_format(mode)
-                stored = [self.weights.get(f"{name}.{suffix}") for suffix in weight_format.stored]
-                weight = weight_format.unpack(*stored, bits, group_size, dtype=np.float32)
-            self._float32[name] = as_float32(weight)
-        return self._float32[name]
+        """Float32 weight ``name`` (a layer path), dequantized if it is quantized; kept for the next
+        call while the float32 cache stays within ``cache_bytes``."""
+        if name in self._float32:
+            return self._float32[name]
+        weight = self.weights[f"{name}.weight"]
+        if weight.dtype.kind in "ui":
+            bits, group_size, mode = saved_layer_params(self.config.get("quantization") or {}, name)
+            weight_format = get_format(mode)
+            stored = [self.weights.get(f"{name}.{suffix}") for suffix in weight_format.stored]
+            weight = weight_format.unpack(*stored, bits, group_size, dtype=np.float32)
+        weight = as_float32(weight)
+        if weight.nbytes + sum(w.nbytes for w in self._float32.values()) <= self.cache_bytes:
+            self._float32[name] = weight
+        return weight
 
     def set_dense(self, name: str, weight: np.ndarray) -> None:
         """Compute layer ``name`` with float32 ``weight`` [N, K] from now on; stored weights are unchanged."""
@@ -143,7 +151,8 @@ class NumpyLlama:
         return list(self._float32)
 
     def materialize(self) -> None:
-        """Build every float32 matrix now (dequantizing), so later calls only compute."""
+        """Build the float32 matrices the cache holds now (dequantizing), so that later calls
+        compute (and dequantize only the layers beyond ``cache_bytes``)."""
         for name, value in self.weights.items():
             if name.endswith(".weight") and value.ndim == 2:
                 self.dense(name[: -len(".weight")])

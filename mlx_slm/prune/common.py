@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
 from ..backend import backend_of
 from ..errors import SLMError
 from ..loading import model_config, set_model_config
-from ..quant.gptq import inverse_hessian_factor
 
 
 def check_float_model(model, what: str) -> dict:
@@ -64,16 +61,3 @@ class Observers:
     def __call__(self, name, x):
         for observer in self.observers:
             observer(name, x)
-
-
-class HessianFactors:
-    """:func:`inverse_hessian_factor` once per distinct Hessian (q/k/v and gate/up share their input)."""
-
-    def __init__(self, damp: float):
-        self.damp, self.known = damp, {}
-
-    def __call__(self, hessian: np.ndarray) -> np.ndarray:
-        key = hashlib.sha1(np.ascontiguousarray(hessian).tobytes()).hexdigest()
-        if key not in self.known:
-            self.known[key] = inverse_hessian_factor(hessian, self.damp)
-        return self.known[key]

@@ -20,7 +20,6 @@ from ..formats.dtypes import as_float32, round_to
 from ..model_access import numpy_engine
 from ..quant.sequential import calibrate_blocks
 from .common import (
-    HessianFactors,
     add_record,
     check_float_model,
     stored_dtypes,
@@ -79,15 +78,14 @@ def target_args(target) -> dict:
     return {"pattern": target[1]} if target[0] == "nm" else {"sparsity": target[1]}
 
 
-def prune_layer(method: str, w: np.ndarray, target, stats, name: str, options: dict,
-                factors: HessianFactors | None) -> np.ndarray:
+def prune_layer(method: str, w: np.ndarray, target, stats, name: str, options: dict) -> np.ndarray:
     """New float32 weights [N, K] for one layer."""
     if method == "magnitude":
         return w * magnitude_mask(w, **target_args(target))
     if method == "wanda":
         return w * wanda_mask(w, stats.importance(name), **target_args(target))
-    hessian = stats.hessian(name)
-    pruned, _ = sparsegpt_prune(w, hessian, block_size=options["block_size"], factor=factors(hessian),
+    _, factor = stats.factor(name, options["damp"], act_order=False)
+    pruned, _ = sparsegpt_prune(w, stats.hessian(name), block_size=options["block_size"], factor=factor,
                                 **target_args(target))
     return pruned
 
@@ -105,18 +103,18 @@ def prune_weights(engine, plan: dict, method: str, tokens=None, options: dict | 
     dtypes = dtypes or {}
     results = {}
 
-    def prune_layers(names, stats, factors):
+    def prune_layers(names, stats):
         for name in names:
             stored = engine.weights[f"{name}.weight"]
-            new = prune_layer(method, as_float32(stored), todo[name], stats, name, options, factors)
+            new = prune_layer(method, as_float32(stored), todo[name], stats, name, options)
             results[name] = round_to(new, dtypes.get(name, stored.dtype))
             engine.set_dense(name, as_float32(results[name]))
 
     if method == "magnitude":
-        prune_layers(sorted(todo, key=natural_key), None, None)
+        prune_layers(sorted(todo, key=natural_key), None)
         return results
     calibrate_blocks(engine, todo, tokens, method == "sparsegpt",
-                     lambda names, stats: prune_layers(names, stats, HessianFactors(options["damp"])),
+                     prune_layers,
                      f"{method} blocks", batch_size, progress, order=lambda paths: sorted(paths, key=natural_key))
     return results
 

@@ -83,14 +83,6 @@ def search_scales(layers: list, importance: np.ndarray, hessian: np.ndarray, gri
     return candidate_scales(importance, alphas[best]), float(alphas[best]), errors
 
 
-def rescale_statistics(stats, name: str, s: np.ndarray) -> None:
-    """Inputs of ``name`` became x / s: importance / s^2 and H -> S^-1 H S^-1 in ``stats`` (in place)."""
-    inverse = 1.0 / np.asarray(s, np.float64)
-    stats.squares[name] = stats.squares[name] * np.square(inverse)
-    if name in stats.products:
-        stats.products[name] = stats.products[name] * inverse[:, None] * inverse[None, :]
-
-
 class ScaleWriter:
     """Applies a group's scales to a NumpyLlama ``engine`` and collects the float parameters that change.
 
@@ -140,7 +132,7 @@ def scale_group(writer: ScaleWriter, group, stats, settings: dict, dtypes: dict,
     settings / dtypes: per planned layer, {"bits", "group_size"} and its scales' dtype.
     Returns the chosen alpha, or None when no consumer is quantized (nothing to gain).
     """
-    planned = [name for name in group.consumers if name in settings and name in stats.tokens]
+    planned = [name for name in group.consumers if name in settings and stats.watched(name)]
     if not planned:
         return None
     engine = writer.engine
@@ -151,6 +143,5 @@ def scale_group(writer: ScaleWriter, group, stats, settings: dict, dtypes: dict,
         return alpha
     s = writer.producer(group, s)
     writer.consumers(group, s)
-    for name in planned:
-        rescale_statistics(stats, name, s)
+    stats.rescale(planned, s)
     return alpha

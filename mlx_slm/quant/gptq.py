@@ -20,51 +20,42 @@ import numpy as np
 from ..errors import SLMError
 from ..formats import affine
 from ..formats.dtypes import as_float32, round_to
+from .factor import ROWS, upper_cholesky_of_inverse_
 from .imatrix import in_row_chunks, weighted_quantize
 from .refit import refit_grid
 
 GRIDS = ("imatrix", "rtn")
 
 
-def upper_triangular_inverse(r: np.ndarray) -> np.ndarray:
-    """Inverse of an upper-triangular float64 [K, K] matrix, by halves (matrix products do the work)."""
-    k = len(r)
-    if k <= 128:
-        return np.triu(np.linalg.inv(r))
-    m = k // 2
-    top, bottom = upper_triangular_inverse(r[:m, :m]), upper_triangular_inverse(r[m:, m:])
-    inverse = np.zeros_like(r)
-    inverse[:m, :m], inverse[m:, m:] = top, bottom
-    inverse[:m, m:] = -(top @ r[:m, m:]) @ bottom
-    return inverse
+def reordered_copy(hessian: np.ndarray, order: np.ndarray, dtype) -> np.ndarray:
+    """``hessian[order][:, order]`` as a new C-contiguous ``dtype`` array, copied in slices of rows
+    (no second full-size temporary)."""
+    k = len(order)
+    out = np.empty((k, k), dtype)
+    for row in range(0, k, ROWS):
+        out[row : row + ROWS] = hessian[order[row : row + ROWS]][:, order]
+    return out
 
 
-def upper_cholesky_of_inverse(h: np.ndarray) -> np.ndarray:
-    """Upper-triangular U with ``U.T @ U = h^-1`` for a positive definite float64 h [K, K].
+def inverse_hessian_factor(hessian: np.ndarray, damp: float, order: np.ndarray | None = None) -> np.ndarray:
+    """Upper Cholesky factor U of ``(H + damp*mean(diag H)*I)^-1`` (``U.T @ U``), float32 [K, K], for
+    H = ``hessian`` with rows and columns taken in ``order`` (default: as they are).
 
-    With R upper-triangular and ``R @ R.T = h`` (the Cholesky factor of h with rows and columns
-    reversed, reversed back), ``U = R^-1``: 3x faster than inverting h first, and more accurate.
-    np.linalg.LinAlgError if h is not positive definite.
+    Computed in the Hessian's precision (float32 or float64) in one K x K buffer besides the
+    Hessian (:mod:`.factor`). The dampening grows tenfold (up to 4 times) if H is not positive definite.
     """
-    r = np.ascontiguousarray(np.linalg.cholesky(h[::-1, ::-1])[::-1, ::-1])
-    return upper_triangular_inverse(r)
-
-
-def inverse_hessian_factor(hessian: np.ndarray, damp: float) -> np.ndarray:
-    """Upper Cholesky factor U of ``(H + damp*mean(diag H)*I)^-1`` (``U.T @ U``), float32 [K, K].
-
-    The dampening grows tenfold (up to 4 times) if H is not positive definite.
-    """
-    h = np.array(hessian, np.float64)
-    diagonal = np.diag(h).copy()
+    order = np.arange(len(hessian)) if order is None else order
+    dtype = np.float64 if hessian.dtype == np.float64 else np.float32
+    diagonal = np.diag(hessian)[order].astype(dtype)
     dead = diagonal <= 0
     diagonal[dead] = 1.0
     for attempt in range(5):
+        h = reordered_copy(hessian, order, dtype)
         np.fill_diagonal(h, diagonal + damp * 10**attempt * np.mean(diagonal))
         try:
-            return upper_cholesky_of_inverse(h).astype(np.float32)
+            return upper_cholesky_of_inverse_(h).astype(np.float32, copy=False)
         except np.linalg.LinAlgError:
-            continue
+            del h
     raise SLMError("GPTQ: the Hessian is not positive definite even with strong dampening")
 
 
@@ -83,7 +74,7 @@ def prepare_hessian(hessian: np.ndarray, damp: float = 0.01, act_order: bool = T
     """``(order [K], factor [K, K])``: the column order (largest diagonal first with act-order) and
     :func:`inverse_hessian_factor` of the reordered Hessian. Layers sharing an input can share it."""
     order = np.argsort(-np.diag(hessian), kind="stable") if act_order else np.arange(len(hessian))
-    return order, inverse_hessian_factor(np.asarray(hessian)[order][:, order], damp)
+    return order, inverse_hessian_factor(hessian, damp, order)
 
 
 @in_row_chunks

@@ -21,6 +21,7 @@ import numpy as np
 from ..formats.dtypes import as_float32, round_to
 
 RIDGE = 1e-6  # relative to the mean diagonal of each row's system
+SYSTEM_ELEMENTS = 1 << 22  # float64 entries of the normal systems solved at once (32 MB; a row's is (2G)^2)
 MARGIN = 1e-4  # least relative drop of a row's error that counts: far above float32's error on it
 
 
@@ -77,8 +78,17 @@ def refit_grid(w: np.ndarray, q: np.ndarray, scales: np.ndarray, biases: np.ndar
     """Scales and biases [N, G] (dtype of ``scales``) refitted to codes ``q`` [N, K] for weights
     ``w`` [N, K] under input second moments ``hessian`` [K, K] (damped by ``damp`` x its mean
     diagonal); each row keeps the old grid where the refit, once rounded, does not lower its
-    undamped output error."""
+    undamped output error. Rows are refitted in slices whose systems hold at most
+    :data:`SYSTEM_ELEMENTS` entries (a 14336-wide row with groups of 32 has a 6.4 MB system)."""
     h = np.asarray(hessian, np.float32)
+    rows = max(1, SYSTEM_ELEMENTS // (2 * scales.shape[1]) ** 2)
+    parts = [refit_rows(w[i : i + rows], q[i : i + rows], scales[i : i + rows], biases[i : i + rows], h,
+                        group_size, damp) for i in range(0, len(q), rows)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def refit_rows(w, q, scales, biases, h: np.ndarray, group_size: int, damp: float):
+    """:func:`refit_grid` of a slice of rows, with the float32 Hessian ``h``."""
     codes = q.reshape(len(q), -1, group_size).astype(np.float32)
     residual = (np.asarray(w, np.float64) - dequantized(q, scales, biases, group_size)).astype(np.float32)
     h_residual = residual @ h

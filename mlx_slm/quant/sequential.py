@@ -18,7 +18,7 @@ from ..errors import SLMError
 from ..formats import affine
 from ..progress import hidden
 from .awq import ScaleWriter, check_options, scale_group
-from .gptq import gptq_quantize, prepare_hessian
+from .gptq import gptq_quantize
 from .graph import block_groups, head_groups
 from .imatrix import weighted_quantize
 from .statistics import InputStatistics
@@ -32,12 +32,13 @@ def in_batches(function, h: np.ndarray, batch_size: int) -> np.ndarray:
 
 
 def calibrate_blocks(engine, names, tokens: np.ndarray, gram: bool, update, desc: str, batch_size: int = 4,
-                     progress: bool = True, order=sorted) -> np.ndarray:
+                     progress: bool = True, order=sorted, done=None) -> np.ndarray:
     """Feed ``tokens`` [S, T] through the numpy ``engine`` one decoder block at a time.
 
     For each block: gather the :class:`InputStatistics` (with ``gram``) of its layers among
     ``names``, call ``update(block_names, stats)`` (which may change those layers' dense
-    weights), then run the block again so the next one sees what the updated block produces.
+    weights), then run the block again so the next one sees what the updated block produces,
+    and call ``done(block_names)`` if given: nothing computes with the block again.
     Returns the hidden states after the last block, [S, T, D].
     """
     h = in_batches(engine.embed, tokens, batch_size)
@@ -53,36 +54,23 @@ def calibrate_blocks(engine, names, tokens: np.ndarray, gram: bool, update, desc
                 engine.observer = None
             stats.release()
             update(block_names, stats)
+            del stats
         h = in_batches(partial(engine.block, layer), h, batch_size)
         engine.drop_cache([p for p in engine.dense_names() if p.startswith(prefix)])
+        if block_names and done is not None:
+            done(block_names)
     return h
 
 
-class PreparedHessians:
-    """:func:`prepare_hessian` once per distinct input (q/k/v and gate/up share theirs).
-    Use one per decoder block, so that only that block's factors are held."""
-
-    def __init__(self, damp: float, act_order: bool):
-        self.damp, self.act_order, self.known = damp, act_order, {}
-
-    def __call__(self, stats: InputStatistics, name: str):
-        """(Hessian [K, K], :func:`prepare_hessian` of it) of layer ``name``'s inputs."""
-        key = stats.input_key(name)
-        if key not in self.known:
-            hessian = stats.hessian(name)
-            self.known[key] = hessian, prepare_hessian(hessian, self.damp, self.act_order)
-        return self.known[key]
-
-
 def choose_values(method: str, w: np.ndarray, stats: InputStatistics, name: str, settings: dict, dtype,
-                  gptq_options: dict, hessians: PreparedHessians):
+                  gptq_options: dict):
     """(codes, scales, biases) for one layer; ``stats`` is None for layers with no useful inputs."""
     bits, group_size = settings["bits"], settings["group_size"]
     if stats is None:
         return weighted_quantize(w, None, bits, group_size, dtype)
     if method == "gptq":
-        hessian, prepared = hessians(stats, name)
-        return gptq_quantize(w, hessian, bits, group_size, dtype, prepared=prepared, **gptq_options)
+        prepared = stats.factor(name, gptq_options.get("damp", 0.01), gptq_options.get("act_order", True))
+        return gptq_quantize(w, stats.hessian(name), bits, group_size, dtype, prepared=prepared, **gptq_options)
     return weighted_quantize(w, stats.importance(name), bits, group_size, dtype)
 
 
@@ -105,7 +93,7 @@ def jointly_quantized(names, method: str, stats: InputStatistics, weight, settin
 class Choice(NamedTuple):
     """What :func:`sequential_choose` decided.
 
-    results: layer path -> (packed uint32, scales, biases).
+    results: layer path -> (packed uint32, scales, biases) (the layers not handed to ``store``).
     float_updates: float parameter name -> new array (AWQ's rescaled norms, biases and float layers).
     scaled: (ScalingGroup, alpha) per group AWQ looked at (alpha None: no consumer is quantized).
     """
@@ -122,7 +110,7 @@ def block_index(name: str) -> int:
 
 def sequential_choose(engine, plan: dict, tokens: np.ndarray, method: str, dtypes: dict,
                       gptq_options: dict | None = None, awq_options: dict | None = None, batch_size: int = 4,
-                      progress: bool = True, param_dtypes: dict | None = None) -> Choice:
+                      progress: bool = True, param_dtypes: dict | None = None, store=None) -> Choice:
     """Choose affine values for every planned layer of ``engine`` with calibration ``tokens`` [S, T].
 
     plan: layer path -> {"bits", "group_size"} or None (kept in float).
@@ -136,6 +124,10 @@ def sequential_choose(engine, plan: dict, tokens: np.ndarray, method: str, dtype
     the engine's arrays' dtypes).
     The engine's stored weights are left as they were, except AWQ's float updates, which are
     written to ``engine.weights`` too.
+    store: if given, called with each decoder block's results ({path: (packed, scales, biases)}) as
+    soon as nothing computes with that block again, then with the head's and the rest's; the
+    caller can then free the block's float weights, so a large model's floats and codes are not
+    all held at once. The results handed over are not kept in the returned Choice.
     """
     if method not in METHODS:
         raise SLMError(f"calibrated methods are {METHODS}, not {method!r}")
@@ -148,15 +140,13 @@ def sequential_choose(engine, plan: dict, tokens: np.ndarray, method: str, dtype
     scaled = []
 
     def quantize_layers(names, stats, layer_method, later_blocks_read_them=True):
-        hessians = PreparedHessians(gptq_options.get("damp", 0.01), gptq_options.get("act_order", True))
-
         def weight(name):
             return engine.dense(name) if awq_settings else engine.weights[f"{name}.weight"]
 
         for batch in jointly_quantized(names, layer_method, stats, weight, todo, dtypes):
             weights = [weight(name) for name in batch]
             chosen = choose_values(layer_method, np.concatenate(weights) if len(batch) > 1 else weights[0], stats,
-                                   batch[0], todo[batch[0]], dtypes[batch[0]], gptq_options, hessians)
+                                   batch[0], todo[batch[0]], dtypes[batch[0]], gptq_options)
             row_splits = np.cumsum([len(w) for w in weights])[:-1]
             for name, q, scales, biases in zip(batch, *(np.split(array, row_splits) for array in chosen)):
                 results[name] = (affine.pack_codes(q, todo[name]["bits"]), scales, biases)
@@ -175,8 +165,16 @@ def sequential_choose(engine, plan: dict, tokens: np.ndarray, method: str, dtype
             rescale(block_groups(engine, block_index(names[0])), stats)
         quantize_layers(names, stats, quantizer)
 
+    handed = set()
+
+    def hand_over(names):
+        if store is not None:
+            ready = {name: results.pop(name) for name in names if name in results}
+            handed.update(ready)
+            store(ready)
+
     gram = quantizer == "gptq" or method == "awq"
-    h = calibrate_blocks(engine, todo, tokens, gram, update, f"{method} blocks", batch_size, progress)
+    h = calibrate_blocks(engine, todo, tokens, gram, update, f"{method} blocks", batch_size, progress, done=hand_over)
 
     head = engine.head_name
     if head in todo:
@@ -186,7 +184,8 @@ def sequential_choose(engine, plan: dict, tokens: np.ndarray, method: str, dtype
         if awq_settings:
             rescale(head_groups(engine), stats)
         quantize_layers([head], stats, quantizer, later_blocks_read_them=False)
-    quantize_layers(sorted(set(todo) - set(results)), None, "imatrix", later_blocks_read_them=False)
+    quantize_layers(sorted(set(todo) - set(results) - handed), None, "imatrix", later_blocks_read_them=False)
+    hand_over(list(results))
     return Choice(results, writer.updates, scaled)
 
 

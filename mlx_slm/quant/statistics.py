@@ -4,51 +4,113 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import SLMError
+from .gptq import prepare_hessian
+
+
+class RunningSums:
+    """Sums over the input tokens x [K] of one or more layers that saw the very same inputs:
+    the token count, x**2 per column (float64 [K]) and, with a Gram matrix, x x^T (float32
+    [K, K], updated in place: a 14336-wide input's is 0.8 GB, so it is kept once, in float32)."""
+
+    def __init__(self):
+        self.serials: list[int] = []  # the inputs added, in order
+        self.count = 0
+        self.squares = None
+        self.products = None
+        self.normalized = False  # products divided by count (see InputStatistics.hessian)
+        self.factors = {}  # (damp, act_order) -> prepare_hessian's result
+
+    def add(self, serial: int, count: int, squares: np.ndarray, products) -> None:
+        self.serials.append(serial)
+        self.count += count
+        if self.squares is None:  # no other sums start with this input: its arrays can be kept as they are
+            self.squares, self.products = squares, products
+            return
+        self.squares += squares
+        if products is not None:
+            self.products += products
+
 
 class InputStatistics:
     """Observer for :meth:`NumpyLlama.linear`: per watched layer, over every input token x [K],
     the sum of x**2 per column and (with ``gram=True``) the sum of x x^T.
 
-    Layers that share one input array (q/k/v, gate/up) share its computation.
+    Layers that share one input array (q/k/v, gate/up) share its computation and one
+    :class:`RunningSums`.
     """
 
     def __init__(self, names, gram: bool):
         self.names = set(names)
         self.gram = gram
-        self.tokens: dict[str, int] = {}
-        self.squares: dict[str, np.ndarray] = {}
-        self.products: dict[str, np.ndarray] = {}
+        self.sums: dict[str, RunningSums] = {}
         self.inputs_seen: dict[str, list[int]] = {}  # per layer, the serial numbers of the inputs it saw
         self._serial = 0
-        self._last = None  # (input array, token count, squares, products) of the last input seen
+        self._last = None  # (input array, token count, squares, products, sums it started) of the last input
 
     def __call__(self, name: str, x: np.ndarray) -> None:
         if name not in self.names:
             return
         if self._last is None or self._last[0] is not x:
             flat = x.reshape(-1, x.shape[-1])
-            products = (flat.T @ flat).astype(np.float64) if self.gram else None
-            squares = np.diag(products).copy() if self.gram else np.einsum("tk,tk->k", flat, flat, dtype=np.float64)
-            self._last = (x, flat.shape[0], squares, products)
+            products = flat.T @ flat if self.gram else None
+            squares = (np.diag(products).astype(np.float64) if self.gram
+                       else np.einsum("tk,tk->k", flat, flat, dtype=np.float64))
             self._serial += 1
-        self.inputs_seen.setdefault(name, []).append(self._serial)
-        _, count, squares, products = self._last
-        self.tokens[name] = self.tokens.get(name, 0) + count
-        self.squares[name] = self.squares.get(name, 0) + squares
-        if products is not None:
-            self.products[name] = self.products.get(name, 0) + products
+            self._last = (x, flat.shape[0], squares, products, None)
+        seen = self.inputs_seen.setdefault(name, [])
+        seen.append(self._serial)
+        sums = self.sums.get(name)
+        if sums is None and len(seen) == 1:  # a first input: share the sums of a layer whose first it was too
+            sums = self._last[4] or RunningSums()
+            self._last = self._last[:4] + (sums,)
+            self.sums[name] = sums
+        if sums.serials == seen[:-1]:
+            sums.add(self._serial, *self._last[1:4])
+        elif sums.serials != seen:
+            raise SLMError(f"input statistics: {name} no longer sees the inputs of the layers it shared them with")
 
     def input_key(self, name: str) -> tuple:
         """Equal for layers that saw the very same inputs (and so have equal statistics)."""
         return tuple(self.inputs_seen[name])
 
+    def watched(self, name: str) -> bool:
+        """True once layer ``name`` has seen an input."""
+        return name in self.sums
+
     def importance(self, name: str) -> np.ndarray:
         """Mean squared activation per input column [K] (llama.cpp's importance matrix)."""
-        return self.squares[name] / self.tokens[name]
+        sums = self.sums[name]
+        return sums.squares / sums.count
 
     def hessian(self, name: str) -> np.ndarray:
-        """Second moments E[x x^T] [K, K] float64 (needs ``gram=True``)."""
-        return self.products[name] / self.tokens[name]
+        """Second moments E[x x^T] [K, K] float32 (needs ``gram=True``). The first call turns the
+        running sum into this mean in place (no copy), so no input is added afterwards."""
+        sums = self.sums[name]
+        if not sums.normalized:
+            sums.products /= np.float32(sums.count)
+            sums.normalized = True
+        return sums.products
+
+    def factor(self, name: str, damp: float, act_order: bool):
+        """:func:`~.gptq.prepare_hessian` of layer ``name``'s Hessian, ``(order [K], U [K, K])``, computed
+        once for the layers sharing that input (so a block holds one Hessian and one factor per input)."""
+        sums = self.sums[name]
+        if (damp, act_order) not in sums.factors:
+            sums.factors[damp, act_order] = prepare_hessian(self.hessian(name), damp, act_order)
+        return sums.factors[damp, act_order]
+
+    def rescale(self, names, s: np.ndarray) -> None:
+        """Inputs of ``names`` became x / s [K]: importance / s^2 and H -> S^-1 H S^-1, each shared
+        sum rescaled once, in place (factors computed before are dropped)."""
+        inverse = 1.0 / np.asarray(s, np.float64)
+        for sums in {id(self.sums[name]): self.sums[name] for name in names}.values():
+            sums.factors.clear()
+            sums.squares *= np.square(inverse)
+            if sums.products is not None:
+                inverse32 = inverse.astype(np.float32)
+                sums.products *= inverse32[:, None]
+                sums.products *= inverse32[None, :]
 
     def release(self) -> None:
         self._last = None

@@ -1,0 +1,108 @@
+"""Bounded memory at scale: shared float32 input statistics, the numpy engine's float32 cache budget,
+and benchmarks/scale.py's streamed synthetic model (issue 27)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import tiny_config, tiny_weights
+
+from mlx_slm.errors import SLMError
+from mlx_slm.formats import affine
+from mlx_slm.io import safetensors_np
+from mlx_slm.models.numpy_llama import NumpyLlama
+from mlx_slm.quant.statistics import InputStatistics
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from scale import parameter_count, tensor_shapes, write_safetensors
+
+LAYERS = ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.v_proj",
+          "model.layers.0.self_attn.o_proj", "model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj",
+          "model.layers.0.mlp.down_proj"]
+
+
+def observed(batches=3, seed=0):
+    config = tiny_config()
+    engine = NumpyLlama(config, tiny_weights(config, seed))
+    stats = InputStatistics(LAYERS, gram=True)
+    inputs = {}
+
+    def observer(name, x):
+        inputs.setdefault(name, []).append(x.reshape(-1, x.shape[-1]).astype(np.float64))
+        stats(name, x)
+
+    engine.observer = observer
+    rng = np.random.default_rng(seed)
+    for _ in range(batches):
+        engine.block(0, engine.embed(rng.integers(0, config["vocab_size"], (2, 16))))
+    return stats, inputs
+
+
+def test_layers_reading_one_input_share_one_float32_sum_equal_to_float64_statistics():
+    stats, inputs = observed()
+    q, k, v, o, gate, up, down = LAYERS
+    assert stats.sums[q] is stats.sums[k] is stats.sums[v] and stats.sums[gate] is stats.sums[up]
+    assert len({id(stats.sums[name]) for name in LAYERS}) == 4  # qkv, o, gate/up, down
+    for name in LAYERS:
+        x = np.concatenate(inputs[name])
+        expected = x.T @ x / len(x)
+        hessian = stats.hessian(name)
+        assert hessian.dtype == np.float32
+        np.testing.assert_allclose(hessian, expected, rtol=0, atol=2e-6 * np.abs(expected).max())
+        np.testing.assert_allclose(stats.importance(name), np.diag(expected), rtol=1e-5)
+    assert stats.hessian(q) is stats.hessian(k)  # the mean is taken in place, once
+
+
+def test_rescale_changes_each_shared_sum_once():
+    stats, inputs = observed(batches=1)
+    q, k, v = LAYERS[:3]
+    s = np.linspace(0.5, 2.0, stats.hessian(q).shape[0])
+    before_h, before_i = stats.hessian(q).astype(np.float64), stats.importance(q)
+    stats.rescale([q, k, v], s)
+    np.testing.assert_allclose(stats.hessian(v), before_h / np.outer(s, s), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(stats.importance(k), before_i / s**2, rtol=1e-12)
+
+
+def test_layers_that_stop_sharing_their_inputs_fail_clearly():
+    stats = InputStatistics(["a", "b"], gram=False)
+    x, y = np.ones((4, 8), np.float32), np.full((4, 8), 2, np.float32)
+    stats("a", x)
+    stats("b", x)
+    stats("a", y)
+    with pytest.raises(SLMError, match="no longer sees the inputs"):
+        stats("b", x + 1)
+
+
+@pytest.mark.parametrize("budget", [0, 40_000, 1 << 30])
+def test_float32_cache_budget_changes_no_logit_and_is_never_exceeded(budget):
+    config = tiny_config(num_hidden_layers=3)
+    weights = tiny_weights(config, 1)
+    for name in [n for n in weights if n.endswith("proj.weight")]:
+        q, scales, biases = affine.quantize_codes(weights[name], 4, 32)
+        path = name[: -len(".weight")]
+        weights.update({name: affine.pack_codes(q, 4), f"{path}.scales": scales, f"{path}.biases": biases})
+    config["quantization"] = {"group_size": 32, "bits": 4}
+    tokens = np.arange(24).reshape(2, 12) % config["vocab_size"]
+    expected = NumpyLlama(config, dict(weights))(tokens)
+    engine = NumpyLlama(config, weights)
+    engine.cache_bytes = budget
+    engine.materialize()
+    cached = sum(engine.dense(name).nbytes for name in engine.dense_names())
+    assert cached <= budget
+    if budget == 0:
+        assert engine.dense_names() == []
+    np.testing.assert_array_equal(engine(tokens), expected)
+    assert sum(engine.dense(name).nbytes for name in engine.dense_names()) <= budget
+
+
+def test_scale_benchmark_streams_a_readable_bfloat16_model(tmp_path):
+    config = {**tiny_config(), "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
+    shapes = tensor_shapes(config)
+    assert parameter_count(config) == sum(int(np.prod(shape)) for shape in shapes.values())
+    write_safetensors(tmp_path / "model.safetensors", shapes, seed=3)
+    weights = safetensors_np.load(tmp_path / "model.safetensors")
+    assert {name: tuple(array.shape) for name, array in weights.items()} == shapes
+    matrix = np.asarray(weights["model.layers.1.mlp.down_proj.weight"], np.float32)
+    assert abs(matrix.std() - 0.02) < 1e-3 and abs(matrix.mean()) < 1e-3
+    np.testing.assert_array_equal(np.asarray(weights["model.norm.weight"], np.float32), 1.0)
