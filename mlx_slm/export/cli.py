@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from .package import PRECISIONS
 
+PACKAGE_SUFFIXES = {"coreml": ".mlpackage", "coreai": ".aimodel"}
+
 COREML_DESCRIPTION = (
     "Write Name.mlpackage (Core ML, iOS 18, stateful KV cache; inputs inputIds and causalMask, states "
     "keyCache and valueCache, output logits), Name.json (the manifest SLMKit reads) and the tokenizer files "
     "into the folder of -o. Affine 4/8-bit layers keep their codes and scales (constexpr_blockwise_shift_scale), "
     "5/6-bit are stored as uint8, 2/3-bit as per-group lookup tables (constexpr_lut_to_dense); lut layers keep "
-    "their codes and palettes (constexpr_lut_to_dense, times their row scales), ternary layers become 2-bit "
-    "codes with a [-s, 0, s] table per scale; float layers become fp16. Llama family (llama, mistral, qwen2, "
-    "qwen3, smollm) and Gemma 3 (gemma3_text, gemma3: its text "
-    "model; needs the MLX backend). Needs coremltools.")
+    "their codes, their row scales folded into one palette per row (constexpr_lut_to_dense), ternary layers "
+    "become 2-bit codes with a [-s, 0, s] table per scale; float layers become fp16. Llama family (llama, "
+    "mistral, qwen2, qwen3, smollm) and Gemma 3 (gemma3_text, gemma3: its text model; needs the MLX backend). "
+    "Needs coremltools.")
 COREAI_DESCRIPTION = (
     "Write Name.aimodel (Core AI: graph main, inputs input_ids and position_ids, states keyCache and valueCache "
     "updated in place, output float16 logits, as Apple's coreai-models runner expects), Name.json (the manifest) "
@@ -30,27 +32,16 @@ GGUF_DESCRIPTION = (
     "biases f32. Llama family: llama, qwen2, qwen3.")
 
 
-def cmd_export_coreml(args) -> None:
+def cmd_export_package(args) -> None:
+    """``export coreml`` / ``export coreai``: the output checked before the model loads."""
     import mlx_slm
-    from mlx_slm.export import export_coreml
-    from mlx_slm.export.coreml import package_path, refuse_existing
-
-    refuse_existing(package_path(args.output), args.overwrite, [args.model])
-    model, tokenizer = mlx_slm.load(args.model, backend=args.backend)
-    package = export_coreml(model, tokenizer, args.output, max_context=args.max_context,
-                            compute_precision=args.compute_precision, overwrite=args.overwrite)
-    print(f"wrote {package} and {package.with_suffix('.json').name}")
-
-
-def cmd_export_coreai(args) -> None:
-    import mlx_slm
-    from mlx_slm.export import export_coreai
     from mlx_slm.export.package import package_path, refuse_existing
 
-    refuse_existing(package_path(args.output, ".aimodel"), args.overwrite, [args.model])
+    export = getattr(mlx_slm, f"export_{args.target}")
+    refuse_existing(package_path(args.output, PACKAGE_SUFFIXES[args.target]), args.overwrite, [args.model])
     model, tokenizer = mlx_slm.load(args.model, backend=args.backend)
-    package = export_coreai(model, tokenizer, args.output, max_context=args.max_context,
-                            compute_precision=args.compute_precision, overwrite=args.overwrite)
+    package = export(model, tokenizer, args.output, max_context=args.max_context,
+                     compute_precision=args.compute_precision, overwrite=args.overwrite)
     print(f"wrote {package} and {package.with_suffix('.json').name}")
 
 
@@ -65,6 +56,23 @@ def cmd_export_gguf(args) -> None:
     print(export_gguf(model, tokenizer, args.output, overwrite=args.overwrite, types=types).format())
 
 
+def add_package_target(targets, name: str, summary: str, description: str, context: str, float32: str) -> None:
+    """``export coreml`` / ``export coreai``: the same options, worded per runtime."""
+    from ..cli_common import EPILOG, add_backend
+
+    target = targets.add_parser(name, help=summary, description=description, epilog=EPILOG)
+    target.add_argument("model", help="model folder, Hub id, or .gguf file (float, affine, lut or ternary)")
+    target.add_argument("-o", "--output", required=True, help=f"Name{PACKAGE_SUFFIXES[name]} (written atomically)")
+    target.add_argument("--max-context", type=int, default=None,
+                        help=f"{context} (default: 2048, or the model's max_position_embeddings if smaller; "
+                             "at most max_position_embeddings)")
+    target.add_argument("--compute-precision", choices=PRECISIONS, default="float16",
+                        help=f"float16 (default), or float32: {float32}")
+    target.add_argument("--overwrite", action="store_true", help="replace an existing package and manifest")
+    add_backend(target)
+    target.set_defaults(run=cmd_export_package)
+
+
 def add_export_parser(commands) -> None:
     """Add ``export`` (with its ``coreml``, ``coreai`` and ``gguf`` targets) to the CLI's subcommands."""
     from ..cli_common import EPILOG, add_backend
@@ -72,32 +80,12 @@ def add_export_parser(commands) -> None:
     export = commands.add_parser("export", help="export a model to Core ML, Core AI or GGUF (llama.cpp)",
                                  description="Export a model to another runtime.", epilog=EPILOG)
     targets = export.add_subparsers(dest="target", required=True, metavar="TARGET")
-    coreml = targets.add_parser("coreml", help="Core ML .mlpackage + manifest + tokenizer",
-                                description=COREML_DESCRIPTION, epilog=EPILOG)
-    coreml.add_argument("model", help="model folder, Hub id, or .gguf file (float, affine, lut or ternary)")
-    coreml.add_argument("-o", "--output", required=True, help="Name.mlpackage (written atomically)")
-    coreml.add_argument("--max-context", type=int, default=None,
-                        help="KV-cache length in tokens (default: 2048, or the model's max_position_embeddings "
-                             "if smaller; at most max_position_embeddings)")
-    coreml.add_argument("--compute-precision", choices=PRECISIONS, default="float16",
-                        help="float16 (default), or float32: activations, attention and logits in fp32 "
-                             "(weights and KV-cache states stay fp16 or compressed)")
-    coreml.add_argument("--overwrite", action="store_true", help="replace an existing package and manifest")
-    add_backend(coreml)
-    coreml.set_defaults(run=cmd_export_coreml)
-    coreai = targets.add_parser("coreai", help="Core AI .aimodel + manifest + tokenizer",
-                                description=COREAI_DESCRIPTION, epilog=EPILOG)
-    coreai.add_argument("model", help="model folder, Hub id, or .gguf file (float, affine, lut or ternary)")
-    coreai.add_argument("-o", "--output", required=True, help="Name.aimodel (written atomically)")
-    coreai.add_argument("--max-context", type=int, default=None,
-                        help="longest context in tokens (default: 2048, or the model's max_position_embeddings "
-                             "if smaller; at most max_position_embeddings)")
-    coreai.add_argument("--compute-precision", choices=PRECISIONS, default="float16",
-                        help="float16 (default), or float32: activations, attention and KV cache in fp32 "
-                             "(logits stay float16, as Apple's runner reads them)")
-    coreai.add_argument("--overwrite", action="store_true", help="replace an existing package and manifest")
-    add_backend(coreai)
-    coreai.set_defaults(run=cmd_export_coreai)
+    add_package_target(targets, "coreml", "Core ML .mlpackage + manifest + tokenizer", COREML_DESCRIPTION,
+                       "KV-cache length in tokens", "activations, attention and logits in fp32 (weights and "
+                       "KV-cache states stay fp16 or compressed)")
+    add_package_target(targets, "coreai", "Core AI .aimodel + manifest + tokenizer", COREAI_DESCRIPTION,
+                       "longest context in tokens", "activations, attention and KV cache in fp32 (logits stay "
+                       "float16, as Apple's runner reads them)")
     from .gguf import FLOAT_CHOICES, REQUANTIZE_CHOICES
 
     gguf = targets.add_parser("gguf", help="one .gguf file for llama.cpp", description=GGUF_DESCRIPTION,
