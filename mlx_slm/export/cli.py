@@ -29,7 +29,9 @@ GGUF_DESCRIPTION = (
     "Affine 2-4-bit layers are written as Q4_1 and 5-bit ones as Q5_1, bit for bit (any group size); other "
     "affine layers are requantized (--requantize-type, default q8_0) and lut/ternary layers dequantized to "
     "--type, with the largest error per tensor reported. Float matrices become --type (default f16), norms and "
-    "biases f32. Llama family: llama, qwen2, qwen3.")
+    "biases f32; or, with --kquant, k-quants packed here (llama.cpp's Q4_K_M / Q3_K_M per-tensor recipes, or one "
+    "of Q2_K-Q6_K for every matrix), chosen to minimize the error weighted by each input column's mean squared "
+    "activation on --calib text (unweighted without --calib). Llama family: llama, qwen2, qwen3.")
 
 
 def cmd_export_package(args) -> None:
@@ -47,13 +49,20 @@ def cmd_export_package(args) -> None:
 
 def cmd_export_gguf(args) -> None:
     import mlx_slm
+    from mlx_slm.data.windows import Calibration, check_windows
+    from mlx_slm.errors import SLMError
     from mlx_slm.export.gguf import check_output_file, export_gguf, resolve_types
 
     types = {"float": args.type, "requantize": args.requantize_type}
     resolve_types(types)
-    check_output_file(args.output, args.overwrite, [args.model])
+    if args.calib is not None and args.kquant is None:
+        raise SLMError("--calib is for k-quants: pass --kquant too")
+    check_windows(args.seq_len, args.num_samples)
+    check_output_file(args.output, args.overwrite, [args.model, args.calib])
     model, tokenizer = mlx_slm.load(args.model, backend=args.backend)
-    print(export_gguf(model, tokenizer, args.output, overwrite=args.overwrite, types=types).format())
+    calibration = None if args.calib is None else Calibration(args.calib, tokenizer, args.num_samples, args.seq_len)
+    print(export_gguf(model, tokenizer, args.output, overwrite=args.overwrite, types=types, kquant=args.kquant,
+                      calibration=calibration, progress=True).format())
 
 
 def add_package_target(targets, name: str, summary: str, description: str, context: str, float32: str) -> None:
@@ -87,6 +96,7 @@ def add_export_parser(commands) -> None:
                        "longest context in tokens", "activations, attention and KV cache in fp32 (logits stay "
                        "float16, as Apple's runner reads them)")
     from .gguf import FLOAT_CHOICES, REQUANTIZE_CHOICES
+    from .kquant_plan import PRESETS
 
     gguf = targets.add_parser("gguf", help="one .gguf file for llama.cpp", description=GGUF_DESCRIPTION,
                               epilog=EPILOG)
@@ -97,6 +107,13 @@ def add_export_parser(commands) -> None:
     gguf.add_argument("--requantize-type", choices=REQUANTIZE_CHOICES, default="q8_0",
                       help="GGUF type of affine layers no GGUF block holds exactly: 6/8 bits, or scales "
                            "beyond float16 (default q8_0)")
+    gguf.add_argument("--kquant", choices=tuple(PRESETS), default=None,
+                      help="quantize a float model's matrices to k-quants: q4_k_m / q3_k_m (llama.cpp's per-tensor "
+                           "recipes) or q2_k .. q6_k (every matrix one type)")
+    gguf.add_argument("--calib", help="calibration text for --kquant (.txt or .jsonl): weights each input column "
+                                      "by its mean squared activation")
+    gguf.add_argument("--num-samples", type=int, default=64, help="calibration windows (default 64)")
+    gguf.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window (default 256)")
     gguf.add_argument("--overwrite", action="store_true", help="replace an existing file")
     add_backend(gguf)
     gguf.set_defaults(run=cmd_export_gguf)

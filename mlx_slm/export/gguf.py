@@ -5,8 +5,10 @@ The file is what llama.cpp's ``convert_hf_to_gguf.py`` writes for the same archi
 llama.cpp's names (``blk.3.attn_q.weight``) with a llama model's Q and K rows permuted for its RoPE
 kernel, no ``output.weight`` when the head is tied to the embedding. Quantized layers keep their
 values where a GGUF block holds them exactly (affine 2-4 bits -> Q4_1, 5 bits -> Q5_1, see
-:mod:`.gguf_tensors`); the returned :class:`GGUFReport` says, per tensor, how it was written and
-with what largest error.
+:mod:`.gguf_tensors`). A k-quant preset (``kquant="q4_k_m"``, :mod:`.kquant_plan`) quantizes a float
+model's matrices to Q2_K-Q6_K packed by :mod:`.kquants`, weighted by input importance from calibration
+text when given (:mod:`.gguf_importance`). The returned :class:`GGUFReport` says, per tensor, how it
+was written and with what largest error.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SLMError
+from ..formats.views import AffineWeight, PalettizedWeight
 from ..io.atomic import atomic_file, refuse_inputs
 from ..io.gguf import ARCHITECTURES, GLOBAL_NAMES, LAYER_NAMES
 from ..loading import model_config, model_source
-from .gguf_tensors import TYPE_NAMES, encode, qk_permute, take_rows
+from .gguf_importance import as_calibration, gguf_importance
+from .gguf_tensors import TYPE_NAMES, encode, encode_quantized, qk_permute, take_rows
 from .gguf_vocab import vocab_fields, write_vocab
+from .kquant_plan import PRESETS, check_preset, matrix_kind
 from .weights import model_weights
 
 log = logging.getLogger(__name__)
@@ -31,6 +36,7 @@ REQUANTIZE_CHOICES = tuple(TYPE_NAMES)  # --requantize-type: affine layouts no G
 ARCH_OF = {model_type: arch for arch, model_type in ARCHITECTURES.items()}  # model_type -> GGUF architecture
 GGUF_STEMS = {**{hf: gg for gg, hf in GLOBAL_NAMES.items()}, **{hf: gg for gg, hf in LAYER_NAMES.items()}}
 FILE_TYPES = {"F32": 0, "F16": 1, "Q4_1": 3, "Q8_0": 7, "Q5_1": 9, "BF16": 32}  # llama.cpp's LlamaFileType
+CHANGED = ("quantized", "requantized", "dequantized")  # TensorRecord.how of tensors not written exactly
 QUANTIZATION_VERSION = 2  # ggml's GGML_QNT_VERSION, which llama.cpp writes into every file
 
 
@@ -76,7 +82,7 @@ class GGUFReport:
 
     def errors(self) -> dict:
         """GGUF name -> largest |written - model| weight, for tensors not written exactly."""
-        return {t.name: t.error for t in self.tensors if t.how in ("requantized", "dequantized") or t.error}
+        return {t.name: t.error for t in self.tensors if t.how in CHANGED or t.error}
 
     def format(self) -> str:
         lines = [f"wrote {self.path}: {self.file_bytes / 1e6:.1f} MB, {self.bpw:.3f} bits per matrix weight",
@@ -84,7 +90,7 @@ class GGUFReport:
         for kind, row in self.types().items():
             bpw = "-" if row["bpw"] is None else f"{row['bpw']:.3f}"
             lines.append(f"{kind:<6} {row['tensors']:>7} {row['bytes']:>12} {bpw:>7}")
-        for how in ("requantized", "dequantized"):
+        for how in CHANGED:
             changed = [t for t in self.tensors if t.how == how]
             if changed:
                 worst = max(changed, key=lambda t: t.error)
@@ -214,18 +220,44 @@ def file_type(records: list) -> int:
     return FILE_TYPES[max(weights, key=weights.get)] if weights else FILE_TYPES["F32"]
 
 
-def export_gguf(model, tokenizer, path, overwrite: bool = False, types=None) -> GGUFReport:
+def kquant_tensors(model, tensors: list, preset: str, calibration, tokenizer, progress: bool) -> dict:
+    """GGUF name -> (type, importance or None) of every matrix under k-quant ``preset``; SLMError for a
+    quantized model (k-quants are chosen from float weights)."""
+    values = dict(tensors)
+    quantized = [name for name, value in values.items() if isinstance(value, (AffineWeight, PalettizedWeight))]
+    if quantized:
+        raise SLMError(f"k-quant presets quantize float models; {quantized[0]} is already quantized "
+                       "(export the float model)")
+    layers = int(model_config(model)["num_hidden_layers"])
+    tied = "output.weight" not in values
+    importance = {} if calibration is None else gguf_importance(model, as_calibration(calibration, tokenizer),
+                                                                progress)
+    return {name: (matrix_kind(name, value.shape[1], preset, layers, tied), importance.get(name))
+            for name, value in tensors if value.ndim == 2}
+
+
+def export_gguf(model, tokenizer, path, overwrite: bool = False, types=None, kquant: str | None = None,
+                calibration=None, progress: bool = False) -> GGUFReport:
     """Write ``model`` and ``tokenizer`` to the GGUF file ``path`` (written beside it, then renamed).
 
     model: from :func:`mlx_slm.load` (MLX or numpy backend): llama, qwen2 or qwen3, float or quantized.
     types: None, a type name for float matrices, or ``{"float": ..., "requantize": ...}``; names are
     f32, f16, bf16, q8_0 (defaults f16 and q8_0). Norms and biases are always F32; affine layers of
     2-4 bits are Q4_1 and of 5 bits Q5_1 exactly; other affine layers become the requantize type and
-    lut/ternary layers the float type (both measured). Returns a :class:`GGUFReport`.
+    lut/ternary layers the float type (both measured).
+    kquant: a preset of :data:`.kquant_plan.PRESETS` (q4_k_m, q3_k_m, q2_k .. q6_k) for a float model:
+    its matrices become k-quants (or the preset's fallbacks) instead of ``types``' float type.
+    calibration: with ``kquant``, a :class:`~mlx_slm.data.windows.Calibration` or calibration text
+    (path or list of strings); the k-quants then minimize the error weighted by each column's mean
+    squared input (None: unweighted). progress: show the calibration pass's progress.
+    Returns a :class:`GGUFReport`.
     """
     import gguf
 
     float_kind, requantize_kind = resolve_types(types)
+    preset = None if kquant is None else check_preset(kquant)
+    if calibration is not None and preset is None:
+        raise SLMError("calibration is for k-quants: pass a k-quant preset too (kquant=..., --kquant)")
     config = model_config(model)
     arch = check_config(config)
     inputs = [model_source(model)]
@@ -236,8 +268,11 @@ def export_gguf(model, tokenizer, path, overwrite: bool = False, types=None) -> 
     fields = vocab_fields(tokenizer, config)
     report = GGUFReport(path=target)
     encoded = []
-    for name, value in model_tensors(weights, config, arch):
-        tensor = encode(name, value, float_kind, requantize_kind)
+    tensors = model_tensors(weights, config, arch)
+    plan = {} if preset is None else kquant_tensors(model, tensors, preset, calibration, tokenizer, progress)
+    for name, value in tensors:
+        tensor = encode_quantized(name, value, *plan[name]) if name in plan else encode(name, value, float_kind,
+                                                                                        requantize_kind)
         encoded.append((name, tensor))
         report.tensors.append(TensorRecord(name, tensor.kind, tuple(value.shape), tensor.data.nbytes, tensor.how,
                                            tensor.error))
@@ -251,7 +286,7 @@ def export_gguf(model, tokenizer, path, overwrite: bool = False, types=None) -> 
     with atomic_file(target, inputs) as partial:
         writer = gguf.GGUFWriter(str(partial), arch)
         write_hyperparameters(writer, config, arch, title)
-        writer.add_file_type(file_type(report.tensors))
+        writer.add_file_type(PRESETS[preset][1] if preset else file_type(report.tensors))
         writer.add_quantization_version(QUANTIZATION_VERSION)
         write_vocab(writer, fields)
         for name, tensor in encoded:

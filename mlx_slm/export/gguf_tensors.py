@@ -15,7 +15,9 @@ Block layouts (ggml's, little-endian; checked against ``gguf.quants`` dequantiza
 
 Every other quantized layout (6/8-bit affine, scales beyond float16) is requantized from its
 dequantized float32 weight to Q8_0 (or a float type), and lut/ternary layers, which no GGUF type
-holds yet, are dequantized; their largest absolute error is measured on the written bytes.
+holds yet, are dequantized; their largest absolute error is measured on the written bytes. With a
+k-quant preset, float matrices are quantized (:func:`encode_quantized`): to k-quants packed by
+:mod:`.kquants`, or to the legacy block a preset falls back to, by the ``gguf`` package.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import numpy as np
 from ..errors import SLMError
 from ..formats.dtypes import as_float32
 from ..formats.views import AffineWeight, PalettizedWeight
+from .kquant_blocks import KINDS
+from .kquants import pack_kquant
 
 BLOCK = 32  # weights per Q4_1 / Q5_1 / Q8_0 block
 EXACT_TYPES = {2: "Q4_1", 3: "Q4_1", 4: "Q4_1", 5: "Q5_1"}  # affine bits -> the GGUF block that holds them
@@ -37,7 +41,8 @@ TYPE_NAMES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}  # the
 class Encoded:
     """One GGUF tensor: ``data`` (float32/float16 values, or uint8 block bytes [N, bytes per row]) of GGUF type
     ``kind`` (``"Q4_1"``); ``how``: "exact" (the model's own values), "float" (a float tensor in a float
-    type), "requantized" or "dequantized"; ``error``: largest |written - model| weight."""
+    type), "quantized" (a float matrix, by a k-quant preset), "requantized" or "dequantized";
+    ``error``: largest |written - model| weight."""
 
     data: np.ndarray
     kind: str
@@ -169,3 +174,15 @@ def encode(name: str, value, float_kind: str, requantize_kind: str) -> Encoded:
         weight, how, kind = as_float32(value), "float", float_kind
     data, kind = encode_float(name, weight, kind)
     return Encoded(data, kind, how, max_error(weight, data, kind))
+
+
+def encode_quantized(name: str, value, kind: str, importance=None) -> Encoded:
+    """A float matrix [N, K] -> :class:`Encoded` of GGUF type ``kind``: a k-quant chosen with
+    ``importance`` [K] (None: uniform) by :func:`.kquants.pack_kquant`, or a legacy fallback type
+    (Q4_0, Q5_0, Q5_1, Q8_0, F16) by the ``gguf`` package."""
+    weight = as_float32(value)
+    if kind in KINDS:
+        data = pack_kquant(weight, importance, kind, name)
+    else:
+        data, kind = encode_float(name, weight, kind)
+    return Encoded(data, kind, "quantized", max_error(weight, data, kind))
