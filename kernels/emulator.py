@@ -2,9 +2,16 @@
 
 :class:`EmulatedKernel` mirrors ``mx.fast.metal_kernel``: the same kernel body,
 header and call arguments, numpy arrays in and out, no MLX needed. The body is
-wrapped in the signature MLX would generate and compiled, exactly as written,
-as C++17 (``$CXX`` or g++/clang++) behind ``metal_shim.h``; each thread of a
+wrapped in the signature MLX would generate and compiled, line for line, as
+C++17 (``$CXX`` or g++/clang++) behind ``metal_shim.h``; each thread of a
 threadgroup then runs as a cooperative fiber (``emulator_runtime.cpp``).
+
+Before compiling, ``metal_lint.py`` rejects what Metal forbids and g++ would
+accept (double, std::, new, exceptions, recursion, static locals, printf,
+function pointers, pointers without an address space, 64-bit atomics, ...), and
+``metal_rewrite.py`` gives each address space its own pointer type: an input
+with fewer than 8 elements is passed as ``const constant T*`` (MLX's rule), and
+assigning it to a ``const device T*`` fails to compile as on the GPU.
 
 Emulated: scalar types (``half``/``float16_t`` as ``_Float16``, ``bfloat16_t``
 rounding to nearest even after each operation), 2/3/4-wide vector types with
@@ -20,13 +27,19 @@ range or not taking part returns the caller's own value.
 
 Bugs reported as :class:`KernelFault`:
 
-- out-of-bounds access to a buffer: each buffer sits between 32 MiB of guard
-  pages (any read or write there faults at once) with a redzone in the slack below
-  16 bytes checked after the run; inputs are read-only;
-- a race / missing ``threadgroup_barrier``: the kernel runs twice, threadgroups
-  and threads in forward then reverse order (switching only where they
-  synchronise, threadgroup memory poisoned with NaN / 0xFF bytes at the start of
-  each group); outputs that differ mean the result depends on scheduling;
+- out-of-bounds access to a buffer: kernel pointers carry their buffer's exact
+  bounds, so a read or write of any byte before its start or past its end
+  faults at once, named read or write; behind that (raw pointers taken with
+  ``&``) each buffer sits between 32 MiB of guard pages with a redzone in the
+  slack below 16 bytes checked after the run; inputs are read-only;
+- an index outside a thread-private or threadgroup array (``T name[N]``):
+  indexing is checked, the fault names the array and its line;
+- a race / missing ``threadgroup_barrier``: the kernel runs three times,
+  threadgroups and threads in forward order, in reverse order, then shuffled
+  (seeded; a new order of the waiting threads at every barrier / simd point),
+  switching only where they synchronise, threadgroup memory poisoned with NaN /
+  0xFF bytes at the start of each group; outputs that differ mean the result
+  depends on scheduling;
 - barrier divergence: some threads wait at a barrier others never reach;
 - lanes of one simdgroup waiting at different simd operations at once (legal in
   divergent GPU code, but the emulator cannot order them, and says so). Lanes
@@ -37,6 +50,10 @@ Not emulated: textures, ``simdgroup_matrix``, ``quad_*`` ops, swizzles such as
 ``.xy``, vector comparisons, half-precision subnormal flushing, and GPU float
 summation order inside ``simd_sum`` (lanes are added in lane order), the
 ``ensure_row_contiguous=False`` path (inputs are always copied row-contiguous).
+Not checked: the address space of references (``const constant T&`` is a plain
+reference), pointers taken with ``&`` (bounded only by the guard pages), and
+pointers into thread / threadgroup arrays (unbounded once formed); the lint is
+textual, so it can miss a construct it has no pattern for.
 """
 
 from __future__ import annotations
@@ -58,8 +75,14 @@ from ml_dtypes import bfloat16 as _BF16
 from mlx_slm.errors import SLMError
 
 from . import KERNEL_DIR
+from .metal_lint import lint
+from .metal_rewrite import Arrays, metal_to_cxx
 
 MAX_THREADS_PER_THREADGROUP = 1024
+# MLX passes an input with fewer elements than this in the constant address space.
+MAX_CONSTANT_ARRAY_SIZE = 8
+# The race check's schedules (emu_run's `schedule`): forward, reverse, shuffled with this seed.
+SCHEDULES = (0, 1, 0x5EED)
 # F16C (every x86-64 CPU since 2012) turns half <-> float conversions into one instruction.
 _CXX_FLAGS = ["-std=c++17", "-O2", "-fPIC", "-w", "-fno-strict-aliasing"] + (
     ["-mf16c"] if platform.machine().lower() in ("x86_64", "amd64") else [])
@@ -106,11 +129,6 @@ _ATTRIBUTES = {
     "threads_per_threadgroup": ("uint3", "a->threads_per_threadgroup"),
 }
 
-# `threadgroup T name[N]...;` (a declaration, not a pointer or reference).
-_TG_DECL = re.compile(
-    r"\bthreadgroup\s+((?:[A-Za-z_][\w:]*(?:\s*<[^<>;*&]*>)?\s+)+?)([A-Za-z_]\w*)\s*((?:\[[^\];]*\]\s*)*);"
-)
-_METAL_INCLUDE = re.compile(r"^[ \t]*#[ \t]*include[ \t]*<metal_\w+>[^\n]*$", re.MULTILINE)
 _SYNC_CALL = re.compile(r"\b(?:threadgroup_barrier|simdgroup_barrier|simd_\w+)\s*\(")
 
 
@@ -119,7 +137,7 @@ class _Result(ctypes.Structure):
                 ("is_write", ctypes.c_int), ("position", ctypes.c_uint * 3), ("message", ctypes.c_char * 400)]
 
 
-_OUT_OF_BOUNDS, _REDZONE, _LIMIT = 1, 2, 6
+_OUT_OF_BOUNDS, _REDZONE, _LIMIT, _ARRAY_INDEX = 1, 2, 6, 7
 _LOADED: dict[str, ctypes.CDLL] = {}
 
 
@@ -140,20 +158,6 @@ def _dims(value, what: str) -> tuple[int, int, int]:
     if not all(isinstance(v, (int, np.integer)) and v >= 1 for v in value):
         raise SLMError(f"{what} must hold positive integers, got {value!r}")
     return tuple(int(v) for v in value)
-
-
-def _metal_to_cxx(text: str) -> str:
-    """Drop ``#include <metal_*>`` and turn threadgroup array declarations into
-    shared statics; the line count is kept so compiler messages point at the
-    kernel text."""
-    text = _METAL_INCLUDE.sub("", text)
-
-    def declare(m: re.Match) -> str:
-        kind, name, dims = m.group(1).strip(), m.group(2), m.group(3).strip()
-        newlines = "\n" * m.group(0).count("\n")
-        return f"EMU_TG_DECL({kind}) {name}{dims}; EMU_TG_ESCAPE({name});{newlines}"
-
-    return _TG_DECL.sub(declare, text)
 
 
 def _template_lines(template) -> list[str]:
@@ -218,7 +222,9 @@ def _compile_message(stderr: str, tmp: str) -> str:
     """The compiler's errors, file names reduced to header:/source: line numbers."""
     lines = [ln.replace(tmp + "/", "") for ln in stderr.splitlines()
              if "error" in ln or ln.startswith((" ", "source:", "header:"))]
-    return "the kernel does not compile for the emulator:\n" + "\n".join(lines[:40])
+    hint = ("\n(emu::ptr<S, T> is a pointer to T in address space S: 0 device, 1 constant, 2 threadgroup, "
+            "3 thread; Metal converts none into another)") if "ptr<" in stderr else ""
+    return "the kernel does not compile for the emulator:\n" + "\n".join(lines[:40]) + hint
 
 
 def _load(path: Path) -> ctypes.CDLL:
@@ -246,6 +252,20 @@ class _Buffer:
     space: str = "device"
     by_reference: bool = False
 
+    def parameter(self) -> str:
+        """The argument as the kernel sees it (MLX's signature, in the shim's types)."""
+        const = "" if self.writable else "const "
+        if self.by_reference:
+            return f"{const}{self.cxx_type}& {self.name}"
+        return f"emu::ptr<emu::{self.space}_space, {const}{self.cxx_type}> {self.name}"
+
+    def argument(self, index: int) -> str:
+        """How the generated glue passes buffer ``index`` to the kernel."""
+        const = "" if self.writable else "const "
+        if self.by_reference:
+            return f"*static_cast<{const}{self.cxx_type}*>(b[{index}].data)"
+        return f"emu::bind<emu::{self.space}_space, {const}{self.cxx_type}>(b, {index})"
+
 
 class EmulatedKernel:
     """A Metal kernel body run on the CPU, called like ``mx.fast.metal_kernel``.
@@ -266,6 +286,7 @@ class EmulatedKernel:
         self.atomic_outputs = atomic_outputs
         self.race_check = race_check
         self._uses_sync = bool(_SYNC_CALL.search(header + "\n" + source))
+        self._arrays = Arrays()
 
     def __call__(self, *, inputs, output_shapes, output_dtypes, grid, threadgroup, template=None,
                  init_value=None, verbose: bool = False, stream=None) -> list[np.ndarray]:
@@ -284,23 +305,26 @@ class EmulatedKernel:
         arrays = [np.asarray(x).copy(order="C") if not np.asarray(x).flags.c_contiguous else np.asarray(x)
                   for x in inputs]
         buffers = self._buffers(arrays, output_shapes, output_dtypes, init_value)
+        problems = lint(self.header, self.source, [n for n, v in template or () if not isinstance(v, (bool, int))])
+        if problems:
+            raise KernelCompileError(f"kernel {self.name} uses what Metal forbids:\n" + "\n".join(problems))
         code = self._code(buffers, template)
         if verbose:
             print(code)
         lib = _load(_build(code))
-        first = self._run(lib, buffers, grid, tg, reverse=False)
-        if self.race_check:
-            second = self._run(lib, buffers, grid, tg, reverse=True)
-            for name, a, b in zip(self.output_names, first, second):
-                self._check_same(name, a, b)
+        first = self._run(lib, buffers, grid, tg, SCHEDULES[0])
+        for schedule in SCHEDULES[1:] if self.race_check else ():
+            again = self._run(lib, buffers, grid, tg, schedule)
+            for name, a, b in zip(self.output_names, first, again):
+                self._check_same(name, a, b, schedule)
         return first
 
     # ---- signature and code ---------------------------------------------------
     def _buffers(self, arrays, output_shapes, output_dtypes, init_value) -> list[_Buffer]:
         buffers = []
         for name, a in zip(self.input_names, arrays):
-            scalar = a.ndim == 0
-            buffers.append(_Buffer(name, a, False, _metal_type(a.dtype), "constant" if scalar else "device", scalar))
+            space = "constant" if a.size < MAX_CONSTANT_ARRAY_SIZE else "device"
+            buffers.append(_Buffer(name, a, False, _metal_type(a.dtype), space, a.ndim == 0))
             if f"{name}_shape" in self.source:
                 buffers.append(_Buffer(f"{name}_shape", np.array(a.shape, np.int32), False, "int", "constant"))
             if f"{name}_strides" in self.source:
@@ -310,6 +334,9 @@ class EmulatedKernel:
                 buffers.append(_Buffer(f"{name}_ndim", np.array(a.ndim, np.int32), False, "int", "constant", True))
         for name, shape, dtype in zip(self.output_names, output_shapes, output_dtypes):
             cxx = _metal_type(dtype)
+            if self.atomic_outputs and np.dtype(_BF16 if cxx == "bfloat16_t" else dtype).itemsize == 8:
+                raise KernelCompileError(f"kernel {self.name}: atomic output '{name}' of {cxx}: Metal atomics "
+                                         "are 32-bit (atomic_int, atomic_uint, atomic_float)")
             out = np.empty(tuple(shape), dtype=_BF16 if cxx == "bfloat16_t" else dtype)
             if init_value is None:
                 out.reshape(-1).view(np.uint8).fill(0xFF)  # uninitialised, as in MLX: poison it
@@ -319,12 +346,11 @@ class EmulatedKernel:
         return buffers
 
     def _code(self, buffers: list[_Buffer], template) -> str:
-        params, args = [], []
-        for i, b in enumerate(buffers):
-            const = "" if b.writable else "const "
-            ref = "&" if b.by_reference else "*"
-            params.append(f"  {const}{b.space} {b.cxx_type}{ref} {b.name}")
-            args.append(f"{'*' if b.by_reference else ''}static_cast<{const}{b.cxx_type}*>(b[{i}])")
+        params = [f"  {b.parameter()}" for b in buffers]
+        args = [b.argument(i) for i, b in enumerate(buffers)]
+        self._arrays = Arrays()
+        header = metal_to_cxx(self.header, "header", self._arrays)
+        source = metal_to_cxx(self.source, "source", self._arrays)
         for attr, (kind, value) in _ATTRIBUTES.items():
             if attr in self.source:
                 params.append(f"  {kind} {attr}")
@@ -332,23 +358,23 @@ class EmulatedKernel:
         return "\n".join([
             '#include "metal_shim.h"',
             '#line 1 "header"',
-            _metal_to_cxx(self.header),
+            header,
             '#line 1 "emulator_signature"',
             f"static void {self.name}(",
             ",\n".join(params) + ") {",
             *_template_lines(template),
             '#line 1 "source"',
-            _metal_to_cxx(self.source),
+            source,
             "}",
             '#line 1 "emulator_glue"',
-            'extern "C" void emu_thread_main(void* const* b, const emu_attrs* a) {',
-            f"  (void)a;\n  {self.name}(" + ", ".join(args) + ");",
+            'extern "C" void emu_thread_main(const emu::buffer_view* b, const emu_attrs* a) {',
+            f"  (void)a;\n  (void)b;\n  {self.name}(" + ", ".join(args) + ");",
             "}",
             "",
         ])
 
     # ---- running --------------------------------------------------------------
-    def _run(self, lib, buffers: list[_Buffer], grid, tg, reverse: bool) -> list[np.ndarray]:
+    def _run(self, lib, buffers: list[_Buffer], grid, tg, schedule: int) -> list[np.ndarray]:
         hosts = [b.array.copy() if b.writable else b.array for b in buffers]
         n = len(buffers)
         ptrs = (ctypes.c_void_p * n)(*[h.ctypes.data for h in hosts])
@@ -356,7 +382,7 @@ class EmulatedKernel:
         writable = (ctypes.c_int * n)(*[int(b.writable) for b in buffers])
         result = _Result()
         code = lib.emu_run(n, ptrs, sizes, writable, (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*tg),
-                           int(self._uses_sync), int(reverse), ctypes.byref(result))
+                           int(self._uses_sync), schedule, ctypes.byref(result))
         if code:
             raise KernelFault(self._fault_message(result, buffers))
         return [h for h, b in zip(hosts, buffers) if b.writable]
@@ -365,18 +391,21 @@ class EmulatedKernel:
         where = f"kernel {self.name}"
         if r.code not in (_REDZONE, _LIMIT):
             where += f", thread {tuple(r.position)}"
+        if r.code == _ARRAY_INDEX:
+            array, file, line = self._arrays.names[r.buffer]
+            return f"{where}: index {r.offset} out of bounds of array '{array}' ({file}:{line})"
         if r.code not in (_OUT_OF_BOUNDS, _REDZONE):
             return f"{where}: {r.message.decode(errors='replace')}"
         b = buffers[r.buffer]
         kind = "input" if not b.writable else "output"
         access = {1: "write", 0: "read"}.get(r.is_write, "access")
-        if 0 <= r.offset < b.array.nbytes:
+        if 0 <= r.offset < b.array.nbytes and r.message != b"outside the buffer's bounds":
             return f"{where}: write to read-only {kind} buffer '{b.name}' (element {r.offset // b.array.itemsize})"
         element = r.offset // b.array.itemsize
         return (f"{where}: out-of-bounds {access} on {kind} buffer '{b.name}': element {element} of "
                 f"{b.array.size} (byte offset {r.offset})")
 
-    def _check_same(self, name: str, a: np.ndarray, b: np.ndarray) -> None:
+    def _check_same(self, name: str, a: np.ndarray, b: np.ndarray, schedule: int) -> None:
         """Raise if two schedules gave different outputs (atomic float outputs may
         differ by rounding: their order of additions is not fixed)."""
         if a.tobytes() == b.tobytes():
@@ -389,5 +418,6 @@ class EmulatedKernel:
         index = tuple(int(i) for i in np.unravel_index(np.flatnonzero(differ.any(axis=1))[0], a.shape))
         raise KernelFault(
             f"kernel {self.name}: race / missing threadgroup_barrier: output '{name}' differs between two "
-            f"thread schedules (forward vs reverse order) at index {index}: {a[index]!r} vs {b[index]!r}; "
+            f"thread schedules (forward vs {'reverse' if schedule == 1 else 'shuffled'} order) at index {index}: "
+            f"{a[index]!r} vs {b[index]!r}; "
             f"a thread read memory before its writer reached a barrier (or two threads wrote it)")

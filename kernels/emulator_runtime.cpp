@@ -6,13 +6,20 @@
 // until it synchronises (threadgroup_barrier, a simd op, simdgroup_barrier) or
 // returns; when no fiber can run, the scheduler resolves what it can (simd ops
 // first, then the barrier) or reports a divergence. Without `fibers` (kernels
-// that never synchronise) threads are plain calls. `reverse` walks threadgroups and threads in reverse order, so two
-// runs differ when a kernel depends on an order the GPU does not guarantee.
+// that never synchronise) threads are plain calls. `schedule` orders threadgroups
+// and threads: 0 forward, 1 reverse, any other value seeds a shuffle of the
+// groups and, at every round of the scheduler (each barrier / simd point), of
+// the order in which the waiting threads resume; runs that differ reveal a
+// kernel depending on an order the GPU does not guarantee.
 //
-// Each buffer lives in its own mapping between two 32 MiB PROT_NONE reserves
+// Kernel pointers carry their buffer's exact bounds (emu::ptr in metal_shim.h);
+// an access outside them is sent to a PROT_NONE trap page, whose fault is
+// reported with the buffer and offset emu_out_of_bounds recorded. Behind that,
+// each buffer lives in its own mapping between two 32 MiB PROT_NONE reserves
 // (address space only), its end against the upper one; the slack up to the page
-// edges is a redzone checked after the run. Inputs are mapped read-only. A fault (guard page,
-// read-only page, wild pointer, integer division by zero) jumps back to
+// edges is a redzone checked after the run (for raw pointers taken with &). Inputs
+// are mapped read-only. A fault (trap or guard page, read-only page, wild pointer,
+// integer division by zero, a thread array index out of range) jumps back to
 // emu_run, which reports it in emu_result.
 #include <signal.h>
 #include <setjmp.h>
@@ -24,6 +31,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "metal_shim.h"
@@ -36,7 +44,7 @@ extern char __stop_emu_tg[] __attribute__((weak));
 namespace {
 
 enum Code { OK = 0, OUT_OF_BOUNDS = 1, REDZONE = 2, BARRIER_DIVERGENCE = 3, SIMD_DIVERGENCE = 4,
-            FAULT = 5, LIMIT = 6 };
+            FAULT = 5, LIMIT = 6, ARRAY_INDEX = 7 };
 enum State { RUNNABLE, AT_BARRIER, AT_SIMD, DONE };
 
 constexpr unsigned char kRedzone = 0xA5;
@@ -44,14 +52,15 @@ constexpr unsigned char kPoison = 0xFF;  // NaN in every float type, -1 in integ
 constexpr size_t kStackBytes = 256 * 1024;  // address space; pages are touched on use
 constexpr size_t kMaxThreadgroupMemory = 32 * 1024;
 constexpr size_t kGuardBytes = 32 << 20;  // PROT_NONE reserve on each side of a buffer
+constexpr size_t kTrapBytes = 1 << 16;     // PROT_NONE; larger than any element type
 
 }  // namespace
 
 // What went wrong, for emulator.py to turn into an exception (all zero when OK).
 struct emu_result {
   int code;
-  int buffer;            // OUT_OF_BOUNDS / REDZONE: index of the buffer
-  long long offset;      // byte offset from the buffer start of the bad access
+  int buffer;            // OUT_OF_BOUNDS / REDZONE: index of the buffer; ARRAY_INDEX: the array's number
+  long long offset;      // byte offset from the buffer start of the bad access; ARRAY_INDEX: the index
   int is_write;          // 1 write, 0 read, -1 unknown
   unsigned position[3];  // thread_position_in_grid of the faulting thread
   char message[400];
@@ -120,14 +129,18 @@ struct Fiber {
   Context ctx;
   emu_attrs attrs;
   State state;
-  void* site;  // return address of the barrier call
+  const char* site_file;  // where the barrier call is in the kernel text
+  int site_line;
   emu_simd_fn fn;
   emu_simd_req req;
 };
 
 struct Run {
   std::vector<Buffer> buffers;
-  void** data_ptrs = nullptr;
+  std::vector<emu::buffer_view> views;  // what the kernel's pointers are bound to
+  int trap_buffer = -1;                 // the access emu_out_of_bounds sent to the trap page
+  long long trap_offset = 0;
+  uint64_t rng = 0;                     // shuffled schedule state (0: forward or reverse)
   std::vector<Fiber> fibers;
   Context scheduler;
   Fiber* current = nullptr;
@@ -138,6 +151,7 @@ struct Run {
 };
 
 Run* g_run = nullptr;
+char* g_trap = nullptr;  // kTrapBytes of PROT_NONE
 char* g_stacks = nullptr;  // one mapping, a guard page under every fiber stack
 size_t g_stack_count = 0;
 size_t g_page = 0;
@@ -176,6 +190,11 @@ void on_signal(int sig, siginfo_t* info, void* uctx) {
   (void)uctx;
 #endif
   if (sig == SIGFPE) fail(FAULT, "arithmetic fault (integer division by zero?)");
+  if (addr >= g_trap && addr < g_trap + kTrapBytes && g_run->trap_buffer >= 0) {
+    r->buffer = g_run->trap_buffer;
+    r->offset = g_run->trap_offset;
+    fail(OUT_OF_BOUNDS, "outside the buffer's bounds");
+  }
   for (size_t i = 0; i < g_run->buffers.size(); ++i) {
     const Buffer& b = g_run->buffers[i];
     if (addr >= b.map && addr < b.map + b.map_bytes) {
@@ -243,7 +262,7 @@ void fill_attrs(emu_attrs& a, const unsigned* grid, const unsigned* tg, const un
 
 void fiber_entry() {
   Fiber* f = g_run->current;
-  emu_thread_main(g_run->data_ptrs, &f->attrs);
+  emu_thread_main(g_run->views.data(), &f->attrs);
   f->state = DONE;
   context_switch(f->ctx, g_run->scheduler);  // never resumed
 }
@@ -305,7 +324,7 @@ void release_barrier(std::vector<Fiber>& fs) {
     if (f.state == DONE) { ++done; continue; }
     ++waiting;
     if (!first) first = &f;
-    if (f.site != first->site) {
+    if (f.site_line != first->site_line || strcmp(f.site_file, first->site_file) != 0) {
       g_run->current = &f;
       record_thread();
       fail(BARRIER_DIVERGENCE,
@@ -324,6 +343,23 @@ void release_barrier(std::vector<Fiber>& fs) {
   for (Fiber& f : fs) f.state = RUNNABLE;
 }
 
+// splitmix64: the shuffled schedule's random numbers.
+uint64_t next_random(uint64_t& state) {
+  uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// The order to visit n threads (or threadgroups) in: forward, reverse, or a
+// fresh random permutation when the run is shuffled.
+void visit_order(std::vector<size_t>& order, size_t n, bool reverse) {
+  order.resize(n);
+  for (size_t k = 0; k < n; ++k) order[k] = reverse ? n - 1 - k : k;
+  if (!g_run->rng) return;
+  for (size_t k = n; k > 1; --k) std::swap(order[k - 1], order[next_random(g_run->rng) % k]);
+}
+
 void run_group_fibers(const unsigned* grid, const unsigned* tg, const unsigned* group,
                       const unsigned* size, bool reverse) {
   std::vector<Fiber>& fs = g_run->fibers;
@@ -339,10 +375,12 @@ void run_group_fibers(const unsigned* grid, const unsigned* tg, const unsigned* 
         f.state = RUNNABLE;
         context_start(f.ctx, g_stacks + i * (kStackBytes + g_page) + g_page, kStackBytes, fiber_entry);
       }
+  std::vector<size_t> order;
   for (;;) {
     size_t live = 0;
+    visit_order(order, n, reverse);
     for (size_t k = 0; k < n; ++k) {
-      Fiber& f = fs[reverse ? n - 1 - k : k];
+      Fiber& f = fs[order[k]];
       if (f.state == RUNNABLE) {
         g_run->current = &f;
         context_switch(g_run->scheduler, f.ctx);
@@ -358,12 +396,13 @@ void run_group_fibers(const unsigned* grid, const unsigned* tg, const unsigned* 
 void run_group_direct(const unsigned* grid, const unsigned* tg, const unsigned* group,
                       const unsigned* size, bool reverse) {
   size_t n = size_t(size[0]) * size[1] * size[2];
-  for (size_t k = 0; k < n; ++k) {
-    size_t i = reverse ? n - 1 - k : k;
+  std::vector<size_t> order;
+  visit_order(order, n, reverse);
+  for (size_t i : order) {
     unsigned local[3] = {unsigned(i % size[0]), unsigned(i / size[0] % size[1]),
                          unsigned(i / (size_t(size[0]) * size[1]))};
     fill_attrs(g_run->direct_attrs, grid, tg, group, size, local);
-    emu_thread_main(g_run->data_ptrs, &g_run->direct_attrs);
+    emu_thread_main(g_run->views.data(), &g_run->direct_attrs);
   }
 }
 
@@ -379,30 +418,47 @@ extern "C" void emu_simd_wait(emu_simd_fn fn, const void* in, void* out, int arg
   context_switch(f->ctx, g_run->scheduler);
 }
 
-extern "C" __attribute__((noinline)) void emu_threadgroup_barrier(void) {
+// An emu::ptr access outside its buffer: remember it, hand back the trap page.
+extern "C" void* emu_out_of_bounds(int buffer, long long offset) {
+  g_run->trap_buffer = buffer;
+  g_run->trap_offset = offset;
+  return g_trap;
+}
+
+extern "C" void emu_array_fault(int array, long long index, int size) {
+  record_thread();
+  g_run->result->buffer = array;
+  g_run->result->offset = index;
+  fail(ARRAY_INDEX, "index %lld of an array of %d elements", index, size);
+}
+
+extern "C" void emu_threadgroup_barrier(const char* file, int line) {
   Fiber* f = g_run->current;
   if (!g_run->use_fibers || !f) fail(FAULT, "kernel synchronises, but was run without fibers");
   f->state = AT_BARRIER;
-  f->site = __builtin_return_address(0);
+  f->site_file = file;
+  f->site_line = line;
   context_switch(f->ctx, g_run->scheduler);
 }
 
 // Run the kernel over `grid` threads in threadgroups of `tg` (both x, y, z).
 // buffers[i] (nbytes[i] bytes) are copied into guarded memory and, if writable[i],
-// copied back after a clean run. Returns result->code (0 when clean).
+// copied back after a clean run. `schedule`: 0 forward, 1 reverse, else the seed
+// of a shuffled order. Returns result->code (0 when clean).
 extern "C" int emu_run(int n_buffers, void* const* buffers, const size_t* nbytes, const int* writable,
-                       const unsigned* grid, const unsigned* tg, int fibers, int reverse,
+                       const unsigned* grid, const unsigned* tg, int fibers, int schedule,
                        emu_result* result) {
+  bool reverse = schedule == 1;
   memset(result, 0, sizeof *result);
   result->buffer = -1;
   g_page = size_t(sysconf(_SC_PAGESIZE));
   Run run;
   run.result = result;
   run.use_fibers = fibers != 0;
+  run.rng = schedule > 1 ? uint64_t(schedule) : 0;
   g_run = &run;
   size_t tg_bytes = size_t(__stop_emu_tg - __start_emu_tg);
-  std::vector<void*> ptrs(n_buffers);
-  run.data_ptrs = ptrs.data();
+  run.views.resize(n_buffers);
   run.buffers.resize(n_buffers);
 
   struct sigaction sa = {}, old[3];
@@ -420,24 +476,30 @@ extern "C" int emu_run(int n_buffers, void* const* buffers, const size_t* nbytes
     if (tg_bytes > kMaxThreadgroupMemory)
       fail(LIMIT, "the kernel declares %zu bytes of threadgroup memory; Metal allows %zu",
            tg_bytes, kMaxThreadgroupMemory);
+    if (!g_trap) {
+      void* m = mmap(nullptr, kTrapBytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (m == MAP_FAILED) fail(LIMIT, "could not map the trap page");
+      g_trap = static_cast<char*>(m);
+    }
     for (int i = 0; i < n_buffers; ++i) {
       if (!map_buffer(run.buffers[i], buffers[i], nbytes[i], writable[i]))
         fail(LIMIT, "could not map a %zu-byte buffer", nbytes[i]);
-      ptrs[i] = run.buffers[i].data;
+      run.views[i] = {run.buffers[i].data, nbytes[i]};
     }
     if (run.use_fibers && !ensure_stacks(size_t(tg[0]) * tg[1] * tg[2]))
       fail(LIMIT, "could not map fiber stacks");
     unsigned groups[3], group[3], size[3];
     for (int i = 0; i < 3; ++i) groups[i] = (grid[i] + tg[i] - 1) / tg[i];
     size_t total = size_t(groups[0]) * groups[1] * groups[2];
-    for (size_t k = 0; k < total; ++k) {
-      size_t g = reverse ? total - 1 - k : k;
+    std::vector<size_t> group_order;
+    visit_order(group_order, total, reverse);
+    for (size_t g : group_order) {
       group[0] = unsigned(g % groups[0]);
       group[1] = unsigned(g / groups[0] % groups[1]);
       group[2] = unsigned(g / (size_t(groups[0]) * groups[1]));
       for (int i = 0; i < 3; ++i) size[i] = std::min(tg[i], grid[i] - group[i] * tg[i]);
       if (tg_bytes) memset(__start_emu_tg, kPoison, tg_bytes);  // no memory carried between groups
-      (run.use_fibers ? run_group_fibers : run_group_direct)(grid, tg, group, size, reverse != 0);
+      (run.use_fibers ? run_group_fibers : run_group_direct)(grid, tg, group, size, reverse);
     }
     for (int i = 0; i < n_buffers; ++i) {
       if (long long at = redzone_damage(run.buffers[i])) {

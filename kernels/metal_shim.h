@@ -1,11 +1,14 @@
 // Metal Shading Language subset for the CPU emulator (kernels/emulator.py).
 //
 // Included before the kernel's header and body so the same text compiles as
-// C++17: scalar and vector types, address-space qualifiers (empty), metal::
-// math, as_type, select, atomics (plain memory: fibers never preempt), and the
-// synchronising operations (threadgroup_barrier, simdgroup_barrier, simd_*)
-// that suspend the calling fiber in emulator_runtime.cpp until its group
-// arrives. Threadgroup arrays are rewritten by emulator.py into EMU_TG_DECL.
+// C++17: scalar and vector types, address-space pointers (emu::ptr, one type
+// per address space, bounds-checked), checked thread/threadgroup arrays
+// (emu::array), metal:: math, as_type, select, atomics (plain memory: fibers
+// never preempt), and the synchronising operations (threadgroup_barrier,
+// simdgroup_barrier, simd_*) that suspend the calling fiber in
+// emulator_runtime.cpp until its group arrives. kernels/metal_rewrite.py turns
+// the kernel text's qualified pointers, arrays and threadgroup declarations
+// into these types.
 #pragma once
 
 #include <cstddef>
@@ -15,8 +18,9 @@
 #include <type_traits>
 
 // ---- address spaces and attributes ------------------------------------------
+// What metal_rewrite.py leaves of the qualifiers: non-pointer declarations only
+// (program-scope `constant` becomes `const` there).
 #define device
-#define constant
 #define thread
 #define threadgroup
 #define METAL_FUNC inline
@@ -151,6 +155,94 @@ EMU_VEC_TYPES(uchar, uchar)
 EMU_VEC_TYPES(bool, bool)
 #undef EMU_VEC_TYPES
 
+// ---- address-space pointers and checked arrays --------------------------------
+// `const device T*` is rewritten to emu::ptr<emu::device_space, const T>: the
+// address space is part of the type, so a constant pointer never converts to a
+// device one (as in Metal), while adding const or casting within one space
+// works. A pointer made from a kernel buffer carries the buffer's exact bounds:
+// an access outside them (any byte of the element) is redirected to an
+// inaccessible trap page, so the CPU faults on the real read or write and the
+// runtime names the buffer, the element and whether it was a read or a write.
+// Forming an out-of-bounds pointer without using it is fine, as on the GPU.
+namespace emu {
+enum space { device_space, constant_space, threadgroup_space, thread_space };
+struct buffer_view { void* data; size_t nbytes; };
+}  // namespace emu
+// Defined in emulator_runtime.cpp.
+extern "C" void* emu_out_of_bounds(int buffer, long long offset);
+extern "C" [[noreturn]] void emu_array_fault(int array, long long index, int size);
+
+namespace emu {
+template <int S, class T> struct ptr {
+  T* p = nullptr;
+  const char* lo = nullptr;  // bounds of the buffer (bytes), or none when buffer < 0
+  const char* hi = nullptr;
+  int buffer = -1;
+
+  ptr() = default;
+  ptr(T* raw) : p(raw) {}  // &x, a threadgroup or thread array: unbounded
+  ptr(T* raw, const char* l, const char* h, int b) : p(raw), lo(l), hi(h), buffer(b) {}
+  template <class U, std::enable_if_t<std::is_convertible_v<U*, T*>, int> = 0>
+  ptr(const ptr<S, U>& o) : p(o.p), lo(o.lo), hi(o.hi), buffer(o.buffer) {}
+  template <class U, std::enable_if_t<!std::is_convertible_v<U*, T*>, int> = 0>
+  explicit ptr(const ptr<S, U>& o) : p((T*)o.p), lo(o.lo), hi(o.hi), buffer(o.buffer) {}
+
+  T* checked(T* q) const {
+    if (buffer < 0) return q;
+    const char* c = reinterpret_cast<const char*>(q);
+    if (c >= lo && c + sizeof(T) <= hi) return q;
+    return static_cast<T*>(emu_out_of_bounds(buffer, c - lo));
+  }
+  std::add_lvalue_reference_t<T> operator[](ptrdiff_t i) const { return *checked(p + i); }
+  std::add_lvalue_reference_t<T> operator*() const { return *checked(p); }
+  T* operator->() const { return checked(p); }
+  ptr operator+(ptrdiff_t i) const { ptr r = *this; r.p += i; return r; }
+  ptr operator-(ptrdiff_t i) const { ptr r = *this; r.p -= i; return r; }
+  friend ptr operator+(ptrdiff_t i, const ptr& a) { return a + i; }
+  ptrdiff_t operator-(const ptr& o) const { return p - o.p; }
+  ptr& operator+=(ptrdiff_t i) { p += i; return *this; }
+  ptr& operator-=(ptrdiff_t i) { p -= i; return *this; }
+  ptr& operator++() { ++p; return *this; }
+  ptr& operator--() { --p; return *this; }
+  ptr operator++(int) { ptr r = *this; ++p; return r; }
+  ptr operator--(int) { ptr r = *this; --p; return r; }
+  bool operator==(const ptr& o) const { return p == o.p; }
+  bool operator!=(const ptr& o) const { return p != o.p; }
+  bool operator<(const ptr& o) const { return p < o.p; }
+  bool operator<=(const ptr& o) const { return p <= o.p; }
+  bool operator>(const ptr& o) const { return p > o.p; }
+  bool operator>=(const ptr& o) const { return p >= o.p; }
+};
+
+// reinterpret_cast / static_cast between pointers of one address space.
+template <class To, int S, class U> inline To cast(const ptr<S, U>& o) { return To(o); }
+
+// Kernel argument `i` as a pointer bounded by its buffer.
+template <int S, class T> inline ptr<S, T> bind(const buffer_view* b, int i) {
+  const char* lo = static_cast<const char*>(b[i].data);
+  return ptr<S, T>(static_cast<T*>(b[i].data), lo, lo + b[i].nbytes, i);
+}
+
+// A thread-private (or threadgroup) array `T name[N]`, numbered `Id` by the
+// rewrite: indexing outside [0, N) stops the kernel with the array's name.
+template <class T, int N, int Id> struct array {
+  T v[N];
+  template <class I> T& operator[](I i) { return v[index(i)]; }
+  template <class I> const T& operator[](I i) const { return v[index(i)]; }
+  template <class I> static long long index(I i) {
+    long long k = static_cast<long long>(i);
+    if (k < 0 || k >= N) emu_array_fault(Id, k, N);
+    return k;
+  }
+  T* begin() { return v; }
+  T* end() { return v + N; }
+  const T* begin() const { return v; }
+  const T* end() const { return v + N; }
+  template <int S> operator ptr<S, T>() { return ptr<S, T>(v); }
+  template <int S> operator ptr<S, const T>() const { return ptr<S, const T>(v); }
+};
+}  // namespace emu
+
 // ---- metal:: functions ----------------------------------------------------------
 namespace metal {
 
@@ -244,7 +336,8 @@ template <class T> inline bool isinf(T a) { return __builtin_isinf(float(a)); }
 
 // MLX's helper (its utils.h): memory offset of element `elem` of a strided array.
 template <class IdxT = int64_t>
-inline IdxT elem_to_loc(IdxT elem, const int* shape, const int64_t* strides, int ndim) {
+inline IdxT elem_to_loc(IdxT elem, emu::ptr<emu::constant_space, const int> shape,
+                        emu::ptr<emu::constant_space, const int64_t> strides, int ndim) {
   IdxT loc = 0;
   for (int i = ndim - 1; i >= 0 && elem > 0; --i) {
     loc += IdxT(elem % shape[i]) * IdxT(strides[i]);
@@ -306,11 +399,14 @@ struct emu_simd_req {
 };
 typedef void (*emu_simd_fn)(emu_simd_req* const* lanes);  // lanes[32]
 extern "C" void emu_simd_wait(emu_simd_fn fn, const void* in, void* out, int arg);
-extern "C" void emu_threadgroup_barrier(void);
+extern "C" void emu_threadgroup_barrier(const char* file, int line);
 
 enum class mem_flags { mem_none = 0, mem_device = 1, mem_threadgroup = 2, mem_texture = 4 };
 inline mem_flags operator|(mem_flags a, mem_flags b) { return mem_flags(int(a) | int(b)); }
-inline void threadgroup_barrier(mem_flags) { emu_threadgroup_barrier(); }
+// The call's position in the kernel text identifies the barrier (divergence check).
+inline void threadgroup_barrier(mem_flags, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  emu_threadgroup_barrier(file, line);
+}
 
 namespace emu {
 constexpr int kSimdWidth = 32;
@@ -419,4 +515,4 @@ struct emu_attrs {
   uint quadgroup_index_in_threadgroup, quadgroups_per_threadgroup;
 };
 // Defined by the code emulator.py generates: calls the kernel for one thread.
-extern "C" void emu_thread_main(void* const* buffers, const emu_attrs* attrs);
+extern "C" void emu_thread_main(const emu::buffer_view* buffers, const emu_attrs* attrs);

@@ -16,7 +16,7 @@ import pytest
 
 from mlx_slm.formats.affine import pack_codes
 from mlx_slm.kernels import metal_source
-from mlx_slm.kernels.emulator import EmulatedKernel, KernelFault
+from mlx_slm.kernels.emulator import EmulatedKernel, KernelCompileError, KernelFault
 from mlx_slm.kernels.specs import KERNELS, launch_shape, lut_template, ternary_template
 
 DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
@@ -162,6 +162,40 @@ def test_emulator_reports_a_missing_barrier():
     with pytest.raises(KernelFault, match="race|missing threadgroup_barrier"):
         run(broken("ternary_matvec", old, reduce_with_memory.replace("BARRIER", "")), inputs, template, 9,
             np.float32)
+
+
+def lut_inputs(rng, rows=7, width=64, bits=2):
+    codes = rng.integers(0, 1 << bits, (rows, width), dtype=np.uint8)
+    lut = rng.standard_normal((1, 1 << bits)).astype(np.float16)  # 4 entries: MLX passes it as constant
+    x = rng.standard_normal((2, width)).astype(np.float32)
+    return [x, pack_codes(codes, bits), lut, np.ones((1, 1), np.float16)], lut_template(np.float32, bits, rows, False)
+
+
+def test_a_small_input_aliased_as_device_does_not_compile():
+    """The kernels index their inputs: a `const device` alias of a 4-entry lut (constant in MLX) or of
+    4 ternary scales is what the Metal compiler rejected, and so does the emulator."""
+    inputs, template = lut_inputs(np.random.default_rng(3))
+    aliased = broken("lut_matvec", "table[e] = float(lut[palette + e]);",
+                     "const device half* p = lut + palette;\n  table[e] = float(p[e]);")
+    with pytest.raises(KernelCompileError, match="address space"):
+        run(aliased, inputs, template, 7, np.float32)
+    rng = np.random.default_rng(4)
+    codes = rng.integers(0, 3, (4, 32), dtype=np.uint8)
+    tinputs = [rng.standard_normal((1, 32)).astype(np.float32), pack_codes(codes, 2),
+               rng.uniform(0.01, 0.1, (4, 1)).astype(np.float16)]
+    indexed = "const float scale = float(scales[row_scales + (chunk * 32) / GROUP]);"
+    alias = "const device half* s = scales + row_scales;\n  const float scale = float(s[(chunk * 32) / GROUP]);"
+    aliased = broken("ternary_matvec", indexed, alias)
+    with pytest.raises(KernelCompileError, match="address space"):
+        run(aliased, tinputs, ternary_template(np.float32, 32, 1), 4, np.float32)
+
+
+def test_emulator_reports_a_private_array_overrun():
+    """Reading the code word one past `words` (the last word's spill) is caught at the read."""
+    inputs, template = lut_inputs(np.random.default_rng(5), bits=3)
+    overrun = broken("lut_matvec", "code |= words[word + 1]", "code |= words[BITS]")
+    with pytest.raises(KernelFault, match=r"index 3 out of bounds of array 'words\[BITS\]' \(source:\d+\)"):
+        run(overrun, inputs, lut_template(np.float32, 3, 7, False), 7, np.float32)
 
 
 def test_a_wrong_lane_reduction_gives_a_wrong_answer():
