@@ -2,10 +2,10 @@
 //
 // Not part of the Swift package build (it needs SwiftUI and Core ML, so it only
 // builds on Apple platforms). To try it, add SLMKit to an iOS 18 / macOS 15 app
-// target, copy this file in, and bundle a folder containing the exported
-// `model.mlpackage` (or `.mlmodelc`), its JSON manifest and the tokenizer files
-// (`tokenizer.json`, `tokenizer_config.json`). Then show
-// `ChatView(modelDirectory: url)` with `url` from
+// target, copy this file in, and bundle the folder `mlx-slm export coreml` wrote:
+// `Name.mlpackage` (or an Xcode-compiled `Name.mlmodelc`), its manifest `Name.json`
+// and the tokenizer files. `ExportedModelFolder` finds the model by that name. Then
+// show `ChatView(modelDirectory: url)` with `url` from
 // `Bundle.main.url(forResource: "SmolLM2", withExtension: nil)`.
 
 import SLMKit
@@ -28,9 +28,9 @@ final class ChatModel {
     /// Loads the tokenizer and the Core ML model exported by mlx_slm.
     func load(from directory: URL) async {
         do {
+            let folder = try ExportedModelFolder(directory: directory)
             let tokenizer = try Tokenizer(directory: directory)
-            let model = try await CoreMLLanguageModel.load(
-                contentsOf: directory.appendingPathComponent("model.mlpackage"))
+            let model = try await CoreMLLanguageModel.load(contentsOf: folder.modelURL, manifestURL: folder.manifestURL)
             stopTokenIDs = Set(model.manifest?.eosTokenIDs ?? [])
             generator = Generator(model: model, tokenizer: tokenizer)
             status = "Ready"

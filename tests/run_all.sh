@@ -22,10 +22,7 @@ echo "== Python tests without MLX (numpy fallback)"
 MLX_SLM_EXPECT_NO_MLX=1 .venv-nomlx/bin/python -m pytest -q tests | tee -a "$log"
 
 if [ -f swift/Package.swift ]; then
-  echo "== Swift tests"
-  if [ -f swift/scripts/make_golden.py ]; then
-    .venv/bin/python swift/scripts/make_golden.py
-  fi
+  echo "== Swift tests (golden fixtures committed; tests/test_swift_golden.py checks they are current)"
   swift test --package-path swift --disable-swift-testing 2>&1 | tee -a "$log"
 fi
 # pytest's "N passed" lines and XCTest's "Executed N tests" line, summed.

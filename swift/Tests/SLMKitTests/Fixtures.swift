@@ -1,12 +1,12 @@
 import Foundation
 import SLMKit
 
-/// Locates the golden files written by `swift/scripts/make_golden.py`.
+/// Locates the golden files written by `swift/scripts/make_golden.py` (committed with the tests).
 enum Fixtures {
     struct Missing: Error, CustomStringConvertible {
         let path: String
         var description: String {
-            "Golden fixture \(path) is missing. Generate the fixtures first: "
+            "Golden fixture \(path) is missing. The fixtures are committed; regenerate them with "
                 + "`python swift/scripts/make_golden.py` (run from the repository root with the project's venv)."
         }
     }

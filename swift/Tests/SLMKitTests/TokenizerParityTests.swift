@@ -10,9 +10,10 @@ final class TokenizerParityTests: XCTestCase {
         let decoded_skip_special: String
     }
 
-    private struct Variant: Decodable {
+    /// A tokenizer variant: a JSON merge patch over SmolLM2's `tokenizer.json` and its goldens.
+    private struct Variant {
         let name: String
-        let tokenizer: String
+        let patch: Any
         let cases: [EncodeCase]
     }
 
@@ -46,11 +47,34 @@ final class TokenizerParityTests: XCTestCase {
     }
 
     func testPreTokenizerVariantsMatchGolden() throws {
-        let variants = try Fixtures.decode([Variant].self, from: "tokenizer_variants_golden.json")
+        let variants = try loadVariants()
         XCTAssertEqual(variants.count, 5)
         for variant in variants {
-            let tokenizer = try Tokenizer(tokenizerData: Data(contentsOf: Fixtures.url(variant.tokenizer)))
+            let tokenizer = try Tokenizer(tokenizerData: JSONMergePatch.patchedSmolLM2Tokenizer(variant.patch))
             assertParity(tokenizer, variant.cases, label: variant.name)
+        }
+    }
+
+    /// Merges written as legacy `"a b"` strings (which `make_golden.py` checks `tokenizers` reads
+    /// the same as pairs) give SmolLM2's golden ids.
+    func testLegacyStringMergesMatchGolden() throws {
+        let base = try JSONSerialization.jsonObject(with: Data(contentsOf: Fixtures.url("tokenizer.json")))
+        let model = try XCTUnwrap((base as? [String: Any])?["model"] as? [String: Any])
+        let pairs = try XCTUnwrap(model["merges"] as? [[String]])
+        let patch = ["model": ["merges": pairs.map { $0.joined(separator: " ") }]]
+        let tokenizer = try Tokenizer(tokenizerData: JSONMergePatch.patchedSmolLM2Tokenizer(patch))
+        let cases = try Fixtures.decode([EncodeCase].self, from: "tokenizer_golden.json")
+        assertParity(tokenizer, cases, label: "SmolLM2 with string merges")
+    }
+
+    private func loadVariants() throws -> [Variant] {
+        let data = try Data(contentsOf: Fixtures.url("tokenizer_variants_golden.json"))
+        let rows = try XCTUnwrap(JSONSerialization.jsonObject(with: data) as? [[String: Any]])
+        return try rows.map { row in
+            let cases = try JSONSerialization.data(withJSONObject: try XCTUnwrap(row["cases"]))
+            return Variant(
+                name: try XCTUnwrap(row["name"] as? String), patch: try XCTUnwrap(row["patch"]),
+                cases: try JSONDecoder().decode([EncodeCase].self, from: cases))
         }
     }
 
