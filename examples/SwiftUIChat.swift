@@ -21,18 +21,19 @@ final class ChatModel {
     var status = "Loading…"
     private(set) var isGenerating = false
 
-    private var generator: Generator?
+    private var session: ChatSession?
     private var stopTokenIDs: Set<Int32> = []
     private var generation: Task<Void, Never>?
 
-    /// Loads the tokenizer and the Core ML model exported by mlx_slm.
+    /// Loads the tokenizer and the Core ML model exported by mlx_slm. The session keeps the
+    /// model's KV cache between turns, so each reply prefills only the new message.
     func load(from directory: URL) async {
         do {
             let folder = try ExportedModelFolder(directory: directory)
             let tokenizer = try Tokenizer(directory: directory)
             let model = try await CoreMLLanguageModel.load(contentsOf: folder.modelURL, manifestURL: folder.manifestURL)
             stopTokenIDs = Set(model.manifest?.eosTokenIDs ?? [])
-            generator = Generator(model: model, tokenizer: tokenizer)
+            session = ChatSession(generator: Generator(model: model, tokenizer: tokenizer), template: ChatMLTemplate.smolLM2)
             status = "Ready"
         } catch {
             status = "Could not load the model: \(error)"
@@ -42,10 +43,9 @@ final class ChatModel {
     /// Sends the draft and streams the assistant's answer.
     func send() {
         let text = draft.trimmingCharacters(in: .whitespacesAndNewlines)
-        guard let generator, !text.isEmpty, !isGenerating else { return }
+        guard let session, !text.isEmpty, !isGenerating else { return }
         draft = ""
         messages.append(.user(text))
-        let prompt = ChatMLTemplate.smolLM2.render(messages, addGenerationPrompt: true)
         messages.append(.assistant(""))
         let parameters = GenerationParameters(
             maxTokens: 512,
@@ -55,13 +55,14 @@ final class ChatModel {
         isGenerating = true
         generation = Task {
             do {
-                for try await event in generator.generate(prompt: prompt, parameters: parameters) {
+                for try await event in await session.send(text, parameters: parameters) {
                     switch event {
                     case .text(let piece):
                         if let last = messages.indices.last { messages[last].content += piece }
                     case .finished(let summary):
                         let rate = String(format: "%.1f", summary.tokensPerSecond)
-                        status = "\(summary.generatedTokenCount) tokens, \(rate) tokens/s"
+                        status = "\(summary.prefilledTokenCount) tokens prefilled, "
+                            + "\(summary.generatedTokenCount) generated, \(rate) tokens/s"
                     }
                 }
             } catch {

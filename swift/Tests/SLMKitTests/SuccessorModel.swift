@@ -10,6 +10,8 @@ actor SuccessorModel: CausalLanguageModel {
     private let failOnCall: Int?
     private(set) var calls: [[Int32]] = []
     private(set) var resetCount = 0
+    /// Every token fed since the last reset: what a real model's KV cache would hold.
+    private(set) var sequence: [Int32] = []
 
     /// - Parameters:
     ///   - delay: sleep per call, to make generation slow enough to cancel.
@@ -23,6 +25,7 @@ actor SuccessorModel: CausalLanguageModel {
 
     func reset() {
         resetCount += 1
+        sequence = []
     }
 
     func logits(for tokens: [Int32]) async throws -> [Float] {
@@ -30,6 +33,7 @@ actor SuccessorModel: CausalLanguageModel {
         calls.append(tokens)
         if callIndex == failOnCall { throw Failure.planned }
         if let delay { try await Task.sleep(for: delay) }
+        sequence += tokens
         var logits = [Float](repeating: 0, count: vocabularySize)
         if let last = tokens.last {
             logits[(Int(last) + 1) % vocabularySize] = 10

@@ -18,6 +18,9 @@ public enum StopReason: Sendable, Equatable {
 /// Counts and timings of a finished generation.
 public struct GenerationSummary: Sendable, Equatable {
     public var promptTokenCount: Int
+    /// Prompt tokens run through the model: all of them, or in a ``ChatSession`` only those its
+    /// KV cache did not already hold.
+    public var prefilledTokenCount: Int
     /// Tokens sampled, including a final stop token.
     public var generatedTokenCount: Int
     public var prefillDuration: Duration
@@ -26,7 +29,7 @@ public struct GenerationSummary: Sendable, Equatable {
 
     /// Prompt tokens processed per second during prefill.
     public var prefillTokensPerSecond: Double {
-        Self.rate(promptTokenCount, prefillDuration)
+        Self.rate(prefilledTokenCount, prefillDuration)
     }
 
     /// Tokens generated per second after prefill.

@@ -25,11 +25,8 @@ public struct Generator: Sendable {
         AsyncThrowingStream { continuation in
             let task = Task {
                 do {
-                    let summary = try await run(promptTokens: promptTokens, parameters: parameters) { text in
-                        continuation.yield(.text(text))
-                    }
-                    if summary.stopReason != .cancelled {
-                        continuation.yield(.finished(summary))
+                    _ = try await run(promptTokens: promptTokens, cachedTokens: [], parameters: parameters) {
+                        continuation.yield($0)
                     }
                     continuation.finish()
                 } catch is CancellationError {
@@ -42,18 +39,27 @@ public struct Generator: Sendable {
         }
     }
 
-    private func run(
-        promptTokens: [Int32], parameters: GenerationParameters, emit: (String) -> Void
-    ) async throws -> GenerationSummary {
+    /// Generates after `promptTokens`, emitting every event but the ``GenerationEvent/finished(_:)``
+    /// of a cancelled run, and returns what the model's cache then holds.
+    ///
+    /// - Parameter cachedTokens: tokens the model's cache already holds; when they are a proper prefix
+    ///   of `promptTokens` only the rest is prefilled, otherwise the model is reset and all of it is.
+    func run(
+        promptTokens: [Int32], cachedTokens: [Int32], parameters: GenerationParameters,
+        emit: (GenerationEvent) -> Void
+    ) async throws -> [Int32] {
         guard !promptTokens.isEmpty else { throw GenerationError.emptyPrompt }
         let contextLimit = model.maximumContextLength
         if let contextLimit, promptTokens.count > contextLimit {
             throw GenerationError.promptTooLong(tokenCount: promptTokens.count, limit: contextLimit)
         }
+        let reused = cachedTokens.count < promptTokens.count && promptTokens.starts(with: cachedTokens)
+            ? cachedTokens.count : 0
         let clock = ContinuousClock()
         let start = clock.now
-        await model.reset()
-        var logits = try await model.logits(for: promptTokens)
+        if reused == 0 { await model.reset() }
+        var logits = try await model.logits(for: Array(promptTokens[reused...]))
+        var cache = promptTokens
         let prefillEnd = clock.now
 
         var sampler = Sampler(parameters: parameters.sampling)
@@ -79,9 +85,9 @@ public struct Generator: Sendable {
             history.append(token)
             switch scanner.append(detokenizer.append(token)) {
             case .proceed(let text):
-                if !text.isEmpty { emit(text) }
+                if !text.isEmpty { emit(.text(text)) }
             case .stop(let text):
-                if !text.isEmpty { emit(text) }
+                if !text.isEmpty { emit(.text(text)) }
                 stopReason = .stopString
                 break decoding
             }
@@ -91,20 +97,25 @@ public struct Generator: Sendable {
                 break
             }
             logits = try await model.logits(for: [token])
+            cache.append(token)
         }
 
         if stopReason != .stopString && stopReason != .cancelled {
             switch scanner.append(detokenizer.finish()) {
             case .proceed(let text):
                 let tail = text + scanner.flush()
-                if !tail.isEmpty { emit(tail) }
+                if !tail.isEmpty { emit(.text(tail)) }
             case .stop(let text):
-                if !text.isEmpty { emit(text) }
+                if !text.isEmpty { emit(.text(text)) }
                 stopReason = .stopString
             }
         }
-        return GenerationSummary(
-            promptTokenCount: promptTokens.count, generatedTokenCount: generatedCount,
-            prefillDuration: prefillEnd - start, decodeDuration: clock.now - prefillEnd, stopReason: stopReason)
+        if stopReason != .cancelled {
+            emit(.finished(GenerationSummary(
+                promptTokenCount: promptTokens.count, prefilledTokenCount: promptTokens.count - reused,
+                generatedTokenCount: generatedCount, prefillDuration: prefillEnd - start,
+                decodeDuration: clock.now - prefillEnd, stopReason: stopReason)))
+        }
+        return cache
     }
 }
