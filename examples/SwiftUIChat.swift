@@ -33,7 +33,10 @@ final class ChatModel {
             let tokenizer = try Tokenizer(directory: directory)
             let model = try await CoreMLLanguageModel.load(contentsOf: folder.modelURL, manifestURL: folder.manifestURL)
             stopTokenIDs = Set(model.manifest?.eosTokenIDs ?? [])
-            session = ChatSession(generator: Generator(model: model, tokenizer: tokenizer), template: ChatMLTemplate.smolLM2)
+            // The model's own chat template from its manifest (or tokenizer), else SmolLM2's ChatML.
+            let template: any ChatPromptTemplate = try JinjaChatTemplate(manifest: model.manifest, tokenizer: tokenizer)
+                ?? ChatMLTemplate.smolLM2
+            session = ChatSession(generator: Generator(model: model, tokenizer: tokenizer), template: template)
             status = "Ready"
         } catch {
             status = "Could not load the model: \(error)"

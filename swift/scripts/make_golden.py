@@ -9,7 +9,9 @@ It saves the real SmolLM2 tokenizer (rebuilt from the GGUF file shipped with the
 encode/decode results produced by Hugging Face ``tokenizers``. It also writes a
 few variants of the same vocabulary with other pre-tokenizer pipelines (Llama-3
 and Qwen2 style regex splits, GPT-2 prefix space, every Split behaviour) so the
-Swift port is checked on code paths SmolLM2 itself does not use.
+Swift port is checked on code paths SmolLM2 itself does not use. Chat templates
+(SmolLM2's own and those in ``chat_templates/``, sources named in SOURCES.md there)
+are rendered with transformers' ``apply_chat_template`` for the Jinja tests.
 
 The fixtures are committed, so ``swift test`` passes on a fresh clone; they are
 kept small (a compact ``tokenizer.json``, variants stored as JSON merge patches
@@ -36,6 +38,29 @@ from mlx_slm.io.gguf_tokenizer import tokenizer_from_gguf_fields
 
 SEED = 20240607
 FIXTURES_DIR = Path(__file__).resolve().parent.parent / "Tests" / "SLMKitTests" / "Fixtures"
+TEMPLATES_DIR = Path(__file__).resolve().parent / "chat_templates"  # where each came from: SOURCES.md there
+
+# Chat templates rendered by transformers for SLMKit's Jinja renderer: name -> special tokens.
+TEMPLATE_TOKENS = {
+    "smollm2": {},  # the packaged SmolLM2 tokenizer's own template
+    "qwen2_5": {},
+    "qwen3": {},
+    "llama3_1": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"},
+    "mistral_v0_3": {"bos_token": "<s>", "eos_token": "</s>"},
+    "gemma3": {"bos_token": "<bos>", "eos_token": "<eos>"},
+}
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}],
+    [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi there!"},
+     {"role": "user", "content": "Tell me a joke.\nPlease."}],
+    [{"role": "system", "content": "  You are terse.  \n"}, {"role": "user", "content": "  padded  \n"},
+     {"role": "assistant", "content": "\nanswer\n"}, {"role": "user", "content": "caf\u00e9 \u4f60\u597d \U0001F600"}],
+    [{"role": "user", "content": "Solve 2+2"},
+     {"role": "assistant", "content": "<think>\nadd them\n</think>\n\nThe answer is 4."},
+     {"role": "user", "content": "Thanks"}],
+    [{"role": "user", "content": "A"}, {"role": "user", "content": "B"}],
+]
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 LLAMA3_PATTERN = (
@@ -360,6 +385,31 @@ def format_json(value) -> str:
     return json.dumps(value, ensure_ascii=True, separators=(",", ":"))
 
 
+def chat_template_cases(tok) -> list[dict]:
+    """Every template in TEMPLATE_TOKENS applied by transformers to CONVERSATIONS, with and without the
+    generation prompt (Qwen3 also with enable_thinking=False); a template's exception is recorded as
+    the expected error."""
+    results = []
+    for name, tokens in TEMPLATE_TOKENS.items():
+        path = TEMPLATES_DIR / f"{name}.jinja"
+        template = path.read_text(encoding="utf-8") if path.is_file() else tok.chat_template
+        extras = [{}, {"enable_thinking": False}] if name == "qwen3" else [{}]
+        cases = []
+        for messages in CONVERSATIONS:
+            for generation_prompt in (True, False):
+                for extra in extras:
+                    case = {"messages": messages, "add_generation_prompt": generation_prompt, "extra": extra}
+                    try:
+                        case["prompt"] = tok.apply_chat_template(
+                            messages, chat_template=template, tokenize=False,
+                            add_generation_prompt=generation_prompt, **tokens, **extra)
+                    except Exception as err:  # jinja2's TemplateError from raise_exception
+                        case["error"] = str(err)
+                    cases.append(case)
+        results.append({"name": name, "template": template, "special_tokens": tokens, "cases": cases})
+    return results
+
+
 def write_json(path: Path, value) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(format_json(value) + "\n", encoding="utf-8")
@@ -380,6 +430,7 @@ def main(out_dir: Path = FIXTURES_DIR) -> None:
     write_json(out_dir / "tokenizer_golden.json", golden)
     write_json(out_dir / "decode_golden.json", decode_cases(tok, rng))
     write_json(out_dir / "chat_golden.json", chat_cases(tok))
+    write_json(out_dir / "chat_templates_golden.json", chat_template_cases(tok))
     check_string_merges(base, texts)
 
     variant_texts = texts + [

@@ -1,8 +1,8 @@
 /// Renders conversations in the ChatML format used by SmolLM2 and Qwen2:
 /// `<|im_start|>role\ncontent<|im_end|>\n` per message.
 ///
-/// SLMKit does not evaluate the Jinja templates shipped in `tokenizer_config.json`;
-/// this covers the ChatML family they describe.
+/// A fixed ChatML renderer for models without a template; ``JinjaChatTemplate`` renders the
+/// template a model ships with.
 public struct ChatMLTemplate: Sendable {
     /// System prompt inserted when a conversation does not start with one.
     public var defaultSystemPrompt: String?

@@ -7,9 +7,13 @@ public final class Tokenizer: Sendable {
     public let bosTokenID: Int32?
     /// Id of the end-of-sequence token named in `tokenizer_config.json`.
     public let eosTokenID: Int32?
+    /// The beginning-of-sequence token's text from `tokenizer_config.json` (a chat template's `bos_token`).
+    public let bosToken: String?
+    /// The end-of-sequence token's text from `tokenizer_config.json` (a chat template's `eos_token`).
+    public let eosToken: String?
     /// Id of the padding token named in `tokenizer_config.json`.
     public let padTokenID: Int32?
-    /// The Jinja chat template shipped with the tokenizer, if any (not evaluated by SLMKit).
+    /// The Jinja chat template shipped with the tokenizer, if any (``JinjaChatTemplate`` renders it).
     public let chatTemplate: String?
     /// Number of distinct ids (vocabulary plus added tokens).
     public let vocabularySize: Int
@@ -56,6 +60,8 @@ public final class Tokenizer: Sendable {
             isByteLevel: definition.decoder == .byteLevel)
 
         let lookup = { (token: String?) in token.flatMap { addedVocabulary.idsByContent[$0] ?? vocabulary[$0] } }
+        bosToken = config.bosToken
+        eosToken = config.eosToken
         bosTokenID = lookup(config.bosToken)
         eosTokenID = lookup(config.eosToken)
         padTokenID = lookup(config.padToken)
