@@ -58,7 +58,7 @@ from quantization_quality import table as quality_table
 import mlx_slm
 from mlx_slm.data.windows import calibration_windows
 from mlx_slm.io.atomic import atomic_file
-from mlx_slm.loading import model_config, set_model_config
+from mlx_slm.model_access import access, model_config, set_model_config
 
 METHODS = ("rtn", "gptq", "dynamic", "awq", "dwq")
 
@@ -181,9 +181,7 @@ def runs(args) -> list[tuple[str, str, int | None, object]]:
 
 def float_matrices(model) -> int:
     """Matrices (2-D weights) left in a float dtype."""
-    from mlx_slm.stats import named_arrays
-
-    return sum(1 for name, a in named_arrays(model).items()
+    return sum(1 for name, a in access(model).arrays().items()
                if name.endswith(".weight") and len(a.shape) == 2 and "float" in str(a.dtype))
 
 

@@ -17,7 +17,8 @@ from . import stats  # noqa: E402
 from .data.windows import Calibration  # noqa: E402
 from .errors import MLXRequiredError, SLMError  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
-from .loading import load, model_config  # noqa: E402
+from .loading import load  # noqa: E402
+from .model_access import model_config  # noqa: E402
 from .quant.config import QuantizeConfig  # noqa: E402
 from .quantize import quantize  # noqa: E402
 from .saving import save  # noqa: E402

@@ -34,7 +34,7 @@ def cmd_convert(args) -> None:
 def cmd_quantize(args) -> None:
     import mlx_slm
     from mlx_slm.data.windows import Calibration
-    from mlx_slm.loading import model_config
+    from mlx_slm.model_access import model_config
     from mlx_slm.quant.budget import format_report as format_plan
     from mlx_slm.quant.methods import methods
 

@@ -13,7 +13,7 @@ from . import _blas
 from .backend import backend_of
 from .data.windows import token_windows
 from .errors import SLMError
-from .loading import model_config
+from .model_access import access, model_config
 from .progress import hidden
 from .stats import weight_stats
 
@@ -97,11 +97,7 @@ def make_runner(model, stack: ExitStack, cpu_engine: str | None) -> Runner:
     engine = choose_engine(model, cpu_engine)
     if engine == "mlx":
         return MLXRunner(model, stack)
-    if backend_of(model) == "mlx":
-        from .runtime import numpy_twin
-
-        return Runner(numpy_twin(model))
-    return Runner(model)
+    return Runner(access(model).numpy_engine())
 
 
 def window_scores(logits: np.ndarray, ref_logits, targets: np.ndarray) -> tuple:

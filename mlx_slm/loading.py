@@ -2,31 +2,22 @@
 
 With MLX the model is an mlx-lm ``nn.Module`` (its own architecture classes);
 without it, a :class:`~mlx_slm.models.numpy_llama.NumpyLlama`. Either way the
-model's full config dict is reachable with :func:`model_config`.
+model's full config dict is reachable with :func:`mlx_slm.model_access.model_config`.
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
-from .backend import backend_of, resolve_backend
+from .backend import resolve_backend
 from .errors import SLMError
 from .formats.dtypes import mlx_array
 from .io import hf
 from .io.gguf import read_gguf
+from .model_access import set_model_config
 
-CONFIG_ATTRIBUTE = "slm_config"
 SOURCE_ATTRIBUTE = "_mlx_slm_source"
 MLX_NATIVE_MODES = ("affine", "mxfp4", "mxfp8", "nvfp4")  # nn.quantize builds these itself
-
-
-def model_config(model) -> dict:
-    """The Hugging Face / mlx-lm config dict the model was built from (a copy)."""
-    config = getattr(model, "config" if backend_of(model) == "numpy" else CONFIG_ATTRIBUTE, None)
-    if config is None:
-        raise SLMError("this model was not loaded by mlx_slm.load: its config is unknown")
-    return copy.deepcopy(config)
 
 
 def remember_source(model, path: Path):
@@ -38,13 +29,6 @@ def remember_source(model, path: Path):
 def model_source(model) -> Path | None:
     """The file or folder ``model`` was loaded from (None for a model built otherwise)."""
     return getattr(model, SOURCE_ATTRIBUTE, None)
-
-
-def set_model_config(model, config: dict) -> None:
-    if backend_of(model) == "numpy":
-        model.config = config
-    else:  # plain attribute: nn.Module would treat a dict as a parameter tree
-        object.__setattr__(model, CONFIG_ATTRIBUTE, config)
 
 
 def sanitize_numpy_weights(config: dict, weights: dict) -> dict:

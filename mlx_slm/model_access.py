@@ -1,46 +1,238 @@
-"""What the algorithms read from a model, on either backend: its float layers, their dtypes, and a
-numpy engine that runs it (the model itself, or the numpy twin of an MLX model).
+"""The one place that knows how a model holds its arrays, so that nothing else compares backend names.
 
-Kept apart from :mod:`mlx_slm.quantize` and :mod:`mlx_slm.backend` so that quantization,
-sensitivity measurement and pruning read a model the same way without importing each other.
+A numpy model (:class:`~mlx_slm.models.numpy_llama.NumpyLlama`) keeps a flat dict ``weights`` of
+numpy arrays and its config as ``model.config``; an MLX model (an mlx-lm ``nn.Module``) keeps a tree
+of MLX arrays and, since ``nn.Module`` would take a dict attribute for parameters, its config as a
+plain attribute. :func:`access` returns the matching view; every caller reads config, arrays and
+dtypes, writes float or quantized layers back, and gets a numpy engine through it.
+
+Arrays handed in are numpy (bfloat16 through ml_dtypes); names are the saved parameter names
+(``model.layers.0.self_attn.q_proj.weight``); a layer path is a name without its suffix.
 """
 
 from __future__ import annotations
 
-from .backend import backend_of
-from .formats.dtypes import FLOAT_DTYPES
+import copy
+
+import numpy as np
+from tqdm import tqdm
+
+from .backend import backend_of, require_mlx
+from .errors import SLMError
+from .formats import get_format
+from .formats.dtypes import FLOAT_DTYPES, mlx_array
+from .progress import hidden
+
+CONFIG_ATTRIBUTE = "slm_config"
 
 
-def candidate_layers(model) -> dict[str, tuple]:
-    """Unquantized layers that could be quantized: path -> weight shape."""
-    if backend_of(model) == "numpy":
-        return {
-            name[: -len(".weight")]: value.shape
-            for name, value in model.weights.items()
-            if name.endswith(".weight") and value.ndim == 2 and value.dtype in FLOAT_DTYPES.values()
-        }
-    return {
-        path: module.weight.shape
-        for path, module in model.named_modules()
-        if hasattr(module, "to_quantized") and "weight" in module and module.weight.ndim == 2
-    }
+def stored_arrays(weight_format, stored) -> dict:
+    """suffix -> array for a layer's packed arrays (absent optional arrays dropped)."""
+    return {suffix: array for suffix, array in zip(weight_format.stored, stored) if array is not None}
+
+
+class NumpyModel:
+    """A NumpyLlama: arrays in ``model.weights``, float32 dequantizations cached beside them."""
+
+    trains = False
+
+    def __init__(self, model):
+        self.model = model
+
+    def config(self) -> dict | None:
+        return self.model.config
+
+    def set_config(self, config: dict) -> None:
+        self.model.config = config
+
+    def arrays(self) -> dict:
+        """Parameter name -> array, as saved."""
+        return self.model.parameters_numpy()
+
+    def dtypes(self) -> dict:
+        """Parameter name -> numpy dtype."""
+        return {name: value.dtype for name, value in self.model.weights.items()}
+
+    def candidate_layers(self) -> dict[str, tuple]:
+        """Unquantized layers that could be quantized: path -> weight shape."""
+        return {name[: -len(".weight")]: value.shape for name, value in self.model.weights.items()
+                if name.endswith(".weight") and value.ndim == 2 and value.dtype in FLOAT_DTYPES.values()}
+
+    def numpy_engine(self):
+        """The NumpyLlama computing calibration statistics: the model itself."""
+        return self.model
+
+    def write(self, arrays: dict) -> None:
+        """Replace parameters (name -> numpy array of unchanged shape and dtype)."""
+        if arrays:
+            self.model.weights.update(arrays)
+            self.model.drop_cache()
+
+    def store_layers(self, plan: dict, chosen: dict, default_format: str) -> None:
+        """Make the layers of ``chosen`` (path -> {suffix: array}, packed in the format ``plan[path]``
+        names, else ``default_format``) quantized layers; the numpy model keeps them as arrays."""
+        for path, arrays in chosen.items():
+            self.model.weights.update({f"{path}.{suffix}": a for suffix, a in arrays.items()})
+        self.model.drop_cache(list(chosen))
+
+    def round_affine(self, plan: dict, progress: bool) -> None:
+        """Affine round to nearest of every planned layer (``plan``: path -> {bits, group_size} or None)."""
+        affine = get_format("affine")
+        todo = [(path, settings) for path, settings in plan.items() if settings is not None]
+        chosen = {path: stored_arrays(affine, affine.pack(self.model.weights[f"{path}.weight"], **settings))
+                  for path, settings in tqdm(todo, desc="quantizing", disable=hidden(progress))}
+        self.store_layers(plan, chosen, "affine")
+
+    def release(self, paths) -> None:
+        """Nothing to release: the numpy engine is the model."""
+
+    def save_weights(self, path, metadata: dict) -> None:
+        from .io import safetensors_np
+
+        safetensors_np.save(path, self.arrays(), metadata=metadata)
+
+    def replace(self, config: dict, weights: dict):
+        """Make the model the model of ``config`` and ``weights``, in place."""
+        type(self.model).__init__(self.model, config, weights)
+        return self.model
+
+
+class MLXModel(NumpyModel):
+    """An mlx-lm ``nn.Module``; its numpy engine is a twin holding the same arrays."""
+
+    trains = True
+
+    def __init__(self, model):
+        super().__init__(model)
+        self._engine = None
+
+    def config(self) -> dict | None:
+        return getattr(self.model, CONFIG_ATTRIBUTE, None)
+
+    def set_config(self, config: dict) -> None:
+        object.__setattr__(self.model, CONFIG_ATTRIBUTE, config)
+
+    def arrays(self) -> dict:
+        from mlx.utils import tree_flatten
+
+        return dict(tree_flatten(self.model.parameters()))
+
+    def dtypes(self) -> dict:
+        return {name: FLOAT_DTYPES.get(str(value.dtype).split(".")[-1], np.dtype(np.float32))
+                for name, value in self.arrays().items()}
+
+    def candidate_layers(self) -> dict[str, tuple]:
+        return {path: module.weight.shape for path, module in self.model.named_modules()
+                if hasattr(module, "to_quantized") and "weight" in module and module.weight.ndim == 2}
+
+    def numpy_engine(self):
+        """A NumpyLlama twin holding the model's exact weights (made once per access)."""
+        if self._engine is None:
+            from .runtime import numpy_twin
+
+            self._engine = numpy_twin(self.model)
+        return self._engine
+
+    def write(self, arrays: dict) -> None:
+        from mlx.utils import tree_unflatten
+
+        if arrays:
+            self.model.update(tree_unflatten([(name, mlx_array(value)) for name, value in arrays.items()]))
+
+    def store_layers(self, plan: dict, chosen: dict, default_format: str) -> None:
+        """Affine layers become ``nn.QuantizedLinear``/``QuantizedEmbedding`` holding ``chosen``'s
+        arrays; other formats become the project's low-bit modules."""
+        from mlx.utils import tree_unflatten
+
+        from .layers import lowbit_module
+
+        formats = {path: plan[path].get("format", default_format) for path in chosen}
+        affine = {path: plan[path] for path in chosen if formats[path] == "affine"}
+        if affine:
+            self.quantize_affine(affine, {path: chosen[path] for path in affine})
+        modules = dict(self.model.named_modules())
+        swapped = [(path, lowbit_module(formats[path], plan[path], arrays, modules[path]))
+                   for path, arrays in chosen.items() if path not in affine]
+        if swapped:
+            self.model.update_modules(tree_unflatten(swapped))
+
+    def round_affine(self, plan: dict, progress: bool) -> None:
+        """``nn.quantize`` (what ``mlx_lm.convert -q`` stores)."""
+        import mlx.core as mx
+
+        self.quantize_affine(plan)
+        mx.eval(self.model.parameters())
+
+    def quantize_affine(self, plan: dict, chosen: dict | None = None) -> None:
+        """``nn.quantize`` the layers of ``plan`` (path -> {bits, group_size} or None); then, if given,
+        overwrite their arrays with ``chosen`` (path -> {suffix: array}) before anything evaluates the
+        values ``nn.quantize`` computed lazily."""
+        from mlx import nn
+        from mlx.utils import tree_unflatten
+
+        def predicate(path, module):
+            settings = plan.get(path)
+            return False if settings is None else {"bits": settings["bits"], "group_size": settings["group_size"],
+                                                   "mode": "affine"}
+
+        nn.quantize(self.model, class_predicate=predicate)
+        if chosen:
+            self.model.update(tree_unflatten([(f"{path}.{suffix}", mlx_array(array))
+                                              for path, arrays in chosen.items() for suffix, array in arrays.items()]))
+
+    def release(self, paths) -> None:
+        """Drop the numpy twin's references to these layers' float weights (they were just quantized)."""
+        if self._engine is not None:
+            for path in paths:
+                self._engine.weights.pop(f"{path}.weight", None)
+
+    def save_weights(self, path, metadata: dict) -> None:
+        import mlx.core as mx
+
+        mx.save_safetensors(str(path), self.arrays(), metadata=metadata)
+
+    def replace(self, config: dict, weights: dict):
+        from .loading import build_mlx_model
+
+        rebuilt = build_mlx_model(config, weights)
+        dict.clear(self.model)  # nn.Module is a dict of its children and arrays
+        dict.update(self.model, rebuilt)
+        self.model.__dict__.update(rebuilt.__dict__)
+        return self.model
+
+
+def access(model) -> NumpyModel:
+    """The view of ``model`` matching how it holds its arrays."""
+    return NumpyModel(model) if backend_of(model) == "numpy" else MLXModel(model)
+
+
+def model_config(model) -> dict:
+    """The Hugging Face / mlx-lm config dict the model was built from (a copy)."""
+    config = access(model).config()
+    if config is None:
+        raise SLMError("this model was not loaded by mlx_slm.load: its config is unknown")
+    return copy.deepcopy(config)
+
+
+def set_model_config(model, config: dict) -> None:
+    access(model).set_config(config)
+
+
+def require_training(feature: str, *models) -> None:
+    """One clear error unless every model can train: MLX importable and each model an MLX model (the
+    numpy fallback computes but has no autograd)."""
+    require_mlx(feature)
+    if not all(access(model).trains for model in models):
+        raise SLMError(f"{feature} needs MLX: training does not run on the numpy fallback "
+                       "(load the model with backend='mlx')")
+
+
+def float_dtypes(model) -> dict:
+    """Parameter name -> numpy dtype of every floating-point parameter."""
+    return {name: dtype for name, dtype in access(model).dtypes().items() if dtype in FLOAT_DTYPES.values()}
 
 
 def weight_dtypes(model, paths) -> dict:
     """Layer path -> numpy dtype of its float weight (what its scales and biases are stored in)."""
-    if backend_of(model) == "numpy":
-        return {path: model.weights[f"{path}.weight"].dtype for path in paths}
-    from mlx.utils import tree_flatten
-
-    params = dict(tree_flatten(model.parameters()))
-    return {path: FLOAT_DTYPES[str(params[f"{path}.weight"].dtype).split(".")[-1]] for path in paths}
-
-
-def numpy_engine(model):
-    """The NumpyLlama that computes calibration statistics: the model itself (numpy backend)
-    or a twin holding an MLX model's exact weights."""
-    if backend_of(model) == "numpy":
-        return model
-    from .runtime import numpy_twin
-
-    return numpy_twin(model)
+    dtypes = access(model).dtypes()
+    return {path: dtypes[f"{path}.weight"] for path in paths}

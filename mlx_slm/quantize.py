@@ -24,13 +24,18 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from .backend import backend_of
 from .data.windows import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, Calibration
-from .errors import MLXRequiredError, SLMError
+from .errors import SLMError
 from .formats import affine, get_format
-from .formats.dtypes import FLOAT_DTYPES, mlx_array
-from .loading import model_config, set_model_config
-from .model_access import candidate_layers, numpy_engine, weight_dtypes
+from .model_access import (
+    access,
+    float_dtypes,
+    model_config,
+    require_training,
+    set_model_config,
+    stored_arrays,
+    weight_dtypes,
+)
 from .progress import hidden
 from .qconfig import check_config, read_config_file, resolve_layer
 from .quant.config import QuantizeConfig
@@ -103,46 +108,6 @@ def quantization_record(plan: dict, bits: int, group_size: int, user_config: dic
     return record
 
 
-def stored_arrays(weight_format, stored) -> dict:
-    """suffix -> array for a layer's packed arrays (absent optional arrays dropped)."""
-    return {suffix: array for suffix, array in zip(weight_format.stored, stored) if array is not None}
-
-
-def store_numpy(model, chosen: dict) -> None:
-    """Replace numpy layers' weights with ``chosen`` (path -> {suffix: array})."""
-    for path, arrays in chosen.items():
-        model.weights.update({f"{path}.{suffix}": a for suffix, a in arrays.items()})
-    model.drop_cache(list(chosen))
-
-
-def apply_numpy(model, plan: dict, weight_format, progress: bool) -> None:
-    todo = [(p, s) for p, s in plan.items() if s is not None]
-    chosen = {path: stored_arrays(weight_format, weight_format.pack(model.weights[f"{path}.weight"], **settings))
-              for path, settings in tqdm(todo, desc="quantizing", disable=hidden(progress))}
-    store_numpy(model, chosen)
-
-
-def apply_mlx(model, plan: dict, chosen: dict | None = None) -> None:
-    """nn.quantize with ``plan`` (affine layers); then, if given, overwrite layers with ``chosen``
-    (path -> {suffix: array})."""
-    import mlx.core as mx
-    from mlx import nn
-    from mlx.utils import tree_unflatten
-
-
-    def predicate(path, module):
-        settings = plan.get(path)
-        return False if settings is None else {"bits": settings["bits"], "group_size": settings["group_size"],
-                                               "mode": "affine"}
-
-    nn.quantize(model, class_predicate=predicate)
-    if chosen:  # the values nn.quantize computed (lazily) are replaced before anything evaluates them
-        model.update(tree_unflatten([(f"{path}.{suffix}", mlx_array(array)) for path, arrays in chosen.items()
-                                     for suffix, array in arrays.items()]))
-        return
-    mx.eval(model.parameters())
-
-
 def layer_importance(engine, names, tokens: np.ndarray, progress: bool) -> dict:
     """Mean squared input per column [K] of each layer in ``names``, from one pass of ``engine``
     (a float NumpyLlama) over ``tokens`` [S, T]. The output head sees the final norm's outputs."""
@@ -180,7 +145,8 @@ def quantize_packed(model, plan: dict, method: str, job: Job) -> None:
     ``method`` "rtn" or "imatrix" (weighted by one pass of the float model over ``job.tokens``)."""
     todo = {path: settings for path, settings in plan.items() if settings is not None}
     dtypes = weight_dtypes(model, todo)
-    engine = numpy_engine(model)
+    view = access(model)
+    engine = view.numpy_engine()
     importance = layer_importance(engine, list(todo), job.tokens, job.progress) if method == "imatrix" else {}
     default = job.settings.format
     chosen = {}
@@ -188,43 +154,7 @@ def quantize_packed(model, plan: dict, method: str, job: Job) -> None:
         w = engine.weights[f"{path}.weight"].astype(dtypes[path], copy=False)
         chosen[path] = choose_layer(w, get_format(layer_format(settings, default)), settings, method,
                                     importance.get(path), job.settings.per_row_scale)
-    if backend_of(model) == "numpy":
-        store_numpy(model, chosen)
-        return
-    from .layers import lowbit_module
-
-    affine_plan = {p: s for p, s in todo.items() if layer_format(s, default) == "affine"}
-    apply_mlx(model, affine_plan, {p: chosen[p] for p in affine_plan})
-    modules = dict(model.named_modules())
-    swapped = [(path, lowbit_module(layer_format(settings, default), settings, chosen[path], modules[path]))
-               for path, settings in todo.items() if path not in affine_plan]
-    from mlx.utils import tree_unflatten
-
-    model.update_modules(tree_unflatten(swapped))
-
-
-def float_dtypes(model) -> dict:
-    """Parameter name -> numpy dtype of every floating-point parameter of ``model``."""
-    if backend_of(model) == "numpy":
-        return {name: value.dtype for name, value in model.weights.items() if value.dtype in FLOAT_DTYPES.values()}
-    from mlx.utils import tree_flatten
-
-    dtypes = {name: str(value.dtype).split(".")[-1] for name, value in tree_flatten(model.parameters())}
-    return {name: FLOAT_DTYPES[dtype] for name, dtype in dtypes.items() if dtype in FLOAT_DTYPES}
-
-
-def store_floats(model, updates: dict) -> None:
-    """Write float parameters ``updates`` {name: array in the parameter's dtype} into ``model``."""
-    if not updates:
-        return
-    if backend_of(model) == "numpy":
-        model.weights.update(updates)
-        model.drop_cache()
-        return
-    from mlx.utils import tree_unflatten
-
-
-    model.update(tree_unflatten([(name, mlx_array(value)) for name, value in updates.items()]))
+    view.store_layers(todo, chosen, default)
 
 
 def quantize_calibrated(model, plan: dict, method: str, job: Job):
@@ -235,21 +165,17 @@ def quantize_calibrated(model, plan: dict, method: str, job: Job):
 
     todo = [path for path, settings in plan.items() if settings is not None]
     dtypes = weight_dtypes(model, todo)
-    engine = numpy_engine(model)
+    view = access(model)
 
     def store(results: dict) -> None:  # one block's layers at a time: their float weights are freed now
         chosen = {path: stored_arrays(get_format("affine"), stored) for path, stored in results.items()}
-        if backend_of(model) == "numpy":
-            store_numpy(model, chosen)
-            return
-        apply_mlx(model, {path: plan[path] for path in chosen}, chosen)
-        for path in chosen:  # the twin's reference to the float weight
-            engine.weights.pop(f"{path}.weight", None)
+        view.store_layers(plan, chosen, "affine")
+        view.release(chosen)
 
-    choice = sequential_choose(engine, plan, job.tokens, method, dtypes, job.record.get("gptq"),
+    choice = sequential_choose(view.numpy_engine(), plan, job.tokens, method, dtypes, job.record.get("gptq"),
                                job.record.get("awq"), progress=job.progress, param_dtypes=float_dtypes(model),
                                store=store)
-    store_floats(model, choice.float_updates)
+    view.write(choice.float_updates)
     return choice
 
 
@@ -304,7 +230,7 @@ def post_training(model, settings: QuantizeConfig, calibration: Calibration, pro
     model_settings = model_config(model)
     if model_settings.get("quantization"):
         raise SLMError("the model is already quantized; start from a float model")
-    layers = candidate_layers(model)
+    layers = access(model).candidate_layers()
     if not layers:
         raise SLMError("the model has no layers that can be quantized")
     plan, skipped = quantization_plan(layers, bits, group_size, user_config, weight_format)
@@ -337,8 +263,8 @@ def run_method(model, settings: QuantizeConfig, calibration: Calibration, progre
     """Run ``settings.method`` (a checked request) on ``model``; the trained methods call this for
     their start."""
     method = get_method(settings.method)
-    if method.training and backend_of(model) != "mlx":
-        raise MLXRequiredError(f"method {method.name!r} (training)")
+    if method.training:
+        require_training(f"method {method.name!r}", model)
     return method.run(model, settings, calibration, progress)
 
 

@@ -82,7 +82,7 @@ class LazyNumpyWeights(MutableMapping):
 def numpy_twin(model):
     """A NumpyLlama computing with the MLX model's exact weights (bfloat16 widened to float32).
     Weights are converted layer by layer as the engine needs them (:class:`LazyNumpyWeights`)."""
-    from .loading import model_config
+    from .model_access import model_config
     from .models.numpy_llama import NumpyLlama
 
     return NumpyLlama(model_config(model), LazyNumpyWeights(dict(tree_flatten(model.parameters()))))

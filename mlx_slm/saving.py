@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
-from .backend import backend_of
-from .io import safetensors_np
 from .io.atomic import atomic_directory
-from .loading import model_config, model_source
+from .loading import model_source
+from .model_access import access, model_config
 
 
 def save_config(config: dict, path) -> None:
@@ -19,13 +18,7 @@ def save_config(config: dict, path) -> None:
 
 
 def write_weights(model, path) -> None:
-    if backend_of(model) == "numpy":
-        safetensors_np.save(path, model.parameters_numpy(), metadata={"format": "mlx"})
-        return
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-
-    mx.save_safetensors(str(path), dict(tree_flatten(model.parameters())), metadata={"format": "mlx"})
+    access(model).save_weights(path, metadata={"format": "mlx"})
 
 
 def save(model, tokenizer, out_dir, overwrite: bool = False, extra_files: dict | None = None):

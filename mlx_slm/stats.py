@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-from .backend import backend_of
 from .formats import get_format
-from .loading import model_config
+from .model_access import access, model_config
 from .qconfig import saved_layer_params
-
-
-def named_arrays(model) -> dict:
-    """Parameter name -> array (numpy or MLX); both expose .shape, .size, .nbytes."""
-    if backend_of(model) == "numpy":
-        return model.parameters_numpy()
-    from mlx.utils import tree_flatten
-
-    return dict(tree_flatten(model.parameters()))
 
 
 def weight_stats(model) -> dict:
@@ -24,7 +14,7 @@ def weight_stats(model) -> dict:
     every stored array of a quantized layer (packed codes, scales, biases, palettes);
     float matrices count their dtype's bits.
     """
-    arrays = named_arrays(model)
+    arrays = access(model).arrays()
     quantization = model_config(model).get("quantization") or {}
     bits_total = weights_total = quantized = 0
     for name, array in arrays.items():

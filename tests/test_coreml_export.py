@@ -17,7 +17,7 @@ from mlx_slm.export.coreml_weights import coreml_bytes, shift_scale_arrays
 from mlx_slm.export.weights import model_weights
 from mlx_slm.formats import affine
 from mlx_slm.formats.views import AffineWeight, PalettizedWeight
-from mlx_slm.loading import set_model_config
+from mlx_slm.model_access import set_model_config
 
 ct = pytest.importorskip("coremltools")
 from mlx_slm.coreml.mil_interpreter import (  # noqa: E402  (needs coremltools)

@@ -11,7 +11,7 @@ from helpers import tiny_model_folder, tiny_tokenizer, write_model_folder
 
 import mlx_slm
 from mlx_slm.errors import SLMError
-from mlx_slm.loading import set_model_config
+from mlx_slm.model_access import set_model_config
 
 ct = pytest.importorskip("coremltools")
 from mlx_slm.coreml.mil_interpreter import MILInterpreter, compare_greedy, zero_mask  # noqa: E402  (coremltools)

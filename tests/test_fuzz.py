@@ -55,7 +55,7 @@ import mlx_slm
 from mlx_slm.backend import backend_of
 from mlx_slm.errors import SLMError
 from mlx_slm.formats.dtypes import bfloat16
-from mlx_slm.loading import model_config
+from mlx_slm.model_access import model_config
 
 SEED = 2026
 LOAD_SECONDS = 10

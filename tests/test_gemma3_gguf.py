@@ -310,7 +310,7 @@ def next_tokens(model, tokenizer, prompt: str, count: int) -> list:
 @pytest.mark.mlx
 def test_gemma3_270m_config_and_tokenizer(gemma3_270m, gemma3_path, english_text):
     from mlx_slm.io.gguf import read_fields, read_reader
-    from mlx_slm.loading import model_config
+    from mlx_slm.model_access import model_config
 
     model, tokenizer = gemma3_270m
     config = model_config(model)

@@ -8,7 +8,7 @@ from helpers import sample_text, tiny_model_folder
 import mlx_slm
 from mlx_slm.cli import main
 from mlx_slm.errors import SLMError
-from mlx_slm.loading import model_config
+from mlx_slm.model_access import model_config
 from mlx_slm.stats import weight_stats
 
 

@@ -20,9 +20,10 @@ from mlx import nn
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from tqdm import tqdm
 
-from ..backend import backend_of, require_mlx
+from ..backend import require_mlx
 from ..data.windows import token_windows
 from ..errors import SLMError
+from ..model_access import require_training
 from ..progress import hidden
 from ..runtime import computes_on_cpu, fast_cpu, restore_dtypes, widen_floats
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -49,9 +50,7 @@ def vocabulary_size(model, tokens: mx.array) -> int:
 
 
 def check_pair(student, teacher, tokenizer, teacher_tokenizer) -> None:
-    for name, model in (("student", student), ("teacher", teacher)):
-        if backend_of(model) != "mlx":
-            raise SLMError(f"distillation trains with MLX; load the {name} with backend='mlx'")
+    require_training("distillation", student, teacher)
     if teacher_tokenizer is not None and teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise SLMError("the teacher and student tokenizers differ; distillation needs the same vocabulary")
     probe = mx.array([[0, 1]])

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SLMError
-from ..loading import model_config, model_source
+from ..loading import model_source
+from ..model_access import model_config
 from ..models.numpy_llama import SUPPORTED
 from .coreai_llama import INPUT_IDS, KEY_CACHE, LOGITS, POSITION_IDS, VALUE_CACHE, LlamaGraph
 from .coreai_weights import layer_record

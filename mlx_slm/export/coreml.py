@@ -18,7 +18,8 @@ import numpy as np
 
 from ..errors import SLMError
 from ..formats.views import AffineWeight, PalettizedWeight
-from ..loading import model_config, model_source
+from ..loading import model_source
+from ..model_access import model_config
 from ..models.numpy_llama import SUPPORTED
 from .coreml_gemma3 import GEMMA3_TYPES, Gemma3ProgramBuilder, gemma3_text_config, gemma3_text_weights
 from .coreml_llama import CAUSAL_MASK, INPUT_IDS, LOGITS, LlamaProgramBuilder

@@ -22,7 +22,8 @@ from ..errors import SLMError
 from ..formats.views import AffineWeight, PalettizedWeight
 from ..io.atomic import atomic_file, refuse_inputs
 from ..io.gguf import ARCHITECTURES, GLOBAL_NAMES, LAYER_NAMES
-from ..loading import model_config, model_source
+from ..loading import model_source
+from ..model_access import model_config
 from .gguf_importance import as_calibration, gguf_importance
 from .gguf_tensors import TYPE_NAMES, encode, encode_quantized, qk_permute, take_rows
 from .gguf_vocab import vocab_fields, write_vocab

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..data.windows import Calibration
-from ..model_access import candidate_layers, numpy_engine
+from ..model_access import access
 
 
 def as_calibration(calibration, tokenizer) -> Calibration:
@@ -28,5 +28,6 @@ def gguf_importance(model, calibration: Calibration, progress: bool) -> dict:
     from .gguf import gguf_name
 
     tokens, _ = calibration.windows()
-    importance = layer_importance(numpy_engine(model), list(candidate_layers(model)), tokens, progress)
+    view = access(model)
+    importance = layer_importance(view.numpy_engine(), list(view.candidate_layers()), tokens, progress)
     return {gguf_name(f"{path}.weight"): values for path, values in importance.items()}

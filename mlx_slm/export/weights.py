@@ -10,9 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..formats import get_format
-from ..loading import model_config
+from ..model_access import access, model_config
 from ..qconfig import saved_layer_params
-from ..stats import named_arrays
 
 
 def is_packed(array) -> bool:
@@ -39,7 +38,7 @@ def model_weights(model) -> dict:
     """
     config = model_config(model)
     quantization = config.get("quantization") or {}
-    arrays = named_arrays(model)
+    arrays = access(model).arrays()
     weights = {}
     for name, array in arrays.items():
         path, _, suffix = name.rpartition(".")

@@ -31,7 +31,7 @@ from ..data.windows import calibration_windows
 from ..errors import SLMError
 from ..formats import get_format
 from ..formats.dtypes import FLOAT_DTYPES
-from ..loading import model_config, set_model_config
+from ..model_access import model_config, set_model_config
 from .adapters import adapter_layers
 
 REQUANTIZE = ("gptq", "rtn", None)
@@ -65,15 +65,15 @@ def check_gptq(model, quantized: dict, gptq_options: dict | None) -> dict:
 
 def requantize_gptq(model, quantized: dict, tokens, options: dict, progress: bool) -> None:
     """Replace the fused float layers at ``quantized``'s paths by GPTQ-quantized ones in their bases' format."""
+    from ..model_access import access, stored_arrays
     from ..quant.sequential import sequential_quantize
-    from ..quantize import apply_mlx, stored_arrays
     from ..runtime import numpy_twin
 
     plan = {path: {"bits": base.bits, "group_size": base.group_size} for path, base in quantized.items()}
     dtypes = {path: FLOAT_DTYPES[str(base.scales.dtype).split(".")[-1]] for path, base in quantized.items()}
     chosen = sequential_quantize(numpy_twin(model), plan, tokens, "gptq", dtypes, options, progress=progress)
     affine = get_format("affine")
-    apply_mlx(model, plan, {path: stored_arrays(affine, stored) for path, stored in chosen.items()})
+    access(model).quantize_affine(plan, {path: stored_arrays(affine, stored) for path, stored in chosen.items()})
 
 
 def fuse(model, *, requantize: str | None = "gptq", calib=None, tokenizer=None,

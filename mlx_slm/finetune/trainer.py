@@ -23,9 +23,9 @@ from mlx_lm.tuner.trainer import default_loss, iterate_batches
 from mlx_lm.tuner.trainer import evaluate as mean_loss
 from tqdm import tqdm
 
-from ..backend import backend_of
 from ..distill.hooks import gradient_checkpointing
 from ..errors import SLMError
+from ..model_access import require_training
 from ..progress import hidden
 from .adapters import add_adapters, resume_state, save_adapters
 from .data import load_dataset
@@ -48,8 +48,7 @@ def batches(dataset, batch_size: int, max_length: int, seed: int, first_step: in
 
 def check_settings(model, steps: int, batch_size: int, learning_rate: float, seq_len: int, eval_every: int,
                    save_every: int) -> None:
-    if backend_of(model) != "mlx":
-        raise SLMError("fine-tuning trains with MLX; load the model with backend='mlx'")
+    require_training("fine-tuning", model)
     if steps < 1 or batch_size < 1 or seq_len < 2 or learning_rate <= 0:
         raise SLMError(f"need steps >= 1, batch_size >= 1, seq_len >= 2 and learning_rate > 0, not {steps}, "
                        f"{batch_size}, {seq_len} and {learning_rate}")

@@ -28,15 +28,14 @@ from functools import partial
 import numpy as np
 from tqdm import tqdm
 
-from ..backend import backend_of
 from ..data.windows import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, calibration_windows
 from ..errors import SLMError
 from ..formats.dtypes import round_to
-from ..model_access import numpy_engine
+from ..model_access import access
 from ..progress import hidden
 from ..quant.sequential import in_batches
 from ..quant.statistics import InputStatistics
-from .common import Observers, add_record, check_float_model, stored_dtypes
+from .common import Observers, add_record, check_float_model
 
 LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
@@ -167,25 +166,7 @@ def slice_width(config: dict, weights: dict, channels: dict, groups: dict, num_h
 
 def count_parameters(model) -> int:
     """Number of stored parameter values (every tensor, norms included)."""
-    if backend_of(model) == "numpy":
-        return int(sum(value.size for value in model.weights.values()))
-    from mlx.utils import tree_flatten
-
-    return int(sum(value.size for _, value in tree_flatten(model.parameters())))
-
-
-def replace_model(model, config: dict, weights: dict):
-    """Make ``model`` (numpy or MLX) the model of ``config`` and ``weights``, in place; return it."""
-    if backend_of(model) == "numpy":
-        type(model).__init__(model, config, weights)
-        return model
-    from ..loading import build_mlx_model
-
-    rebuilt = build_mlx_model(config, weights)
-    dict.clear(model)  # nn.Module is a dict of its children and arrays
-    dict.update(model, rebuilt)
-    model.__dict__.update(rebuilt.__dict__)
-    return model
+    return int(sum(value.size for value in access(model).arrays().values()))
 
 
 def transformers_objection(config: dict) -> str | None:
@@ -270,9 +251,10 @@ def prune_structured(model, mlp_fraction: float = 0.0, drop_heads: int = 0, drop
     head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // num_heads)
     check_head_count(config, drop_heads, num_heads, num_kv_heads, head_dim)
     tokens, calibration = calibration_windows(tokenizer, calib, num_samples, seq_len)
-    dtypes = stored_dtypes(model)
+    view = access(model)
+    dtypes = view.dtypes()
     before = count_parameters(model)
-    engine = numpy_engine(model)
+    engine = view.numpy_engine()
     if engine.head_dim * num_heads != engine.dense("model.layers.0.self_attn.q_proj").shape[0]:
         raise SLMError("the attention projections do not match num_attention_heads x head_dim")
     record = {"kind": "structured", "mlp_fraction": mlp_fraction, "drop_heads": drop_heads,
@@ -297,7 +279,7 @@ def prune_structured(model, mlp_fraction: float = 0.0, drop_heads: int = 0, drop
     new_config["head_dim"] = engine.head_dim
     weights = {name: round_to(value, dtypes[name]) if value.dtype != dtypes.get(name, value.dtype) else value
                for name, value in weights.items()}
-    replace_model(model, new_config, weights)
+    view.replace(new_config, weights)
     record["parameters"] = {"before": before, "after": count_parameters(model)}
     add_record(model, record)
     return model

@@ -17,14 +17,9 @@ import numpy as np
 from ..data.windows import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, calibration_windows
 from ..errors import SLMError
 from ..formats.dtypes import as_float32, round_to
-from ..model_access import numpy_engine
+from ..model_access import access
 from ..quant.sequential import calibrate_blocks
-from .common import (
-    add_record,
-    check_float_model,
-    stored_dtypes,
-    write_weights,
-)
+from .common import add_record, check_float_model
 from .masks import check_pattern_fits, check_sparsity, magnitude_mask, parse_pattern
 from .sparsegpt import sparsegpt_prune
 from .wanda import wanda_mask
@@ -143,7 +138,8 @@ def prune(model, method: str = "wanda", sparsity: float = 0.5, pattern=None, cal
     unknown = set(sparsegpt_options or {}) - set(SPARSEGPT_DEFAULTS)
     if unknown:
         raise SLMError(f"unknown sparsegpt_options {sorted(unknown)}; known: {sorted(SPARSEGPT_DEFAULTS)}")
-    engine = numpy_engine(model)
+    view = access(model)
+    engine = view.numpy_engine()
     candidates = decoder_linears(engine.weights)
     if not candidates:
         raise SLMError("the model has no decoder linear layers to prune")
@@ -161,10 +157,10 @@ def prune(model, method: str = "wanda", sparsity: float = 0.5, pattern=None, cal
         tokens, record["calibration"] = calibration_windows(tokenizer, calib, num_samples, seq_len)
     if method == "sparsegpt":
         record["sparsegpt"] = {**SPARSEGPT_DEFAULTS, **(sparsegpt_options or {})}
-    dtypes = stored_dtypes(model)
+    dtypes = view.dtypes()
     new = prune_weights(engine, plan, method, tokens, sparsegpt_options,
                         {path: dtypes[f"{path}.weight"] for path in plan}, progress=progress)
-    write_weights(model, {f"{path}.weight": value for path, value in new.items()})
+    view.write({f"{path}.weight": value for path, value in new.items()})
     total = sum(int(np.prod(candidates[path])) for path in new)
     zeros = sum(int(np.count_nonzero(value == 0)) for value in new.values())
     record.update({"pruned_layers": len(new), "weights": total, "zeros": zeros,

@@ -42,9 +42,9 @@ from mlx import nn
 from mlx.utils import tree_flatten, tree_unflatten
 from tqdm import tqdm
 
-from ..backend import backend_of
 from ..distill.losses import kl, log_softmax
 from ..errors import SLMError
+from ..model_access import require_training
 from ..progress import hidden
 from ..runtime import fast_cpu, restore_dtypes, widen_floats
 from .fake_quant import QUANT_PARAMS, make_twin, store_twin
@@ -241,8 +241,7 @@ def reconstruct_blocks(model, teacher, tokens, config: BlockwiseConfig | None = 
     settings and the seconds taken.
     """
     config = (config or BlockwiseConfig()).check()
-    if backend_of(model) != "mlx" or backend_of(teacher) != "mlx":
-        raise SLMError("blockwise reconstruction trains with MLX: load the model with backend='mlx'")
+    require_training("blockwise reconstruction", model, teacher)
     tokens = np.asarray(tokens, dtype=np.int32)
     if tokens.ndim != 2 or len(tokens) < 2 or tokens.shape[1] < 2:
         raise SLMError(f"blockwise reconstruction needs at least 2 calibration windows (one is held out), "

@@ -43,6 +43,7 @@ from tqdm import tqdm
 from ..backend import backend_of
 from ..distill.losses import divergence, log_softmax
 from ..errors import SLMError
+from ..model_access import require_training
 from ..progress import hidden
 from ..runtime import fast_cpu, quantized_modules, widen_floats
 from .methods.learned import LearnedConfig
@@ -182,9 +183,7 @@ def top_k_kl(student_logits: mx.array, values: mx.array, indices: mx.array) -> m
 
 def check_request(model, tokens: np.ndarray, options: dict) -> tuple[list, dict]:
     """(the affine layers to train, the settings); SLMError for a request that cannot run."""
-    if backend_of(model) != "mlx":
-        raise SLMError("learned needs MLX: training does not run on the numpy fallback "
-                       "(load the model with backend='mlx')")
+    require_training("learned", model)
     settings = LearnedConfig.from_options(options).training()
     layers = affine_layers(model)
     if not layers:

@@ -27,7 +27,7 @@ from ..errors import SLMError
 from ..evaluate import log_softmax
 from ..formats import affine
 from ..formats.dtypes import as_float32
-from ..model_access import candidate_layers, numpy_engine, weight_dtypes
+from ..model_access import access, weight_dtypes
 from ..progress import hidden
 
 PROBE = {"bits": 3, "group_size": 64}
@@ -216,10 +216,8 @@ def probe_layer(run: FloatRun, layer: LayerSensitivity, w: np.ndarray) -> None:
 def matrix_totals(model, candidates) -> tuple[int, int]:
     """(weights of every 2-D matrix, stored bits of the matrices that are not ``candidates``),
     counted as :func:`mlx_slm.stats.weight_stats` counts them."""
-    from ..stats import named_arrays
-
     weights = fixed = 0
-    for name, array in named_arrays(model).items():
+    for name, array in access(model).arrays().items():
         if name.endswith(".weight") and len(array.shape) == 2:
             weights += int(np.prod(array.shape))
             if name[: -len(".weight")] not in candidates:
@@ -240,11 +238,12 @@ def measure_sensitivity(model, tokens: np.ndarray, probe: dict | None = None, pr
     tokens = np.asarray(tokens, np.int64)
     if tokens.ndim != 2 or tokens.size == 0:
         raise SLMError(f"calibration tokens must be a non-empty [samples, seq_len] array, not shape {tokens.shape}")
-    shapes = candidate_layers(model)
+    view = access(model)
+    shapes = view.candidate_layers()
     if not shapes:
         raise SLMError("the model has no float layers to quantize")
     dtypes = weight_dtypes(model, shapes)
-    engine = numpy_engine(model)
+    engine = view.numpy_engine()
     layers = {}
     for path, shape in sorted(shapes.items(), key=lambda item: (block_of(item[0]) is None, item[0])):
         options, unavailable = layer_options(tuple(shape))
