@@ -1,5 +1,5 @@
-"""What the algorithms read from a model, on either backend: its float layers, their dtypes, and a
-numpy engine that runs it (the model itself, or the numpy twin of an MLX model).
+"""What the algorithms read from a model, on either backend: its float layers, their dtypes and weights,
+and a numpy engine that runs it (the model itself, or the numpy twin of an MLX model).
 
 Kept apart from :mod:`mlx_slm.quantize` and :mod:`mlx_slm.backend` so that quantization,
 sensitivity measurement and pruning read a model the same way without importing each other.
@@ -34,6 +34,18 @@ def weight_dtypes(model, paths) -> dict:
 
     params = dict(tree_flatten(model.parameters()))
     return {path: FLOAT_DTYPES[str(params[f"{path}.weight"].dtype).split(".")[-1]] for path in paths}
+
+
+def numpy_weights(model):
+    """Parameter name -> numpy array, any architecture: the numpy model's own, or an MLX model's exact
+    weights converted when read (:class:`~.runtime.LazyNumpyWeights`)."""
+    if backend_of(model) == "numpy":
+        return model.weights
+    from mlx.utils import tree_flatten
+
+    from .runtime import LazyNumpyWeights
+
+    return LazyNumpyWeights(dict(tree_flatten(model.parameters())))
 
 
 def numpy_engine(model):

@@ -30,7 +30,7 @@ from .errors import MLXRequiredError, SLMError
 from .formats import affine, get_format
 from .formats.dtypes import FLOAT_DTYPES, mlx_array
 from .loading import model_config, set_model_config
-from .model_access import candidate_layers, numpy_engine, weight_dtypes
+from .model_access import candidate_layers, numpy_engine, numpy_weights, weight_dtypes
 from .progress import hidden
 from .qconfig import check_config, read_config_file, resolve_layer
 from .quant.config import QuantizeConfig
@@ -180,12 +180,14 @@ def quantize_packed(model, plan: dict, method: str, job: Job) -> None:
     ``method`` "rtn" or "imatrix" (weighted by one pass of the float model over ``job.tokens``)."""
     todo = {path: settings for path, settings in plan.items() if settings is not None}
     dtypes = weight_dtypes(model, todo)
-    engine = numpy_engine(model)
-    importance = layer_importance(engine, list(todo), job.tokens, job.progress) if method == "imatrix" else {}
+    importance, weights = {}, numpy_weights(model)  # rtn reads the weights only: any architecture
+    if method == "imatrix":
+        engine = numpy_engine(model)
+        importance, weights = layer_importance(engine, list(todo), job.tokens, job.progress), engine.weights
     default = job.settings.format
     chosen = {}
     for path, settings in tqdm(todo.items(), desc="quantizing", disable=hidden(job.progress)):
-        w = engine.weights[f"{path}.weight"].astype(dtypes[path], copy=False)
+        w = weights[f"{path}.weight"].astype(dtypes[path], copy=False)
         chosen[path] = choose_layer(w, get_format(layer_format(settings, default)), settings, method,
                                     importance.get(path), job.settings.per_row_scale)
     if backend_of(model) == "numpy":
