@@ -3,12 +3,13 @@ closely the saved .aimodel, run by Apple's own Core AI runtime (coreai-core's CP
 
     python benchmarks/coreai_export.py [--model smollm2|gemma3|PATH] [--backend numpy|mlx]
         [--out benchmarks/results/MODEL] [--formats fp16,q4g64,q3g64,lut4g8,ternary]
-        [--compute-precision float32] [--max-context 64] [--steps 16]
+        [--compute-precision float32] [--max-context 64] [--steps 16] [--prompt-file FILE]
 
 --model: smollm2 (default; the PyPI SmolLM2-135M GGUF, numpy backend), gemma3 (the PyPI Gemma 3 270M
 GGUF, MLX backend: Gemma has no numpy engine) or a model path (--backend, default numpy).
 
-Agreement: prefill of a fixed prompt + --steps greedy steps fed with the model's token, through the
+Agreement: prefill of a fixed prompt (or the text of --prompt-file, e.g. one longer than Gemma's sliding
+window; --max-context must hold it and the steps) + --steps greedy steps fed with the model's token, through the
 package (mlx_slm.export.coreai.compare_greedy) and through the model's own forward pass in float32
 (the numpy engine, or MLX with the model's exact weights in float32); "tokens" counts the positions
 whose greedy token is the model's, "max dlogit" is the largest |package - model| logit over every
@@ -47,7 +48,7 @@ def measure(model, tokenizer, name: str, folder: Path, args) -> dict:
                                     max_context=args.max_context, compute_precision=args.compute_precision,
                                     overwrite=True)
     seconds = time.perf_counter() - start
-    result = compare_greedy(package, model, tokenizer.encode(PROMPT), args.steps)
+    result = compare_greedy(package, model, tokenizer.encode(args.prompt), args.steps)
     tokens = zip(result["package_tokens"], result["model_tokens"])
     row = {"format": name, "compute_precision": args.compute_precision, "package_mb": package_bytes(package) / 1e6,
            "bpw": package_bpw(package), "model_bpw": mlx_slm.stats.weight_stats(model)["bpw"],
@@ -82,7 +83,9 @@ def main() -> None:
                         help="the packages' compute precision (float16 is very slow on x86 CPUs)")
     parser.add_argument("--max-context", type=int, default=64)
     parser.add_argument("--steps", type=int, default=16, help="greedy steps after the prompt")
+    parser.add_argument("--prompt-file", default=None, help=f"the prompt's text (default {PROMPT!r})")
     args = parser.parse_args()
+    args.prompt = PROMPT if args.prompt_file is None else Path(args.prompt_file).read_text()
     find, backend, args.package_name = PACKAGED.get(args.model, (lambda: args.model, "numpy", "Model"))
     source, backend = find(), args.backend or backend
     if args.out is None and args.model not in PACKAGED:
@@ -103,7 +106,7 @@ def main() -> None:
     print(table(rows))
     reference = {"numpy": "the model's float32 numpy forward pass",
                  "mlx": "the mlx-lm model in float32 (mlx_slm.runtime.fast_cpu: its exact weights)"}[backend]
-    settings = {"model": str(source), "backend": backend, "prompt": PROMPT, "steps": args.steps,
+    settings = {"model": str(source), "backend": backend, "prompt": args.prompt, "steps": args.steps,
                 "max_context": args.max_context, "compute_precision": args.compute_precision,
                 "reference": reference, "runtime": "coreai-core 1.0.0b3 (CPU, Linux)"}
     with atomic_file(out / "coreai_export.json") as path:
