@@ -58,6 +58,10 @@ class NumpyModel:
         return {name[: -len(".weight")]: value.shape for name, value in self.model.weights.items()
                 if name.endswith(".weight") and value.ndim == 2 and value.dtype in FLOAT_DTYPES.values()}
 
+    def numpy_weights(self) -> dict:
+        """Parameter name -> numpy array, any architecture (no engine needed)."""
+        return self.model.weights
+
     def numpy_engine(self):
         """The NumpyLlama computing calibration statistics: the model itself."""
         return self.model
@@ -124,6 +128,12 @@ class MLXModel(NumpyModel):
     def candidate_layers(self) -> dict[str, tuple]:
         return {path: module.weight.shape for path, module in self.model.named_modules()
                 if hasattr(module, "to_quantized") and "weight" in module and module.weight.ndim == 2}
+
+    def numpy_weights(self) -> dict:
+        """The model's exact weights, each converted to numpy when read."""
+        from .runtime import LazyNumpyWeights
+
+        return LazyNumpyWeights(self.arrays())
 
     def numpy_engine(self):
         """A NumpyLlama twin holding the model's exact weights (made once per access)."""

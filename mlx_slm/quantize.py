@@ -146,12 +146,14 @@ def quantize_packed(model, plan: dict, method: str, job: Job) -> None:
     todo = {path: settings for path, settings in plan.items() if settings is not None}
     dtypes = weight_dtypes(model, todo)
     view = access(model)
-    engine = view.numpy_engine()
-    importance = layer_importance(engine, list(todo), job.tokens, job.progress) if method == "imatrix" else {}
+    importance, weights = {}, view.numpy_weights()  # rtn reads the weights only: any architecture
+    if method == "imatrix":
+        engine = view.numpy_engine()
+        importance, weights = layer_importance(engine, list(todo), job.tokens, job.progress), engine.weights
     default = job.settings.format
     chosen = {}
     for path, settings in tqdm(todo.items(), desc="quantizing", disable=hidden(job.progress)):
-        w = engine.weights[f"{path}.weight"].astype(dtypes[path], copy=False)
+        w = weights[f"{path}.weight"].astype(dtypes[path], copy=False)
         chosen[path] = choose_layer(w, get_format(layer_format(settings, default)), settings, method,
                                     importance.get(path), job.settings.per_row_scale)
     view.store_layers(todo, chosen, default)

@@ -206,9 +206,9 @@ def test_bad_requests_give_one_clear_error_and_no_output(tmp_path, monkeypatch):
     with pytest.raises(SLMError, match=r"must end in \.aimodel"):
         mlx_slm.export_coreai(model, tokenizer, tmp_path / "out" / "Bad.mlpackage", max_context=16)
     config = mlx_slm.model_config(model)
-    set_model_config(model, {**config, "model_type": "gemma3_text"})
-    with pytest.raises(SLMError, match=r"Llama family \(llama, mistral, qwen2, qwen3, smollm\), not model type "
-                                       r"'gemma3_text'"):
+    set_model_config(model, {**config, "model_type": "gemma2"})
+    with pytest.raises(SLMError, match=r"Llama family \(llama, mistral, qwen2, qwen3, smollm\) and Gemma 3 "
+                                       r"\(gemma3_text, gemma3\), not model type 'gemma2'"):
         mlx_slm.export_coreai(model, tokenizer, out, max_context=16)
     set_model_config(model, config)
     monkeypatch.setitem(sys.modules, "coreai.authoring", None)  # as if coreai-core were not installed

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import tiny_model_folder, tiny_tokenizer, write_model_folder
+from helpers import gemma3_weights, tiny_model_folder, tiny_tokenizer, write_model_folder
 
 import mlx_slm
 from mlx_slm.errors import SLMError
@@ -30,32 +30,6 @@ TEXT_CONFIG = {
 # measured: float 0.0076 (float16) / 0.0015 (float32: the fp16 KV-cache states are the floor),
 # 4-bit g32 0.0072 / 0.0045 (float32: the fp16 rounding of scales and offsets dominates)
 EXPECTED = {None: {"float16": 0.02, "float32": 0.003}, 4: {"float16": 0.02, "float32": 0.006}}
-
-
-def gemma3_weights(config: dict, seed: int = 0, prefix: str = "") -> dict:
-    """Random gemma3_text weights (fp16 values stored as float32), mlx-lm names, tied head."""
-    rng = np.random.default_rng(seed)
-    hidden, inter, dh = config["hidden_size"], config["intermediate_size"], config["head_dim"]
-    heads, kv = config["num_attention_heads"], config["num_key_value_heads"]
-
-    def array(*shape, scale):
-        return (scale * rng.standard_normal(shape)).astype(np.float16).astype(np.float32)
-
-    weights = {"model.embed_tokens.weight": array(config["vocab_size"], hidden, scale=hidden**-0.5),
-               "model.norm.weight": array(hidden, scale=0.1)}
-    for i in range(config["num_hidden_layers"]):
-        p = f"model.layers.{i}"
-        shapes = {"self_attn.q_proj": (heads * dh, hidden), "self_attn.k_proj": (kv * dh, hidden),
-                  "self_attn.v_proj": (kv * dh, hidden), "self_attn.o_proj": (hidden, heads * dh),
-                  "mlp.gate_proj": (inter, hidden), "mlp.up_proj": (inter, hidden), "mlp.down_proj": (hidden, inter)}
-        for name, (rows, cols) in shapes.items():
-            weights[f"{p}.{name}.weight"] = array(rows, cols, scale=cols**-0.5)
-        for name in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
-                     "post_feedforward_layernorm"):
-            weights[f"{p}.{name}.weight"] = array(hidden, scale=0.1)  # Gemma norms scale by 1 + weight
-        for name in ("q_norm", "k_norm"):
-            weights[f"{p}.self_attn.{name}.weight"] = array(dh, scale=0.1)
-    return {prefix + name: value for name, value in weights.items()}
 
 
 def gemma3_model(tmp_path, bits=None, **overrides):

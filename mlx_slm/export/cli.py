@@ -21,7 +21,8 @@ COREAI_DESCRIPTION = (
     "and the tokenizer files into the folder of -o. Every layer keeps its bits: affine 2/4/8-bit codes through "
     "blockwise_shift_scale with the model's scales and biases; 3/5/6-bit codes split into a 2/4-bit shift-scale "
     "part and a 1/2-bit high part; lut and ternary layers through lut_to_dense with their own codes and tables; "
-    "float layers in their own float16 (or bfloat16). Llama family (llama, mistral, qwen2, qwen3, smollm). "
+    "float layers in their own float16 (or bfloat16). Llama family (llama, mistral, qwen2, qwen3, smollm) and "
+    "Gemma 3 (gemma3_text, gemma3: its text model; needs the MLX backend). "
     "Needs coreai-core (pip install 'mlx-slm[coreai]').")
 GGUF_DESCRIPTION = (
     "Write one .gguf file for llama.cpp (and mlx_slm.load), with the metadata and byte-level BPE vocabulary "

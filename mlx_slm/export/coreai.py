@@ -3,8 +3,8 @@ and :func:`open_package` / :func:`compare_greedy`, which run a saved package wit
 (coreai-core ships a CPU runtime for Linux as well as macOS).
 
 The program is authored directly with coreai-core from the model's own weights (no PyTorch), see
-:mod:`.coreai_llama` (graph and contract) and :mod:`.coreai_weights` (compressed weights).
-coreai-core is imported only when this runs.
+:mod:`.coreai_llama` (graph and contract), :mod:`.coreai_gemma3` (Gemma 3's differences) and
+:mod:`.coreai_weights` (compressed weights). coreai-core is imported only when this runs.
 """
 
 from __future__ import annotations
@@ -12,22 +12,26 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 
 import numpy as np
 
+from ..backend import backend_of
 from ..errors import SLMError
 from ..loading import model_source
 from ..model_access import model_config
 from ..models.numpy_llama import SUPPORTED
+from .coreai_gemma3 import Gemma3Graph
 from .coreai_llama import INPUT_IDS, KEY_CACHE, LOGITS, POSITION_IDS, VALUE_CACHE, LlamaGraph
 from .coreai_weights import layer_record
+from .gemma3 import GEMMA3_TYPES, program_config, program_weights
 from .manifest import build_manifest
-from .package import check_request, package_path, refuse_existing, resolve_max_context, staged_outputs
-from .weights import model_weights
+from .package import check_model_type, check_request, package_path, refuse_existing, resolve_max_context, staged_outputs
 
 INSTALL = "pip install 'mlx-slm[coreai]'"
+GRAPHS = {**{model_type: LlamaGraph for model_type in SUPPORTED},
+          **{model_type: Gemma3Graph for model_type in GEMMA3_TYPES}}
 
 
 def import_coreai():
@@ -39,36 +43,31 @@ def import_coreai():
     return coreai.authoring
 
 
-def check_model_type(config: dict) -> None:
-    model_type = config.get("model_type")
-    if model_type not in SUPPORTED:
-        raise SLMError(f"Core AI export supports the Llama family ({', '.join(SUPPORTED)}), "
-                       f"not model type {model_type!r}")
-
-
 def export_coreai(model, tokenizer, out_path, max_context: int | None = None,
                   compute_precision: str = "float16", overwrite: bool = False) -> Path:
     """Write ``Name.aimodel``, ``Name.json`` and the tokenizer files into out_path's folder.
 
     model: from :func:`mlx_slm.load` (MLX or numpy backend), float or quantized (affine, lut, ternary);
-    Llama family. out_path: ``.../Name.aimodel``. max_context: the longest context the program
-    serves (its RoPE table; default min(2048, max_position_embeddings)); the runner sizes the
+    Llama family, or Gemma 3 (gemma3_text, or a gemma3 model's text model; MLX backend only).
+    out_path: ``.../Name.aimodel``. max_context: the longest context the program serves (its RoPE
+    tables; default min(2048, max_position_embeddings)); the runner sizes the
     KV-cache states. compute_precision: "float16" (activations and KV cache; RMSNorm statistics
     in float32) or "float32"; weights decode to float32 either way, logits are float16.
     Returns the package path.
     """
     config = model_config(model)
-    check_model_type(config)
-    max_context = resolve_max_context(config, max_context)
-    check_request(config, max_context, compute_precision)
+    check_model_type(config, "Core AI")
+    text_config = program_config(model, config)
+    max_context = resolve_max_context(text_config, max_context)
+    check_request(text_config, max_context, compute_precision)
     package = package_path(out_path, ".aimodel")
     inputs = [model_source(model)]
     refuse_existing(package, overwrite, inputs)  # before the work, and again before writing
     ops = import_coreai()
     from .. import __version__
 
-    weights = model_weights(model)
-    graph = LlamaGraph(ops, config, weights, max_context, compute_precision)
+    weights = program_weights(model, config)
+    graph = GRAPHS[config["model_type"]](ops, text_config, weights, max_context, compute_precision)
     program = graph.program()
     from coreai.runtime import AIModelAssetMetadata
 
@@ -126,28 +125,56 @@ async def open_package(package, max_context: int | None = None):
         yield Runner(loaded.load_function("main"), max_context)
 
 
+class MLXSteps:
+    """An mlx-lm model as :func:`compare_greedy` calls a model: ``make_cache()``, and (ids int32 [1, T], cache)
+    -> float32 logits [1, T, vocab] as numpy."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def make_cache(self):
+        from mlx_lm.models.cache import make_prompt_cache
+
+        return make_prompt_cache(self.model)
+
+    def __call__(self, ids: np.ndarray, cache) -> np.ndarray:
+        import mlx.core as mx
+
+        return np.array(self.model(mx.array(ids), cache=cache).astype(mx.float32))
+
+
 def compare_greedy(package, model, prompt, steps: int) -> dict:
     """Prefill ``prompt`` then ``steps`` greedy steps fed with the model's token, through the package
-    (Apple's runtime) and through ``model`` (``model.make_cache()``, ``model(ids, cache)``).
+    (Apple's runtime) and through ``model`` (``model.make_cache()``, ``model(ids, cache)``). An MLX model
+    computes in float32 with its exact weights on a CPU (:func:`mlx_slm.runtime.fast_cpu`), like the
+    numpy model does.
 
     Returns package_tokens, model_tokens, max_dlogit (over every position) and decode_s (the
     package's seconds per decode step).
     """
-    async def run():
-        async with open_package(package) as runner:
-            cache = model.make_cache()
-            ours, theirs = await runner(prompt), model(np.array([prompt], np.int32), cache)
-            result = {"package_tokens": [], "model_tokens": [], "max_dlogit": 0.0, "decode_s": 0.0}
-            for step in range(steps + 1):
-                result["max_dlogit"] = max(result["max_dlogit"], float(np.abs(ours - theirs).max()))
-                result["package_tokens"].append(int(ours[0, -1].argmax()))
-                result["model_tokens"].append(int(theirs[0, -1].argmax()))
-                if step == steps:
-                    break
-                start = time.perf_counter()
-                ours = await runner([result["model_tokens"][-1]])
-                result["decode_s"] += (time.perf_counter() - start) / steps
-                theirs = model(np.array([[result["model_tokens"][-1]]], np.int32), cache)
-            return result
+    with ExitStack() as stack:
+        if backend_of(model) == "mlx":
+            from ..runtime import fast_cpu
 
-    return asyncio.run(run())
+            stack.enter_context(fast_cpu(model))
+            model = MLXSteps(model)
+        return asyncio.run(greedy_steps(package, model, prompt, steps))
+
+
+async def greedy_steps(package, model, prompt, steps: int) -> dict:
+    """:func:`compare_greedy`'s loop; ``model`` as a numpy model is called."""
+    async with open_package(package) as runner:
+        cache = model.make_cache()
+        ours, theirs = await runner(prompt), model(np.array([prompt], np.int32), cache)
+        result = {"package_tokens": [], "model_tokens": [], "max_dlogit": 0.0, "decode_s": 0.0}
+        for step in range(steps + 1):
+            result["max_dlogit"] = max(result["max_dlogit"], float(np.abs(ours - theirs).max()))
+            result["package_tokens"].append(int(ours[0, -1].argmax()))
+            result["model_tokens"].append(int(theirs[0, -1].argmax()))
+            if step == steps:
+                break
+            start = time.perf_counter()
+            ours = await runner([result["model_tokens"][-1]])
+            result["decode_s"] += (time.perf_counter() - start) / steps
+            theirs = model(np.array([[result["model_tokens"][-1]]], np.int32), cache)
+        return result

@@ -11,6 +11,10 @@ Contract (Apple's coreai-models LLM runner, ``CoreAISequentialEngine``):
 Queries see the keys whose position is at most their own (causal inside a prompt). RoPE angles
 come from a constant table [max_context, head_dim] gathered at the new tokens' positions.
 Activations are [T, D]; a linear layer is ``(W @ x^T)^T`` with W [N, K] as the model stores it.
+
+:class:`LlamaGraph` is also the base of other decoders (:mod:`.coreai_gemma3`): they override the
+hooks ``norm_weight``, ``activation``, ``embed``, ``layer_views`` and ``block``, and set
+``attention_scale``; :meth:`LlamaGraph.view` gives a layer a sliding window.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class LlamaGraph:
         self.num_kv_heads = int(config.get("num_key_value_heads") or self.num_heads)
         self.head_dim = int(config.get("head_dim") or config["hidden_size"] // self.num_heads)
         self.eps = float(config.get("rms_norm_eps", 1e-6))
+        self.attention_scale = self.head_dim**-0.5
         self.tied = "lm_head.weight" not in weights and "lm_head" not in weights
         self.encodings = {}  # layer path -> Encoding, for the manifest
         self._matrices = {}
@@ -81,6 +86,10 @@ class LlamaGraph:
         bias = self.weights.get(f"{path}.bias")
         return out if bias is None else ops.broadcasting_add(out, self.constant(bias[None, :]))
 
+    def norm_weight(self, path: str) -> np.ndarray:
+        """The [D] vector RMSNorm ``path`` multiplies by."""
+        return self.weights[f"{path}.weight"]
+
     def rms_norm(self, path: str, x):
         """x [..., D] -> [..., D]; statistics in float32."""
         ops = self.ops
@@ -89,7 +98,7 @@ class LlamaGraph:
         inverse = ops.rsqrt(ops.broadcasting_add(mean_square, np.array([self.eps], np.float32)))
         normed = ops.broadcasting_mul(wide, inverse)
         normed = normed if self.dtype == np.float32 else ops.cast(normed, self.dtype)
-        return ops.broadcasting_mul(normed, self.constant(self.weights[f"{path}.weight"]))
+        return ops.broadcasting_mul(normed, self.constant(self.norm_weight(path)))
 
     def heads(self, x, count: int):
         """[T, count*Dh] -> [count, T, Dh]."""
@@ -104,19 +113,20 @@ class LlamaGraph:
         rotated = ops.concat(2, [ops.broadcasting_mul(second, np.array([-1], self.dtype)), first])
         return ops.broadcasting_add(ops.broadcasting_mul(x, cos), ops.broadcasting_mul(rotated, sin))
 
-    def cached(self, cache, layer: int, update, step):
-        """Write update [KVH, T, Dh] at rows P .. P+T-1 of ``layer``; return (the new cache, rows 0 .. P+T-1
-        of ``layer`` as [KVH, P+T, Dh])."""
+    def cached(self, cache, layer: int, update, step, view):
+        """Write update [KVH, T, Dh] at rows P .. P+T-1 of ``layer``; return (the new cache, the rows ``view``
+        reads, first .. P+T-1 of ``layer``, as [KVH, count, Dh])."""
         ops, heads, dh = self.ops, self.num_kv_heads, self.head_dim
         stop = ops.concat(0, [i32(layer + 1, 1, heads), step.end, i32(dh)])
         start = ops.concat(0, [i32(layer, 0, 0), step.past, i32(0)])
         update = ops.reshape(update, i32(1, 1, heads, -1, dh))
         cache = ops.slice_update(cache, start, stop, i32(1, 1, 1, 1, 1), update)
-        rows = ops.slice_(cache, i32(layer, 0, 0, 0, 0), stop, i32(1, 1, 1, 1, 1))
+        rows = ops.slice_(cache, ops.concat(0, [i32(layer, 0, 0), view.first, i32(0)]), stop, i32(1, 1, 1, 1, 1))
         return cache, ops.reshape(rows, i32(heads, -1, dh))
 
-    def attention(self, layer: int, x, step, caches):
-        """x [T, D] -> [T, D]; ``caches`` (keys, values) are replaced by their updated values."""
+    def attention(self, layer: int, x, step, view, caches):
+        """x [T, D] -> [T, D], attending as ``view`` says; ``caches`` (keys, values) are replaced by their
+        updated values."""
         ops, prefix = self.ops, f"model.layers.{layer}.self_attn"
         heads, kv_heads, dh = self.num_heads, self.num_kv_heads, self.head_dim
         queries = self.heads(self.linear(f"{prefix}.q_proj", x), heads)
@@ -125,25 +135,33 @@ class LlamaGraph:
         if f"{prefix}.q_norm.weight" in self.weights:
             queries = self.rms_norm(f"{prefix}.q_norm", queries)
             keys = self.rms_norm(f"{prefix}.k_norm", keys)
-        queries, keys = self.rope(queries, step.cos, step.sin), self.rope(keys, step.cos, step.sin)
-        caches[0], keys = self.cached(caches[0], layer, keys, step)
-        caches[1], values = self.cached(caches[1], layer, values, step)
+        queries, keys = self.rope(queries, view.cos, view.sin), self.rope(keys, view.cos, view.sin)
+        caches[0], keys = self.cached(caches[0], layer, keys, step, view)
+        caches[1], values = self.cached(caches[1], layer, values, step, view)
         # query head h reads KV head h // repeats: group the queries of each KV head as [KVH, repeats*T, Dh]
         repeats = heads // kv_heads
-        queries = ops.broadcasting_mul(queries, np.array([dh**-0.5], self.dtype))
+        queries = ops.broadcasting_mul(queries, np.array([self.attention_scale], self.dtype))
         scores = ops.batch_matmul(ops.reshape(queries, i32(kv_heads, -1, dh)),
                                   ops.transpose(keys, np.array([0, 2, 1], np.uint32)))
-        scores = ops.reshape(scores, ops.concat(0, [i32(kv_heads, repeats), step.length, step.end]))
-        scores = ops.broadcasting_where(step.future, np.array([-np.inf], self.dtype), scores)
-        probs = ops.reshape(ops.softmax(scores, np.array(-1, np.int32)), ops.concat(0, [i32(kv_heads, -1), step.end]))
+        scores = ops.reshape(scores, ops.concat(0, [i32(kv_heads, repeats), step.length, view.count]))
+        scores = ops.broadcasting_where(view.hidden, np.array([-np.inf], self.dtype), scores)
+        probs = ops.reshape(ops.softmax(scores, np.array(-1, np.int32)), ops.concat(0, [i32(kv_heads, -1), view.count]))
         out = ops.reshape(ops.batch_matmul(probs, values), i32(heads, -1, dh))
         out = ops.reshape(ops.transpose(out, np.array([1, 0, 2], np.uint32)), i32(-1, heads * dh))
         return self.linear(f"{prefix}.o_proj", out)
 
+    def activation(self, gate):
+        """The gated MLP's activation (SwiGLU: SiLU)."""
+        return self.ops.silu(gate)
+
     def mlp(self, layer: int, x):
         ops, prefix = self.ops, f"model.layers.{layer}.mlp"
-        gate = ops.silu(self.linear(f"{prefix}.gate_proj", x))
+        gate = self.activation(self.linear(f"{prefix}.gate_proj", x))
         return self.linear(f"{prefix}.down_proj", ops.mul(gate, self.linear(f"{prefix}.up_proj", x)))
+
+    def embed(self, input_ids):
+        """input_ids [1, T] -> [T, D]: rows of the embedding matrix."""
+        return self.ops.gather_nd(self.matrix("model.embed_tokens"), self.ops.reshape(input_ids, i32(-1, 1)))
 
     def step(self, input_ids, position_ids):
         """What every layer of one call shares (a :class:`Step`)."""
@@ -151,22 +169,44 @@ class LlamaGraph:
         length = ops.cast(ops.slice_(ops.get_shape(input_ids), i32(1), i32(2), i32(1)), np.int32)
         end = ops.cast(ops.slice_(ops.get_shape(position_ids), i32(1), i32(2), i32(1)), np.int32)
         past = ops.sub(end, length)
-        new_positions = ops.reshape(ops.slice_(position_ids, ops.concat(0, [i32(0), past]), i32(1, BIG), i32(1, 1)),
-                                    i32(-1, 1))  # [T, 1]
-        cos, sin = (ops.gather_nd(self.constant(table), new_positions)
-                    for table in rope_tables(rope_inverse_frequencies(self.config, self.head_dim), self.max_context))
-        future = ops.broadcasting_greater(ops.reshape(position_ids, i32(1, -1)), new_positions)  # [T, P+T]
-        return Step(length=length, past=past, end=end, cos=cos, sin=sin, future=future)
+        queries = ops.reshape(ops.slice_(position_ids, ops.concat(0, [i32(0), past]), i32(1, BIG), i32(1, 1)),
+                              i32(-1, 1))  # [T, 1]
+        return Step(length=length, past=past, end=end, queries=queries, keys=ops.reshape(position_ids, i32(1, -1)))
+
+    def view(self, step, inv_freq: np.ndarray, window: int | None = None):
+        """A :class:`View` with RoPE of angular speeds ``inv_freq``, causal; with a ``window``, keys that many
+        positions or more behind their query are hidden too, and the cache rows before the first query's
+        window (rows 0 .. P-window) are not read."""
+        ops = self.ops
+        cos, sin = (ops.gather_nd(self.constant(table), step.queries)
+                    for table in rope_tables(inv_freq, self.max_context))
+        first, keys = i32(0), step.keys
+        if window is not None:
+            first = ops.broadcasting_maximum(ops.sub(step.past, i32(window - 1)), i32(0))
+            keys = ops.slice_(keys, ops.concat(0, [i32(0), first]), i32(1, BIG), i32(1, 1))
+        hidden = ops.broadcasting_greater(keys, step.queries)  # [T, count]
+        if window is not None:
+            behind = ops.broadcasting_sub(step.queries, keys)
+            hidden = ops.broadcasting_or(hidden, ops.broadcasting_greater(behind, i32(window - 1)))
+        return View(cos=cos, sin=sin, first=first, count=ops.sub(step.end, first), hidden=hidden)
+
+    def layer_views(self, step) -> list:
+        """Per layer, how it attends (a :class:`View`). Llama: one RoPE, causal, every cached row."""
+        return [self.view(step, rope_inverse_frequencies(self.config, self.head_dim))] * self.num_layers
+
+    def block(self, layer: int, h, step, view, caches):
+        """One decoder layer, pre-norm: h + attention(norm(h)), then + mlp(norm(h))."""
+        ops, prefix = self.ops, f"model.layers.{layer}"
+        h = ops.add(h, self.attention(layer, self.rms_norm(f"{prefix}.input_layernorm", h), step, view, caches))
+        return ops.add(h, self.mlp(layer, self.rms_norm(f"{prefix}.post_attention_layernorm", h)))
 
     def forward(self, input_ids, position_ids, caches: list):
         """input_ids [1, T], position_ids [1, P+T] -> logits float16 [1, T, vocab]; ``caches`` updated."""
         ops = self.ops
         step = self.step(input_ids, position_ids)
-        h = ops.gather_nd(self.matrix("model.embed_tokens"), ops.reshape(input_ids, i32(-1, 1)))
-        for layer in range(self.num_layers):
-            prefix = f"model.layers.{layer}"
-            h = ops.add(h, self.attention(layer, self.rms_norm(f"{prefix}.input_layernorm", h), step, caches))
-            h = ops.add(h, self.mlp(layer, self.rms_norm(f"{prefix}.post_attention_layernorm", h)))
+        h = self.embed(input_ids)
+        for layer, view in enumerate(self.layer_views(step)):
+            h = self.block(layer, h, step, view, caches)
         logits = self.linear("model.embed_tokens" if self.tied else "lm_head", self.rms_norm("model.norm", h))
         logits = ops.reshape(logits, i32(1, -1, int(self.config["vocab_size"])))
         return logits if self.dtype == np.float16 else ops.cast(logits, np.float16)
@@ -199,12 +239,22 @@ class LlamaGraph:
 
 
 class Step(NamedTuple):
-    """Shared by every layer of one call: T (``length``), P (``past``), P + T (``end``) as int32 [1];
-    cos/sin [T, Dh] at the new positions; ``future`` bool [T, P+T], true where a key is after the query."""
+    """Shared by every layer of one call: T (``length``), P (``past``), P + T (``end``) as int32 [1]; the
+    new tokens' positions ``queries`` int32 [T, 1] and every key's ``keys`` int32 [1, P+T]."""
 
     length: object
     past: object
     end: object
+    queries: object
+    keys: object
+
+
+class View(NamedTuple):
+    """How a layer attends in one call: cos/sin [T, Dh] at the new positions; it reads cache rows ``first`` ..
+    P+T-1 (int32 [1]; ``count`` of them, int32 [1]); ``hidden`` bool [T, count], true where a key is masked."""
+
     cos: object
     sin: object
-    future: object
+    first: object
+    count: object
+    hidden: object

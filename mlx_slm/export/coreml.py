@@ -21,12 +21,12 @@ from ..formats.views import AffineWeight, PalettizedWeight
 from ..loading import model_source
 from ..model_access import model_config
 from ..models.numpy_llama import SUPPORTED
-from .coreml_gemma3 import GEMMA3_TYPES, Gemma3ProgramBuilder, gemma3_text_config, gemma3_text_weights
+from .coreml_gemma3 import Gemma3ProgramBuilder
 from .coreml_llama import CAUSAL_MASK, INPUT_IDS, LOGITS, LlamaProgramBuilder
 from .coreml_weights import layer_record, weight_var
+from .gemma3 import GEMMA3_TYPES, program_config, program_weights
 from .manifest import build_manifest
-from .package import check_request, package_path, refuse_existing, resolve_max_context, staged_outputs
-from .weights import model_weights
+from .package import check_model_type, check_request, package_path, refuse_existing, resolve_max_context, staged_outputs
 
 EXPORTERS_NAME = "co.huggingface.exporters.name"  # swift-transformers' LanguageModel.modelName reads it
 BUILDERS = {**{model_type: LlamaProgramBuilder for model_type in SUPPORTED},
@@ -64,13 +64,6 @@ def import_coremltools():
         raise SLMError("Core ML export needs coremltools: pip install 'mlx-slm[coreml]' "
                        "(or pip install coremltools)") from None
     return coremltools
-
-
-def check_model_type(config: dict) -> None:
-    model_type = config.get("model_type")
-    if model_type not in BUILDERS:
-        raise SLMError(f"Core ML export supports the Llama family ({', '.join(SUPPORTED)}) and Gemma 3 "
-                       f"({', '.join(GEMMA3_TYPES)}), not model type {model_type!r}")
 
 
 def convert(ct, program, max_context: int, compute_precision: str):
@@ -111,17 +104,6 @@ def hub_name(model, config: dict) -> str | None:
     return name if isinstance(name, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) else None
 
 
-def program_config(model, config: dict) -> dict:
-    """The config the program is built from: the model's own; for Gemma 3 its resolved text-model config."""
-    return gemma3_text_config(model, config) if config["model_type"] in GEMMA3_TYPES else config
-
-
-def program_weights(model, config: dict) -> dict:
-    """The model's weights in the builder's names (Gemma 3: those of its text model)."""
-    weights = model_weights(model)
-    return gemma3_text_weights(weights) if config["model_type"] in GEMMA3_TYPES else weights
-
-
 def export_coreml(model, tokenizer, out_path, max_context: int | None = None,
                   compute_precision: str = "float16", overwrite: bool = False, name: str | None = None) -> Path:
     """Write ``Name.mlpackage``, ``Name.json`` and the tokenizer files into out_path's folder.
@@ -138,7 +120,7 @@ def export_coreml(model, tokenizer, out_path, max_context: int | None = None,
     Returns the package path.
     """
     config = model_config(model)
-    check_model_type(config)
+    check_model_type(config, "Core ML")
     text_config = program_config(model, config)
     max_context = resolve_max_context(text_config, max_context)
     check_request(text_config, max_context, compute_precision)

@@ -23,29 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import SLMError
-from ..formats.dtypes import bfloat16
 from ..models.numpy_llama import rope_inverse_frequencies
 from .coreml_llama import LlamaProgramBuilder, Step
 from .coreml_weights import FP16_MAX
-
-GEMMA3_TYPES = ("gemma3_text", "gemma3")
-MULTIMODAL_PREFIX = "language_model."  # mlx-lm's gemma3 wraps the text model under this name
-
-
-def gemma3_text_config(model, config: dict) -> dict:
-    """mlx-lm's resolved ``gemma3_text`` arguments (its defaults filled in), also for a ``gemma3`` model."""
-    args = getattr(getattr(model, "language_model", model), "args", None)
-    if args is None:
-        raise SLMError(f"exporting {config.get('model_type')} needs the MLX backend (mlx-lm's gemma3_text model); "
-                       "the numpy backend runs the Llama family only")
-    return {**vars(args), "model_type": "gemma3_text"}
-
-
-def gemma3_text_weights(weights: dict) -> dict:
-    """The text model's weights under gemma3_text names (a ``gemma3`` model's lose ``language_model.``;
-    mlx-lm drops the vision tower when loading)."""
-    return {name.removeprefix(MULTIMODAL_PREFIX): w for name, w in weights.items()}
+from .gemma3 import embedding_scale, is_sliding, local_rope_config
 
 
 class Gemma3ProgramBuilder(LlamaProgramBuilder):
@@ -55,13 +36,8 @@ class Gemma3ProgramBuilder(LlamaProgramBuilder):
     def __init__(self, mb, config: dict, weights: dict, weight_var, max_context: int,
                  compute_precision: str = "float16"):
         super().__init__(mb, config, weights, weight_var, max_context, compute_precision)
-        self.hidden_size = int(config["hidden_size"])
         self.window = int(config["sliding_window"])
-        self.pattern = int(config["sliding_window_pattern"])
         self.query_scale = float(np.sqrt(self.head_dim / float(config["query_pre_attn_scalar"])))
-
-    def is_sliding(self, layer: int) -> bool:
-        return (layer + 1) % self.pattern != 0
 
     def norm_weight(self, path: str):
         """1 + weight; for q_norm also times sqrt(head_dim / query_pre_attn_scalar)."""
@@ -75,8 +51,7 @@ class Gemma3ProgramBuilder(LlamaProgramBuilder):
 
     def embed(self, input_ids):
         """Embedding rows times sqrt(hidden_size) rounded to bfloat16 (mlx-lm's exact factor)."""
-        scale = float(np.float32(np.sqrt(self.hidden_size)).astype(bfloat16))
-        return self.mb.mul(x=super().embed(input_ids), y=self.np_dtype(scale))
+        return self.mb.mul(x=super().embed(input_ids), y=self.np_dtype(embedding_scale(self.config)))
 
     def window_mask(self, mask, step: Step):
         """The causal mask [1, 1, T, P + T] with keys ``sliding_window`` or more positions behind their
@@ -88,11 +63,11 @@ class Gemma3ProgramBuilder(LlamaProgramBuilder):
     def layer_inputs(self, mask, step: Step) -> list:
         """Sliding layers: local RoPE base and the windowed mask; global layers: rope_theta (+ scaling)
         and the causal mask."""
-        local = self.rope_rows("rope_local", rope_inverse_frequencies(
-            {"rope_theta": self.config["rope_local_base_freq"]}, self.head_dim), step)
+        local_freq = rope_inverse_frequencies(local_rope_config(self.config), self.head_dim)
+        local = self.rope_rows("rope_local", local_freq, step)
         global_ = self.rope_rows("rope_global", rope_inverse_frequencies(self.config, self.head_dim), step)
         window_mask = self.window_mask(mask, step)
-        return [(local, window_mask) if self.is_sliding(layer) else (global_, mask)
+        return [(local, window_mask) if is_sliding(self.config, layer) else (global_, mask)
                 for layer in range(self.num_layers)]
 
     def residual(self, h, update):

@@ -12,6 +12,8 @@ from pathlib import Path
 from ..errors import SLMError
 from ..interrupt import deferred, scratch
 from ..io.atomic import refuse_inputs
+from ..models.numpy_llama import SUPPORTED
+from .gemma3 import GEMMA3_TYPES
 
 PRECISIONS = ("float16", "float32")
 DEFAULT_MAX_CONTEXT = 2048
@@ -25,6 +27,14 @@ def resolve_max_context(config: dict, max_context: int | None) -> int:
     if max_context is not None:
         return max_context
     return min(DEFAULT_MAX_CONTEXT, int(config.get("max_position_embeddings") or DEFAULT_MAX_CONTEXT))
+
+
+def check_model_type(config: dict, kind: str) -> None:
+    """SLMError unless the model is one both exports build programs for: the Llama family or Gemma 3."""
+    model_type = config.get("model_type")
+    if model_type not in (*SUPPORTED, *GEMMA3_TYPES):
+        raise SLMError(f"{kind} export supports the Llama family ({', '.join(SUPPORTED)}) and Gemma 3 "
+                       f"({', '.join(GEMMA3_TYPES)}), not model type {model_type!r}")
 
 
 def check_request(config: dict, max_context: int, compute_precision: str) -> None:
