@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .backend import backend_of, require_mlx
-from .errors import SLMError
+from .errors import MLXRequiredError, SLMError
 from .formats import get_format
 from .formats.dtypes import FLOAT_DTYPES, mlx_array
 from .progress import hidden
@@ -233,8 +233,8 @@ def require_training(feature: str, *models) -> None:
     numpy fallback computes but has no autograd)."""
     require_mlx(feature)
     if not all(access(model).trains for model in models):
-        raise SLMError(f"{feature} needs MLX: training does not run on the numpy fallback "
-                       "(load the model with backend='mlx')")
+        raise MLXRequiredError(feature, "training does not run on the numpy fallback (load the model with "
+                                        "backend='mlx')")
 
 
 def float_dtypes(model) -> dict:

@@ -266,7 +266,7 @@ def run_method(model, settings: QuantizeConfig, calibration: Calibration, progre
     their start."""
     method = get_method(settings.method)
     if method.training:
-        require_training(f"method {method.name!r}", model)
+        require_training(f"method {method.name!r} (training)", model)
     return method.run(model, settings, calibration, progress)
 
 
