@@ -65,6 +65,48 @@ def test_a_model_that_got_worse_keeps_its_start(tmp_path, monkeypatch):
         np.testing.assert_array_equal(after[name], value, err_msg=name)
 
 
+def test_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
+    """With a checkpoint folder, a run stopped in its second block resumes there and ends bit for bit
+    where an uninterrupted run ends; another run's folder is refused."""
+    from mlx_slm.errors import SLMError
+    from mlx_slm.quant import blockwise
+
+    teacher, whole, _, windows = tiny_pair(tmp_path / "a", "affine", 2, 32)
+    blockwise.reconstruct_blocks(whole, teacher, windows, blockwise.BlockwiseConfig(epochs=2), progress=False)
+    config = blockwise.BlockwiseConfig(epochs=2, checkpoint=str(tmp_path / "ckpt"))
+    _, stopped, _, _ = tiny_pair(tmp_path / "b", "affine", 2, 32)
+    train_block, calls = blockwise.train_block, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return train_block(*args)
+
+    monkeypatch.setattr(blockwise, "train_block", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        blockwise.reconstruct_blocks(stopped, teacher, windows, config, progress=False)
+    monkeypatch.setattr(blockwise, "train_block", train_block)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["block-0000.json", "block-0000.safetensors",
+                                                                     "run.json"]
+    _, resumed, _, _ = tiny_pair(tmp_path / "c", "affine", 2, 32)
+    report = blockwise.reconstruct_blocks(resumed, teacher, windows, config, progress=False)
+    assert report["resumed_blocks"] == 1 and report["trained_blocks"] == 2
+    expected = parameters(whole)
+    for name, value in parameters(resumed).items():
+        np.testing.assert_array_equal(value, expected[name], err_msg=name)
+    _, other, _, _ = tiny_pair(tmp_path / "d", "affine", 2, 32)
+    with pytest.raises(SLMError, match="holds the blocks of another block-wise run"):
+        blockwise.reconstruct_blocks(other, teacher, windows, blockwise.BlockwiseConfig(
+            epochs=2, seed=1, checkpoint=str(tmp_path / "ckpt")), progress=False)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep")
+    with pytest.raises(SLMError, match="not empty and is not a block-wise checkpoint folder"):
+        blockwise.reconstruct_blocks(other, teacher, windows, blockwise.BlockwiseConfig(
+            checkpoint=str(tmp_path / "notes")), progress=False)
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "keep"
+
+
 @pytest.mark.parametrize("fmt,bits,group_size", FORMATS)
 def test_twin_rounds_as_the_format_stores(tmp_path, fmt, bits, group_size):
     """A twin reproduces its layer exactly; after random training steps, what it stores is what it computed."""

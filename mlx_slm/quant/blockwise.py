@@ -21,7 +21,8 @@ Each block keeps its start unless its error on held-out windows got lower, so no
 block ends worse than its start on those windows; and the whole model keeps its start
 unless its KL to the float model on those windows got lower (lower error in every
 block does not guarantee it: on a ternary SmolLM2 every block's error fell and the
-model's KL rose). Memory: the windows' activations (inputs, targets, and the next
+model's KL rose). With ``BlockwiseConfig.checkpoint`` every finished block is saved and a rerun
+resumes after the last one (:mod:`.block_checkpoints`). Memory: the windows' activations (inputs, targets, and the next
 inputs: three arrays [S, T, D] float32) plus one block's training state, never the
 whole model's gradients. Blocks are found through
 ``model.layers`` and called as ``block(x, mask, cache=None)`` with the masks the
@@ -47,6 +48,7 @@ from ..errors import SLMError
 from ..model_access import require_training
 from ..progress import hidden
 from ..runtime import fast_cpu, restore_dtypes, widen_floats
+from .block_checkpoints import BlockCheckpoints, fingerprint
 from .fake_quant import QUANT_PARAMS, make_twin, store_twin
 from .methods.blockwise import BlockwiseConfig
 
@@ -252,9 +254,11 @@ def reconstruct_blocks(model, teacher, tokens, config: BlockwiseConfig | None = 
     split = len(tokens) - held
     started = time.perf_counter()
     blocks, teacher_blocks = blocks_of(model), blocks_of(teacher)
+    settings = {k: v for k, v in asdict(config).items() if k != "checkpoint"}
+    checkpoints = BlockCheckpoints(config.checkpoint, config.checkpoint and fingerprint(tokens, settings, model))
     student_x = block_inputs(model, tokens, config.batch_size)
     start_state = tree_flatten(model.parameters())  # immutable arrays: keeping them costs no copy
-    reports = []
+    reports, resumed = [], 0
     with fast_cpu(teacher):
         start_kl = held_out_kl(model, teacher, tokens[split:])
         masks = block_masks(teacher, mx.array(tokens[:1]))
@@ -263,9 +267,14 @@ def reconstruct_blocks(model, teacher, tokens, config: BlockwiseConfig | None = 
                    disable=hidden(progress))
         for index in bar:
             target = run_block(teacher_blocks[index], float_x, masks[index], config.batch_size)
-            x = student_x if config.inputs == "quantized" else float_x
-            report = train_block(blocks[index], masks[index], (x[:split], target[:split]),
-                                 (x[split:], target[split:]), config)
+            report = checkpoints.load(index, blocks[index])
+            if report is None:
+                x = student_x if config.inputs == "quantized" else float_x
+                report = train_block(blocks[index], masks[index], (x[:split], target[:split]),
+                                     (x[split:], target[split:]), config)
+                checkpoints.save(index, blocks[index], report)
+            else:
+                resumed += 1
             reports.append(report)
             if report["final_error"] is not None:
                 bar.set_postfix(held_out_error=f"{report['start_error']:.4f}->{report['final_error']:.4f}")
@@ -282,4 +291,5 @@ def reconstruct_blocks(model, teacher, tokens, config: BlockwiseConfig | None = 
             "blocks": reports, "train_windows": split, "held_out_windows": held,
             "seq_len": int(tokens.shape[1]), "train_tokens": int(split * tokens.shape[1] * config.epochs),
             "improved_blocks": sum(not r["kept_start"] for r in trained), "trained_blocks": len(trained),
+            "resumed_blocks": resumed,
             "seconds": time.perf_counter() - started}

@@ -37,6 +37,9 @@ class BlockwiseConfig(MethodOptions):
     held_out: float = option(0.125, "fraction of the calibration windows kept out of training; a block keeps "
                                     "its start unless its error on them drops")
     seed: int = option(0, "seed of the batch order")
+    checkpoint: str | None = option(None, "folder where every finished block is saved; a rerun with the same "
+                                          "calibration, settings and start resumes after the last saved block "
+                                          "(the folder is kept; a folder of another run is refused)")
 
     def check(self) -> BlockwiseConfig:
         if self.start is not None and self.start not in STARTS:
