@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
+from .calib.statistics import InputStatistics
 from .data.windows import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, Calibration
 from .errors import SLMError
 from .formats import affine, get_format
@@ -41,7 +42,6 @@ from .qconfig import check_config, read_config_file, resolve_layer
 from .quant.config import QuantizeConfig
 from .quant.imatrix import weighted_quantize
 from .quant.methods import get_method
-from .quant.statistics import InputStatistics
 
 log = logging.getLogger("mlx_slm")
 STATISTICS_BATCH = 4  # calibration windows per forward pass

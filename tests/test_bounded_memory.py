@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from helpers import tiny_config, tiny_weights
 
+from mlx_slm.calib.statistics import InputStatistics
 from mlx_slm.errors import SLMError
 from mlx_slm.formats import affine
 from mlx_slm.io import safetensors_np
 from mlx_slm.models.numpy_llama import NumpyLlama
-from mlx_slm.quant.statistics import InputStatistics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from scale import parameter_count, tensor_shapes, write_safetensors

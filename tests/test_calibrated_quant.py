@@ -7,6 +7,8 @@ import pytest
 from helpers import output_error, sample_text, tiny_model_folder
 
 import mlx_slm
+from mlx_slm.calib.factor import reverse_cholesky_, upper_cholesky_of_inverse_
+from mlx_slm.calib.hessian import inverse_hessian_factor
 from mlx_slm.cli import main
 from mlx_slm.data.windows import calibration_windows
 from mlx_slm.errors import SLMError
@@ -14,8 +16,7 @@ from mlx_slm.formats import affine
 from mlx_slm.formats.affine import dequantize_codes
 from mlx_slm.formats.dtypes import bfloat16
 from mlx_slm.io import safetensors_np
-from mlx_slm.quant.factor import reverse_cholesky_, upper_cholesky_of_inverse_
-from mlx_slm.quant.gptq import gptq_quantize, inverse_hessian_factor, static_grid
+from mlx_slm.quant.gptq import gptq_quantize, static_grid
 from mlx_slm.quant.imatrix import weighted_group_error, weighted_quantize
 
 # refit / no-refit output error of test_refit_keeps_the_codes_and_lowers_every_rows_output_error,

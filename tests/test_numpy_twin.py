@@ -41,8 +41,8 @@ def test_twin_reads_the_models_exact_weights_and_keeps_assignments(tmp_path):
 
 
 def test_calibration_holds_one_block_in_float32(tmp_path):
+    from mlx_slm.calib.blocks import calibrate_blocks
     from mlx_slm.data.windows import calibration_windows
-    from mlx_slm.quant.sequential import calibrate_blocks
     from mlx_slm.runtime import numpy_twin
 
     model, tokenizer = mlx_slm.load(tiny_model_folder(tmp_path, num_hidden_layers=4), backend="mlx")

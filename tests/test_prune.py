@@ -9,6 +9,7 @@ import pytest
 from helpers import sample_text, tiny_config, tiny_model_folder, tiny_weights, write_model_folder
 
 import mlx_slm
+from mlx_slm.calib.statistics import InputStatistics
 from mlx_slm.errors import SLMError
 from mlx_slm.io import safetensors_np
 from mlx_slm.prune import block_influence, count_parameters, prune, prune_structured, sparsity_at
@@ -17,7 +18,6 @@ from mlx_slm.prune.masks import magnitude_mask
 from mlx_slm.prune.sparsegpt import sparsegpt_prune
 from mlx_slm.prune.unstructured import decoder_linears
 from mlx_slm.prune.wanda import wanda_mask
-from mlx_slm.quant.statistics import InputStatistics
 
 TOKENS = np.array([[1, 50, 80, 120, 7, 9, 200, 33]])
 CALIB = {"num_samples": 6, "seq_len": 64, "progress": False}

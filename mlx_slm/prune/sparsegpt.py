@@ -6,7 +6,7 @@ row can absorb its error. Columns are processed left to right in blocks of
 ``block_size``; within a block, the mask is chosen from the current (already
 updated) weights with the saliency w^2 / U_jj^2, where U is the upper Cholesky
 factor of the damped inverse Hessian (``U.T @ U = (H + damp*mean(diag H)*I)^-1``,
-shared with GPTQ: :func:`mlx_slm.quant.gptq.inverse_hessian_factor`). Each column
+shared with GPTQ: :func:`mlx_slm.calib.hessian.inverse_hessian_factor`). Each column
 is then zeroed where masked and its error spread over the columns to its right,
 inside the block at once and lazily for the later blocks, as GPTQ does.
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..quant.gptq import inverse_hessian_factor
+from ..calib.hessian import inverse_hessian_factor
 from .masks import keep_n_of_m, keep_overall, round_half_up
 
 

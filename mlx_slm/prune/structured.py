@@ -28,13 +28,13 @@ from functools import partial
 import numpy as np
 from tqdm import tqdm
 
+from ..calib.blocks import in_batches
+from ..calib.statistics import InputStatistics
 from ..data.windows import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, calibration_windows
 from ..errors import SLMError
 from ..formats.dtypes import round_to
 from ..model_access import access
 from ..progress import hidden
-from ..quant.sequential import in_batches
-from ..quant.statistics import InputStatistics
 from .common import Observers, add_record, check_float_model
 
 LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")

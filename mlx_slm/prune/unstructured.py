@@ -14,11 +14,11 @@ import re
 
 import numpy as np
 
+from ..calib.blocks import calibrate_blocks
 from ..data.windows import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, calibration_windows
 from ..errors import SLMError
 from ..formats.dtypes import as_float32, round_to
 from ..model_access import access
-from ..quant.sequential import calibrate_blocks
 from .common import add_record, check_float_model
 from .masks import check_pattern_fits, check_sparsity, magnitude_mask, parse_pattern
 from .sparsegpt import sparsegpt_prune

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SLMError
-from .gptq import prepare_hessian
+from .hessian import prepare_hessian
 
 
 class RunningSums:
@@ -93,7 +93,7 @@ class InputStatistics:
         return sums.products
 
     def factor(self, name: str, damp: float, act_order: bool):
-        """:func:`~.gptq.prepare_hessian` of layer ``name``'s Hessian, ``(order [K], U [K, K])``, computed
+        """:func:`~.hessian.prepare_hessian` of layer ``name``'s Hessian, ``(order [K], U [K, K])``, computed
         once for the layers sharing that input (so a block holds one Hessian and one factor per input)."""
         sums = self.sums[name]
         if (damp, act_order) not in sums.factors:
