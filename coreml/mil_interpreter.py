@@ -8,9 +8,11 @@ Numerics: float ops compute in float32 and round their result to the dtype the
 program declares (fp16 for an fp16 op), which is how an fp16 Core ML program
 stores every intermediate. States (the KV cache) persist across
 :meth:`MILInterpreter.predict` calls until :meth:`MILInterpreter.reset`.
-An op this module does not know raises :class:`UnsupportedOpError`.
+An op this module does not know raises :class:`UnsupportedOpError`, and an input of a shape the package
+does not declare (outside its ranges, not one of its enumerated shapes) a ValueError, as Core ML would.
 :func:`compare_greedy` runs a prompt and greedy steps through a package and a model side by side,
-with the masks of :func:`causal_mask` or :func:`zero_mask` (swift-transformers' requests).
+with the masks of :func:`causal_mask` or :func:`zero_mask` (swift-transformers' requests), or, for an
+enumerated package, in chunks of its query lengths (:func:`chunked_calls`).
 
     interpreter = MILInterpreter("Model.mlpackage")
     logits = interpreter.predict({"inputIds": ids, "causalMask": mask})["logits"]
@@ -169,6 +171,15 @@ def concat(a):
     return np.concatenate([np.atleast_1d(v) for v in a["values"]], axis=int(a["axis"]))
 
 
+def cumsum(a):
+    """Running sums along ``axis``; exclusive: each element's sum leaves itself out."""
+    if a.get("reverse"):
+        raise UnsupportedOpError("cumsum with reverse")
+    x = a["x"]
+    total = np.cumsum(x, axis=int(a.get("axis", 0))).astype(x.dtype)
+    return total - x if a.get("exclusive") else total
+
+
 def reduce(function):
     return lambda a: function(a["x"], axis=tuple(int(i) for i in a["axes"]), keepdims=bool(a.get("keep_dims", False)))
 
@@ -196,7 +207,7 @@ OPS = {
     "squeeze": lambda a: np.squeeze(a["x"], tuple(int(i) for i in a["axes"])) if a.get("axes") is not None
     else np.squeeze(a["x"]),
     "tile": lambda a: np.tile(a["x"], a["reps"]),
-    "concat": concat,
+    "concat": concat, "cumsum": cumsum,
     "gather": gather, "slice_by_index": slice_by_index, "slice_update": slice_update,
     "linear": linear, "matmul": matmul, "softmax": lambda a: softmax_last(np.moveaxis(a["x"], a["axis"], -1)),
     "scaled_dot_product_attention": scaled_dot_product_attention,
@@ -206,6 +217,19 @@ OPS = {
 # ops that only move values of their input's type: their results need no rounding
 DATA_MOVEMENT = {"read_state", "coreml_update_state", "slice_update", "slice_by_index", "reshape", "transpose",
                  "expand_dims", "squeeze", "tile", "concat", "gather"}
+
+
+def accepts(array_type, shape: tuple) -> bool:
+    """Whether Core ML takes an input of ``shape`` as the spec's ArrayFeatureType declares it: one of its
+    enumerated shapes, within its ranges, or its one fixed shape."""
+    kind = array_type.WhichOneof("ShapeFlexibility")
+    if kind == "enumeratedShapes":
+        return any(tuple(s.shape) == shape for s in array_type.enumeratedShapes.shapes)
+    if kind == "shapeRange":
+        ranges = array_type.shapeRange.sizeRanges
+        return len(ranges) == len(shape) and all(
+            r.lowerBound <= size and (r.upperBound < 0 or size <= r.upperBound) for r, size in zip(ranges, shape))
+    return tuple(array_type.shape) == shape
 
 
 def causal_mask(query_len: int, past: int) -> np.ndarray:
@@ -221,29 +245,65 @@ def zero_mask(query_len: int, past: int) -> np.ndarray:
     return np.zeros((1, 1, 1, past + query_len + 1), np.float16)
 
 
-def compare_greedy(interpreter, model, prompt, steps: int, mask=causal_mask):
+def chunk_lengths(count: int, query_lengths) -> list:
+    """How an enumerated package takes ``count`` tokens: the longest query length that fits, again and again
+    (1 is always one of them)."""
+    chunks = []
+    while count > 0:
+        chunks.append(max(n for n in query_lengths if n <= count))
+        count -= chunks[-1]
+    return chunks
+
+
+def masked_calls(mask=causal_mask):
+    """Feed ids [1, T] at position ``past`` in one call with ``causalMask = mask(T, past)`` (ranged packages)."""
+    def feed(interpreter, ids: np.ndarray, past: int) -> np.ndarray:
+        return interpreter.predict({"inputIds": ids, "causalMask": mask(ids.shape[1], past)})["logits"]
+
+    return feed
+
+
+def chunked_calls(query_lengths):
+    """Feed ids [1, T] at position ``past`` in chunks of :func:`chunk_lengths`, each with ``position`` [P]
+    (enumerated packages); returns the last chunk's logits."""
+    def feed(interpreter, ids: np.ndarray, past: int) -> np.ndarray:
+        start = 0
+        for length in chunk_lengths(ids.shape[1], query_lengths):
+            logits = interpreter.predict({"inputIds": ids[:, start:start + length],
+                                          "position": np.array([past + start], np.int32)})["logits"]
+            start += length
+        return logits
+
+    return feed
+
+
+def compare_greedy(interpreter, model, prompt, steps: int, mask=causal_mask, feed=None):
     """Prefill ``prompt`` then ``steps`` greedy steps fed with the model's token, through the package
     (``interpreter``, from an empty cache) and the model (``model.make_cache()``, then
-    ``model(ids [1, T] int32, cache)`` -> float logits [1, T, vocab]). ``mask(T, past)`` makes each
-    call's causalMask (:func:`causal_mask`, or :func:`zero_mask` as swift-transformers sends).
+    ``model(ids [1, T] int32, cache)`` -> float logits [1, T, vocab]). ``feed(interpreter, ids, past)``
+    makes the package's calls: by default :func:`masked_calls` with ``mask(T, past)`` as each causalMask
+    (:func:`causal_mask`, or :func:`zero_mask` as swift-transformers sends); :func:`chunked_calls` for an
+    enumerated package.
 
-    Returns (tokens from the package, tokens from the model, max |Δlogit| over every position).
+    Returns (tokens from the package, tokens from the model, max |Δlogit| over every position the package
+    returned: all, or the last only for a logits="last" package or a chunked prefill).
     """
+    feed = feed or masked_calls(mask)
     interpreter.reset()
     prompt = np.array([prompt], np.int32)
     cache = model.make_cache()
-    ours = interpreter.predict({"inputIds": prompt, "causalMask": mask(prompt.shape[1], 0)})["logits"]
+    ours = feed(interpreter, prompt, 0)
     theirs = model(prompt, cache)
     delta, past = 0.0, prompt.shape[1]
     package_tokens, model_tokens = [], []
     for _ in range(steps + 1):
-        delta = max(delta, float(np.abs(ours.astype(np.float32) - theirs).max()))
+        delta = max(delta, float(np.abs(ours.astype(np.float32) - theirs[:, -ours.shape[1]:]).max()))
         package_tokens.append(int(ours[0, -1].argmax()))
         model_tokens.append(int(theirs[0, -1].argmax()))
         if len(model_tokens) > steps:
             break
         step = np.array([[model_tokens[-1]]], np.int32)
-        ours = interpreter.predict({"inputIds": step, "causalMask": mask(1, past)})["logits"]
+        ours = feed(interpreter, step, past)
         theirs = model(step, cache)
         past += 1
     return package_tokens, model_tokens, delta
@@ -253,7 +313,10 @@ class MILInterpreter:
     """A saved .mlpackage's ``main`` function, executed with numpy, with persistent states."""
 
     def __init__(self, package):
+        import coremltools as ct
+
         self.function = load_program(package)
+        self.input_types = {i.name: i.type.multiArrayType for i in ct.utils.load_spec(str(package)).description.input}
         self.operations = list(self.function.operations)
         unknown = sorted({op.op_type for op in self.operations} - set(OPS) -
                          {"const", "read_state", "coreml_update_state"})
@@ -304,10 +367,15 @@ class MILInterpreter:
                 for name, var in op.inputs.items()}
 
     def predict(self, inputs: dict) -> dict:
-        """inputs: name -> numpy array. Returns output name -> numpy array (declared dtype)."""
+        """inputs: name -> numpy array, of a shape the package accepts. Returns output name -> numpy array
+        (declared dtype)."""
         missing = set(self.input_names) - set(inputs)
         if missing:
             raise ValueError(f"missing inputs {sorted(missing)}")
+        refused = [f"{name} {np.shape(inputs[name])}" for name in self.input_names
+                   if not accepts(self.input_types[name], np.shape(inputs[name]))]
+        if refused:
+            raise ValueError(f"the package does not accept the shapes of {refused}")
         values = dict(self.constants)
         for name in self.input_names:
             values[name] = held_as(inputs[name], dtype_name(self.function.inputs[name]))

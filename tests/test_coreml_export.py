@@ -13,6 +13,7 @@ from helpers import tiny_model_folder
 
 import mlx_slm
 from mlx_slm.errors import SLMError
+from mlx_slm.export import CoreMLOptions
 from mlx_slm.export.coreml_weights import coreml_bytes, shift_scale_arrays
 from mlx_slm.export.weights import model_weights
 from mlx_slm.formats import affine
@@ -24,9 +25,12 @@ from mlx_slm.coreml.mil_interpreter import (  # noqa: E402  (needs coremltools)
     MILInterpreter,
     UnsupportedOpError,
     causal_mask,
+    chunk_lengths,
+    chunked_calls,
     compare_greedy,
     dtype_name,
     load_program,
+    masked_calls,
     zero_mask,
 )
 
@@ -213,6 +217,110 @@ def test_contract_shapes_and_metadata(tmp_path):
         "co.huggingface.exporters.name"] == "Plain"
 
 
+ENUMERATED = CoreMLOptions(shapes="enumerated", query_lengths=(1, 4), logits="last")
+# op -> inputs whose values (not shapes) decide its output's shape
+SHAPE_ARGUMENTS = {"slice_by_index": ("begin", "end"), "range_1d": ("start", "end", "step"), "reshape": ("shape",),
+                   "tile": ("reps",), "fill": ("shape",)}
+
+
+def value_shaped_ops(package: Path) -> list:
+    """Ops of the saved program whose output shape follows a computed value (a non-const shape argument)."""
+    return sorted({op.op_type for op in load_program(package).operations if any(
+        op.inputs.get(name) is not None and op.inputs[name].op is not None and op.inputs[name].op.op_type != "const"
+        for name in SHAPE_ARGUMENTS.get(op.op_type, ()))})
+
+
+@pytest.mark.parametrize("case", ["llama-fp16", "qwen3-q4g32", "llama-ternary"])
+def test_enumerated_package_matches_model(case, tmp_path):
+    """shapes="enumerated", query lengths 1 and 4, last-position logits: prompts of 1, 2, 5 and 10 tokens fed in
+    chunks (10 = 4 + 4 + 1 + 1), then 6 greedy steps of one token: the model's last-position logits within the tiny
+    tolerance, the same greedy tokens; a length that is not enumerated is refused as Core ML would."""
+    model_type, bits, options, overrides = CASES[case]
+    model, tokenizer = tiny_model(tmp_path, model_type, bits, overrides, **options)
+    package = mlx_slm.export_coreml(model, tokenizer, tmp_path / "out" / "Tiny.mlpackage", max_context=32,
+                                    options=ENUMERATED)
+    interpreter = MILInterpreter(package)
+    assert chunk_lengths(10, (1, 4)) == [4, 4, 1, 1]
+    for prompt in SWIFT_TRANSFORMERS_PROMPTS:
+        package_tokens, model_tokens, delta = compare_greedy(interpreter, model, prompt, steps=6,
+                                                             feed=chunked_calls((1, 4)))
+        assert package_tokens == model_tokens, prompt
+        assert delta < TINY_TOLERANCE, (prompt, delta)
+    with pytest.raises(ValueError, match=r"does not accept the shapes of \['inputIds \(1, 3\)'\]"):
+        interpreter.predict({"inputIds": np.zeros((1, 3), np.int32), "position": np.array([0], np.int32)})
+
+
+@pytest.mark.parametrize("shapes", ["ranged", "enumerated"])
+def test_last_position_logits_are_the_full_programs_last_row(shapes, tmp_path):
+    """logits="last" returns [1, 1, vocab] holding exactly the last row of the logits="all" program's output, call
+    after call (the 10-token prompt in chunks of 4 and 1 when enumerated, then 4 single tokens)."""
+    model, tokenizer = tiny_model(tmp_path, "qwen3", 4, group_size=32)
+    lengths = (1, 4) if shapes == "enumerated" else None
+    interpreters = {logits: MILInterpreter(mlx_slm.export_coreml(
+        model, tokenizer, tmp_path / logits / "Tiny.mlpackage", max_context=32,
+        options=CoreMLOptions(shapes=shapes, query_lengths=lengths, logits=logits))) for logits in ("all", "last")}
+    feed = chunked_calls(lengths) if lengths else masked_calls(zero_mask)
+    tokens, past = SWIFT_TRANSFORMERS_PROMPTS[-1], 0
+    for call in [tokens, [3], [4], [250], [17]]:
+        ids = np.array([call], np.int32)
+        full, last = (feed(interpreters[logits], ids, past) for logits in ("all", "last"))
+        assert last.shape == (1, 1, full.shape[2]) and full.shape[1] == (len(call) if lengths is None else 1)
+        np.testing.assert_array_equal(last[0, 0], full[0, -1])
+        past += len(call)
+
+
+def test_enumerated_contract_from_the_saved_spec(tmp_path):
+    """Read back from the saved package: inputIds enumerated [1, 1] / [1, 4] and position [1] fixed, no causalMask;
+    logits [1, 1, vocab] fixed; only the cache writes take value-dependent positions (slice_update: its output is
+    the state's shape), where the ranged program's shapes follow values (range_1d, slice_by_index). The manifest
+    records each package's shapes, logits and the compute units they suit."""
+    model, tokenizer = tiny_model(tmp_path, "llama", 4)
+    ranged = mlx_slm.export_coreml(model, tokenizer, tmp_path / "r" / "Tiny.mlpackage", max_context=24)
+    enumerated = mlx_slm.export_coreml(model, tokenizer, tmp_path / "e" / "Tiny.mlpackage", max_context=24,
+                                       options=ENUMERATED)
+    spec = ct.utils.load_spec(str(enumerated))
+    inputs = {i.name: i.type.multiArrayType for i in spec.description.input}
+    assert list(inputs) == ["inputIds", "position"]
+    assert [list(s.shape) for s in inputs["inputIds"].enumeratedShapes.shapes] == [[1, 1], [1, 4]]
+    assert list(inputs["position"].shape) == [1] and inputs["position"].WhichOneof("ShapeFlexibility") is None
+    assert list(spec.description.output[0].type.multiArrayType.shape) == [1, 1, 263]
+    assert value_shaped_ops(enumerated) == []
+    assert {op.op_type for op in load_program(enumerated).operations} >= {"slice_update", "cumsum"}
+    assert value_shaped_ops(ranged) == ["range_1d", "slice_by_index"]
+
+    manifests = {kind: json.loads(package.with_suffix(".json").read_text())
+                 for kind, package in (("ranged", ranged), ("enumerated", enumerated))}
+    assert {key: manifests["ranged"][key] for key in ("input_shapes", "query_lengths", "logits", "compute_units")} == {
+        "input_shapes": "ranged", "query_lengths": None, "logits": "all", "compute_units": "cpuAndGPU"}
+    assert {key: manifests["enumerated"][key] for key in ("input_shapes", "query_lengths", "logits",
+                                                          "compute_units")} == {
+        "input_shapes": "enumerated", "query_lengths": [1, 4], "logits": "last", "compute_units": "cpuAndNeuralEngine"}
+
+    # one fixed length is a fixed shape; the default lengths are 1 and 64 (or max_context if smaller)
+    fixed = mlx_slm.export_coreml(model, tokenizer, tmp_path / "f" / "Tiny.mlpackage", max_context=24,
+                                  options=CoreMLOptions(shapes="enumerated", query_lengths=(1,)))
+    ids = ct.utils.load_spec(str(fixed)).description.input[0].type.multiArrayType
+    assert list(ids.shape) == [1, 1] and ids.WhichOneof("ShapeFlexibility") is None
+    assert CoreMLOptions(shapes="enumerated").check(2048).query_lengths == (1, 64)
+    assert CoreMLOptions(shapes="enumerated").check(24).query_lengths == (1, 24)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (CoreMLOptions(shapes="fixed"), r"shapes must be one of \('ranged', 'enumerated'\), not 'fixed'"),
+    (CoreMLOptions(logits="first"), r"logits must be one of \('all', 'last'\), not 'first'"),
+    (CoreMLOptions(query_lengths=(1, 8)), r"query_lengths are for shapes='enumerated'"),
+    (CoreMLOptions(shapes="enumerated", query_lengths=(8, 16)), r"must include 1 .* within max_context 16"),
+    (CoreMLOptions(shapes="enumerated", query_lengths=(1, 32)), r"\(1, 32\) must include 1 .* max_context 16"),
+    (CoreMLOptions(shapes="enumerated", query_lengths=(1, 2.5)), r"query_lengths must be integers"),
+])
+def test_bad_options_give_one_clear_error_and_no_output(options, message, tmp_path):
+    model, tokenizer = tiny_model(tmp_path, "llama")
+    out = tmp_path / "out" / "Bad.mlpackage"
+    with pytest.raises(SLMError, match=message):
+        mlx_slm.export_coreml(model, tokenizer, out, max_context=16, options=options)
+    assert not out.parent.exists()
+
+
 def test_shift_scale_reproduces_affine_groups_even_constant_ones():
     rng = np.random.default_rng(0)
     w = rng.standard_normal((4, 128)).astype(np.float16)
@@ -392,6 +500,32 @@ def test_cli_export_coreml(tmp_path, capsys):
         main(["export", "coreml", "--help"])
     help_text = capsys.readouterr().out
     assert exit_info.value.code == 0 and "--max-context" in help_text and "--compute-precision" in help_text
+    assert all(flag in help_text for flag in ("--shapes", "--query-lengths", "--logits"))
+
+
+def test_cli_export_coreml_shape_options(tmp_path, capsys):
+    """--shapes enumerated --query-lengths 1,8 --logits last: the package and manifest say so; a bad combination
+    or a malformed list is one line on stderr and exit status 2."""
+    from mlx_slm.cli import main
+
+    folder = tiny_model_folder(tmp_path, "llama")
+    out = tmp_path / "o" / "E.mlpackage"
+    assert main(["export", "coreml", str(folder), "-o", str(out), "--max-context", "32", "--backend", "numpy",
+                 "--shapes", "enumerated", "--query-lengths", "8,1", "--logits", "last"]) == 0
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert (manifest["query_lengths"], manifest["logits"], manifest["compute_units"]) == ([1, 8], "last",
+                                                                                        "cpuAndNeuralEngine")
+    ids = ct.utils.load_spec(str(out)).description.input[0].type.multiArrayType
+    assert [list(s.shape) for s in ids.enumeratedShapes.shapes] == [[1, 1], [1, 8]]
+    capsys.readouterr()
+    assert main(["export", "coreml", str(folder), "-o", str(tmp_path / "b" / "E.mlpackage"), "--backend", "numpy",
+                 "--query-lengths", "1,8"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "query_lengths are for shapes='enumerated'" in error
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "coreml", str(folder), "-o", str(tmp_path / "b" / "E.mlpackage"), "--query-lengths", "1,x"])
+    assert exit_info.value.code == 2 and "comma-separated integers" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.mlx

@@ -14,7 +14,12 @@ from mlx_slm.errors import SLMError
 from mlx_slm.model_access import set_model_config
 
 ct = pytest.importorskip("coremltools")
-from mlx_slm.coreml.mil_interpreter import MILInterpreter, compare_greedy, zero_mask  # noqa: E402  (coremltools)
+from mlx_slm.coreml.mil_interpreter import (  # noqa: E402  (coremltools)
+    MILInterpreter,
+    chunked_calls,
+    compare_greedy,
+    zero_mask,
+)
 
 WINDOW = 8
 PROMPT = [5, 9, 100, 7, 30, 61, 200, 11, 42, 88, 150, 3, 77]  # 13 tokens > WINDOW
@@ -85,6 +90,21 @@ def test_gemma3_under_swift_transformers_requests(tmp_path):
         package_tokens, model_tokens, delta = compare_greedy(interpreter, MLXSteps(model), prompt, STEPS,
                                                              mask=zero_mask)
         assert package_tokens == model_tokens and delta < EXPECTED[None]["float16"], (len(prompt), delta)
+
+
+@pytest.mark.mlx
+def test_gemma3_enumerated_shapes_keep_the_sliding_window(tmp_path):
+    """shapes="enumerated" (query lengths 1 and 4), last-position logits: the 13-token prompt in chunks 4+4+4+1,
+    then 8 greedy steps; the sliding layers' window, built over the whole cache, gives the model's logits."""
+    from mlx_slm.export import CoreMLOptions
+
+    model, tokenizer = gemma3_model(tmp_path)
+    options = CoreMLOptions(shapes="enumerated", query_lengths=(1, 4), logits="last")
+    package = mlx_slm.export_coreml(model, tokenizer, tmp_path / "out" / "Gemma.mlpackage", max_context=32,
+                                    options=options)
+    package_tokens, model_tokens, delta = compare_greedy(MILInterpreter(package), MLXSteps(model), PROMPT, STEPS,
+                                                         feed=chunked_calls((1, 4)))
+    assert package_tokens == model_tokens and delta < EXPECTED[None]["float16"], delta
 
 
 @pytest.mark.mlx

@@ -3,5 +3,6 @@ are imported only when an export runs."""
 
 from .coreai import export_coreai
 from .coreml import export_coreml
+from .coreml_options import CoreMLOptions
 
-__all__ = ["export_coreai", "export_coreml"]
+__all__ = ["CoreMLOptions", "export_coreai", "export_coreml"]

@@ -41,10 +41,15 @@ def cmd_export_package(args) -> None:
     from mlx_slm.export.package import package_path, refuse_existing
 
     export = getattr(mlx_slm, f"export_{args.target}")
+    options = {}
+    if args.target == "coreml":
+        from mlx_slm.export.coreml_options import CoreMLOptions
+
+        options["options"] = CoreMLOptions(args.shapes, args.query_lengths, args.logits)
     refuse_existing(package_path(args.output, PACKAGE_SUFFIXES[args.target]), args.overwrite, [args.model])
     model, tokenizer = mlx_slm.load(args.model, backend=args.backend)
     package = export(model, tokenizer, args.output, max_context=args.max_context,
-                     compute_precision=args.compute_precision, overwrite=args.overwrite)
+                     compute_precision=args.compute_precision, overwrite=args.overwrite, **options)
     print(f"wrote {package} and {package.with_suffix('.json').name}")
 
 
@@ -66,8 +71,33 @@ def cmd_export_gguf(args) -> None:
                       calibration=calibration, progress=True).format())
 
 
+def query_lengths(text: str) -> tuple:
+    """``--query-lengths 1,64`` -> (1, 64)."""
+    import argparse
+
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,64, not {text!r}") from None
+
+
+def add_coreml_options(target) -> None:
+    """``export coreml``'s shape and logits options (:class:`~.coreml_options.CoreMLOptions`)."""
+    from .coreml_options import LOGITS, SHAPES
+
+    target.add_argument("--shapes", choices=SHAPES, default="ranged",
+                        help="ranged (default): inputIds [1, 1..C] and causalMask, swift-transformers' contract, for "
+                             "CPU and GPU; enumerated: inputIds [1, T] for T in --query-lengths and position [1], "
+                             "shapes the Neural Engine compiles (SLMKit feeds prompts in chunks)")
+    target.add_argument("--query-lengths", type=query_lengths, default=None, metavar="1,64",
+                        help="the T values of --shapes enumerated, 1 included (default: 1,64)")
+    target.add_argument("--logits", choices=LOGITS, default="all",
+                        help="all (default): logits [1, T, vocab]; last: [1, 1, vocab], the last position only "
+                             "(all a generator reads)")
+
+
 def add_package_target(targets, name: str, summary: str, description: str, context: str, float32: str) -> None:
-    """``export coreml`` / ``export coreai``: the same options, worded per runtime."""
+    """``export coreml`` / ``export coreai``: the same options, worded per runtime (Core ML's shape options too)."""
     from ..cli_common import EPILOG, add_backend
 
     target = targets.add_parser(name, help=summary, description=description, epilog=EPILOG)
@@ -79,6 +109,8 @@ def add_package_target(targets, name: str, summary: str, description: str, conte
     target.add_argument("--compute-precision", choices=PRECISIONS, default="float16",
                         help=f"float16 (default), or float32: {float32}")
     target.add_argument("--overwrite", action="store_true", help="replace an existing package and manifest")
+    if name == "coreml":
+        add_coreml_options(target)
     add_backend(target)
     target.set_defaults(run=cmd_export_package)
 

@@ -22,7 +22,8 @@ from ..loading import model_source
 from ..model_access import model_config
 from ..models.numpy_llama import SUPPORTED
 from .coreml_gemma3 import Gemma3ProgramBuilder
-from .coreml_llama import CAUSAL_MASK, INPUT_IDS, LOGITS, LlamaProgramBuilder
+from .coreml_llama import CAUSAL_MASK, INPUT_IDS, LOGITS, POSITION, LlamaProgramBuilder
+from .coreml_options import CoreMLOptions
 from .coreml_weights import layer_record, weight_var
 from .gemma3 import GEMMA3_TYPES, program_config, program_weights
 from .manifest import build_manifest
@@ -66,15 +67,26 @@ def import_coremltools():
     return coremltools
 
 
-def convert(ct, program, max_context: int, compute_precision: str):
+def input_types(ct, max_context: int, options: CoreMLOptions) -> list:
+    """The inputs' shapes as Core ML records them. Ranged: inputIds [1, 1..C], causalMask [1, 1, 1..C, 2..C+1].
+    Enumerated: inputIds [1, T] for T in query_lengths (fixed when there is one), position [1]."""
+    if options.shapes == "ranged":
+        return [ct.TensorType(INPUT_IDS, shape=(1, ct.RangeDim(1, max_context)), dtype=np.int32),
+                ct.TensorType(CAUSAL_MASK, shape=(1, 1, ct.RangeDim(1, max_context), ct.RangeDim(2, max_context + 1)),
+                              dtype=np.float16)]
+    shapes = [(1, length) for length in options.query_lengths]
+    ids_shape = ct.EnumeratedShapes(shapes=shapes, default=shapes[0]) if len(shapes) > 1 else shapes[0]
+    return [ct.TensorType(INPUT_IDS, shape=ids_shape, dtype=np.int32),
+            ct.TensorType(POSITION, shape=(1,), dtype=np.int32)]
+
+
+def convert(ct, program, max_context: int, compute_precision: str, options: CoreMLOptions):
     """MIL program -> ``ct.models.MLModel`` (not loaded: Linux cannot run it); logits in the compute dtype."""
     with quiet_coremltools():  # a float32 program would log one warning per weight kept unfolded
         return ct.convert(
             program, minimum_deployment_target=ct.target.iOS18, convert_to="mlprogram",
             compute_precision=ct.precision.FLOAT32,  # keep the program's own dtypes (fp16, fp32 norms)
-            inputs=[ct.TensorType(INPUT_IDS, shape=(1, ct.RangeDim(1, max_context)), dtype=np.int32),
-                    ct.TensorType(CAUSAL_MASK, shape=(1, 1, ct.RangeDim(1, max_context),
-                                                      ct.RangeDim(2, max_context + 1)), dtype=np.float16)],
+            inputs=input_types(ct, max_context, options),
             outputs=[ct.TensorType(LOGITS, dtype=np.dtype(compute_precision).type)],
             pass_pipeline=pass_pipeline(ct, compute_precision), skip_model_load=True)
 
@@ -105,7 +117,8 @@ def hub_name(model, config: dict) -> str | None:
 
 
 def export_coreml(model, tokenizer, out_path, max_context: int | None = None,
-                  compute_precision: str = "float16", overwrite: bool = False, name: str | None = None) -> Path:
+                  compute_precision: str = "float16", overwrite: bool = False, name: str | None = None,
+                  options: CoreMLOptions | None = None) -> Path:
     """Write ``Name.mlpackage``, ``Name.json`` and the tokenizer files into out_path's folder.
 
     model: from :func:`mlx_slm.load` (MLX or numpy backend), float or quantized (affine, lut, ternary).
@@ -117,6 +130,9 @@ def export_coreml(model, tokenizer, out_path, max_context: int | None = None,
     name: the metadata ``co.huggingface.exporters.name``, the Hub repo swift-transformers fetches
     config and tokenizer from when the app passes no tokenizer (default: :func:`hub_name`, else the
     package's name).
+    options: :class:`~.coreml_options.CoreMLOptions`, the shapes (ranged for swift-transformers, or
+    enumerated query lengths for the Neural Engine) and logits (every position or the last) the program
+    takes and returns; the manifest records them with the compute units they suit.
     Returns the package path.
     """
     config = model_config(model)
@@ -124,6 +140,7 @@ def export_coreml(model, tokenizer, out_path, max_context: int | None = None,
     text_config = program_config(model, config)
     max_context = resolve_max_context(text_config, max_context)
     check_request(text_config, max_context, compute_precision)
+    options = (options or CoreMLOptions()).check(max_context)
     package = package_path(out_path)
     inputs = [model_source(model)]
     refuse_existing(package, overwrite, inputs)  # before minutes of conversion, and again before writing
@@ -133,12 +150,13 @@ def export_coreml(model, tokenizer, out_path, max_context: int | None = None,
     from .. import __version__
 
     weights = program_weights(model, config)
-    builder = BUILDERS[config["model_type"]](mb, text_config, weights, weight_var, max_context, compute_precision)
-    mlmodel = convert(ct, builder.program(), max_context, compute_precision)
+    builder = BUILDERS[config["model_type"]](mb, text_config, weights, weight_var, max_context, compute_precision,
+                                             options)
+    mlmodel = convert(ct, builder.program(), max_context, compute_precision, options)
     matrices = {path: w for path, w in weights.items()
                 if isinstance(w, (AffineWeight, PalettizedWeight)) or (path.endswith(".weight") and w.ndim == 2)}
     layers = [layer_record(path.removesuffix(".weight"), w) for path, w in sorted(matrices.items())]
-    manifest = build_manifest(tokenizer, config, max_context, layers, __version__)
+    manifest = {**build_manifest(tokenizer, config, max_context, layers, __version__), **options.manifest()}
     mlmodel.short_description = f"{config.get('model_type')} language model exported by mlx_slm {__version__}"
     mlmodel.user_defined_metadata[EXPORTERS_NAME] = name or hub_name(model, config) or package.stem
     with staged_outputs(package, overwrite, inputs) as staging:

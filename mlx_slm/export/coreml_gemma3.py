@@ -25,6 +25,7 @@ import numpy as np
 
 from ..models.numpy_llama import rope_inverse_frequencies
 from .coreml_llama import LlamaProgramBuilder, Step
+from .coreml_options import CoreMLOptions
 from .coreml_weights import FP16_MAX
 from .gemma3 import embedding_scale, is_sliding, local_rope_config
 
@@ -34,8 +35,8 @@ class Gemma3ProgramBuilder(LlamaProgramBuilder):
     residual clipping and local/global attention layers."""
 
     def __init__(self, mb, config: dict, weights: dict, weight_var, max_context: int,
-                 compute_precision: str = "float16"):
-        super().__init__(mb, config, weights, weight_var, max_context, compute_precision)
+                 compute_precision: str = "float16", options: CoreMLOptions | None = None):
+        super().__init__(mb, config, weights, weight_var, max_context, compute_precision, options)
         self.window = int(config["sliding_window"])
         self.query_scale = float(np.sqrt(self.head_dim / float(config["query_pre_attn_scalar"])))
 
@@ -54,10 +55,10 @@ class Gemma3ProgramBuilder(LlamaProgramBuilder):
         return self.mb.mul(x=super().embed(input_ids), y=self.np_dtype(embedding_scale(self.config)))
 
     def window_mask(self, mask, step: Step):
-        """The causal mask [1, 1, T, P + T] with keys ``sliding_window`` or more positions behind their
+        """The causal mask [1, 1, T, E] (or [T, E]) with keys ``sliding_window`` or more positions behind their
         query set to -inf: query i sits at position P + i, key j at position j."""
         mb = self.mb
-        outside = mb.greater_equal(x=mb.sub(x=step.queries, y=step.keys), y=np.int32(self.window))  # [T, P + T]
+        outside = mb.greater_equal(x=mb.sub(x=step.queries, y=step.keys), y=np.int32(self.window))  # [T, E]
         return mb.select(cond=outside, a=self.np_dtype(-np.inf), b=mask)
 
     def layer_inputs(self, mask, step: Step) -> list:

@@ -15,6 +15,11 @@ zero ``causalMask`` [1, 1, 1, S + 1], S = tokens seen including it. So:
   rows P .. P+T-1 written with ``slice_update`` + ``coreml_update_state``;
 - output ``logits`` [1, T, vocab], in the compute dtype.
 
+An export with ``shapes="enumerated"`` (:class:`~.coreml_options.CoreMLOptions`) takes ``position``
+int32 [1] (P) instead of ``causalMask`` and attends over the whole cache, masked by the program, so
+every inner shape follows T alone. With ``logits="last"`` only the last position is projected:
+``logits`` [1, 1, vocab].
+
 Compute precision "float16": activations fp16; RMSNorm squares and averages in
 fp32 (an fp16 square overflows above 256). "float32": activations, attention,
 RoPE tables and logits fp32; weights stay as stored (fp16 or compressed) and are
@@ -33,20 +38,23 @@ from typing import NamedTuple
 import numpy as np
 
 from ..models.numpy_llama import rope_inverse_frequencies
+from .coreml_options import CoreMLOptions
 from .weights import matrix
 
-INPUT_IDS, CAUSAL_MASK, KEY_CACHE, VALUE_CACHE, LOGITS = (
-    "inputIds", "causalMask", "keyCache", "valueCache", "logits")
+INPUT_IDS, CAUSAL_MASK, POSITION, KEY_CACHE, VALUE_CACHE, LOGITS = (
+    "inputIds", "causalMask", "position", "keyCache", "valueCache", "logits")
 COMPUTE_DTYPES = {"float16": ("fp16", np.float16), "float32": ("fp32", np.float32)}  # MIL name, numpy type
 
 
 class Step(NamedTuple):
     """What every layer of one call shares: positions P (``past``) and P + T (``end``), int32
-    scalars; the query positions P .. P+T-1 as [T, 1] and the key positions 0 .. P+T-1 as
-    [1, P + T] (int32); and the two cache states."""
+    scalars; the query positions P .. P+T-1 (``positions``, [T] or, enumerated, [1, T]; as
+    ``queries`` [T, 1]) and the key positions the attention reads, 0 .. P+T-1 (or, enumerated,
+    the whole cache 0 .. max_context-1) as ``keys`` [1, E] (int32); and the two cache states."""
 
     past: object
     end: object
+    positions: object
     queries: object
     keys: object
     key_cache: object
@@ -68,9 +76,11 @@ class LlamaProgramBuilder:
     """Emits the ops of one forward pass; ``weights`` come from :func:`~.weights.model_weights`."""
 
     def __init__(self, mb, config: dict, weights: dict, weight_var, max_context: int,
-                 compute_precision: str = "float16"):
+                 compute_precision: str = "float16", options: CoreMLOptions | None = None):
         self.mb, self.config, self.weights, self.weight_var = mb, config, weights, weight_var
         self.max_context = max_context
+        self.options = options or CoreMLOptions()
+        self.enumerated = self.options.shapes == "enumerated"
         self.dtype, self.np_dtype = COMPUTE_DTYPES[compute_precision]
         self.num_layers = int(config["num_hidden_layers"])
         self.num_heads = int(config["num_attention_heads"])
@@ -131,7 +141,7 @@ class LlamaProgramBuilder:
         return mb.transpose(x=mb.reshape(x=x, shape=[1, -1, count, self.head_dim]), perm=[0, 2, 1, 3])
 
     def rope(self, x, cos, sin):
-        """Rotate-half RoPE; x [1, H, T, Dh], cos/sin [T, Dh]."""
+        """Rotate-half RoPE; x [1, H, T, Dh], cos/sin [(1,) T, Dh]."""
         mb = self.mb
         half = self.head_dim // 2
         first = mb.slice_by_index(x=x, begin=[0, 0, 0, 0], end=[0, 0, 0, half], end_mask=[True, True, True, False])
@@ -140,12 +150,10 @@ class LlamaProgramBuilder:
         return mb.add(x=mb.mul(x=x, y=cos), y=mb.mul(x=rotated, y=sin))
 
     def rope_rows(self, name: str, inv_freq: np.ndarray, step: Step):
-        """(cos, sin) [T, Dh] of positions P .. P+T-1, sliced from constant tables ``name``_cos/_sin."""
+        """(cos, sin) [(1,) T, Dh] of positions P .. P+T-1, gathered from constant tables ``name``_cos/_sin."""
         mb = self.mb
         cos_table, sin_table = rope_tables(inv_freq, self.max_context, self.np_dtype)
-        begin = mb.concat(values=[mb.reshape(x=step.past, shape=[1]), np.array([0], np.int32)], axis=0)
-        end = mb.concat(values=[mb.reshape(x=step.end, shape=[1]), np.array([self.head_dim], np.int32)], axis=0)
-        return tuple(mb.slice_by_index(x=mb.const(val=table, name=f"{name}_{kind}"), begin=begin, end=end)
+        return tuple(mb.gather(x=mb.const(val=table, name=f"{name}_{kind}"), indices=step.positions, axis=0)
                      for kind, table in (("cos", cos_table), ("sin", sin_table)))
 
     def current(self, state):
@@ -160,8 +168,8 @@ class LlamaProgramBuilder:
         return self._latest[state.name]
 
     def write_cache(self, state, layer: int, update, step: Step):
-        """Write update [1, KVH, T, Dh] at rows P..P+T-1 of ``layer``; return rows 0..P+T-1 [1, KVH, E, Dh]
-        (compute dtype; the state itself is fp16)."""
+        """Write update [1, KVH, T, Dh] at rows P..P+T-1 of ``layer``; return rows 0..P+T-1 (enumerated: every
+        row, a fixed shape) [1, KVH, E, Dh] (compute dtype; the state itself is fp16)."""
         mb = self.mb
         begin = mb.concat(values=[np.array([layer, 0], np.int32), mb.reshape(x=step.past, shape=[1]),
                                   np.array([0], np.int32)], axis=0)
@@ -171,6 +179,8 @@ class LlamaProgramBuilder:
         cache = mb.coreml_update_state(state=state, value=cache)
         self._latest[state.name] = cache
         start = np.array([layer, 0, 0, 0], np.int32)
+        if self.enumerated:
+            stop = np.array([layer + 1, self.num_kv_heads, self.max_context, self.head_dim], np.int32)
         return self.to_compute(mb.slice_by_index(x=cache, begin=start, end=stop))
 
     def repeat_kv(self, x):
@@ -184,7 +194,7 @@ class LlamaProgramBuilder:
         return mb.reshape(x=x, shape=[1, self.num_heads, -1, self.head_dim])
 
     def attention(self, layer: int, x, rope, mask, step: Step):
-        """x [1, T, D] -> [1, T, D]; rope = (cos, sin) [T, Dh]; mask [1, 1, T, E] additive."""
+        """x [1, T, D] -> [1, T, D]; rope = (cos, sin) [(1,) T, Dh]; mask [1, 1, T, E] or [T, E] additive."""
         mb, prefix = self.mb, f"model.layers.{layer}.self_attn"
         queries = self.heads(self.linear(f"{prefix}.q_proj", x), self.num_heads)
         keys = self.heads(self.linear(f"{prefix}.k_proj", x), self.num_kv_heads)
@@ -217,22 +227,38 @@ class LlamaProgramBuilder:
         rope = self.rope_rows("rope", rope_inverse_frequencies(self.config, self.head_dim), step)
         return [(rope, mask)] * self.num_layers
 
-    def step(self, input_ids, mask, key_cache, value_cache) -> Step:
-        """Positions from the inputs' shapes: P + T = causalMask.shape[3] - 1, T = inputIds.shape[1]."""
+    def step(self, input_ids, context, key_cache, value_cache) -> Step:
+        """Positions, T = inputIds.shape[1]. Ranged: from the shapes, P + T = causalMask.shape[3] - 1.
+        Enumerated: P = position[0], and the query positions P + (0 .. T-1) come from a cumulative sum
+        over inputIds, so their shape is inputIds' (a range's length would depend on values)."""
         mb = self.mb
-        end = mb.sub(x=mb.gather(x=mb.shape(x=mask), indices=3), y=np.int32(1))
-        past = mb.sub(x=end, y=mb.gather(x=mb.shape(x=input_ids), indices=1))
-        queries = mb.expand_dims(x=mb.range_1d(start=past, end=end, step=1), axes=[1])
-        keys = mb.expand_dims(x=mb.range_1d(start=0, end=end, step=1), axes=[0])
-        return Step(past=past, end=end, queries=queries, keys=keys, key_cache=key_cache, value_cache=value_cache)
+        count = mb.gather(x=mb.shape(x=input_ids), indices=1)
+        if self.enumerated:
+            past = mb.gather(x=context, indices=0)
+            end = mb.add(x=past, y=count)
+            ones = mb.add(x=mb.mul(x=input_ids, y=np.int32(0)), y=np.int32(1))
+            positions = mb.add(x=mb.cumsum(x=ones, axis=1, exclusive=True), y=past)  # [1, T]
+            queries = mb.transpose(x=positions, perm=[1, 0])
+            keys = mb.const(val=np.arange(self.max_context, dtype=np.int32)[None], name="cache_positions")
+        else:
+            end = mb.sub(x=mb.gather(x=mb.shape(x=context), indices=3), y=np.int32(1))
+            past = mb.sub(x=end, y=count)
+            positions = mb.range_1d(start=past, end=end, step=1)  # [T]
+            queries = mb.expand_dims(x=positions, axes=[1])
+            keys = mb.expand_dims(x=mb.range_1d(start=0, end=end, step=1), axes=[0])
+        return Step(past=past, end=end, positions=positions, queries=queries, keys=keys, key_cache=key_cache,
+                    value_cache=value_cache)
 
-    def causal_mask(self, mask, step: Step):
-        """causalMask [1, 1, 1 or T, P + T + 1] -> [1, 1, T, P + T] (compute dtype): its columns 1 .. P + T,
-        -inf where a key comes after its query."""
+    def causal_mask(self, context, step: Step):
+        """[1, 1, T, E] or [T, E] (compute dtype): -inf where a key comes after its query, else (ranged)
+        causalMask's columns 1 .. P + T or (enumerated) 0."""
         mb = self.mb
-        given = mb.slice_by_index(x=self.to_compute(mask), begin=[0, 0, 0, 1], end=[0, 0, 0, 0],
-                                  end_mask=[True, True, True, True])
-        later = mb.greater(x=step.keys, y=step.queries)  # [T, P + T]
+        if self.enumerated:  # (a [1, E] row, not a scalar: select takes its shape from a and b)
+            given = np.zeros((1, self.max_context), self.np_dtype)
+        else:
+            given = mb.slice_by_index(x=self.to_compute(context), begin=[0, 0, 0, 1], end=[0, 0, 0, 0],
+                                      end_mask=[True, True, True, True])
+        later = mb.greater(x=step.keys, y=step.queries)  # [T, E]
         return mb.select(cond=later, a=self.np_dtype(-np.inf), b=given)
 
     def block(self, layer: int, h, rope, mask, step: Step):
@@ -241,14 +267,17 @@ class LlamaProgramBuilder:
         h = mb.add(x=h, y=self.attention(layer, self.rms_norm(f"{prefix}.input_layernorm", h), rope, mask, step))
         return mb.add(x=h, y=self.mlp(layer, self.rms_norm(f"{prefix}.post_attention_layernorm", h)))
 
-    def forward(self, input_ids, mask, key_cache, value_cache):
-        """inputIds [1, T], causalMask [1, 1, 1 or T, P + T + 1] -> logits [1, T, vocab] (compute dtype)."""
+    def forward(self, input_ids, context, key_cache, value_cache):
+        """inputIds [1, T], causalMask [1, 1, 1 or T, P + T + 1] (enumerated: position [1]) -> logits
+        [1, T, vocab] (logits="last": [1, 1, vocab]), compute dtype."""
         mb = self.mb
-        step = self.step(input_ids, mask, key_cache, value_cache)
-        inputs = self.layer_inputs(self.causal_mask(mask, step), step)
+        step = self.step(input_ids, context, key_cache, value_cache)
+        inputs = self.layer_inputs(self.causal_mask(context, step), step)
         h = self.embed(input_ids)
         for layer, (rope, layer_mask) in enumerate(inputs):
             h = self.block(layer, h, rope, layer_mask, step)
+        if self.options.logits == "last":
+            h = mb.slice_by_index(x=h, begin=[0, -1, 0], end=[0, 0, 0], end_mask=[True, True, True])
         h = self.rms_norm("model.norm", h)
         head = "model.embed_tokens" if self.tied else "lm_head"
         return mb.linear(x=h, weight=self.weight(head), name=LOGITS)
@@ -259,14 +288,19 @@ class LlamaProgramBuilder:
         from coremltools.converters.mil.mil import get_new_symbol, types
 
         mb = self.mb
-        query_len, mask_query, key_len = get_new_symbol(), get_new_symbol(), get_new_symbol()
-        specs = [mb.TensorSpec((1, query_len), dtype=types.int32),
-                 mb.TensorSpec((1, 1, mask_query, key_len), dtype=types.fp16),
-                 mb.StateTensorSpec(self.cache_shape(), dtype=types.fp16),
-                 mb.StateTensorSpec(self.cache_shape(), dtype=types.fp16)]
+        states = [mb.StateTensorSpec(self.cache_shape(), dtype=types.fp16) for _ in (KEY_CACHE, VALUE_CACHE)]
+        lengths = self.options.query_lengths or ()
+        ids = mb.TensorSpec((1, lengths[0] if len(lengths) == 1 else get_new_symbol()), dtype=types.int32)
+        if self.enumerated:
+            @mb.program(input_specs=[ids, mb.TensorSpec((1,), dtype=types.int32), *states],
+                        opset_version=ct.target.iOS18)
+            def main(inputIds, position, keyCache, valueCache):  # the contract's names
+                return self.forward(inputIds, position, keyCache, valueCache)
+        else:
+            mask = mb.TensorSpec((1, 1, get_new_symbol(), get_new_symbol()), dtype=types.fp16)
 
-        @mb.program(input_specs=specs, opset_version=ct.target.iOS18)
-        def main(inputIds, causalMask, keyCache, valueCache):  # the contract's names
-            return self.forward(inputIds, causalMask, keyCache, valueCache)
+            @mb.program(input_specs=[ids, mask, *states], opset_version=ct.target.iOS18)
+            def main(inputIds, causalMask, keyCache, valueCache):  # the contract's names
+                return self.forward(inputIds, causalMask, keyCache, valueCache)
 
         return main

@@ -4,25 +4,32 @@ import Foundation
 
 /// Errors from ``CoreMLLanguageModel``.
 public enum CoreMLLanguageModelError: Error, Equatable {
-    /// The model lacks an input, state or output of the swift-transformers contract.
+    /// The model lacks an input, state or output of the contract its manifest names.
     case missingFeature(String)
     case emptyInput
     case contextOverflow(requested: Int, limit: Int)
     case unsupportedLogitsType
+    /// The manifest's `input_shapes` / `query_lengths` are not ones this runner knows how to feed.
+    case unsupportedInputShapes
 }
 
-/// Runs a stateful Core ML export with the swift-transformers contract:
-/// inputs `inputIds` (int32, `(1, N)`, ranged N) and `causalMask`
-/// (float16, `(1, 1, N, past + N + 1)`: see ``CausalMask``), states `keyCache` / `valueCache`,
-/// output `logits`.
+/// Runs a stateful Core ML export. Ranged shapes (the default export) follow the swift-transformers
+/// contract: inputs `inputIds` (int32, `(1, N)`, ranged N) and `causalMask` (float16,
+/// `(1, 1, N, past + N + 1)`: see ``CausalMask``). Enumerated shapes (`--shapes enumerated`, for the
+/// Neural Engine) take `inputIds` `(1, T)` for the manifest's `query_lengths` and `position` `(1)`, each
+/// prompt fed in chunks of those lengths (``CoreMLInputShapes``). Both: states `keyCache` / `valueCache`,
+/// output `logits` (`(1, N, vocabulary)`, or `(1, 1, vocabulary)` with `--logits last`).
 ///
-/// The KV cache lives in an `MLState` that persists across ``logits(for:)``
-/// calls until ``reset()``. Stateful prediction needs iOS 18 / macOS 15.
+/// The KV cache lives in an `MLState` that persists across ``logits(for:)`` calls until ``reset()``.
+/// Predictions run on a dispatch queue of their own (``PredictionQueue``), so the actor awaits instead of
+/// holding a concurrency thread; calls run one at a time, in the order made (``CallQueue``). Stateful
+/// prediction needs iOS 18 / macOS 15.
 @available(macOS 15.0, iOS 18.0, tvOS 18.0, watchOS 11.0, visionOS 2.0, *)
 public actor CoreMLLanguageModel: CausalLanguageModel {
     private enum Feature {
         static let inputIDs = "inputIds"
         static let causalMask = "causalMask"
+        static let position = "position"
         static let keyCache = "keyCache"
         static let valueCache = "valueCache"
         static let logits = "logits"
@@ -32,15 +39,27 @@ public actor CoreMLLanguageModel: CausalLanguageModel {
     public nonisolated let manifest: ModelManifest?
     /// `max_context` from the manifest.
     public nonisolated let maximumContextLength: Int?
+    /// How the program takes tokens (the manifest's; ranged without one).
+    public nonisolated let inputShapes: CoreMLInputShapes
 
     private let model: MLModel
     private var state: MLState
     private var processedTokenCount = 0
+    private let calls = CallQueue()
+    private let predictions = PredictionQueue(label: "SLMKit.CoreMLLanguageModel.predictions")
 
-    /// Wraps a loaded model after checking it follows the contract.
+    /// Wraps a loaded model after checking it follows the contract its manifest names.
     public init(model: MLModel, manifest: ModelManifest? = nil) throws {
+        var shapes = CoreMLInputShapes.ranged
+        if let manifest {
+            guard let declared = CoreMLInputShapes(manifest: manifest) else {
+                throw CoreMLLanguageModelError.unsupportedInputShapes
+            }
+            shapes = declared
+        }
         let description = model.modelDescription
-        for name in [Feature.inputIDs, Feature.causalMask] where description.inputDescriptionsByName[name] == nil {
+        let context = shapes == .ranged ? Feature.causalMask : Feature.position
+        for name in [Feature.inputIDs, context] where description.inputDescriptionsByName[name] == nil {
             throw CoreMLLanguageModelError.missingFeature(name)
         }
         for name in [Feature.keyCache, Feature.valueCache] where description.stateDescriptionsByName[name] == nil {
@@ -51,46 +70,85 @@ public actor CoreMLLanguageModel: CausalLanguageModel {
         }
         self.model = model
         self.manifest = manifest
+        inputShapes = shapes
         maximumContextLength = manifest?.maxContext
         state = model.makeState()
     }
 
-    /// Loads an `.mlpackage` (compiling it first) or an `.mlmodelc`, and the manifest next to it.
-    /// - Parameter manifestURL: an explicit manifest; by default `<name>.json` or `manifest.json` beside the model.
+    /// Loads an `.mlpackage` (compiled once, then kept in `compiledModels`) or an `.mlmodelc`, and the
+    /// manifest next to it.
+    /// - Parameters:
+    ///   - manifestURL: an explicit manifest; by default `<name>.json` or `manifest.json` beside the model.
+    ///   - computeUnits: by default the manifest's `compute_units` (those its shapes suit:
+    ///     ``ComputeUnitChoice/preferred(by:)``).
+    ///   - compiledModels: where compiled packages are kept (default: Application Support).
     public static func load(
-        contentsOf url: URL, manifestURL: URL? = nil, computeUnits: MLComputeUnits = .cpuAndNeuralEngine
+        contentsOf url: URL, manifestURL: URL? = nil, computeUnits: MLComputeUnits? = nil,
+        compiledModels: CompiledModelCache? = nil
     ) async throws -> CoreMLLanguageModel {
-        let compiledURL = url.pathExtension == "mlmodelc" ? url : try await MLModel.compileModel(at: url)
-        let configuration = MLModelConfiguration()
-        configuration.computeUnits = computeUnits
-        let model = try await MLModel.load(contentsOf: compiledURL, configuration: configuration)
         let manifest = try manifestURL.map { try ModelManifest(data: Data(contentsOf: $0)) }
             ?? ModelManifest.load(near: url)
+        let compiledURL = url.pathExtension == "mlmodelc" ? url
+            : try await (compiledModels ?? CompiledModelCache.applicationSupport()).compiledModel(forPackageAt: url) {
+                try await MLModel.compileModel(at: $0)
+            }
+        let configuration = MLModelConfiguration()
+        configuration.computeUnits = computeUnits ?? ComputeUnitChoice.preferred(by: manifest).mlComputeUnits
+        let model = try await MLModel.load(contentsOf: compiledURL, configuration: configuration)
         return try CoreMLLanguageModel(model: model, manifest: manifest)
     }
 
-    public func reset() {
-        state = model.makeState()
-        processedTokenCount = 0
+    /// Starts a new sequence (after any call still running).
+    public func reset() async {
+        await calls.run {
+            state = model.makeState()
+            processedTokenCount = 0
+        }
     }
 
-    public func logits(for tokens: [Int32]) throws -> [Float] {
-        guard !tokens.isEmpty else { throw CoreMLLanguageModelError.emptyInput }
-        let totalLength = processedTokenCount + tokens.count
-        if let limit = maximumContextLength, totalLength > limit {
-            throw CoreMLLanguageModelError.contextOverflow(requested: totalLength, limit: limit)
+    public func logits(for tokens: [Int32]) async throws -> [Float] {
+        try await calls.run {
+            guard !tokens.isEmpty else { throw CoreMLLanguageModelError.emptyInput }
+            let totalLength = processedTokenCount + tokens.count
+            if let limit = maximumContextLength, totalLength > limit {
+                throw CoreMLLanguageModelError.contextOverflow(requested: totalLength, limit: limit)
+            }
+            var start = 0
+            var logits: MLMultiArray?
+            for length in inputShapes.chunkLengths(count: tokens.count) {
+                logits = try await predict(Array(tokens[start..<(start + length)]), pastLength: processedTokenCount)
+                start += length
+                processedTokenCount += length  // the cache rows written so far
+            }
+            guard let logits else { throw CoreMLLanguageModelError.emptyInput }
+            return try Self.lastPositionLogits(of: logits)
         }
+    }
+
+    /// One forward pass over `tokens` at position `pastLength`, run on the prediction queue.
+    private func predict(_ tokens: [Int32], pastLength: Int) async throws -> MLMultiArray {
+        let context: (String, MLMultiArray) = inputShapes == .ranged
+            ? (Feature.causalMask, try Self.causalMask(queryLength: tokens.count, pastLength: pastLength))
+            : (Feature.position, try Self.position(pastLength))
         let inputs = try MLDictionaryFeatureProvider(dictionary: [
             Feature.inputIDs: MLFeatureValue(multiArray: try Self.inputIDs(tokens)),
-            Feature.causalMask: MLFeatureValue(
-                multiArray: try Self.causalMask(queryLength: tokens.count, pastLength: processedTokenCount)),
+            context.0: MLFeatureValue(multiArray: context.1),
         ])
-        let outputs = try model.prediction(from: inputs, using: state)
-        guard let logits = outputs.featureValue(for: Feature.logits)?.multiArrayValue else {
+        let job = UncheckedSendable(value: (model, state, inputs))
+        let outputs = try await predictions.run {
+            let (model, state, inputs) = job.value
+            return UncheckedSendable(value: try model.prediction(from: inputs, using: state))
+        }
+        guard let logits = outputs.value.featureValue(for: Feature.logits)?.multiArrayValue else {
             throw CoreMLLanguageModelError.missingFeature(Feature.logits)
         }
-        processedTokenCount = totalLength
-        return try Self.lastPositionLogits(of: logits)
+        return logits
+    }
+
+    private static func position(_ pastLength: Int) throws -> MLMultiArray {
+        let array = try MLMultiArray(shape: [1], dataType: .int32)
+        array.withUnsafeMutableBufferPointer(ofType: Int32.self) { buffer, _ in buffer[0] = Int32(pastLength) }
+        return array
     }
 
     private static func inputIDs(_ tokens: [Int32]) throws -> MLMultiArray {
