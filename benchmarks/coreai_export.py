@@ -30,7 +30,7 @@ import shutil
 import time
 from pathlib import Path
 
-from coreml_export import package_bpw, package_bytes, quantize_options
+from _common import package_bpw, package_bytes, quantize_options
 
 import mlx_slm
 from mlx_slm.export.coreai import compare_greedy
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="output folder for coreai_export.json "
                                                     "(default benchmarks/results/MODEL for a packaged model)")
     parser.add_argument("--formats", default="fp16,q4g64,q3g64,lut4g8,ternary",
-                        help="comma-separated: fp16, q<bits>g<group> (affine), or a name in coreml_export.FORMATS")
+                        help="comma-separated: fp16, q<bits>g<group> (affine), or a name in _common.FORMATS")
     parser.add_argument("--compute-precision", choices=("float16", "float32"), default="float32",
                         help="the packages' compute precision (float16 is very slow on x86 CPUs)")
     parser.add_argument("--max-context", type=int, default=64)

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import time
 from pathlib import Path
+
+from _common import package_bpw, package_bytes, quantize_options
 
 import mlx_slm
 from mlx_slm.coreml.mil_interpreter import MILInterpreter, compare_greedy
@@ -28,32 +29,13 @@ from mlx_slm.io.atomic import atomic_file
 from mlx_slm.io.packaged import smollm2_gguf
 
 PROMPT = "The capital of France is"
-# format name -> mlx_slm.quantize keyword arguments (None: the float16 model as loaded); any "q<bits>g<group>"
-# is affine too.
-FORMATS = {"fp16": None, "lut4g8": {"format": "lut", "bits": 4, "group_size": 8},
-           "lut3g8": {"format": "lut", "bits": 3, "group_size": 8}, "ternary": {"format": "ternary", "group_size": 0}}
-AFFINE = re.compile(r"q(\d+)g(\d+)")
 
 
-def quantize_options(name: str):
-    """The ``mlx_slm.quantize`` keyword arguments of format ``name`` (None for float16)."""
-    if name in FORMATS:
-        return FORMATS[name]
-    match = AFFINE.fullmatch(name)
-    if match is None:
-        raise SystemExit(f"unknown format {name!r}: use fp16, q<bits>g<group> or one of {sorted(FORMATS)}")
-    return {"bits": int(match[1]), "group_size": int(match[2])}
 
 
-def package_bytes(package: Path) -> int:
-    return sum(f.stat().st_size for f in package.rglob("*") if f.is_file())
 
 
-def package_bpw(package: Path) -> float:
-    """Bits per matrix weight the package stores, from the manifest's per-layer bytes and shapes."""
-    layers = json.loads(package.with_suffix(".json").read_text())["layers"]
-    return 8 * sum(layer["bytes"] for layer in layers) / sum(layer["shape"][0] * layer["shape"][1]
-                                                            for layer in layers)
+
 
 
 def measure(model, tokenizer, name: str, precision: str, folder: Path, args) -> dict:
@@ -89,7 +71,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="source model (default: the SmolLM2-135M GGUF)")
     parser.add_argument("--out", default="runs/coreml", help="output folder for coreml_export.json")
     parser.add_argument("--formats", default="fp16,q4g64,q3g64",
-                        help="comma-separated: fp16, q<bits>g<group> (affine), or a name in FORMATS")
+                        help="comma-separated: fp16, q<bits>g<group> (affine), or a name in _common.FORMATS")
     parser.add_argument("--float32", default="fp16", help="formats also exported with compute_precision=float32")
     parser.add_argument("--max-context", type=int, default=64)
     parser.add_argument("--steps", type=int, default=16, help="greedy steps after the prompt")

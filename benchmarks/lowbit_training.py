@@ -45,7 +45,7 @@ from mlx_slm.io.atomic import atomic_file
 from mlx_slm.quant.methods.blockwise import default_start
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quantization_quality import source_folder
+from _common import source_folder
 
 RECIPES = ("start", "blockwise", "blockwise+e2e", "e2e")
 DEFAULT_ROWS = "affine:2:64,affine:2:32,affine:3:64,affine:4:64,lut:3:8,lut:4:8,ternary:2:0"

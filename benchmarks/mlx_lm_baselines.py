@@ -52,8 +52,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from quantization_quality import PeakMemory, source_folder, write_texts
-from quantization_quality import table as quality_table
+from _common import PeakMemory, quality_table, source_folder, write_texts
 
 import mlx_slm
 from mlx_slm.data.windows import calibration_windows

@@ -31,84 +31,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
+from _common import PeakMemory, quality_table, source_folder, write_texts
+
 import mlx_slm
-from mlx_slm.data.corpora import local_text
 from mlx_slm.io.atomic import atomic_file
-from mlx_slm.io.packaged import smollm2_gguf
-
-
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakMemory:
-    """Peak resident memory above the starting level while the ``with`` block runs (Linux)."""
-
-    def __enter__(self):
-        self.start = self.peak = resident_bytes()
-        self.running = True
-        self.thread = threading.Thread(target=self.sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def sample(self):
-        while self.running:
-            self.peak = max(self.peak, resident_bytes())
-            time.sleep(0.02)
-
-    def __exit__(self, *exc):
-        self.running = False
-        self.thread.join()
-        self.peak = max(self.peak, resident_bytes())
-
-    @property
-    def grown_bytes(self) -> int:
-        return self.peak - self.start
-
-
-def table(rows: list[dict]) -> str:
-    header = (f"{'method':<16}{'bits':>5}{'group':>6}{'bpw':>7}{'float':>6}{'PPL':>12}{'KL':>9}{'top-1':>8}"
-              f"{'quant s':>9}{'peak MB':>9}")
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        if "error" in r:  # a baseline that could not run
-            lines.append(f"{r['method']:<16}{r['bits'] or '-':>5}{r['group_size'] or '-':>6}   not run: {r['error']}")
-            continue
-        kld = "-" if r.get("kld") is None else f"{r['kld']:.4f}"
-        top1 = "-" if r.get("top1") is None else f"{r['top1']:.1%}"
-        quant_s = "-" if r["quant_seconds"] is None else f"{r['quant_seconds']:.0f}"
-        peak = "-" if r["quant_peak_mb"] is None else f"{r['quant_peak_mb']:.0f}"
-        lines.append(f"{r['method']:<16}{r['bits'] or '-':>5}{r['group_size'] or '-':>6}{r['bpw']:>7.2f}"
-                     f"{r.get('float_layers', 0):>6}{r['ppl']:>12.3f}{kld:>9}{top1:>8}{quant_s:>9}{peak:>9}")
-    return "\n".join(lines)
-
-
-def write_texts(out: Path) -> dict:
-    """Write OUT/calib.txt and OUT/eval.txt from the local corpora; return purpose -> source name."""
-    texts = {}
-    for purpose in ("calib", "eval"):
-        text, source = local_text(purpose)
-        (out / f"{purpose}.txt").write_text(text)
-        texts[purpose] = source
-    return texts
-
-
-def source_folder(out: Path, model_arg) -> Path:
-    """A float16 MLX folder of the model (converted from the GGUF once)."""
-    if model_arg and Path(model_arg).is_dir():
-        return Path(model_arg)
-    folder = out / "fp16"
-    if not (folder / "config.json").is_file():
-        model, tokenizer = mlx_slm.load(model_arg or smollm2_gguf(), progress=False)
-        mlx_slm.save(model, tokenizer, folder, overwrite=True)
-    return folder
 
 
 def runs(args) -> list[tuple[str, int | None, dict]]:
@@ -246,13 +176,13 @@ def main() -> None:
     if ("fp16", None) not in done:
         base = {"method": "fp16", "bits": None, "group_size": None, "quant_seconds": None, "quant_peak_mb": None}
         rows.insert(0, {**base, **mlx_slm.evaluate(reference, tokenizer, **evaluate)})
-    print(table(rows))
+    print(quality_table(rows))
     planner = Planner(folder, tokenizer, args)
     for label, bits, options in runs(args):
         if (label, bits) in done:
             continue
         rows.append(measure(folder, reference, tokenizer, label, bits, options, args, evaluate, planner))
-        print(table(rows).splitlines()[-1], flush=True)
+        print(quality_table(rows).splitlines()[-1], flush=True)
         with atomic_file(out / "quality.json") as path:
             path.write_text(json.dumps({"texts": texts, "settings": settings, "rows": rows}, indent=2, default=str))
 
@@ -260,7 +190,7 @@ def main() -> None:
     if args.mlx_lm:
         baselines = run_mlx_lm(out, args)
     print()
-    print(table(rows + baseline_rows(baselines)))
+    print(quality_table(rows + baseline_rows(baselines)))
     print(f"\nwrote {out / 'quality.json'} ({time.perf_counter() - start:.0f} s in all)")
     plot(out, baselines)
 
