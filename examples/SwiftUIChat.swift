@@ -62,6 +62,8 @@ final class ChatModel {
                     switch event {
                     case .text(let piece):
                         if let last = messages.indices.last { messages[last].content += piece }
+                    case .token:
+                        break
                     case .finished(let summary):
                         let rate = String(format: "%.1f", summary.tokensPerSecond)
                         status = "\(summary.prefilledTokenCount) tokens prefilled, "

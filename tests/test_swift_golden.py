@@ -2,8 +2,8 @@
 
 The Swift tests read ``swift/Tests/SLMKitTests/Fixtures/`` straight from the clone (``swift
 test`` cannot run Python), so the fixtures are committed; this test regenerates them into a
-temporary folder and compares bytes, so a change to the script, to ``transformers``/``tokenizers``
-or to the reference data cannot leave them stale.
+temporary folder (the SentencePiece goldens need the Gemma 3 GGUF) and compares bytes, so a change
+to the script, to ``transformers``/``tokenizers`` or to the reference data cannot leave them stale.
 """
 
 import importlib.util
@@ -31,7 +31,7 @@ def files(folder: Path) -> dict[str, bytes]:
     return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
-def test_committed_fixtures_equal_a_fresh_run(smollm2_path, tmp_path):
+def test_committed_fixtures_equal_a_fresh_run(smollm2_path, gemma3_path, tmp_path):
     load_script().main(tmp_path)
     committed, fresh = files(FIXTURES), files(tmp_path)
     assert sorted(committed) == sorted(fresh)

@@ -11,7 +11,9 @@ few variants of the same vocabulary with other pre-tokenizer pipelines (Llama-3
 and Qwen2 style regex splits, GPT-2 prefix space, every Split behaviour) so the
 Swift port is checked on code paths SmolLM2 itself does not use. Chat templates
 (SmolLM2's own and those in ``chat_templates/``, sources named in SOURCES.md there)
-are rendered with transformers' ``apply_chat_template`` for the Jinja tests.
+are rendered with transformers' ``apply_chat_template`` for the Jinja tests. SentencePiece-style
+tokenizers (a cut-down real Gemma 3 one and a trained Mistral v0.3-style one, see
+``sentencepiece_golden.py``) go to ``sentencepiece/`` with their goldens.
 
 The fixtures are committed, so ``swift test`` passes on a fresh clone; they are
 kept small (a compact ``tokenizer.json``, variants stored as JSON merge patches
@@ -29,12 +31,17 @@ import importlib.util
 import json
 import os
 import random
+import sys
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
 from mlx_slm.io.gguf import read_fields, read_reader
 from mlx_slm.io.gguf_tokenizer import tokenizer_from_gguf_fields
+from mlx_slm.io.packaged import gemma3_gguf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sentencepiece_golden as sp  # noqa: E402  (this folder is not a package)
 
 SEED = 20240607
 FIXTURES_DIR = Path(__file__).resolve().parent.parent / "Tests" / "SLMKitTests" / "Fixtures"
@@ -235,6 +242,26 @@ def load_smollm2_tokenizer():
     return tokenizer_from_gguf_fields(read_fields(read_reader(gguf_path)))
 
 
+def sentencepiece_goldens(out_dir: Path, texts: list[str], rng: random.Random) -> list[dict]:
+    """Writes ``sentencepiece/gemma3.json``, ``mistral.json`` and Mistral's variants and returns their
+    goldens. Variants are whole files, not patches: a JSON round trip in Swift would merge vocabulary
+    keys that are canonically equivalent."""
+    texts = texts + sp.EXTRA_TEXTS
+    gemma = tokenizer_from_gguf_fields(read_fields(read_reader(gemma3_gguf()))).backend_tokenizer
+    mistral = sp.trained_mistral(texts)
+    files = {"gemma3": sp.reduced_gemma3(gemma, texts), "mistral": mistral}
+    for name, patch in sp.MISTRAL_VARIANTS.items():
+        files[f"mistral_{name}"] = sp.compact(merge_patch(json.loads(mistral), patch))
+    (out_dir / "sentencepiece").mkdir(parents=True, exist_ok=True)
+    goldens = []
+    for name, text in files.items():
+        (out_dir / "sentencepiece" / f"{name}.json").write_text(text, encoding="utf-8")
+        tokenizer = Tokenizer.from_str(text)
+        goldens.append({"name": name, "cases": sp.cases(tokenizer, texts),
+                        "decode_cases": sp.decode_cases(tokenizer, json.loads(text), rng)})
+    return goldens
+
+
 def byte_level(use_regex: bool, add_prefix_space: bool = False) -> dict:
     return {
         "type": "ByteLevel",
@@ -301,7 +328,8 @@ def variant_patches(base: dict) -> dict[str, dict]:
 
 
 def merge_patch(target, patch):
-    """RFC 7386 JSON merge patch (no deletions needed here): the Swift tests apply the same rule."""
+    """RFC 7386 JSON merge patch, the rule the Swift tests apply; a ``null`` is kept here where they
+    remove the key, which a tokenizer.json reads the same (no normalizer, no pre-tokenizer)."""
     if not isinstance(patch, dict) or not isinstance(target, dict):
         return copy.deepcopy(patch)
     merged = copy.deepcopy(target)
@@ -442,6 +470,7 @@ def main(out_dir: Path = FIXTURES_DIR) -> None:
         variant = Tokenizer.from_str(json.dumps(merge_patch(base, patch)))
         variants.append({"name": name, "patch": patch, "cases": variant_cases(variant, variant_texts)})
     write_json(out_dir / "tokenizer_variants_golden.json", variants)
+    write_json(out_dir / "sentencepiece_golden.json", sentencepiece_goldens(out_dir, texts, rng))
     print(f"wrote {len(golden)} encode cases and {len(variants)} variants to {out_dir}")
 
 

@@ -23,6 +23,7 @@ final class ChatSessionTests: XCTestCase {
             switch event {
             case .text(let piece): text += piece
             case .finished(let finished): summary = finished
+            case .token: break
             }
         }
         return (text, summary)

@@ -15,6 +15,7 @@ final class GeneratorTests: XCTestCase {
             switch event {
             case .text(let text): pieces.append(text)
             case .finished(let finished): summary = finished
+            case .token: break
             }
         }
         return (pieces, summary)

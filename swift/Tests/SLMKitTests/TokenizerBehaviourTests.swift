@@ -92,11 +92,20 @@ final class TokenizerBehaviourTests: XCTestCase {
         XCTAssertThrowsError(try Tokenizer(tokenizerData: wordPiece)) { error in
             XCTAssertEqual(error as? TokenizerError, .unsupported("model type WordPiece"))
         }
-        let metaspace = Data(#"""
-        {"pre_tokenizer": {"type": "Metaspace"}, "model": {"type": "BPE", "vocab": {}, "merges": []}}
+        let precompiled = Data(#"""
+        {"normalizer": {"type": "Precompiled"}, "model": {"type": "BPE", "vocab": {}, "merges": []}}
         """#.utf8)
-        XCTAssertThrowsError(try Tokenizer(tokenizerData: metaspace)) { error in
-            XCTAssertEqual(error as? TokenizerError, .unsupported("pre_tokenizer Metaspace"))
+        XCTAssertThrowsError(try Tokenizer(tokenizerData: precompiled)) { error in
+            XCTAssertEqual(error as? TokenizerError, .unsupported("normalizer Precompiled"))
+        }
+        // Stripping the end of the fused text cannot be streamed token by token.
+        let trailingStrip = Data(#"""
+        {"decoder": {"type": "Sequence", "decoders": [{"type": "Fuse"},
+                     {"type": "Strip", "content": " ", "start": 0, "stop": 1}]},
+         "model": {"type": "BPE", "vocab": {}, "merges": []}}
+        """#.utf8)
+        XCTAssertThrowsError(try Tokenizer(tokenizerData: trailingStrip)) { error in
+            XCTAssertEqual(error as? TokenizerError, .unsupported("Strip decoder removing trailing text after Fuse"))
         }
     }
 

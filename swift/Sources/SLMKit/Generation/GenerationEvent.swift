@@ -1,9 +1,28 @@
 /// What a ``Generator`` stream delivers.
 public enum GenerationEvent: Sendable, Equatable {
+    /// A sampled token, stop tokens included, delivered before the text it completes.
+    case token(GeneratedToken)
     /// Newly generated text (always complete UTF-8, never part of a stop string).
     case text(String)
     /// The last event of a generation that was not cancelled.
     case finished(GenerationSummary)
+}
+
+/// One sampled token with what the model thought of it.
+public struct GeneratedToken: Sendable, Equatable {
+    public var id: Int32
+    /// The streaming detokenizer's text for this token: empty while it only starts a character (or
+    /// a run of byte tokens) and for a stop token. `.text` events carry the same text minus stop strings.
+    public var text: String
+    /// The natural log of the probability the model gave this token: the log-softmax of the model's
+    /// logits at it, before temperature, repetition penalty and top-k/top-p/min-p filtering.
+    public var logprob: Double
+
+    public init(id: Int32, text: String, logprob: Double) {
+        self.id = id
+        self.text = text
+        self.logprob = logprob
+    }
 }
 
 /// Why a generation ended.

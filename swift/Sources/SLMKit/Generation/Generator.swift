@@ -1,5 +1,5 @@
 /// Streams text from a ``CausalLanguageModel``: prefill, then sample and decode
-/// token by token until a stop condition.
+/// token by token until a stop condition; each sampled token is also reported with its log-probability.
 ///
 /// Cancelling the consuming task (or abandoning the stream) stops the loop
 /// before the next model call; the stream then simply ends.
@@ -77,13 +77,17 @@ public struct Generator: Sendable {
             }
             guard !logits.isEmpty else { throw GenerationError.emptyLogits }
             let token = sampler.sample(logits: logits, previousTokens: history)
+            let logprob = LogitProcessing.logSoftmax(logits, at: Int(token))
             generatedCount += 1
             if stopTokenIDs.contains(token) {
+                emit(.token(GeneratedToken(id: token, text: "", logprob: logprob)))
                 stopReason = .stopToken
                 break
             }
             history.append(token)
-            switch scanner.append(detokenizer.append(token)) {
+            let piece = detokenizer.append(token)
+            emit(.token(GeneratedToken(id: token, text: piece, logprob: logprob)))
+            switch scanner.append(piece) {
             case .proceed(let text):
                 if !text.isEmpty { emit(.text(text)) }
             case .stop(let text):

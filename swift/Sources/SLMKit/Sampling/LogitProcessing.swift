@@ -38,6 +38,13 @@ enum LogitProcessing {
         return probabilities
     }
 
+    /// `log(softmax(logits)[index])` in double precision (`-inf` when no logit is finite).
+    static func logSoftmax(_ logits: [Float], at index: Int) -> Double {
+        guard let maximum = logits.lazy.filter({ $0.isFinite }).max() else { return -.infinity }
+        let total = logits.reduce(0.0) { sum, logit in logit.isNaN ? sum : sum + exp(Double(logit) - Double(maximum)) }
+        return Double(logits[index]) - Double(maximum) - log(total)
+    }
+
     /// Token indices from most to least likely; equal probabilities keep id order.
     static func rankedByProbability(_ probabilities: [Double]) -> [Int] {
         probabilities.indices.sorted { lhs, rhs in

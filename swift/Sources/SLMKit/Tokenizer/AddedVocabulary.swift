@@ -1,20 +1,20 @@
 /// The `added_tokens` of a tokenizer: their ids, which are special, and the
 /// matchers that find them in raw text (`normalized: false`) or in normalized text.
 struct AddedVocabulary: Sendable {
-    let idsByContent: [String: Int32]
+    let idsByContent: [ExactString: Int32]
     let specialIDs: Set<Int32>
     let rawMatcher: AddedTokenMatcher
     let normalizedMatcher: AddedTokenMatcher
 
-    init(_ definitions: [AddedTokenDefinition], vocabulary: [String: Int32], normalizer: Normalizer?) {
-        var idsByContent: [String: Int32] = [:]
+    init(_ definitions: [AddedTokenDefinition], vocabulary: [ExactString: Int32], normalizer: Normalizer?) {
+        var idsByContent: [ExactString: Int32] = [:]
         var specialIDs: Set<Int32> = []
         var rawTokens: [AddedToken] = []
         var normalizedTokens: [AddedToken] = []
         for definition in definitions {
             // Like `tokenizers`, an added token already in the vocabulary keeps its vocabulary id.
-            let id = vocabulary[definition.content] ?? definition.id
-            idsByContent[definition.content] = id
+            let id = vocabulary[ExactString(definition.content)] ?? definition.id
+            idsByContent[ExactString(definition.content)] = id
             if definition.special { specialIDs.insert(id) }
             let matchedText = definition.normalized
                 ? normalizer?.normalize(definition.content) ?? definition.content

@@ -8,18 +8,20 @@ struct BytePairEncoder: Sendable {
         let result: Int32
     }
 
-    let vocabulary: [String: Int32]
+    let vocabulary: [ExactString: Int32]
     private let scalarIDs: [Unicode.Scalar: Int32]
     private let merges: [UInt64: Merge]
     private let unknownID: Int32?
     private let fuseUnknown: Bool
     private let ignoreMerges: Bool
+    /// With `byte_fallback`, the ids of the `<0xXX>` tokens (`nil` where the vocabulary lacks one).
+    private let byteIDs: [Int32?]?
 
-    init(_ definition: BPEDefinition) {
-        vocabulary = definition.vocabulary
+    init(_ definition: BPEDefinition, vocabulary: [ExactString: Int32]) {
+        self.vocabulary = vocabulary
         var scalarIDs: [Unicode.Scalar: Int32] = [:]
-        for (token, id) in definition.vocabulary {
-            var scalars = token.unicodeScalars.makeIterator()
+        for (token, id) in vocabulary {
+            var scalars = token.string.unicodeScalars.makeIterator()
             if let first = scalars.next(), scalars.next() == nil {
                 scalarIDs[first] = id
             }
@@ -27,23 +29,26 @@ struct BytePairEncoder: Sendable {
         self.scalarIDs = scalarIDs
         var merges: [UInt64: Merge] = [:]
         for (rank, (left, right)) in definition.merges.enumerated() {
-            guard let leftID = definition.vocabulary[left],
-                  let rightID = definition.vocabulary[right],
-                  let result = definition.vocabulary[left + right] else { continue }
+            guard let leftID = vocabulary[ExactString(left)],
+                  let rightID = vocabulary[ExactString(right)],
+                  let result = vocabulary[ExactString(left + right)] else { continue }
             let key = Self.pairKey(leftID, rightID)
             if merges[key] == nil {
                 merges[key] = Merge(rank: rank, result: result)
             }
         }
         self.merges = merges
-        unknownID = definition.unknownToken.flatMap { definition.vocabulary[$0] }
+        unknownID = definition.unknownToken.flatMap { vocabulary[ExactString($0)] }
         fuseUnknown = definition.fuseUnknown
         ignoreMerges = definition.ignoreMerges
+        byteIDs = definition.byteFallback
+            ? (0...255).map { vocabulary[ExactString(ByteToken.name(of: UInt8($0)))] }
+            : nil
     }
 
     /// Appends the ids of `word` to `ids`.
     func encode(word: String, into ids: inout [Int32]) {
-        if ignoreMerges, let id = vocabulary[word] {
+        if ignoreMerges, let id = vocabulary[ExactString(word)] {
             ids.append(id)
             return
         }
@@ -55,7 +60,8 @@ struct BytePairEncoder: Sendable {
         ids.append(contentsOf: symbols)
     }
 
-    /// One symbol per scalar; unknown scalars become `unk_token` (or vanish when there is none).
+    /// One symbol per scalar; unknown scalars become their UTF-8 bytes' `<0xXX>` tokens with byte
+    /// fallback (when the vocabulary has them all), else `unk_token` (or vanish when there is none).
     private func initialSymbols(of word: String) -> [Int32] {
         var symbols: [Int32] = []
         var previousWasUnknown = false
@@ -63,12 +69,25 @@ struct BytePairEncoder: Sendable {
             if let id = scalarIDs[scalar] {
                 symbols.append(id)
                 previousWasUnknown = false
+            } else if let bytes = fallbackIDs(of: scalar) {
+                symbols.append(contentsOf: bytes)
+                previousWasUnknown = false
             } else if let unknownID {
                 if !(fuseUnknown && previousWasUnknown) { symbols.append(unknownID) }
                 previousWasUnknown = true
             }
         }
         return symbols
+    }
+
+    private func fallbackIDs(of scalar: Unicode.Scalar) -> [Int32]? {
+        guard let byteIDs else { return nil }
+        var ids: [Int32] = []
+        for byte in String(scalar).utf8 {
+            guard let id = byteIDs[Int(byte)] else { return nil }
+            ids.append(id)
+        }
+        return ids
     }
 
     private func bestMerge(in symbols: [Int32]) -> (Int, Merge)? {

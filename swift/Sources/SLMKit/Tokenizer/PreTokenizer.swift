@@ -9,6 +9,7 @@ struct PreTokenizer: Sendable {
         case byteLevel(addPrefixSpace: Bool, splitter: PatternSplitter?)
         case digits(individual: Bool)
         case split(PatternSplitter)
+        case metaspace(Metaspace)
     }
 
     private let steps: [Step]
@@ -18,10 +19,18 @@ struct PreTokenizer: Sendable {
     }
 
     /// The words of `text`, each already mapped to byte-level form if the pipeline has a `ByteLevel` step.
-    func split(_ text: String) -> [String] {
-        steps.reduce([text]) { pieces, step in
-            pieces.flatMap { Self.apply(step, to: $0) }
+    /// - Parameter atStart: whether `text` begins the input (no added token before it), which a
+    ///   `Metaspace` step with `prepend_scheme: first` needs; pieces cut off later do not begin it.
+    func split(_ text: String, atStart: Bool) -> [String] {
+        var pieces = [(text: text, atStart: atStart)]
+        for step in steps {
+            pieces = pieces.flatMap { piece in
+                Self.apply(step, to: piece.text, atStart: piece.atStart).enumerated().map { index, word in
+                    (text: word, atStart: piece.atStart && index == 0)
+                }
+            }
         }
+        return pieces.map(\.text)
     }
 
     private static func steps(for definition: PreTokenizerDefinition) throws -> [Step] {
@@ -35,13 +44,17 @@ struct PreTokenizer: Sendable {
             return [.digits(individual: individual)]
         case .split(let pattern, let behavior, let invert):
             return [.split(try PatternSplitter(pattern: pattern, behavior: behavior, invert: invert))]
+        case .metaspace(let metaspace):
+            return [.metaspace(metaspace)]
         case .sequence(let definitions):
             return try definitions.flatMap(steps(for:))
         }
     }
 
-    private static func apply(_ step: Step, to piece: String) -> [String] {
+    private static func apply(_ step: Step, to piece: String, atStart: Bool) -> [String] {
         switch step {
+        case .metaspace(let metaspace):
+            return metaspace.preTokenize(piece, atStart: atStart)
         case .split(let splitter):
             return splitter.split(piece)
         case .digits(let individual):

@@ -1,20 +1,30 @@
-/// Turns a stream of token ids into text pieces, holding back the bytes of a
-/// UTF-8 sequence until the token that completes it arrives.
+/// Turns a stream of token ids into text pieces, holding back what the next token may still change:
+/// the bytes of an unfinished UTF-8 sequence (byte-level tokenizers) or a run of `<0xXX>` byte
+/// tokens (byte-fallback tokenizers, until a token that is not a byte arrives).
 ///
 /// Concatenating every piece (plus ``finish()``) gives exactly
 /// ``Tokenizer/decode(_:skipSpecialTokens:)`` of all ids.
 public struct StreamingDetokenizer: Sendable {
     private let tokenBytes: TokenBytes
+    private let pieceDecoder: PieceDecoder?
     private let skipSpecialTokens: Bool
     private var pending: [UInt8] = []
+    private var pendingTokens: [String] = []
+    private var startsSequence = true
 
-    init(tokenBytes: TokenBytes, skipSpecialTokens: Bool) {
+    init(tokenBytes: TokenBytes, pieceDecoder: PieceDecoder?, skipSpecialTokens: Bool) {
         self.tokenBytes = tokenBytes
+        self.pieceDecoder = pieceDecoder
         self.skipSpecialTokens = skipSpecialTokens
     }
 
     /// Adds one token and returns the text it completes (possibly empty).
     public mutating func append(_ id: Int32) -> String {
+        if let pieceDecoder {
+            guard let token = tokenBytes.visibleToken(for: id, skipSpecialTokens: skipSpecialTokens) else { return "" }
+            pendingTokens.append(token)
+            return pieceDecoder.holdsBack(token) ? "" : flushTokens(pieceDecoder)
+        }
         pending.append(contentsOf: tokenBytes.bytes(for: id, skipSpecialTokens: skipSpecialTokens))
         let ready = UTF8Completeness.completePrefixLength(of: pending)
         guard ready > 0 else { return "" }
@@ -25,8 +35,18 @@ public struct StreamingDetokenizer: Sendable {
 
     /// Returns whatever is still held back, with U+FFFD for an unfinished sequence.
     public mutating func finish() -> String {
+        if let pieceDecoder { return flushTokens(pieceDecoder) }
         defer { pending.removeAll() }
         return String(decoding: pending, as: UTF8.self)
+    }
+
+    private mutating func flushTokens(_ decoder: PieceDecoder) -> String {
+        guard !pendingTokens.isEmpty else { return "" }
+        defer {
+            pendingTokens.removeAll()
+            startsSequence = false
+        }
+        return decoder.decode(pendingTokens, startsSequence: startsSequence)
     }
 }
 

@@ -1,4 +1,4 @@
-/// Maps token ids back to the bytes they stand for.
+/// Maps token ids back to their text and to the bytes they stand for.
 struct TokenBytes: Sendable {
     private let tokensByID: [Int32: String]
     private let specialIDs: Set<Int32>
@@ -19,11 +19,17 @@ struct TokenBytes: Sendable {
     /// As in `tokenizers`, a token holding any scalar outside the byte-level
     /// alphabet (typically an added token) contributes its own UTF-8 bytes.
     func bytes(for id: Int32, skipSpecialTokens: Bool) -> [UInt8] {
-        guard let token = tokensByID[id], !(skipSpecialTokens && specialIDs.contains(id)) else { return [] }
+        guard let token = visibleToken(for: id, skipSpecialTokens: skipSpecialTokens) else { return [] }
         if isByteLevel, let bytes = ByteLevelAlphabet.decode(token) {
             return bytes
         }
         return Array(token.utf8)
+    }
+
+    /// The text of one token as `tokenizers` hands it to a decoder: `nil` for unknown or skipped ids.
+    func visibleToken(for id: Int32, skipSpecialTokens: Bool) -> String? {
+        guard let token = tokensByID[id], !(skipSpecialTokens && specialIDs.contains(id)) else { return nil }
+        return token
     }
 
     func token(for id: Int32) -> String? {

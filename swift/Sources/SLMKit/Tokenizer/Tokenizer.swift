@@ -1,7 +1,8 @@
 import Foundation
 
-/// A byte-level BPE tokenizer loaded from a Hugging Face `tokenizer.json`
-/// (GPT-2, Llama-3, Qwen2 and SmolLM style), matching the Rust `tokenizers` crate.
+/// A BPE tokenizer loaded from a Hugging Face `tokenizer.json`, matching the Rust `tokenizers` crate:
+/// byte-level (GPT-2, Llama-3, Qwen2, SmolLM) or SentencePiece-style with `▁` for spaces and byte
+/// fallback (Gemma, Llama 2, Mistral).
 public final class Tokenizer: Sendable {
     /// Id of the beginning-of-sequence token named in `tokenizer_config.json`.
     public let bosTokenID: Int32?
@@ -23,6 +24,8 @@ public final class Tokenizer: Sendable {
     private let preTokenizer: PreTokenizer
     private let model: BytePairEncoder
     private let tokenBytes: TokenBytes
+    /// The decoder of SentencePiece-style files; `nil` when ids decode through their bytes.
+    private let pieceDecoder: PieceDecoder?
 
     /// Loads `tokenizer.json`, plus `tokenizer_config.json` and `chat_template.jinja` when present.
     public convenience init(directory: URL) throws {
@@ -43,23 +46,26 @@ public final class Tokenizer: Sendable {
     public init(tokenizerData: Data, configData: Data? = nil, chatTemplate: String? = nil) throws {
         let definition = try JSONDecoder().decode(TokenizerDefinition.self, from: tokenizerData)
         let config = try configData.map(TokenizerConfig.init(data:)) ?? TokenizerConfig()
-        let vocabulary = definition.model.vocabulary
-        let normalizer = definition.normalizer.map(Normalizer.init)
+        let vocabulary = try VocabularyReader.vocabulary(in: tokenizerData)
+        let normalizer = try definition.normalizer.map(Normalizer.init)
         let addedVocabulary = AddedVocabulary(definition.addedTokens, vocabulary: vocabulary, normalizer: normalizer)
-        model = BytePairEncoder(definition.model)
+        model = BytePairEncoder(definition.model, vocabulary: vocabulary)
         preTokenizer = try PreTokenizer(definition.preTokenizer)
         self.normalizer = normalizer
         self.addedVocabulary = addedVocabulary
 
         var tokensByID: [Int32: String] = [:]
-        for (token, id) in vocabulary { tokensByID[id] = token }
-        for (content, id) in addedVocabulary.idsByContent { tokensByID[id] = content }
+        for (token, id) in vocabulary { tokensByID[id] = token.string }
+        for (content, id) in addedVocabulary.idsByContent { tokensByID[id] = content.string }
         vocabularySize = tokensByID.count
         tokenBytes = TokenBytes(
             tokensByID: tokensByID, specialIDs: addedVocabulary.specialIDs,
             isByteLevel: definition.decoder == .byteLevel)
+        pieceDecoder = try definition.decoder.flatMap { $0 == .byteLevel ? nil : try PieceDecoder($0) }
 
-        let lookup = { (token: String?) in token.flatMap { addedVocabulary.idsByContent[$0] ?? vocabulary[$0] } }
+        let lookup = { (token: String?) in
+            token.map(ExactString.init).flatMap { addedVocabulary.idsByContent[$0] ?? vocabulary[$0] }
+        }
         bosToken = config.bosToken
         eosToken = config.eosToken
         bosTokenID = lookup(config.bosToken)
@@ -72,16 +78,17 @@ public final class Tokenizer: Sendable {
     /// Special tokens written in the text, such as `<|im_start|>`, become their ids.
     public func encode(_ text: String) -> [Int32] {
         var ids: [Int32] = []
-        for piece in addedVocabulary.rawMatcher.split(text) {
+        for (index, piece) in addedVocabulary.rawMatcher.split(text).enumerated() {
             switch piece {
             case .token(let id):
                 ids.append(id)
             case .text(let segment):
                 let normalized = normalizer?.normalize(segment) ?? segment
-                for inner in addedVocabulary.normalizedMatcher.split(normalized) {
+                for (innerIndex, inner) in addedVocabulary.normalizedMatcher.split(normalized).enumerated() {
                     switch inner {
                     case .token(let id): ids.append(id)
-                    case .text(let ordinary): encodeOrdinaryText(ordinary, into: &ids)
+                    case .text(let ordinary):
+                        encodeOrdinaryText(ordinary, atStart: index == 0 && innerIndex == 0, into: &ids)
                     }
                 }
             }
@@ -91,6 +98,10 @@ public final class Tokenizer: Sendable {
 
     /// Decodes ids to text; invalid UTF-8 becomes U+FFFD, as in `tokenizers`.
     public func decode(_ ids: [Int32], skipSpecialTokens: Bool = false) -> String {
+        if let pieceDecoder {
+            let tokens = ids.compactMap { tokenBytes.visibleToken(for: $0, skipSpecialTokens: skipSpecialTokens) }
+            return pieceDecoder.decode(tokens, startsSequence: true)
+        }
         var bytes: [UInt8] = []
         for id in ids {
             bytes.append(contentsOf: tokenBytes.bytes(for: id, skipSpecialTokens: skipSpecialTokens))
@@ -100,15 +111,16 @@ public final class Tokenizer: Sendable {
 
     /// A decoder for token-by-token streaming that only emits complete UTF-8 text.
     public func makeStreamingDetokenizer(skipSpecialTokens: Bool = true) -> StreamingDetokenizer {
-        StreamingDetokenizer(tokenBytes: tokenBytes, skipSpecialTokens: skipSpecialTokens)
+        StreamingDetokenizer(
+            tokenBytes: tokenBytes, pieceDecoder: pieceDecoder, skipSpecialTokens: skipSpecialTokens)
     }
 
     /// The id of a token given its exact text (added tokens included).
     public func tokenID(for token: String) -> Int32? {
-        addedVocabulary.idsByContent[token] ?? model.vocabulary[token]
+        addedVocabulary.idsByContent[ExactString(token)] ?? model.vocabulary[ExactString(token)]
     }
 
-    /// The text of a token as stored in `tokenizer.json` (byte-level form for ordinary tokens).
+    /// The text of a token as stored in `tokenizer.json` (byte-level or `▁` form for ordinary tokens).
     public func token(for id: Int32) -> String? {
         tokenBytes.token(for: id)
     }
@@ -118,8 +130,9 @@ public final class Tokenizer: Sendable {
         tokenBytes.isSpecial(id)
     }
 
-    private func encodeOrdinaryText(_ text: String, into ids: inout [Int32]) {
-        for word in preTokenizer.split(text) {
+    /// - Parameter atStart: whether `text` begins the input (no added token before it).
+    private func encodeOrdinaryText(_ text: String, atStart: Bool, into ids: inout [Int32]) {
+        for word in preTokenizer.split(text, atStart: atStart) {
             model.encode(word: word, into: &ids)
         }
     }

@@ -48,16 +48,17 @@ struct AddedTokenDefinition: Decodable {
     }
 }
 
-/// `model` section; only byte-pair encoding is supported.
+/// `model` section; only byte-pair encoding is supported (with or without byte fallback).
+/// Its `vocab` is read by ``VocabularyReader``, which keeps canonically equivalent tokens apart.
 struct BPEDefinition: Decodable {
-    let vocabulary: [String: Int32]
     let merges: [(String, String)]
     let unknownToken: String?
     let fuseUnknown: Bool
     let ignoreMerges: Bool
+    let byteFallback: Bool
 
     private enum CodingKeys: String, CodingKey {
-        case type, vocab, merges, unknownToken = "unk_token", fuseUnknown = "fuse_unk", ignoreMerges = "ignore_merges"
+        case type, merges, unknownToken = "unk_token", fuseUnknown = "fuse_unk", ignoreMerges = "ignore_merges"
         case byteFallback = "byte_fallback", continuingSubwordPrefix = "continuing_subword_prefix"
         case endOfWordSuffix = "end_of_word_suffix"
     }
@@ -66,18 +67,15 @@ struct BPEDefinition: Decodable {
         let container = try decoder.container(keyedBy: CodingKeys.self)
         let type = try container.decodeIfPresent(String.self, forKey: .type) ?? "BPE"
         guard type == "BPE" else { throw TokenizerError.unsupported("model type \(type)") }
-        if try container.decodeIfPresent(Bool.self, forKey: .byteFallback) == true {
-            throw TokenizerError.unsupported("BPE byte_fallback")
-        }
         if try container.decodeIfPresent(String.self, forKey: .continuingSubwordPrefix) != nil
             || container.decodeIfPresent(String.self, forKey: .endOfWordSuffix) != nil {
             throw TokenizerError.unsupported("BPE subword prefix/suffix")
         }
-        vocabulary = try container.decode([String: Int32].self, forKey: .vocab)
         merges = try Self.decodeMerges(container)
         unknownToken = try container.decodeIfPresent(String.self, forKey: .unknownToken)
         fuseUnknown = try container.decodeIfPresent(Bool.self, forKey: .fuseUnknown) ?? false
         ignoreMerges = try container.decodeIfPresent(Bool.self, forKey: .ignoreMerges) ?? false
+        byteFallback = try container.decodeIfPresent(Bool.self, forKey: .byteFallback) ?? false
     }
 
     /// Merges come either as `[["a", "b"], ...]` or, in older files, as `["a b", ...]`.
@@ -93,12 +91,14 @@ struct BPEDefinition: Decodable {
     }
 }
 
-/// `normalizer` section: Unicode normalization forms and sequences of them.
+/// `normalizer` section: Unicode normalization forms, `Replace`, `Prepend` and sequences of them.
 indirect enum NormalizerDefinition: Decodable {
     case nfc, nfd, nfkc, nfkd
+    case replace(pattern: SplitPattern, content: String)
+    case prepend(String)
     case sequence([NormalizerDefinition])
 
-    private enum CodingKeys: String, CodingKey { case type, normalizers }
+    private enum CodingKeys: String, CodingKey { case type, normalizers, pattern, content, prepend }
 
     init(from decoder: Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
@@ -108,6 +108,11 @@ indirect enum NormalizerDefinition: Decodable {
         case "NFD": self = .nfd
         case "NFKC": self = .nfkc
         case "NFKD": self = .nfkd
+        case "Replace":
+            self = .replace(
+                pattern: try container.decode(SplitPattern.self, forKey: .pattern),
+                content: try container.decode(String.self, forKey: .content))
+        case "Prepend": self = .prepend(try container.decode(String.self, forKey: .prepend))
         case "Sequence": self = .sequence(try container.decode([NormalizerDefinition].self, forKey: .normalizers))
         default: throw TokenizerError.unsupported("normalizer \(type)")
         }
@@ -123,8 +128,8 @@ enum SplitBehavior: String, Decodable {
     case contiguous = "Contiguous"
 }
 
-/// The pattern of a `Split` pre-tokenizer: a literal string or a regular expression.
-enum SplitPattern: Decodable {
+/// The pattern of a `Split` pre-tokenizer or a `Replace` step: a literal string or a regular expression.
+enum SplitPattern: Decodable, Equatable, Sendable {
     case string(String)
     case regex(String)
 
@@ -147,11 +152,13 @@ indirect enum PreTokenizerDefinition: Decodable {
     case byteLevel(addPrefixSpace: Bool, useRegex: Bool)
     case digits(individualDigits: Bool)
     case split(pattern: SplitPattern, behavior: SplitBehavior, invert: Bool)
+    case metaspace(Metaspace)
     case sequence([PreTokenizerDefinition])
 
     private enum CodingKeys: String, CodingKey {
         case type, addPrefixSpace = "add_prefix_space", useRegex = "use_regex"
         case individualDigits = "individual_digits", pattern, behavior, invert, pretokenizers
+        case replacement, prependScheme = "prepend_scheme", split
     }
 
     init(from decoder: Decoder) throws {
@@ -170,23 +177,17 @@ indirect enum PreTokenizerDefinition: Decodable {
                 pattern: try container.decode(SplitPattern.self, forKey: .pattern),
                 behavior: try container.decode(SplitBehavior.self, forKey: .behavior),
                 invert: try container.decodeIfPresent(Bool.self, forKey: .invert) ?? false)
+        case "Metaspace":
+            self = .metaspace(Metaspace(
+                replacement: try MetaspaceFields.replacement(container.decode(String.self, forKey: .replacement)),
+                prependScheme: try MetaspaceFields.prependScheme(
+                    container.decodeIfPresent(PrependScheme.self, forKey: .prependScheme),
+                    addPrefixSpace: container.decodeIfPresent(Bool.self, forKey: .addPrefixSpace)),
+                split: try container.decodeIfPresent(Bool.self, forKey: .split) ?? true))
         case "Sequence":
             self = .sequence(try container.decode([PreTokenizerDefinition].self, forKey: .pretokenizers))
         default:
             throw TokenizerError.unsupported("pre_tokenizer \(type)")
         }
-    }
-}
-
-/// `decoder` section; only the byte-level decoder is supported.
-enum DecoderDefinition: Decodable {
-    case byteLevel
-
-    private enum CodingKeys: String, CodingKey { case type }
-
-    init(from decoder: Decoder) throws {
-        let type = try decoder.container(keyedBy: CodingKeys.self).decode(String.self, forKey: .type)
-        guard type == "ByteLevel" else { throw TokenizerError.unsupported("decoder \(type)") }
-        self = .byteLevel
     }
 }
