@@ -2,7 +2,7 @@
 
 The Linux `mlx[cpu]` wheel links the reference netlib BLAS (a few GFLOP/s).
 Loading an OpenBLAS with the same cblas ABI into the global symbol scope
-*before* MLX is imported makes MLX's matmuls resolve to it (10-50x faster).
+*before* MLX is imported makes MLX's matmuls resolve to it (many times faster).
 Set ``MLX_SLM_BLAS=off`` to keep the reference BLAS, or to a library path to
 choose another. Install OpenBLAS with ``apt-get install libopenblas0-pthread``.
 """

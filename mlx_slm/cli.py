@@ -35,7 +35,7 @@ def cmd_quantize(args) -> None:
     import mlx_slm
     from mlx_slm.data.windows import Calibration
     from mlx_slm.model_access import model_config
-    from mlx_slm.quant.budget import format_report as format_plan
+    from mlx_slm.quant.budget import plan_table
     from mlx_slm.quant.methods import methods
 
     check_output(args, args.model, args.calib, args.config)
@@ -44,7 +44,7 @@ def cmd_quantize(args) -> None:
     mlx_slm.quantize(model, settings, Calibration(args.calib, tokenizer, args.num_samples, args.seq_len))
     record = model_config(model).get("mlx_slm") or {}
     if "plan" in record:
-        print(format_plan(record["plan"]))
+        print(plan_table(record["plan"]))
     for name, method in methods().items():
         if method.report is not None and name in settings.options and name in record:
             print(method.report(record))
@@ -53,7 +53,7 @@ def cmd_quantize(args) -> None:
     print(f"wrote {args.output}: {stats['bpw']:.3f} bits per weight, {stats['size_bytes'] / 1e6:.1f} MB")
 
 
-def format_report(report: dict) -> str:
+def evaluation_table(report: dict) -> str:
     rows = [("perplexity", f"{report['ppl']:.4f}")]
     if report["kld"] is not None:
         rows += [("KL(ref || model)", f"{report['kld']:.5f}"), ("top-1 agreement", f"{report['top1']:.2%}")]
@@ -83,7 +83,7 @@ def cmd_eval(args) -> None:
     report = mlx_slm.evaluate(model, tokenizer, text=args.text, reference=reference, seq_len=args.seq_len,
                               max_windows=args.max_windows, decode_tokens=args.decode_tokens,
                               cpu_engine=args.cpu_engine)
-    print(format_report(report))
+    print(evaluation_table(report))
     if args.json:
         with atomic_file(args.json, inputs=[args.model, args.ref, args.text]) as path:
             path.write_text(json.dumps({"model": str(args.model), "ref": args.ref, **report}, indent=2))

@@ -150,14 +150,15 @@ class MLXModel(NumpyModel):
             self.model.update(tree_unflatten([(name, mlx_array(value)) for name, value in arrays.items()]))
 
     def store_layers(self, plan: dict, chosen: dict, default_format: str) -> None:
-        """Affine layers become ``nn.QuantizedLinear``/``QuantizedEmbedding`` holding ``chosen``'s
-        arrays; other formats become the project's low-bit modules."""
+        """Layers of a format MLX builds itself (its row has no ``empty`` placeholders: affine) become
+        ``nn.QuantizedLinear``/``QuantizedEmbedding`` holding ``chosen``'s arrays; other formats become
+        the project's low-bit modules."""
         from mlx.utils import tree_unflatten
 
         from .layers import lowbit_module
 
         formats = {path: plan[path].get("format", default_format) for path in chosen}
-        affine = {path: plan[path] for path in chosen if formats[path] == "affine"}
+        affine = {path: plan[path] for path in chosen if get_format(formats[path]).empty is None}  # MLX's own
         if affine:
             self.quantize_affine(affine, {path: chosen[path] for path in affine})
         modules = dict(self.model.named_modules())

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from .calib.statistics import InputStatistics
 from .data.windows import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, Calibration
 from .errors import SLMError
-from .formats import affine, get_format
+from .formats import get_format
 from .model_access import (
     access,
     float_dtypes,
@@ -40,7 +40,6 @@ from .model_access import (
 from .progress import hidden
 from .qconfig import check_config, read_config_file, resolve_layer
 from .quant.config import QuantizeConfig
-from .quant.imatrix import weighted_quantize
 from .quant.methods import get_method
 
 log = logging.getLogger("mlx_slm")
@@ -126,17 +125,11 @@ def layer_importance(engine, names, tokens: np.ndarray, progress: bool) -> dict:
 
 
 def choose_layer(w: np.ndarray, weight_format, settings: dict, method: str, importance, per_row_scale):
-    """Stored arrays {suffix: array} of one layer ``w`` [N, K] in ``weight_format``.
-    per_row_scale None: on for lut groups of more than one row (a one-row palette absorbs the scale)."""
+    """Stored arrays {suffix: array} of one layer ``w`` [N, K] in ``weight_format``: plain rounding for
+    "rtn", else the format's importance-weighted choice; ``per_row_scale`` the request's (None: the
+    format's default)."""
     bits, group_size = settings["bits"], settings["group_size"]
-    if weight_format.name == "affine":
-        if method == "rtn":
-            return stored_arrays(weight_format, affine.pack(w, bits, group_size))
-        q, scales, biases = weighted_quantize(w, importance, bits, group_size)
-        return stored_arrays(weight_format, (affine.pack_codes(q, bits), scales, biases))
-    if per_row_scale is None:
-        per_row_scale = group_size > 1
-    options = {"per_row_scale": per_row_scale} if weight_format.name == "lut" else {}
+    options = weight_format.pack_options(group_size, search=method != "rtn", per_row_scale=per_row_scale)
     return stored_arrays(weight_format, weight_format.pack(w, bits, group_size, importance=importance, **options))
 
 
@@ -190,12 +183,12 @@ def sensitivity_windows(num_samples: int, seq_len: int) -> tuple[int, int]:
 def budget_config(model, target_bpw: float, calibration: Calibration, progress: bool) -> tuple[dict, dict]:
     """(per-layer config, plan report) meeting ``target_bpw``: sensitivities measured on
     :func:`sensitivity_windows` of the calibration text."""
-    from .quant.budget import format_report, target_bpw_config
+    from .quant.budget import plan_table, target_bpw_config
 
     windows = sensitivity_windows(calibration.num_samples, calibration.seq_len)
     tokens, record = Calibration(calibration.text, calibration.tokenizer, *windows).windows()
     config, report = target_bpw_config(model, float(target_bpw), tokens, progress=progress)
-    log.info("%s", format_report(report))
+    log.info("%s", plan_table(report))
     return config, {**report, "calibration": record}
 
 

@@ -368,7 +368,7 @@ def test_qat_rounding_is_what_quantize_stores(pair):
 
     import mlx_slm
     from mlx_slm.distill import DistillConfig, distill
-    from mlx_slm.distill.qat import fake_affine
+    from mlx_slm.formats import get_format
 
     teacher, student, tokenizer, _ = pair
     history = distill(student, teacher, tokenizer, [sample_text(60)], DistillConfig(
@@ -376,7 +376,7 @@ def test_qat_rounding_is_what_quantize_stores(pair):
         progress=False)
     assert history[-1]["loss"] < history[0]["loss"]
     layer = student.model.layers[1].mlp.down_proj
-    seen = np.array(fake_affine(layer.weight, 3, 32).astype(mx.float32))
+    seen = np.array(get_format("affine").fake(layer.weight, 3, 32).astype(mx.float32))
     mlx_slm.quantize(student, bits=3, group_size=32, progress=False)
     stored = student.model.layers[1].mlp.down_proj
     got = mx.dequantize(stored.weight, stored.scales, stored.biases, group_size=32, bits=3).astype(mx.float32)
@@ -388,14 +388,15 @@ def test_ternary_qat_rounding_is_what_the_ternary_format_stores(pair):
 
     import mlx_slm
     from mlx_slm.distill import DistillConfig, distill
-    from mlx_slm.distill.qat import fake_ternary
+    from mlx_slm.formats import get_format
     from mlx_slm.kernels.ops import dequantize_ternary
 
     teacher, student, tokenizer, _ = pair
     distill(student, teacher, tokenizer, [sample_text(60)], DistillConfig(
         steps=3, batch_size=2, seq_len=32, learning_rate=3e-3, qat={"format": "ternary", "group_size": 32}),
         progress=False)
-    seen = np.array(fake_ternary(student.model.layers[0].self_attn.o_proj.weight.astype(mx.float32), 32))
+    seen = np.array(get_format("ternary").fake(student.model.layers[0].self_attn.o_proj.weight.astype(mx.float32),
+                                                 2, 32))
     mlx_slm.quantize(student, format="ternary", group_size=32, progress=False)
     layer = student.model.layers[0].self_attn.o_proj
     got = np.array(dequantize_ternary(layer.codes(), layer["scales"], 32))

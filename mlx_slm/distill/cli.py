@@ -61,8 +61,8 @@ def cmd_distill(args) -> None:
     if config.qat:
         from mlx_slm.distill.qat import check_qat
 
-        fmt, bits, group_size = check_qat(config.qat)
-        mlx_slm.quantize(student, format=fmt, bits=bits, group_size=group_size, progress=False)
+        format_name, bits, group_size = check_qat(config.qat)
+        mlx_slm.quantize(student, format=format_name, bits=bits, group_size=group_size, progress=False)
     mlx_slm.save(student, tokenizer, output, overwrite=args.overwrite,
                  extra_files={"distill_history.json": json.dumps(history, indent=1)})
     last = history[-1] if history else {}
@@ -72,6 +72,7 @@ def cmd_distill(args) -> None:
 def add_distill_parser(commands) -> None:
     """Add ``distill`` to the CLI's subcommands."""
     from ..cli_common import EPILOG
+    from ..formats import qat_formats
 
     parser = commands.add_parser("distill", help="train a student to match a teacher (KD, QAT, resume)",
                                  description=DESCRIPTION, epilog=EPILOG)
@@ -106,7 +107,7 @@ def add_distill_parser(commands) -> None:
     parser.add_argument("--cache-dir", default=".mlx_slm_cache", help="where the teacher cache lives")
     parser.add_argument("--feature-weight", type=float, default=0.0, help="weight of hidden-state distillation")
     parser.add_argument("--feature-layers", type=int, nargs="+", help="student layers matched to the teacher's")
-    parser.add_argument("--qat-format", choices=("affine", "ternary"), help="train through this format's rounding")
+    parser.add_argument("--qat-format", choices=qat_formats(), help="train through this format's rounding")
     parser.add_argument("--qat-bits", type=int, help="affine bits for --qat-format (default 4)")
     parser.add_argument("--qat-group-size", type=int,
                         help="group size for --qat-format (affine default 64; ternary 0 = one scale per row)")

@@ -23,40 +23,22 @@ from mlx import nn
 from mlx.utils import tree_unflatten
 
 from ..errors import SLMError
-from ..formats import get_format
+from ..formats import get_format, qat_formats
 from ..runtime import computes_on_cpu, dense_twin, quantized_modules
-
-FORMATS = ("affine", "ternary")
-
-
-def fake_affine(weight: mx.array, bits: int, group_size: int) -> mx.array:
-    packed, scales, biases = mx.quantize(weight.astype(mx.float16), group_size=group_size, bits=bits)
-    return mx.dequantize(packed, scales, biases, group_size=group_size, bits=bits).astype(weight.dtype)
-
-
-def fake_ternary(weight: mx.array, group_size: int) -> mx.array:
-    rows, width = weight.shape
-    group = group_size or width
-    groups = weight.reshape(rows, width // group, group)
-    scale = mx.abs(groups).mean(axis=-1, keepdims=True).astype(mx.float16).astype(weight.dtype)
-    safe = mx.where(scale > 0, scale, 1)
-    return (mx.clip(mx.round(groups / safe), -1, 1) * scale).reshape(rows, width)
 
 
 class FakeQuantLinear(nn.Module):
     """A linear layer that trains its float weight through a fake quantizer."""
 
-    def __init__(self, layer: nn.Linear, fmt: str, bits: int, group_size: int):
+    def __init__(self, layer: nn.Linear, format_name: str, bits: int, group_size: int):
         super().__init__()
         self.weight = layer.weight
         if "bias" in layer:
             self.bias = layer.bias
-        self.fmt, self.bits, self.group_size = fmt, bits, group_size
+        self.format_name, self.bits, self.group_size = format_name, bits, group_size
 
     def quantized_weight(self) -> mx.array:
-        if self.fmt == "affine":
-            return fake_affine(self.weight, self.bits, self.group_size)
-        return fake_ternary(self.weight, self.group_size)
+        return get_format(self.format_name).fake(self.weight, self.bits, self.group_size)
 
     def __call__(self, x):
         w = self.weight + mx.stop_gradient(self.quantized_weight() - self.weight)
@@ -109,19 +91,19 @@ class QuantizedTraining:
 
 
 def check_qat(qat: dict) -> tuple[str, int, int]:
-    fmt = qat.get("format", "affine")
-    if fmt not in FORMATS:
-        raise SLMError(f"quantization-aware training supports formats {FORMATS}, not {fmt!r}")
-    row = get_format(fmt)
+    format_name = qat.get("format", "affine")
+    if format_name not in qat_formats():
+        raise SLMError(f"quantization-aware training supports formats {qat_formats()}, not {format_name!r}")
+    row = get_format(format_name)
     bits = int(qat.get("bits", row.default_bits))
     group_size = int(qat.get("group_size", row.default_group_size))
-    return fmt, bits, group_size
+    return format_name, bits, group_size
 
 
 def add_fake_quant(model: nn.Module, qat: dict) -> list[str]:
     """Swap the decoder's ``nn.Linear`` layers whose width fits the group for fake-quantized ones."""
-    fmt, bits, group_size = check_qat(qat)
-    swaps = [(path, FakeQuantLinear(module, fmt, bits, group_size)) for path, module in model.named_modules()
+    format_name, bits, group_size = check_qat(qat)
+    swaps = [(path, FakeQuantLinear(module, format_name, bits, group_size)) for path, module in model.named_modules()
              if type(module) is nn.Linear and ".layers." in f".{path}"
              and module.weight.shape[1] % (group_size or module.weight.shape[1]) == 0]
     if not swaps:

@@ -20,5 +20,10 @@ def get_format(name: str) -> WeightFormat:
     return FORMATS[name]
 
 
+def qat_formats() -> tuple[str, ...]:
+    """The formats a float student can train through (quantization-aware training): rows with ``fake``."""
+    return tuple(name for name, row in FORMATS.items() if row.fake is not None)
+
+
 for weight_format in (affine.FORMAT, lut.FORMAT, ternary.FORMAT, ternary.FORMAT_B3):
     register(weight_format)

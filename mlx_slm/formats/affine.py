@@ -95,10 +95,29 @@ def unpack_codes(packed: np.ndarray, bits: int) -> np.ndarray:
     return np.packbits(np.concatenate([stream, pad], axis=-1), axis=-1, bitorder="little")[..., 0]
 
 
-def pack(w: np.ndarray, bits: int = 4, group_size: int = 64):
-    """numpy twin of ``mx.quantize``: returns ``(packed uint32, scales, biases)``."""
-    q, scales, biases = quantize_codes(w, bits, group_size)
+def pack(w: np.ndarray, bits: int = 4, group_size: int = 64, importance=None, search: bool = False):
+    """numpy twin of ``mx.quantize``: returns ``(packed uint32, scales, biases)``. With ``search``: the
+    scales, biases and codes of :func:`mlx_slm.quant.imatrix.weighted_quantize` instead, weighted by
+    ``importance`` [K] (None: every column alike)."""
+    if search:
+        from ..quant.imatrix import weighted_quantize  # quant/ builds on formats/: imported when used
+
+        q, scales, biases = weighted_quantize(w, importance, bits, group_size)
+    else:
+        q, scales, biases = quantize_codes(w, bits, group_size)
     return pack_codes(q, bits), scales, biases
+
+
+def pack_options(group_size: int, search: bool, per_row_scale) -> dict:
+    return {"search": search}
+
+
+def fake(weight, bits: int, group_size: int):
+    """``mx.quantize`` (float16 scales and biases) then ``mx.dequantize`` of the MLX array ``weight``."""
+    import mlx.core as mx  # formats/ imports without MLX; only training calls this
+
+    packed, scales, biases = mx.quantize(weight.astype(mx.float16), group_size=group_size, bits=bits)
+    return mx.dequantize(packed, scales, biases, group_size=group_size, bits=bits).astype(weight.dtype)
 
 
 def unpack(packed: np.ndarray, scales: np.ndarray, biases: np.ndarray, bits: int = 4,
@@ -154,7 +173,7 @@ FORMAT = WeightFormat(
     name="affine", check=check_settings, misfit=misfit, pack=pack, unpack=unpack, matmul=matmul,
     bits_per_weight=bits_per_weight, layer_shape=layer_shape, label=label, view=view,
     stored=("weight", "scales", "biases"),
-    default_bits=4, default_group_size=64,
+    default_bits=4, default_group_size=64, pack_options=pack_options, fake=fake,
     description="MLX's own format: per group of group_size input columns a scale and a bias "
                 "(bits 2-8 but 7; group 32/64/128); runs on stock mlx_lm",
 )

@@ -6,6 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 
+def no_options(group_size: int, search: bool, per_row_scale) -> dict:
+    return {}
+
+
 @dataclass(frozen=True)
 class WeightFormat:
     """One low-bit weight format.
@@ -30,6 +34,13 @@ class WeightFormat:
     optional: the suffixes in ``stored`` that a layer may lack.
     default_bits / default_group_size: what ``quantize`` uses when none is given.
     description: one sentence for the CLI's help.
+    pack_options(group_size, search, per_row_scale) -> the keyword options ``pack`` takes for one layer
+    of a request: ``search`` True when the request chooses values by importance (imatrix and the
+    calibrated methods) rather than plain rounding, ``per_row_scale`` the request's (None: the
+    format's default). Formats whose ``pack`` always weighs by importance ignore ``search``.
+    fake(weight mx.array [N, K], bits, group_size) -> the weight rounded as plain rounding would store
+    it, in MLX ops and weight's dtype: what quantization-aware training of a float student sees (None:
+    that training does not offer the format).
     """
 
     name: str
@@ -48,3 +59,5 @@ class WeightFormat:
     default_bits: int = 4
     default_group_size: int = 64
     description: str = ""
+    pack_options: Callable = no_options
+    fake: Callable | None = None

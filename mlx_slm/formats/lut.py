@@ -128,11 +128,17 @@ def empty(shape: tuple, bits: int, group_size: int, per_row_scale: bool = True) 
     return arrays
 
 
+def pack_options(group_size: int, search: bool, per_row_scale) -> dict:
+    """Row scales: the request's choice, else on for palettes shared by more than one row (a one-row
+    palette absorbs the row's scale)."""
+    return {"per_row_scale": group_size > 1 if per_row_scale is None else per_row_scale}
+
+
 FORMAT = WeightFormat(
     name="lut", check=check_settings, misfit=misfit, pack=pack, unpack=unpack, matmul=matmul,
     bits_per_weight=bits_per_weight, layer_shape=layer_shape, label=label, view=view, empty=empty,
     stored=("weight", "lut", "scales"),
-    optional=("scales",), default_bits=4, default_group_size=8,
+    optional=("scales",), default_bits=4, default_group_size=8, pack_options=pack_options,
     description="palettized: 2/3/4-bit indices into a float16 palette of 2**bits values (k-means) "
                 "shared by group_size output rows, optionally times a per-row scale; input width "
                 "a multiple of 32",

@@ -162,10 +162,22 @@ def make_format(name: str, base3: bool) -> WeightFormat:
         weight = ((rows, -(-width // TRITS_PER_BYTE)), np.uint8) if base3 else ((rows, width // 16), np.uint32)
         return {"weight": weight, "scales": ((rows, width // group_size if group_size else 1), np.float16)}
 
+    def fake(weight, bits, group_size):
+        """BitNet b1.58's absmean of the MLX array ``weight``: scale = mean |w| per group in float16,
+        weights rounded to {-1, 0, +1} times it."""
+        import mlx.core as mx  # formats/ imports without MLX; only training calls this
+
+        rows, width = weight.shape
+        group = group_size or width
+        groups = weight.reshape(rows, width // group, group)
+        scale = mx.abs(groups).mean(axis=-1, keepdims=True).astype(mx.float16).astype(weight.dtype)
+        safe = mx.where(scale > 0, scale, 1)
+        return (mx.clip(mx.round(groups / safe), -1, 1) * scale).reshape(rows, width)
+
     storage = "five trits per byte, 1.6 bits" if base3 else "2-bit codes"
     return WeightFormat(
         name=name, check=check_settings, misfit=misfit, pack=pack, unpack=unpack, matmul=matmul,
-        bits_per_weight=bits_per_weight, layer_shape=layer_shape, label=label, view=view, empty=empty,
+        bits_per_weight=bits_per_weight, layer_shape=layer_shape, label=label, view=view, empty=empty, fake=fake,
         stored=("weight", "scales"),
         default_bits=2, default_group_size=0,
         description=f"BitNet b1.58: weights in {{-1, 0, +1}} x a float16 absmean scale per group of "

@@ -132,7 +132,7 @@ def target_bpw_config(model, target_bpw: float, tokens: np.ndarray, probe: dict 
     return plan_for_budget(measure_sensitivity(model, tokens, probe, progress), target_bpw, keep_float)
 
 
-def format_report(report: dict) -> str:
+def plan_table(report: dict) -> str:
     """The plan as a text table: a summary line, then one line per layer."""
     lines = [f"target {report['target_bpw']:.3f} bpw -> {report['bpw']:.4f} bpw "
              f"(achievable {report['range_bpw'][0]:.3f}-{report['range_bpw'][1]:.3f}); "

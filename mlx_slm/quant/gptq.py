@@ -4,8 +4,7 @@ Columns are quantized one at a time (in act-order: largest Hessian diagonal
 first) and each column's rounding error is spread over the columns not yet
 quantized through the inverse Hessian's Cholesky factor; updates are applied
 lazily in blocks of ``block_size`` columns (32: on a CPU the in-block updates are
-element-wise and the block updates matrix products, and 32 columns balance them, 1.3-1.7x
-faster than 128 on SmolLM2's layers). The group scales and biases are fixed
+element-wise and the block updates matrix products, and 32 columns balance them). The group scales and biases are fixed
 up front from the original weights ("static groups"), one per contiguous run of
 ``group_size`` input columns as MLX stores them, so act-order never changes the
 layout. They come from MLX's own rule or from the importance-weighted choice of
