@@ -18,7 +18,8 @@ try:
     import llama_cpp
 except Exception as err:  # not installed, or its shared library missing or not loadable
     pytest.skip(f"llama.cpp checks need llama-cpp-python (pip install llama-cpp-python, a source build of "
-                f"llama.cpp): {type(err).__name__}: {err}", allow_module_level=True)
+                f"llama.cpp; see the README's GGUF export section): {type(err).__name__}: {err}",
+                allow_module_level=True)
 
 mx = pytest.importorskip("mlx.core", reason="the reference logits come from MLX")
 
