@@ -140,3 +140,28 @@ def test_cli_kquant(tmp_path, capsys):
     assert f"wrote {out}" in printed and "quantized:" in printed and "Q5_0" in printed and "Q8_0" in printed
     assert main(["export", "gguf", str(folder), "-o", str(tmp_path / "c.gguf"), "--calib", str(text)]) == 2
     assert "--calib is for k-quants" in capsys.readouterr().err
+
+
+def test_per_tensor_plan(tmp_path):
+    """A dict of types (here another export's) gives a file of exactly those types and size; a plan that
+    misses a matrix, names an unknown type or a row its blocks do not divide is refused."""
+    model, tokenizer = kquant_model(tmp_path)
+    mlx_slm.export_gguf(model, tokenizer, tmp_path / "preset.gguf", kquant="q3_k_m")
+    _, tensors, _ = read_back(tmp_path / "preset.gguf")
+    plan = {name: t.tensor_type.name for name, t in tensors.items() if len(t.shape) == 2}
+    plan["blk.1.attn_q.weight"] = "q5_0"  # any case; a 32-weight block with the search's choice
+    report = mlx_slm.export_gguf(model, tokenizer, tmp_path / "plan.gguf", kquant=plan)
+    assert {t.name: t.kind for t in report.tensors if len(t.shape) == 2} == {k: v.upper() for k, v in plan.items()}
+    _, back, _ = read_back(tmp_path / "plan.gguf")
+    assert back["blk.1.attn_q.weight"].tensor_type.name == "Q5_0"
+    for bad, match in (({k: v for k, v in plan.items() if k != "output_norm.weight" and k != "token_embd.weight"},
+                        "misses token_embd.weight"), ({**plan, "blk.0.attn_q.weight": "IQ2_XS"}, "types must be"),
+                       ({**plan, "blk.9.attn_q.weight": "Q4_0"}, "names blk.9.attn_q.weight")):
+        with pytest.raises(SLMError, match=match):
+            mlx_slm.export_gguf(model, tokenizer, tmp_path / "bad.gguf", kquant=bad)
+    folder = tiny_model_folder(tmp_path)  # rows of 128 weights: no Q4_K
+    small, tokenizer = mlx_slm.load(folder, backend="numpy", progress=False)
+    with pytest.raises(SLMError, match="Q4_K needs rows of a multiple of 256"):
+        mlx_slm.export_gguf(small, tokenizer, tmp_path / "bad.gguf",
+                            kquant={name: "Q4_K" for name in plan if name.startswith(("blk.0", "blk.1", "token"))})
+    assert not (tmp_path / "bad.gguf").exists()

@@ -27,7 +27,7 @@ from ..model_access import model_config
 from .gguf_importance import as_calibration, gguf_importance
 from .gguf_tensors import TYPE_NAMES, encode, encode_quantized, qk_permute, take_rows
 from .gguf_vocab import vocab_fields, write_vocab
-from .kquant_plan import PRESETS, check_preset, matrix_kind
+from .kquant_plan import PRESETS, check_preset, check_types, matrix_kind
 from .weights import model_weights
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,8 @@ FLOAT_CHOICES = tuple(TYPE_NAMES)  # --type: what float matrices (and lut/ternar
 REQUANTIZE_CHOICES = tuple(TYPE_NAMES)  # --requantize-type: affine layouts no GGUF block holds exactly
 ARCH_OF = {model_type: arch for arch, model_type in ARCHITECTURES.items()}  # model_type -> GGUF architecture
 GGUF_STEMS = {**{hf: gg for gg, hf in GLOBAL_NAMES.items()}, **{hf: gg for gg, hf in LAYER_NAMES.items()}}
-FILE_TYPES = {"F32": 0, "F16": 1, "Q4_1": 3, "Q8_0": 7, "Q5_1": 9, "BF16": 32}  # llama.cpp's LlamaFileType
+FILE_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K": 11,
+              "Q4_K": 14, "Q5_K": 16, "Q6_K": 18, "BF16": 32}  # llama.cpp's LlamaFileType (k-quants: their _S)
 CHANGED = ("quantized", "requantized", "dequantized")  # TensorRecord.how of tensors not written exactly
 QUANTIZATION_VERSION = 2  # ggml's GGML_QNT_VERSION, which llama.cpp writes into every file
 
@@ -221,9 +222,9 @@ def file_type(records: list) -> int:
     return FILE_TYPES[max(weights, key=weights.get)] if weights else FILE_TYPES["F32"]
 
 
-def kquant_tensors(model, tensors: list, preset: str, calibration, tokenizer, progress: bool) -> dict:
-    """GGUF name -> (type, importance or None) of every matrix under k-quant ``preset``; SLMError for a
-    quantized model (k-quants are chosen from float weights)."""
+def kquant_tensors(model, tensors: list, preset, calibration, tokenizer, progress: bool) -> dict:
+    """GGUF name -> (type, importance or None) of every matrix under k-quant ``preset`` (a name or a
+    per-tensor plan); SLMError for a quantized model (k-quants are chosen from float weights)."""
     values = dict(tensors)
     quantized = [name for name, value in values.items() if isinstance(value, (AffineWeight, PalettizedWeight))]
     if quantized:
@@ -233,8 +234,10 @@ def kquant_tensors(model, tensors: list, preset: str, calibration, tokenizer, pr
     tied = "output.weight" not in values
     importance = {} if calibration is None else gguf_importance(model, as_calibration(calibration, tokenizer),
                                                                 progress)
-    return {name: (matrix_kind(name, value.shape[1], preset, layers, tied), importance.get(name))
-            for name, value in tensors if value.ndim == 2}
+    widths = {name: value.shape[1] for name, value in tensors if value.ndim == 2}
+    kinds = check_types(preset, widths) if isinstance(preset, dict) else \
+        {name: matrix_kind(name, width, preset, layers, tied) for name, width in widths.items()}
+    return {name: (kind, importance.get(name)) for name, kind in kinds.items()}
 
 
 def export_gguf(model, tokenizer, path, overwrite: bool = False, types=None, kquant: str | None = None,
@@ -247,7 +250,8 @@ def export_gguf(model, tokenizer, path, overwrite: bool = False, types=None, kqu
     2-4 bits are Q4_1 and of 5 bits Q5_1 exactly; other affine layers become the requantize type and
     lut/ternary layers the float type (both measured).
     kquant: a preset of :data:`.kquant_plan.PRESETS` (q4_k_m, q3_k_m, q2_k .. q6_k) for a float model:
-    its matrices become k-quants (or the preset's fallbacks) instead of ``types``' float type.
+    its matrices become k-quants (or the preset's fallbacks) instead of ``types``' float type; or a dict
+    naming every matrix's type (GGUF name -> Q2_K .. Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, F16, F32).
     calibration: with ``kquant``, a :class:`~mlx_slm.data.windows.Calibration` or calibration text
     (path or list of strings); the k-quants then minimize the error weighted by each column's mean
     squared input (None: unweighted). progress: show the calibration pass's progress.
@@ -287,7 +291,7 @@ def export_gguf(model, tokenizer, path, overwrite: bool = False, types=None, kqu
     with atomic_file(target, inputs) as partial:
         writer = gguf.GGUFWriter(str(partial), arch)
         write_hyperparameters(writer, config, arch, title)
-        writer.add_file_type(PRESETS[preset][1] if preset else file_type(report.tensors))
+        writer.add_file_type(PRESETS[preset][1] if isinstance(preset, str) else file_type(report.tensors))
         writer.add_quantization_version(QUANTIZATION_VERSION)
         write_vocab(writer, fields)
         for name, tensor in encoded:

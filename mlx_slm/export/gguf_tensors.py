@@ -17,7 +17,8 @@ Every other quantized layout (6/8-bit affine, scales beyond float16) is requanti
 dequantized float32 weight to Q8_0 (or a float type), and lut/ternary layers, which no GGUF type
 holds yet, are dequantized; their largest absolute error is measured on the written bytes. With a
 k-quant preset, float matrices are quantized (:func:`encode_quantized`): to k-quants packed by
-:mod:`.kquants`, or to the legacy block a preset falls back to, by the ``gguf`` package.
+:mod:`.kquants`, to the 32-weight blocks a preset falls back to by :mod:`.legacy_quants` (Q8_0 by the
+``gguf`` package).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..formats.dtypes import as_float32
 from ..formats.views import AffineWeight, PalettizedWeight
 from .kquant_blocks import KINDS
 from .kquants import pack_kquant
+from .legacy_quants import LEGACY, half_bytes, high_bits, nibbles, pack_legacy
 
 BLOCK = 32  # weights per Q4_1 / Q5_1 / Q8_0 block
 EXACT_TYPES = {2: "Q4_1", 3: "Q4_1", 4: "Q4_1", 5: "Q5_1"}  # affine bits -> the GGUF block that holds them
@@ -91,17 +93,15 @@ def is_half(values: np.ndarray) -> bool:
 
 def halves(values: np.ndarray, group_size: int) -> np.ndarray:
     """Per-group values [N, K/g] -> per-block little-endian fp16 bytes [N, K/32, 2]."""
-    per_block = np.repeat(values, group_size // BLOCK, axis=1)
-    return per_block.astype("<f2")[..., None].view(np.uint8)
+    return half_bytes(np.repeat(values, group_size // BLOCK, axis=1))
 
 
 def pack_q4_1(weight: AffineWeight) -> np.ndarray:
     """An affine layer of at most 4 bits -> Q4_1 blocks, uint8 [N, K/32 * 20]."""
     rows, width = weight.codes.shape
     q = weight.codes.reshape(rows, width // BLOCK, BLOCK)
-    qs = q[..., :16] | (q[..., 16:] << np.uint8(4))
-    blocks = np.concatenate([halves(weight.scales, weight.group_size), halves(weight.biases, weight.group_size), qs],
-                            axis=-1)
+    blocks = np.concatenate([halves(weight.scales, weight.group_size), halves(weight.biases, weight.group_size),
+                             nibbles(q)], axis=-1)
     return blocks.reshape(rows, -1)
 
 
@@ -109,10 +109,8 @@ def pack_q5_1(weight: AffineWeight) -> np.ndarray:
     """A 5-bit affine layer -> Q5_1 blocks, uint8 [N, K/32 * 24]."""
     rows, width = weight.codes.shape
     q = weight.codes.reshape(rows, width // BLOCK, BLOCK)
-    qh = np.packbits((q >> np.uint8(4)) & np.uint8(1), axis=-1, bitorder="little")  # [N, B, 4]: bit j of a uint32
-    qs = (q[..., :16] & np.uint8(15)) | ((q[..., 16:] & np.uint8(15)) << np.uint8(4))
-    blocks = np.concatenate([halves(weight.scales, weight.group_size), halves(weight.biases, weight.group_size), qh,
-                             qs], axis=-1)
+    blocks = np.concatenate([halves(weight.scales, weight.group_size), halves(weight.biases, weight.group_size),
+                             high_bits(q), nibbles(q)], axis=-1)
     return blocks.reshape(rows, -1)
 
 
@@ -177,12 +175,14 @@ def encode(name: str, value, float_kind: str, requantize_kind: str) -> Encoded:
 
 
 def encode_quantized(name: str, value, kind: str, importance=None) -> Encoded:
-    """A float matrix [N, K] -> :class:`Encoded` of GGUF type ``kind``: a k-quant chosen with
-    ``importance`` [K] (None: uniform) by :func:`.kquants.pack_kquant`, or a legacy fallback type
-    (Q4_0, Q5_0, Q5_1, Q8_0, F16) by the ``gguf`` package."""
+    """A float matrix [N, K] -> :class:`Encoded` of GGUF type ``kind``: a k-quant or a 32-weight block
+    (Q4_0, Q4_1, Q5_0, Q5_1) chosen with ``importance`` [K] (None: uniform) by :func:`.kquants.pack_kquant`
+    or :func:`.legacy_quants.pack_legacy`, or Q8_0 / F16 / F32 (:func:`encode_float`)."""
     weight = as_float32(value)
     if kind in KINDS:
         data = pack_kquant(weight, importance, kind, name)
+    elif kind in LEGACY:
+        data = pack_legacy(weight, importance, kind, name)
     else:
         data, kind = encode_float(name, weight, kind)
     return Encoded(data, kind, "quantized", max_error(weight, data, kind))

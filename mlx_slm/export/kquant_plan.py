@@ -11,6 +11,9 @@ experts, not Falcon).
 
 A matrix whose rows are not a multiple of 256 weights falls back as llama.cpp's does: the head to
 Q8_0; Q2_K/Q3_K to Q4_0, Q4_K to Q5_0, Q5_K to Q5_1, Q6_K to Q8_0; F16 if not a multiple of 32 either.
+
+Instead of a preset, a plan may name every matrix's type (``{"blk.0.attn_q.weight": "Q4_0", ...}``, e.g.
+the types of a file llama.cpp's quantizer wrote, for a comparison at the same size): :func:`check_types`.
 """
 
 from __future__ import annotations
@@ -18,19 +21,43 @@ from __future__ import annotations
 import re
 
 from ..errors import SLMError
-from .kquant_blocks import SUPER
+from .kquant_blocks import KINDS, SUPER
 
 PRESETS = {"q4_k_m": ("Q4_K", 15), "q3_k_m": ("Q3_K", 12), "q2_k": ("Q2_K", 10), "q3_k": ("Q3_K", 11),
            "q4_k": ("Q4_K", 14), "q5_k": ("Q5_K", 16), "q6_k": ("Q6_K", 18)}  # -> (base type, llama.cpp file type)
 FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 LEGACY_BLOCK = 32  # weights per Q4_0/Q5_0/Q5_1/Q8_0 block
+ROW_MULTIPLE = {**{kind: SUPER for kind in KINDS}, **{kind: LEGACY_BLOCK for kind in ("Q4_0", "Q4_1", "Q5_0", "Q5_1",
+                                                                                      "Q8_0")}, "F16": 1, "F32": 1}
 
 
-def check_preset(preset: str) -> str:
-    """The preset's canonical (lower-case) name; SLMError for an unknown one."""
+def check_preset(preset):
+    """The preset's canonical (lower-case) name, or a per-tensor plan with upper-case types; SLMError
+    for an unknown preset or type."""
+    if isinstance(preset, dict):
+        plan = {name: str(kind).upper() for name, kind in preset.items()}
+        unknown = sorted({kind for kind in plan.values() if kind not in ROW_MULTIPLE})
+        if unknown:
+            raise SLMError(f"a per-tensor plan's types must be among {', '.join(ROW_MULTIPLE)}, not {unknown[0]!r}")
+        return plan
     if not isinstance(preset, str) or preset.lower() not in PRESETS:
-        raise SLMError(f"k-quant preset must be one of {', '.join(PRESETS)}, not {preset!r}")
+        raise SLMError(f"k-quant preset must be one of {', '.join(PRESETS)} (or a dict of per-tensor types), "
+                       f"not {preset!r}")
     return preset.lower()
+
+
+def check_types(plan: dict, widths: dict) -> dict:
+    """GGUF name -> type of every matrix of ``widths`` (GGUF name -> row width) from a per-tensor plan;
+    SLMError for a matrix the plan misses, a name that is no matrix, or a row the type's blocks do not divide."""
+    missing, extra = sorted(set(widths) - set(plan)), sorted(set(plan) - set(widths))
+    if missing or extra:
+        raise SLMError(f"the per-tensor plan {'misses ' + missing[0] if missing else 'names ' + extra[0]} "
+                       f"({'a matrix of the model' if missing else 'no matrix of the model'})")
+    for name, width in widths.items():
+        if width % ROW_MULTIPLE[plan[name]]:
+            raise SLMError(f"{name}: {plan[name]} needs rows of a multiple of {ROW_MULTIPLE[plan[name]]} weights, "
+                           f"not {width}")
+    return {name: plan[name] for name in widths}
 
 
 def use_more_bits(layer: int, layers: int) -> bool:
