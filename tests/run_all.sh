@@ -15,11 +15,12 @@ trap 'rm -f "$log"' EXIT
 echo "== Lint: ruff check (rules in pyproject.toml)"
 .venv/bin/ruff check .
 
+# Two workers (pytest-xdist): most tests run on one core, and CI has two.
 echo "== Python tests with MLX"
-.venv/bin/python -m pytest -q tests | tee -a "$log"
+.venv/bin/python -m pytest -q -n 2 --durations=15 tests | tee -a "$log"
 
 echo "== Python tests without MLX (numpy fallback)"
-MLX_SLM_EXPECT_NO_MLX=1 .venv-nomlx/bin/python -m pytest -q tests | tee -a "$log"
+MLX_SLM_EXPECT_NO_MLX=1 .venv-nomlx/bin/python -m pytest -q -n 2 tests | tee -a "$log"
 
 if [ -f swift/Package.swift ]; then
   echo "== Swift tests (golden fixtures committed; tests/test_swift_golden.py checks they are current)"
