@@ -14,7 +14,7 @@ import os
 import sys
 
 from . import interrupt
-from .cli_common import EPILOG, Parser, add_backend, check_output
+from .cli_common import EPILOG, Parser, add_backend, add_calibration, check_output
 from .distill.cli import add_distill_parser
 from .export.cli import add_export_parser
 from .finetune.cli import add_finetune_parser, add_fuse_parser
@@ -183,10 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--target-bpw", type=float, default=None,
                           help="mixed precision: average bits per weight of the matrices to reach (+-0.01), "
                                "e.g. 3.0; per-layer bits/group sizes from measured sensitivities")
-    quantize.add_argument("--calib", help="calibration text for the calibrated methods and --target-bpw: .txt, or "
-                                          ".jsonl with a \"text\" field")
-    quantize.add_argument("--num-samples", type=int, default=64, help="calibration windows (default 64)")
-    quantize.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window (default 256)")
+    add_calibration(quantize, "calibration text for the calibrated methods and --target-bpw: .txt, or .jsonl "
+                              "with a \"text\" field")
     quantize.add_argument("--config", help="YAML/JSON per-layer overrides (by_type, by_name; 'fp16' keeps a layer)")
     quantize.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     add_backend(quantize)

@@ -20,6 +20,19 @@ def add_backend(parser) -> None:
                         help="compute backend (default: MLX when importable, else numpy)")
 
 
+def add_calibration(parser, calib_help: str, num_samples: int | None = None) -> None:
+    """``--calib`` (help ``calib_help``), ``--num-samples`` and ``--seq-len``: the calibration windows
+    (defaults: :data:`mlx_slm.data.windows.DEFAULT_NUM_SAMPLES` / ``DEFAULT_SEQ_LEN``)."""
+    from .data.windows import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN
+
+    num_samples = DEFAULT_NUM_SAMPLES if num_samples is None else num_samples
+    parser.add_argument("--calib", help=calib_help)
+    parser.add_argument("--num-samples", type=int, default=num_samples,
+                        help=f"calibration windows (default {num_samples})")
+    parser.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN,
+                        help=f"tokens per calibration window (default {DEFAULT_SEQ_LEN})")
+
+
 def check_output(args, *inputs, overwrite: bool | None = None):
     """Refuse ``args.output`` before any work (see :func:`mlx_slm.io.atomic.check_output`).
 

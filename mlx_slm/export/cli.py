@@ -117,7 +117,7 @@ def add_package_target(targets, name: str, summary: str, description: str, conte
 
 def add_export_parser(commands) -> None:
     """Add ``export`` (with its ``coreml``, ``coreai`` and ``gguf`` targets) to the CLI's subcommands."""
-    from ..cli_common import EPILOG, add_backend
+    from ..cli_common import EPILOG, add_backend, add_calibration
 
     export = commands.add_parser("export", help="export a model to Core ML, Core AI or GGUF (llama.cpp)",
                                  description="Export a model to another runtime.", epilog=EPILOG)
@@ -143,10 +143,8 @@ def add_export_parser(commands) -> None:
     gguf.add_argument("--kquant", choices=tuple(PRESETS), default=None,
                       help="quantize a float model's matrices to k-quants: q4_k_m / q3_k_m (llama.cpp's per-tensor "
                            "recipes) or q2_k .. q6_k (every matrix one type)")
-    gguf.add_argument("--calib", help="calibration text for --kquant (.txt or .jsonl): weights each input column "
-                                      "by its mean squared activation")
-    gguf.add_argument("--num-samples", type=int, default=64, help="calibration windows (default 64)")
-    gguf.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window (default 256)")
+    add_calibration(gguf, "calibration text for --kquant (.txt or .jsonl): weights each input column by its mean "
+                          "squared activation")
     gguf.add_argument("--overwrite", action="store_true", help="replace an existing file")
     add_backend(gguf)
     gguf.set_defaults(run=cmd_export_gguf)

@@ -105,7 +105,7 @@ def add_finetune_parser(commands) -> None:
 
 def add_fuse_parser(commands) -> None:
     """Add ``fuse`` to the CLI's subcommands."""
-    from ..cli_common import EPILOG
+    from ..cli_common import EPILOG, add_calibration
 
     parser = commands.add_parser("fuse", help="merge adapters into the model (GPTQ re-quantization)",
                                  description=FUSE_DESCRIPTION, epilog=EPILOG)
@@ -114,8 +114,6 @@ def add_fuse_parser(commands) -> None:
     parser.add_argument("-o", "--output", required=True, help="output model folder (written atomically)")
     parser.add_argument("--requantize", choices=("gptq", "rtn", "none"), default="gptq",
                         help="how a quantized base is stored again (default gptq; ignored for a float base)")
-    parser.add_argument("--calib", help="calibration text for gptq: .txt, or .jsonl with a \"text\" field")
-    parser.add_argument("--num-samples", type=int, default=32, help="calibration windows (default 32)")
-    parser.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window (default 256)")
+    add_calibration(parser, "calibration text for gptq: .txt, or .jsonl with a \"text\" field", num_samples=32)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.set_defaults(run=cmd_fuse)

@@ -56,8 +56,7 @@ def add_prune_parser(commands) -> None:
     """Add ``prune`` to the CLI's subcommands."""
     import argparse
 
-    from ..cli_common import EPILOG, add_backend
-    from ..data.windows import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN
+    from ..cli_common import EPILOG, add_backend, add_calibration
 
     parser = commands.add_parser("prune", help="prune a model: zeros in the weights (unstructured, N:M) or a "
                                                "smaller model (channels, heads, layers)",
@@ -81,11 +80,7 @@ def add_prune_parser(commands) -> None:
     smaller.add_argument("--drop-layers", type=int, default=0,
                          help="decoder layers removed (lowest Block Influence first, as ShortGPT)")
     calibration = parser.add_argument_group("calibration text")
-    calibration.add_argument("--calib", help="a .txt file, or .jsonl with a \"text\" field per line")
-    calibration.add_argument("--num-samples", type=int, default=DEFAULT_NUM_SAMPLES,
-                             help=f"calibration windows (default {DEFAULT_NUM_SAMPLES})")
-    calibration.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN,
-                             help=f"tokens per calibration window (default {DEFAULT_SEQ_LEN})")
+    add_calibration(calibration, "a .txt file, or .jsonl with a \"text\" field per line")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     add_backend(parser)
     parser.set_defaults(run=cmd_prune)
