@@ -122,8 +122,8 @@ class MLXModel(NumpyModel):
         return dict(tree_flatten(self.model.parameters()))
 
     def dtypes(self) -> dict:
-        return {name: FLOAT_DTYPES.get(str(value.dtype).split(".")[-1], np.dtype(np.float32))
-                for name, value in self.arrays().items()}
+        names = {name: str(value.dtype).split(".")[-1] for name, value in self.arrays().items()}
+        return {name: FLOAT_DTYPES.get(dtype) or np.dtype(dtype) for name, dtype in names.items()}
 
     def candidate_layers(self) -> dict[str, tuple]:
         return {path: module.weight.shape for path, module in self.model.named_modules()

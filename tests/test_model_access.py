@@ -52,6 +52,8 @@ def test_writes_land_alike(pair):
         view.write(update)
         np.testing.assert_array_equal(np.asarray(view.arrays()[f"{path}.weight"]), update[f"{path}.weight"])
         view.store_layers({path: {"bits": 4, "group_size": 32}}, {path: packed}, "affine")
+        assert view.dtypes()[f"{path}.weight"] == np.uint32  # packed codes are not a float parameter
+        assert f"{path}.weight" not in float_dtypes(model)
         stored = numpy_arrays(view.arrays())
         for suffix, array in packed.items():
             np.testing.assert_array_equal(stored[f"{path}.{suffix}"], array)
