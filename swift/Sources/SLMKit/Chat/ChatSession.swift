@@ -36,19 +36,7 @@ public actor ChatSession {
     /// (partial if cancelled).
     public func send(_ text: String, parameters: GenerationParameters = GenerationParameters())
         -> AsyncThrowingStream<GenerationEvent, Error> {
-        AsyncThrowingStream { continuation in
-            let task = Task {
-                do {
-                    try await respond(to: text, parameters: parameters) { continuation.yield($0) }
-                    continuation.finish()
-                } catch is CancellationError {
-                    continuation.finish()
-                } catch {
-                    continuation.finish(throwing: error)
-                }
-            }
-            continuation.onTermination = { _ in task.cancel() }
-        }
+        eventStream { emit in try await self.respond(to: text, parameters: parameters, emit: emit) }
     }
 
     /// Forgets the conversation (keeping a first system message) and the cache.

@@ -22,20 +22,8 @@ public struct Generator: Sendable {
     /// Generates from already tokenized input.
     public func generate(promptTokens: [Int32], parameters: GenerationParameters = GenerationParameters())
         -> AsyncThrowingStream<GenerationEvent, Error> {
-        AsyncThrowingStream { continuation in
-            let task = Task {
-                do {
-                    _ = try await run(promptTokens: promptTokens, cachedTokens: [], parameters: parameters) {
-                        continuation.yield($0)
-                    }
-                    continuation.finish()
-                } catch is CancellationError {
-                    continuation.finish()
-                } catch {
-                    continuation.finish(throwing: error)
-                }
-            }
-            continuation.onTermination = { _ in task.cancel() }
+        eventStream { emit in
+            _ = try await run(promptTokens: promptTokens, cachedTokens: [], parameters: parameters, emit: emit)
         }
     }
 
