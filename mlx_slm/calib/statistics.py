@@ -61,7 +61,7 @@ class InputStatistics:
         seen = self.inputs_seen.setdefault(name, [])
         seen.append(self._serial)
         sums = self.sums.get(name)
-        if sums is None and len(seen) == 1:  # a first input: share the sums of a layer whose first it was too
+        if sums is None:  # the layer's first input: share the sums of a layer whose first it was too
             sums = self._last[4] or RunningSums()
             self._last = self._last[:4] + (sums,)
             self.sums[name] = sums
