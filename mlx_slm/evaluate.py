@@ -32,7 +32,11 @@ class Runner:
 
     def logits(self, tokens: np.ndarray) -> np.ndarray:
         """tokens ``[T]`` -> float32 logits ``[T, V]``."""
-        return self.model(tokens[None])[0]
+        return self.batch_logits(tokens[None])[0]
+
+    def batch_logits(self, tokens: np.ndarray) -> np.ndarray:
+        """tokens ``[B, T]`` -> float32 logits ``[B, T, V]``."""
+        return self.model(tokens)
 
     def decode_speed(self, prompt: np.ndarray, steps: int) -> float:
         """Greedy tokens per second after prefilling ``prompt``, with a KV cache."""
@@ -55,10 +59,10 @@ class MLXRunner(Runner):
         super().__init__(model)
         stack.enter_context(fast_cpu(model))
 
-    def logits(self, tokens: np.ndarray) -> np.ndarray:
+    def batch_logits(self, tokens: np.ndarray) -> np.ndarray:
         import mlx.core as mx
 
-        out = self.model(mx.array(tokens)[None])[0].astype(mx.float32)
+        out = self.model(mx.array(tokens)).astype(mx.float32)
         mx.eval(out)
         return np.array(out)
 

@@ -17,7 +17,7 @@ pytest.importorskip("mlx.core")
 
 PACKAGE = Path(mlx_slm.__file__).parent
 # Where the backend is an engine choice (which forward pass runs), not a way of holding arrays.
-ENGINE_CHOICES = {"model_access.py", "backend.py", "evaluate.py", "quant/learned.py", "export/coreai.py"}
+ENGINE_CHOICES = {"model_access.py", "backend.py", "evaluate.py", "export/coreai.py"}
 
 
 def numpy_arrays(arrays: dict) -> dict:

@@ -1,8 +1,7 @@
 """The teacher's top-k logits for every training window, computed once and kept on disk.
 
-A large teacher then runs once per window instead of once per step. On a CPU a
-Llama-family teacher runs on the numpy engine with the same weights (MLX's CPU
-``exp`` is scalar; see :mod:`mlx_slm.runtime`). The cache is a
+A large teacher then runs once per window instead of once per step, on the engine
+:func:`mlx_slm.distill.teacher.teacher_logits` picks. The cache is a
 folder with ``values.npy`` (float16 [W, T, k], the k largest logits of each position,
 in decreasing order), ``indices.npy`` (int32 [W, T, k]), ``lse.npy`` (float32 [W, T], the
 logsumexp of all the logits divided by the temperature, which the loss needs to know the
@@ -22,10 +21,9 @@ import numpy as np
 from mlx.utils import tree_flatten
 from tqdm import tqdm
 
-from ..errors import SLMError
 from ..io.atomic import atomic_directory
 from ..progress import hidden
-from ..runtime import computes_on_cpu, numpy_twin
+from .teacher import teacher_logits, top_k_logits
 
 
 def cache_key(teacher, windows: np.ndarray, top_k: int, temperature: float) -> str:
@@ -35,25 +33,6 @@ def cache_key(teacher, windows: np.ndarray, top_k: int, temperature: float) -> s
         digest.update(f"{name}{value.shape}{value.dtype}".encode())
         digest.update(np.array(value.reshape(-1)[:64].astype(mx.float32)).tobytes())
     return digest.hexdigest()[:16]
-
-
-def top_k_logits(logits: mx.array, top_k: int) -> tuple[mx.array, mx.array]:
-    """[..., V] -> (values [..., k] decreasing, indices [..., k] int32)."""
-    indices = mx.argsort(-logits, axis=-1)[..., :top_k].astype(mx.int32)
-    return mx.take_along_axis(logits, indices, axis=-1), indices
-
-
-def logits_function(teacher):
-    """tokens [B, T] int32 -> float32 logits [B, T, V] as numpy, on the fastest engine at hand."""
-    if computes_on_cpu():
-        try:
-            twin = numpy_twin(teacher)
-        except SLMError:
-            twin = None
-        if twin is not None:
-            twin.materialize()
-            return twin
-    return lambda tokens: np.array(teacher(mx.array(tokens)).astype(mx.float32))
 
 
 class TeacherCache:
@@ -77,18 +56,16 @@ class TeacherCache:
         self.lse = np.load(self.folder / "lse.npy", mmap_mode="r")
 
     def build(self, teacher, windows, top_k, temperature, batch_size, progress) -> None:
-        values, indices, lse, logits_of = [], [], [], logits_function(teacher)
-        for start in tqdm(range(0, len(windows), batch_size), desc="teacher top-k", disable=hidden(progress)):
-            logits = logits_of(windows[start:start + batch_size, :-1])
-            k = min(top_k, logits.shape[-1])
-            part = np.argpartition(-logits, k - 1, axis=-1)[..., :k]  # the k largest, unordered: no full sort
-            order = np.argsort(-np.take_along_axis(logits, part, axis=-1), axis=-1, kind="stable")
-            top = np.take_along_axis(part, order, axis=-1)
-            values.append(np.take_along_axis(logits, top, axis=-1).astype(np.float16))
-            indices.append(top.astype(np.int32))
-            scaled = logits / np.float32(temperature)
-            peak = scaled.max(-1, keepdims=True)
-            lse.append((peak[..., 0] + np.log(np.exp(scaled - peak).sum(-1))).astype(np.float32))
+        values, indices, lse = [], [], []
+        with teacher_logits(teacher) as logits_of:
+            for start in tqdm(range(0, len(windows), batch_size), desc="teacher top-k", disable=hidden(progress)):
+                logits = logits_of(windows[start:start + batch_size, :-1])
+                top_values, top_indices = top_k_logits(logits, top_k)
+                values.append(top_values.astype(np.float16))
+                indices.append(top_indices)
+                scaled = logits / np.float32(temperature)
+                peak = scaled.max(-1, keepdims=True)
+                lse.append((peak[..., 0] + np.log(np.exp(scaled - peak).sum(-1))).astype(np.float32))
         with atomic_directory(self.folder, overwrite=True) as tmp:
             np.save(Path(tmp) / "values.npy", np.concatenate(values))
             np.save(Path(tmp) / "indices.npy", np.concatenate(indices))

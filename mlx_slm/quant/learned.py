@@ -8,8 +8,8 @@ other parameter stay bit-identical.
 
 How it runs on a CPU:
 
-- the teacher's top-k logits of every window are computed ONCE (an MLX teacher in
-  float32 on OpenBLAS, see :func:`teacher_logits`), so a step costs one student
+- the teacher's top-k logits of every window are computed ONCE (on the engine
+  :func:`mlx_slm.distill.teacher.teacher_logits` picks), so a step costs one student
   forward and backward only;
 - while training, each affine layer is swapped for a twin computing
   ``x @ dequantize(codes, s, b).T`` in float32. MLX gives gradients with respect to
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 
 import mlx.core as mx
 import mlx.optimizers as optim
@@ -40,12 +39,12 @@ from mlx import nn
 from mlx.utils import tree_flatten, tree_unflatten
 from tqdm import tqdm
 
-from ..backend import backend_of
 from ..distill.losses import divergence, log_softmax
+from ..distill.teacher import teacher_logits, top_k_logits
 from ..errors import SLMError
 from ..model_access import require_training
 from ..progress import hidden
-from ..runtime import fast_cpu, quantized_modules, widen_floats
+from ..runtime import quantized_modules, widen_floats
 from .methods.learned import LearnedConfig
 
 
@@ -144,32 +143,16 @@ class TrainingTwins:
             setattr(modules[path], field, (value * self.unit(name)).astype(self.stored[name]))
 
 
-@contextmanager
-def teacher_logits(teacher):
-    """Within ``with``: tokens [B, T] int32 -> float32 logits [B, T, V] as numpy.
-
-    An MLX teacher runs under :func:`mlx_slm.runtime.fast_cpu` (float32 dense weights on
-    OpenBLAS, faster there than the numpy engine). A numpy-backend teacher runs as it is.
-    """
-    if backend_of(teacher) == "numpy":
-        teacher.materialize()
-        yield teacher
-        return
-    with fast_cpu(teacher):
-        yield lambda tokens: np.array(teacher(mx.array(tokens)).astype(mx.float32))
-
-
 def teacher_top_k(teacher, tokens: np.ndarray, top_k: int, batch_size: int, progress: bool):
-    """(values [S, T, k] float32, indices [S, T, k] int32, V): the teacher's k largest logits (unordered)
-    of each position and its vocabulary size."""
+    """(values [S, T, k] float32, indices [S, T, k] int32, V): the teacher's k largest logits of
+    each position, in decreasing order, and its vocabulary size."""
     values, indices = [], []
     with teacher_logits(teacher) as logits_of:
         for first in tqdm(range(0, len(tokens), batch_size), desc="teacher top-k", disable=hidden(progress)):
             logits = logits_of(tokens[first:first + batch_size])
-            k = min(top_k, logits.shape[-1])
-            top = np.argpartition(logits, logits.shape[-1] - k, axis=-1)[..., -k:]
-            values.append(np.take_along_axis(logits, top, axis=-1))
-            indices.append(top.astype(np.int32))
+            top_values, top_indices = top_k_logits(logits, top_k)
+            values.append(top_values)
+            indices.append(top_indices)
     return np.concatenate(values), np.concatenate(indices), logits.shape[-1]
 
 
