@@ -2,11 +2,12 @@
 and benchmarks/scale.py's streamed synthetic model (issue 27)."""
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import tiny_config, tiny_weights
+from helpers import tiny_config, tiny_model_folder, tiny_weights
 
 from mlx_slm.calib.statistics import InputStatistics
 from mlx_slm.errors import SLMError
@@ -106,3 +107,34 @@ def test_scale_benchmark_streams_a_readable_bfloat16_model(tmp_path):
     matrix = np.asarray(weights["model.layers.1.mlp.down_proj.weight"], np.float32)
     assert abs(matrix.std() - 0.02) < 1e-3 and abs(matrix.mean()) < 1e-3
     np.testing.assert_array_equal(np.asarray(weights["model.norm.weight"], np.float32), 1.0)
+
+
+@pytest.mark.parametrize("weight_format,bits,group_size", [("affine", 4, 32), ("lut", 3, 8), ("ternary", 2, 0)])
+def test_layers_beyond_the_cache_compute_in_row_slices_with_the_same_logits(tmp_path, monkeypatch, weight_format,
+                                                                          bits, group_size):
+    """With no cache, every layer (the 264-row tied embedding and head included) is dequantized in
+    slices of at most ROWS_PER_SLICE rows (rounded to whole lut palettes): logits equal the cached run's."""
+    import mlx_slm
+    from mlx_slm.formats import get_format
+    from mlx_slm.models import numpy_llama
+
+    model, _ = mlx_slm.load(tiny_model_folder(tmp_path, "llama", seed=2, vocab_size=264), backend="numpy")
+    mlx_slm.quantize(model, bits=bits, group_size=group_size, format=weight_format, progress=False)
+    assert model.stored("model.embed_tokens") is not None
+    tokens = np.array([[5, 262, 7, 100, 5, 41], [0, 1, 2, 255, 130, 64]])
+    expected = model(tokens)
+    fresh = numpy_llama.NumpyLlama(model.config, dict(model.weights))
+    fresh.cache_bytes = 0
+    monkeypatch.setattr(numpy_llama, "ROWS_PER_SLICE", 36)
+    unpack, widest = get_format(weight_format).unpack, []
+
+    def counting_unpack(*args, **kwargs):
+        out = unpack(*args, **kwargs)
+        widest.append(out.shape[0])
+        return out
+
+    counted = replace(get_format(weight_format), unpack=counting_unpack)
+    monkeypatch.setattr(numpy_llama, "get_format", lambda mode: counted)
+    got = fresh(tokens)
+    assert fresh.dense_names() == [] and max(widest) <= 40 and len(widest) > fresh.num_layers * 7
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5 * np.abs(expected).max())

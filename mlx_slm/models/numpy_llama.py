@@ -5,10 +5,14 @@ reference the MLX paths are held against. Weights use mlx-lm names; quantized
 layers (an integer ``.weight`` plus the arrays of their format, e.g. ``.scales`` +
 ``.biases`` for affine, ``.lut`` for lut) are dequantized to float32 when used, and
 cached while the cache stays within :data:`FLOAT32_CACHE_BYTES` (a 1.7B model's float32
-copy is 6.8 GB: beyond the budget a layer is dequantized again at every use, one at a time).
+copy is 6.8 GB). A layer the cache cannot hold is dequantized again at every use, in slices of
+:data:`ROWS_PER_SLICE` output rows, so no float32 copy of a whole large layer (a 150k-token
+embedding and tied head) ever exists.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -19,6 +23,7 @@ from ..qconfig import saved_layer_params
 
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "smollm")
 FLOAT32_CACHE_BYTES = 1 << 28  # float32 weights kept between calls (256 MiB; about half of a 135M model's)
+ROWS_PER_SLICE = 4096  # output rows dequantized at once for a layer beyond the cache
 
 
 def check_model_type(config: dict) -> None:
@@ -126,21 +131,66 @@ class NumpyLlama:
     def make_cache(self) -> KVCache:
         return KVCache(self.num_layers)
 
+    def stored(self, name: str):
+        """(format, stored arrays in its order, bits, group_size) of quantized layer ``name``; None if float."""
+        if self.weights[f"{name}.weight"].dtype.kind not in "ui":
+            return None
+        bits, group_size, mode = saved_layer_params(self.config.get("quantization") or {}, name)
+        weight_format = get_format(mode)
+        return weight_format, [self.weights.get(f"{name}.{s}") for s in weight_format.stored], bits, group_size
+
+    def shape(self, name: str) -> tuple[int, int]:
+        """(N, K) of layer ``name``'s float weight, without dequantizing it."""
+        if name in self._float32:
+            return self._float32[name].shape
+        quantized = self.stored(name)
+        if quantized is None:
+            return self.weights[f"{name}.weight"].shape
+        weight_format, arrays, bits, group_size = quantized
+        return tuple(weight_format.layer_shape(dict(zip(weight_format.stored, arrays)), bits, group_size))
+
+    def cacheable(self, name: str) -> bool:
+        """Whether layer ``name``'s float32 weight is cached or fits beside what is."""
+        rows, width = self.shape(name)
+        return name in self._float32 or rows * width * 4 + sum(w.nbytes for w in self._float32.values()) <= \
+            self.cache_bytes
+
     def dense(self, name: str) -> np.ndarray:
         """Float32 weight ``name`` (a layer path), dequantized if it is quantized; kept for the next
         call while the float32 cache stays within ``cache_bytes``."""
         if name in self._float32:
             return self._float32[name]
-        weight = self.weights[f"{name}.weight"]
-        if weight.dtype.kind in "ui":
-            bits, group_size, mode = saved_layer_params(self.config.get("quantization") or {}, name)
-            weight_format = get_format(mode)
-            stored = [self.weights.get(f"{name}.{suffix}") for suffix in weight_format.stored]
-            weight = weight_format.unpack(*stored, bits, group_size, dtype=np.float32)
-        weight = as_float32(weight)
-        if weight.nbytes + sum(w.nbytes for w in self._float32.values()) <= self.cache_bytes:
+        quantized = self.stored(name)
+        if quantized is None:
+            weight = as_float32(self.weights[f"{name}.weight"])
+        else:
+            weight_format, arrays, bits, group_size = quantized
+            weight = as_float32(weight_format.unpack(*arrays, bits, group_size, dtype=np.float32))
+        if self.cacheable(name):
             self._float32[name] = weight
         return weight
+
+    def row_slices(self, name: str, wanted=None):
+        """Yield (first row, float32 rows [n, K]) of layer ``name`` in slices of about
+        :data:`ROWS_PER_SLICE` rows (only the slices holding a row of ``wanted``, if given).
+
+        Every stored array's first axis covers the N rows in equal shares (a lut palette serves
+        group_size rows), so a slice whose bounds are multiples of every share is cut from each."""
+        rows = self.shape(name)[0]
+        quantized = self.stored(name)
+        arrays = [self.weights[f"{name}.weight"]] if quantized is None else quantized[1]
+        share = math.lcm(*(rows // a.shape[0] for a in arrays if a is not None))
+        step = max(1, ROWS_PER_SLICE // share) * share
+        for first in range(0, rows, step):
+            last = min(first + step, rows)
+            if wanted is not None and not np.any((wanted >= first) & (wanted < last)):
+                continue
+            cut = [None if a is None else a[first * a.shape[0] // rows: last * a.shape[0] // rows] for a in arrays]
+            if quantized is None:
+                yield first, as_float32(cut[0])
+            else:
+                weight_format, _, bits, group_size = quantized
+                yield first, as_float32(weight_format.unpack(*cut, bits, group_size, dtype=np.float32))
 
     def set_dense(self, name: str, weight: np.ndarray) -> None:
         """Compute layer ``name`` with float32 ``weight`` [N, K] from now on; stored weights are unchanged."""
@@ -160,7 +210,10 @@ class NumpyLlama:
     def linear(self, name: str, x: np.ndarray) -> np.ndarray:
         if self.observer is not None:
             self.observer(name, x)
-        out = x @ self.dense(name).T
+        if self.cacheable(name):
+            out = x @ self.dense(name).T
+        else:
+            out = np.concatenate([x @ rows.T for _, rows in self.row_slices(name)], axis=-1)
         bias = self.weights.get(f"{name}.bias")
         return out if bias is None else out + as_float32(bias)
 
@@ -202,13 +255,21 @@ class NumpyLlama:
         return self.linear(f"{prefix}.down_proj", gate / (1.0 + np.exp(-gate)) * up)
 
     def embed(self, tokens) -> np.ndarray:
-        """tokens [B, T] int -> hidden states [B, T, D] float32. A float embedding that is not
-        cached yet is gathered row by row, without a float32 copy of the whole table."""
+        """tokens [B, T] int -> hidden states [B, T, D] float32. A table that is not cached is
+        gathered row by row (float) or slice by slice (quantized, beyond the cache), without a
+        float32 copy of the whole table."""
         name, tokens = "model.embed_tokens", np.asarray(tokens)
-        weight = None if name in self._float32 else self.weights[f"{name}.weight"]
-        if weight is None or weight.dtype.kind in "ui":
+        if name in self._float32:
+            return self._float32[name][tokens]
+        if self.stored(name) is None:
+            return as_float32(self.weights[f"{name}.weight"][tokens])
+        if self.cacheable(name):
             return self.dense(name)[tokens]
-        return as_float32(weight[tokens])
+        out = np.empty((*tokens.shape, self.shape(name)[1]), np.float32)
+        for first, rows in self.row_slices(name, wanted=tokens):
+            inside = (tokens >= first) & (tokens < first + len(rows))
+            out[inside] = rows[tokens[inside] - first]
+        return out
 
     def block(self, layer: int, h: np.ndarray, cache: KVCache | None = None, offset: int = 0) -> np.ndarray:
         """Decoder layer ``layer``: hidden states [B, T, D] -> [B, T, D]."""
