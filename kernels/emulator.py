@@ -25,6 +25,10 @@ range or not taking part returns the caller's own value.
 ``threads_per_threadgroup`` is the real size of an edge threadgroup
 (``dispatch_threads_per_threadgroup`` the requested one).
 
+Counted: the accesses through each buffer's pointers and the bytes they cover
+(``EmulatedKernel.traffic`` after a call), and the simd operations
+(``simd_ops``): the memory traffic and synchronising instructions of a launch.
+
 Bugs reported as :class:`KernelFault`:
 
 - out-of-bounds access to a buffer: kernel pointers carry their buffer's exact
@@ -235,7 +239,7 @@ def _load(path: Path) -> ctypes.CDLL:
         lib.emu_run.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t),
                                 ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_uint),
                                 ctypes.POINTER(ctypes.c_uint), ctypes.c_int, ctypes.c_int,
-                                ctypes.POINTER(_Result)]
+                                ctypes.POINTER(_Result), ctypes.POINTER(ctypes.c_ulonglong)]
         _LOADED[key] = lib
     return _LOADED[key]
 
@@ -273,6 +277,14 @@ class EmulatedKernel:
     Inputs are always made row-contiguous (``ensure_row_contiguous`` is accepted
     for compatibility). ``race_check`` (on by default) runs the kernel under two
     thread schedules and raises :class:`KernelFault` when their outputs differ.
+
+    After a call, ``traffic`` maps each input and output name to
+    ``{"accesses": n, "bytes": b}``: the loads (inputs are read-only) or
+    accesses (outputs) made through that buffer's pointers in the forward-order
+    run, one per element access of whatever width, and the bytes they cover;
+    ``simd_ops`` counts the simd operations (``simd_*``, ``simdgroup_barrier``),
+    one per simdgroup and call. Per output element they are the memory traffic
+    and the synchronising instructions a GPU would issue for the same launch.
     """
 
     def __init__(self, name: str, input_names, output_names, source: str, header: str = "",
@@ -287,6 +299,8 @@ class EmulatedKernel:
         self.race_check = race_check
         self._uses_sync = bool(_SYNC_CALL.search(header + "\n" + source))
         self._arrays = Arrays()
+        self.traffic: dict[str, dict[str, int]] = {}
+        self.simd_ops = 0
 
     def __call__(self, *, inputs, output_shapes, output_dtypes, grid, threadgroup, template=None,
                  init_value=None, verbose: bool = False, stream=None) -> list[np.ndarray]:
@@ -312,9 +326,13 @@ class EmulatedKernel:
         if verbose:
             print(code)
         lib = _load(_build(code))
-        first = self._run(lib, buffers, grid, tg, SCHEDULES[0])
+        first, counts = self._run(lib, buffers, grid, tg, SCHEDULES[0])
+        names = set(self.input_names + self.output_names)
+        self.traffic = {b.name: {"accesses": counts[2 * i], "bytes": counts[2 * i + 1]}
+                        for i, b in enumerate(buffers) if b.name in names}
+        self.simd_ops = counts[-1]
         for schedule in SCHEDULES[1:] if self.race_check else ():
-            again = self._run(lib, buffers, grid, tg, schedule)
+            again, _ = self._run(lib, buffers, grid, tg, schedule)
             for name, a, b in zip(self.output_names, first, again):
                 self._check_same(name, a, b, schedule)
         return first
@@ -374,18 +392,20 @@ class EmulatedKernel:
         ])
 
     # ---- running --------------------------------------------------------------
-    def _run(self, lib, buffers: list[_Buffer], grid, tg, schedule: int) -> list[np.ndarray]:
+    def _run(self, lib, buffers: list[_Buffer], grid, tg, schedule: int) -> tuple[list[np.ndarray], list[int]]:
+        """(outputs, counts): counts = accesses and bytes per buffer, then simd operations (emu_run)."""
         hosts = [b.array.copy() if b.writable else b.array for b in buffers]
         n = len(buffers)
         ptrs = (ctypes.c_void_p * n)(*[h.ctypes.data for h in hosts])
         sizes = (ctypes.c_size_t * n)(*[h.nbytes for h in hosts])
         writable = (ctypes.c_int * n)(*[int(b.writable) for b in buffers])
         result = _Result()
+        counts = (ctypes.c_ulonglong * (2 * n + 1))()
         code = lib.emu_run(n, ptrs, sizes, writable, (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*tg),
-                           int(self._uses_sync), schedule, ctypes.byref(result))
+                           int(self._uses_sync), schedule, ctypes.byref(result), counts)
         if code:
             raise KernelFault(self._fault_message(result, buffers))
-        return [h for h, b in zip(hosts, buffers) if b.writable]
+        return [h for h, b in zip(hosts, buffers) if b.writable], list(counts)
 
     def _fault_message(self, r: _Result, buffers: list[_Buffer]) -> str:
         where = f"kernel {self.name}"

@@ -146,6 +146,8 @@ struct Run {
   Fiber* current = nullptr;
   emu_attrs direct_attrs{};  // the running thread when not using fibers
   bool use_fibers = false;
+  std::vector<emu::traffic> traffic;  // per buffer
+  unsigned long long simd_ops = 0;    // simd operations resolved, one per simdgroup and call
   sigjmp_buf on_fault;
   emu_result* result = nullptr;
 };
@@ -310,6 +312,7 @@ bool resolve_simd(std::vector<Fiber>& fs) {
     }
     if (!fn) continue;
     fn(lanes);
+    ++g_run->simd_ops;
     for (size_t i = base; i < end; ++i)
       if (fs[i].state == AT_SIMD) fs[i].state = RUNNABLE;
     any = true;
@@ -408,6 +411,8 @@ void run_group_direct(const unsigned* grid, const unsigned* tg, const unsigned* 
 
 }  // namespace
 
+emu::traffic* emu_traffic = nullptr;
+
 // ---- synchronisation called by the kernel -----------------------------------------
 extern "C" void emu_simd_wait(emu_simd_fn fn, const void* in, void* out, int arg) {
   Fiber* f = g_run->current;
@@ -444,10 +449,12 @@ extern "C" void emu_threadgroup_barrier(const char* file, int line) {
 // Run the kernel over `grid` threads in threadgroups of `tg` (both x, y, z).
 // buffers[i] (nbytes[i] bytes) are copied into guarded memory and, if writable[i],
 // copied back after a clean run. `schedule`: 0 forward, 1 reverse, else the seed
-// of a shuffled order. Returns result->code (0 when clean).
+// of a shuffled order. `counts` (2 * n_buffers + 1) receives, per buffer, the
+// accesses through its kernel pointers and their bytes, then the number of simd
+// operations (each resolved once per simdgroup). Returns result->code (0 when clean).
 extern "C" int emu_run(int n_buffers, void* const* buffers, const size_t* nbytes, const int* writable,
                        const unsigned* grid, const unsigned* tg, int fibers, int schedule,
-                       emu_result* result) {
+                       emu_result* result, unsigned long long* counts) {
   bool reverse = schedule == 1;
   memset(result, 0, sizeof *result);
   result->buffer = -1;
@@ -460,6 +467,8 @@ extern "C" int emu_run(int n_buffers, void* const* buffers, const size_t* nbytes
   size_t tg_bytes = size_t(__stop_emu_tg - __start_emu_tg);
   run.views.resize(n_buffers);
   run.buffers.resize(n_buffers);
+  run.traffic.assign(n_buffers, emu::traffic{0, 0});
+  emu_traffic = run.traffic.data();
 
   struct sigaction sa = {}, old[3];
   const int sigs[3] = {SIGSEGV, SIGBUS, SIGFPE};
@@ -518,6 +527,12 @@ extern "C" int emu_run(int n_buffers, void* const* buffers, const size_t* nbytes
   free(alt.ss_sp);
   for (Buffer& b : run.buffers)
     if (b.map) munmap(b.map, b.map_bytes);
+  for (int i = 0; i < n_buffers; ++i) {
+    counts[2 * i] = run.traffic[i].accesses;
+    counts[2 * i + 1] = run.traffic[i].bytes;
+  }
+  counts[2 * n_buffers] = run.simd_ops;
+  emu_traffic = nullptr;
   g_run = nullptr;
   return result->code;
 }

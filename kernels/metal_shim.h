@@ -167,8 +167,12 @@ EMU_VEC_TYPES(bool, bool)
 namespace emu {
 enum space { device_space, constant_space, threadgroup_space, thread_space };
 struct buffer_view { void* data; size_t nbytes; };
+// Accesses through a kernel buffer's pointers and the bytes they cover (one access
+// of a float4 counts once, 16 bytes): the emulator's memory-traffic counts.
+struct traffic { unsigned long long accesses, bytes; };
 }  // namespace emu
-// Defined in emulator_runtime.cpp.
+// Defined in emulator_runtime.cpp: one counter per kernel buffer of the current run.
+extern "C" emu::traffic* emu_traffic;
 extern "C" void* emu_out_of_bounds(int buffer, long long offset);
 extern "C" [[noreturn]] void emu_array_fault(int array, long long index, int size);
 
@@ -189,6 +193,8 @@ template <int S, class T> struct ptr {
 
   T* checked(T* q) const {
     if (buffer < 0) return q;
+    emu_traffic[buffer].accesses += 1;
+    emu_traffic[buffer].bytes += sizeof(T);
     const char* c = reinterpret_cast<const char*>(q);
     if (c >= lo && c + sizeof(T) <= hi) return q;
     return static_cast<T*>(emu_out_of_bounds(buffer, c - lo));

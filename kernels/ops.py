@@ -24,9 +24,9 @@ import mlx.core as mx
 import numpy as np
 
 from . import metal_source
-from .specs import KERNELS, launch_shape, lut_template, ternary_template
+from .specs import KERNELS, MAX_X_ROWS, launch_shape, lut_template, ternary_template
 
-MAX_KERNEL_ROWS = 8
+MAX_KERNEL_ROWS = MAX_X_ROWS
 
 
 def unpack_codes(weight: mx.array, bits: int) -> mx.array:
@@ -66,7 +66,7 @@ def dequantize_ternary(weight: mx.array, scales: mx.array, group_size: int, dtyp
 
 def metal_ready(rows: int, width: int) -> bool:
     """True when ``rows`` activation rows of ``width`` (a multiple of 32) should run our Metal kernel."""
-    return (rows <= MAX_KERNEL_ROWS and width % 32 == 0 and mx.metal.is_available()
+    return (0 < rows <= MAX_KERNEL_ROWS and width % 32 == 0 and mx.metal.is_available()
             and mx.default_device() == mx.gpu)
 
 
@@ -80,7 +80,7 @@ def kernel(name: str):
 def run_kernel(name: str, inputs: list, template: list, out_rows: int) -> mx.array:
     """Run ``name`` on the GPU: out [M, N] in the activations' dtype."""
     x = inputs[0]
-    grid, threadgroup = launch_shape(out_rows)
+    grid, threadgroup = launch_shape(out_rows, x.shape[0])
     return kernel(name)(inputs=inputs, template=template, grid=grid, threadgroup=threadgroup,
                         output_shapes=[(x.shape[0], out_rows)], output_dtypes=[x.dtype])[0]
 
@@ -107,7 +107,7 @@ def lut_product(bits: int, group_size: int, has_scale: bool):
 
     def forward(flat, weight, lut, *maybe_scales):
         scales = maybe_scales[0] if maybe_scales else mx.ones((1, 1), mx.float16)  # read only with HAS_SCALE
-        template = lut_template(flat.dtype, bits, group_size, has_scale)
+        template = lut_template(flat.dtype, flat.shape[0], bits, group_size, has_scale)
         return run_kernel("lut_matvec", [flat, weight, lut, scales], template, weight.shape[0])
 
     def dense(weight, lut, *maybe_scales):
@@ -121,7 +121,7 @@ def ternary_product(group_size: int):
     """The kernel call for one ternary setting, with its activation gradient (built once per setting)."""
 
     def forward(flat, weight, scales):
-        template = ternary_template(flat.dtype, flat.shape[-1], scales.shape[1])
+        template = ternary_template(flat.dtype, flat.shape[0], flat.shape[-1], scales.shape[1])
         return run_kernel("ternary_matvec", [flat, weight, scales], template, weight.shape[0])
 
     def dense(weight, scales):

@@ -297,3 +297,22 @@ def test_bad_calls_are_clear_errors(change, message):
                 grid=(8, 1, 1), threadgroup=(8, 1, 1), output_shapes=[(8,)], output_dtypes=[np.float32])
     with pytest.raises(SLMError, match=message):
         SCALE_ADD(**{**args, **change})
+
+
+def test_traffic_counts_each_access_at_its_width():
+    """``traffic``: one access per element read or written through a buffer pointer, of the
+    element's width (a float4 load is one access of 16 bytes); ``simd_ops``: one per simdgroup
+    and simd call."""
+    kernel = EmulatedKernel("traffic", ["vec", "flat"], ["out"], """
+        uint i = thread_position_in_grid.x;
+        const device float4* v = (const device float4*)vec;
+        float s = v[i].x + flat[4 * i] + flat[4 * i + 1];
+        out[i] = simd_sum(s);
+    """)
+    vec, flat = np.ones(256, np.float32), np.ones(256, np.float32)
+    (out,) = kernel(inputs=[vec, flat], grid=(64, 1, 1), threadgroup=(64, 1, 1), output_shapes=[(64,)],
+                    output_dtypes=[np.float32])
+    np.testing.assert_array_equal(out, 96.0)
+    assert kernel.traffic == {"vec": {"accesses": 64, "bytes": 64 * 16}, "flat": {"accesses": 128, "bytes": 128 * 4},
+                              "out": {"accesses": 64, "bytes": 64 * 4}}
+    assert kernel.simd_ops == 2

@@ -29,7 +29,7 @@ def emulated(name: str, source: str | None = None) -> EmulatedKernel:
 
 
 def run(kernel, inputs, template, out_rows, dtype):
-    grid, threadgroup = launch_shape(out_rows)
+    grid, threadgroup = launch_shape(out_rows, dict(template)["M"])
     return kernel(inputs=inputs, template=template, grid=grid, threadgroup=threadgroup,
                   output_shapes=[(inputs[0].shape[0], out_rows)], output_dtypes=[dtype])[0]
 
@@ -80,41 +80,59 @@ def check(out, ordered, plain, dtype_name):
     np.testing.assert_allclose(out.astype(np.float32), plain, rtol=0, atol=TOLERANCE[dtype_name] * scale)
 
 
-LUT_CASES = [  # (M, N, K, bits, group, per-row scale)
-    (1, 37, 96, 4, 1, False), (3, 40, 1056, 3, 8, True), (8, 21, 64, 2, 3, False),
-    (2, 9, 2048, 4, 9, True), (5, 64, 160, 3, 4, False), (1, 7, 32, 2, 7, True),
+LUT_CASES = [  # (M, N, K, bits, group, per-row scale, palette and scale dtype)
+    (1, 37, 96, 4, 1, False, "float16"), (3, 40, 1056, 3, 8, True, "bfloat16"),
+    (8, 21, 64, 2, 3, False, "float32"), (2, 9, 2048, 4, 9, True, "float16"),
+    (5, 64, 160, 3, 4, False, "bfloat16"), (1, 7, 32, 2, 7, True, "float32"),
+    (4, 24, 576, 4, 8, True, "bfloat16"), (6, 11, 128, 2, 1, False, "float16"),
+    (7, 16, 64, 3, 2, True, "float32"),
 ]
 
 
-@pytest.mark.parametrize("dtype_name", list(DTYPES))
-@pytest.mark.parametrize("m,rows,width,bits,group,with_scale", LUT_CASES)
-def test_lut_kernel_matches_numpy(m, rows, width, bits, group, with_scale, dtype_name):
+def lut_case(m, rows, width, bits, group, with_scale, table_dtype, dtype_name):
+    """(kernel inputs, template, codes, lut, scales or None) for one case in ``dtype_name`` activations."""
     rng = np.random.default_rng(rows * width + bits)
     codes = rng.integers(0, 1 << bits, (rows, width), dtype=np.uint8)
-    lut = rng.standard_normal((rows // group, 1 << bits)).astype(np.float16)
-    scales = rng.uniform(0.5, 2, (rows, 1)).astype(np.float16) if with_scale else None
-    x = rng.standard_normal((m, width)).astype(DTYPES[dtype_name])
+    lut = rng.standard_normal((rows // group, 1 << bits)).astype(DTYPES[table_dtype])
+    scales = rng.uniform(0.5, 2, (rows, 1)).astype(DTYPES[table_dtype]) if with_scale else None
     dtype = DTYPES[dtype_name]
+    x = rng.standard_normal((m, width)).astype(dtype)
     inputs = [x, pack_codes(codes, bits), lut, scales if with_scale else np.ones((1, 1), np.float16)]
-    out = run(emulated("lut_matvec"), inputs, lut_template(dtype, bits, group, with_scale), rows, dtype)
-    check(out, *lut_reference(x, codes, lut, scales, group), dtype_name)
-
-
-TERNARY_CASES = [(1, 37, 96, 0), (4, 50, 1024, 64), (8, 13, 2080, 32), (3, 4, 32, 0)]
+    return inputs, lut_template(dtype, m, bits, group, with_scale), codes, lut, scales
 
 
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
-@pytest.mark.parametrize("m,rows,width,group", TERNARY_CASES)
-def test_ternary_kernel_matches_numpy(m, rows, width, group, dtype_name):
+@pytest.mark.parametrize("case", LUT_CASES)
+def test_lut_kernel_matches_numpy(case, dtype_name):
+    inputs, template, codes, lut, scales = lut_case(*case, dtype_name)
+    out = run(emulated("lut_matvec"), inputs, template, case[1], DTYPES[dtype_name])
+    check(out, *lut_reference(inputs[0], codes, lut, scales, case[4]), dtype_name)
+
+
+TERNARY_CASES = [  # (M, N, K, weights per scale (0: one per row), scale dtype)
+    (1, 37, 96, 0, "float16"), (4, 50, 1024, 64, "bfloat16"), (8, 13, 2080, 32, "float32"),
+    (3, 4, 32, 0, "float16"), (2, 9, 576, 64, "float32"), (5, 20, 192, 96, "bfloat16"),
+    (6, 8, 64, 32, "float16"), (7, 5, 128, 0, "float32"),
+]
+
+
+def ternary_case(m, rows, width, group, scale_dtype, dtype_name):
+    """(kernel inputs, template, codes) for one case in ``dtype_name`` activations."""
     rng = np.random.default_rng(rows + width)
     codes = rng.integers(0, 3, (rows, width), dtype=np.uint8)
     groups = 1 if group == 0 else width // group
-    scales = rng.uniform(0.01, 0.1, (rows, groups)).astype(np.float16)
+    scales = rng.uniform(0.01, 0.1, (rows, groups)).astype(DTYPES[scale_dtype])
     dtype = DTYPES[dtype_name]
     x = rng.standard_normal((m, width)).astype(dtype)
-    out = run(emulated("ternary_matvec"), [x, pack_codes(codes, 2), scales], ternary_template(dtype, width, groups),
-              rows, dtype)
-    check(out, *ternary_reference(x, codes, scales), dtype_name)
+    return [x, pack_codes(codes, 2), scales], ternary_template(dtype, m, width, groups), codes
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("case", TERNARY_CASES)
+def test_ternary_kernel_matches_numpy(case, dtype_name):
+    inputs, template, codes = ternary_case(*case, dtype_name)
+    out = run(emulated("ternary_matvec"), inputs, template, case[1], DTYPES[dtype_name])
+    check(out, *ternary_reference(inputs[0], codes, inputs[2]), dtype_name)
 
 
 def broken(name: str, old: str, new: str) -> EmulatedKernel:
@@ -127,13 +145,13 @@ def ternary_inputs(rng, m=2, rows=9, width=128):
     codes = rng.integers(0, 3, (rows, width), dtype=np.uint8)
     scales = rng.uniform(0.01, 0.1, (rows, 1)).astype(np.float16)
     x = rng.standard_normal((m, width)).astype(np.float32)
-    return [x, pack_codes(codes, 2), scales], ternary_template(np.float32, width, 1), codes
+    return [x, pack_codes(codes, 2), scales], ternary_template(np.float32, m, width, 1), codes
 
 
 def test_emulator_reports_an_out_of_bounds_write_in_a_broken_kernel():
     inputs, template, _ = ternary_inputs(np.random.default_rng(0))
-    kernel = broken("ternary_matvec", "out[m * N + row] = static_cast<T>(total);",
-                    "out[m * N + row + 1] = static_cast<T>(total);")  # off by one: the last row writes past the end
+    kernel = broken("ternary_matvec", "out[size_t(m) * N + first + r] = static_cast<T>(total);",
+                    "out[size_t(m) * N + first + r + 1] = static_cast<T>(total);")  # the last row writes past the end
     with pytest.raises(KernelFault, match="out-of-bounds write.*'out'"):
         run(kernel, inputs, template, 9, np.float32)
 
@@ -141,26 +159,26 @@ def test_emulator_reports_an_out_of_bounds_write_in_a_broken_kernel():
 def test_emulator_reports_a_missing_barrier():
     """A variant that reduces through threadgroup memory: without the barrier, lane 0 reads
     partials other lanes have not written yet."""
-    inputs, template, codes = ternary_inputs(np.random.default_rng(1))
-    reduce_with_memory = """threadgroup float partials[4][32];
-  partials[simdgroup_index_in_threadgroup][lane] = acc[m];
-  BARRIER
-  if (lane == 0) {
-    float total = 0.0f;
-    for (int l = 0; l < 32; ++l) total += partials[simdgroup_index_in_threadgroup][l];
-    out[m * N + row] = static_cast<T>(total);
-  }
-  threadgroup_barrier(mem_flags::mem_threadgroup);"""
-    old = """const float total = simd_sum(acc[m]);
-  if (lane == 0) {
-    out[m * N + row] = static_cast<T>(total);
-  }"""
+    inputs, template, codes = ternary_inputs(np.random.default_rng(1), rows=16)  # no simdgroup returns early
+    reduce_with_memory = """threadgroup float partials[SIMDGROUPS][32];
+    partials[simdgroup_index_in_threadgroup][lane] = acc[r][m];
+    BARRIER
+    if (lane == 0 && first + r < N) {
+      float total = 0.0f;
+      for (int l = 0; l < 32; ++l) total += partials[simdgroup_index_in_threadgroup][l];
+      out[size_t(m) * N + first + r] = static_cast<T>(total);
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);"""
+    old = """const float total = simd_sum(acc[r][m]);
+    if (lane == 0 && first + r < N) {
+      out[size_t(m) * N + first + r] = static_cast<T>(total);
+    }"""
     good = broken("ternary_matvec", old, reduce_with_memory.replace(
         "BARRIER", "threadgroup_barrier(mem_flags::mem_threadgroup);"))
-    out = run(good, inputs, template, 9, np.float32)
+    out = run(good, inputs, template, 16, np.float32)
     np.testing.assert_allclose(out, ternary_reference(inputs[0], codes, inputs[2])[1], rtol=1e-5, atol=1e-5)
     with pytest.raises(KernelFault, match="race|missing threadgroup_barrier"):
-        run(broken("ternary_matvec", old, reduce_with_memory.replace("BARRIER", "")), inputs, template, 9,
+        run(broken("ternary_matvec", old, reduce_with_memory.replace("BARRIER", "")), inputs, template, 16,
             np.float32)
 
 
@@ -168,42 +186,45 @@ def lut_inputs(rng, rows=7, width=64, bits=2):
     codes = rng.integers(0, 1 << bits, (rows, width), dtype=np.uint8)
     lut = rng.standard_normal((1, 1 << bits)).astype(np.float16)  # 4 entries: MLX passes it as constant
     x = rng.standard_normal((2, width)).astype(np.float32)
-    return [x, pack_codes(codes, bits), lut, np.ones((1, 1), np.float16)], lut_template(np.float32, bits, rows, False)
+    inputs = [x, pack_codes(codes, bits), lut, np.ones((1, 1), np.float16)]
+    return inputs, lut_template(np.float32, 2, bits, rows, False)
 
 
 def test_a_small_input_aliased_as_device_does_not_compile():
     """The kernels index their inputs: a `const device` alias of a 4-entry lut (constant in MLX) or of
     4 ternary scales is what the Metal compiler rejected, and so does the emulator."""
     inputs, template = lut_inputs(np.random.default_rng(3))
-    aliased = broken("lut_matvec", "table[e] = float(lut[palette + e]);",
-                     "const device half* p = lut + palette;\n  table[e] = float(p[e]);")
+    indexed = "palettes[own + r][i % ENTRIES] = float(lut[size_t(row / GROUP) * ENTRIES + i % ENTRIES]);"
+    alias = ("const device half* p = lut + size_t(row / GROUP) * ENTRIES;\n"
+             "  palettes[own + r][i % ENTRIES] = float(p[i % ENTRIES]);")
+    aliased = broken("lut_matvec", indexed, alias)
     with pytest.raises(KernelCompileError, match="address space"):
         run(aliased, inputs, template, 7, np.float32)
     rng = np.random.default_rng(4)
     codes = rng.integers(0, 3, (4, 32), dtype=np.uint8)
     tinputs = [rng.standard_normal((1, 32)).astype(np.float32), pack_codes(codes, 2),
                rng.uniform(0.01, 0.1, (4, 1)).astype(np.float16)]
-    indexed = "const float scale = float(scales[row_scales + (chunk * 32) / GROUP]);"
-    alias = "const device half* s = scales + row_scales;\n  const float scale = float(s[(chunk * 32) / GROUP]);"
+    indexed = "const float scale = float(scales[at]);"
+    alias = "const device half* s = scales + at;\n    const float scale = float(s[0]);"
     aliased = broken("ternary_matvec", indexed, alias)
     with pytest.raises(KernelCompileError, match="address space"):
-        run(aliased, tinputs, ternary_template(np.float32, 32, 1), 4, np.float32)
+        run(aliased, tinputs, ternary_template(np.float32, 1, 32, 1), 4, np.float32)
 
 
 def test_emulator_reports_a_private_array_overrun():
     """Reading the code word one past `words` (the last word's spill) is caught at the read."""
     inputs, template = lut_inputs(np.random.default_rng(5), bits=3)
-    overrun = broken("lut_matvec", "code |= words[word + 1]", "code |= words[BITS]")
-    with pytest.raises(KernelFault, match=r"index 3 out of bounds of array 'words\[BITS\]' \(source:\d+\)"):
-        run(overrun, inputs, lut_template(np.float32, 3, 7, False), 7, np.float32)
+    overrun = broken("lut_matvec", "code |= words[r][word + 1]", "code |= words[r][BITS]")
+    with pytest.raises(KernelFault, match=r"index 3 out of bounds of array 'words\[ROWS\]\[BITS\]' \(source:\d+\)"):
+        run(overrun, inputs, lut_template(np.float32, 2, 3, 7, False), 7, np.float32)
 
 
 def test_a_wrong_lane_reduction_gives_a_wrong_answer():
     """Replace simd_sum by a shuffle-down tree that starts at distance 8: lanes 16-31 are lost."""
     inputs, template, codes = ternary_inputs(np.random.default_rng(2), width=1024 + 32 * 20)
-    tree = """float total = acc[m];
-  for (ushort d = START; d > 0; d /= 2) total += simd_shuffle_down(total, d);"""
-    old = "const float total = simd_sum(acc[m]);"
+    tree = """float total = acc[r][m];
+    for (ushort d = START; d > 0; d /= 2) total += simd_shuffle_down(total, d);"""
+    old = "const float total = simd_sum(acc[r][m]);"
     want = ternary_reference(inputs[0], codes, inputs[2])[1]
     right = run(broken("ternary_matvec", old, tree.replace("START", "16")), inputs, template, 9, np.float32)
     np.testing.assert_allclose(right, want, rtol=1e-5, atol=1e-5)
@@ -211,24 +232,119 @@ def test_a_wrong_lane_reduction_gives_a_wrong_answer():
     assert np.abs(wrong - want).max() > 1e-2
 
 
-@pytest.mark.skipif(platform.system() != "Darwin", reason="Metal kernels run on the GPU only on a Mac; "
-                    "elsewhere the emulator tests above stand in for them")
-@pytest.mark.mlx
-@pytest.mark.parametrize("m,rows,width,bits,group,with_scale", LUT_CASES[:3])
-def test_lut_kernel_on_the_gpu(m, rows, width, bits, group, with_scale):
+# ---- in-kernel guards -------------------------------------------------------------
+def bad_shapes(name, problem):
+    """Inputs whose shapes disagree with the weight or the template: (inputs, template, out rows)."""
+    rng = np.random.default_rng(6)
+    if name == "ternary_matvec":
+        inputs, template, _ = ternary_case(2, 9, 128, 32, "float16", "float32")
+        if problem == "K":
+            inputs[0] = rng.standard_normal((2, 160)).astype(np.float32)  # x wider than the weight
+        else:
+            inputs[2] = inputs[2][:, :2].copy()  # 2 scale groups where the template says 4
+        return inputs, template, 9
+    inputs, template, *_ = lut_case(4, 10, 96, 4, 2, True, "float16", "float32")
+    if problem == "K":
+        inputs[0] = rng.standard_normal((4, 128)).astype(np.float32)  # x wider than the weight
+    elif problem == "M":
+        inputs[0] = inputs[0][:2].copy()  # 2 rows of x where the template says 4
+    else:
+        inputs[2] = inputs[2][:3].copy()  # 3 palettes for 10 rows of 2
+    return inputs, template, 10
+
+
+GUARDED = [("lut_matvec", "K", "weight"), ("lut_matvec", "M", "x"), ("lut_matvec", "palettes", "lut"),
+           ("ternary_matvec", "K", "scales"), ("ternary_matvec", "scales", "scales")]
+
+
+@pytest.mark.parametrize("name,problem,buffer", GUARDED)
+def test_the_guard_stops_a_read_past_the_end(name, problem, buffer):
+    """With shapes that disagree, the kernel reads no input and writes NaN; the same kernel with the
+    guard switched off reads past the end of ``buffer``, which the emulator reports."""
+    inputs, template, rows = bad_shapes(name, problem)
+    kernel = emulated(name)
+    out = run(kernel, inputs, template, rows, np.float32)
+    assert [kernel.traffic[n]["bytes"] for n in KERNELS[name][0]] == [0] * len(inputs)
+    assert out.shape == (inputs[0].shape[0], rows)
+    np.testing.assert_array_equal(out.view(np.uint32), 0x7FC00000)  # the kernel's NaN, not the poison
+    unguarded = broken(name, "if (!fits) {", "if (false) {")
+    with pytest.raises(KernelFault, match=rf"out-of-bounds read on input buffer '{buffer}'"):
+        run(unguarded, inputs, template, rows, np.float32)
+
+
+# ---- memory traffic ---------------------------------------------------------------
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+@pytest.mark.parametrize("name", ["lut_matvec", "ternary_matvec"])
+def test_x_traffic_is_no_larger_than_weight_traffic(name, dtype_name):
+    """Decode (M = 1, 16-bit activations, K = 576 as in SmolLM2): every code word is read once and
+    each x value once per simdgroup of 8 rows, so x costs 2/8 byte per weight, no more than 4-bit
+    codes (1/2 byte) or 2-bit ternary codes plus scales (1/4 byte and more). One row per simdgroup,
+    the old design, re-read x for every row: 2 bytes per weight."""
+    rows, width = 64, 576
+    if name == "lut_matvec":
+        inputs, template, *_ = lut_case(1, rows, width, 4, 8, False, "float16", dtype_name)
+        weight_inputs = ("weight",)
+    else:
+        inputs, template, _ = ternary_case(1, rows, width, 64, "float16", dtype_name)
+        weight_inputs = ("weight", "scales")
+    kernel = emulated(name)
+    run(kernel, inputs, template, rows, DTYPES[dtype_name])
+    simdgroups = rows // 8
+    assert kernel.traffic["weight"]["bytes"] == inputs[1].nbytes
+    assert kernel.traffic["x"]["bytes"] == simdgroups * inputs[0].nbytes
+    weight_bytes = sum(kernel.traffic[n]["bytes"] for n in weight_inputs)
+    assert kernel.traffic["x"]["bytes"] <= weight_bytes
+    assert kernel.traffic["x"]["bytes"] / (rows * width) == 0.25
+
+
+ON_A_MAC = pytest.mark.skipif(platform.system() != "Darwin", reason="Metal kernels run on the GPU only on a "
+                               "Mac; elsewhere the emulator tests above stand in for them")
+
+
+def on_the_gpu(array):
+    """numpy (float32/float16/bfloat16/uint32) -> mx.array of the same dtype."""
     import mlx.core as mx
 
-    from mlx_slm.kernels.ops import lut_matmul
+    if array.dtype == DTYPES["bfloat16"]:
+        return mx.array(array.astype(np.float32)).astype(mx.bfloat16)
+    return mx.array(array)
+
+
+def gpu_product(function, *arrays):
+    """``function`` on the GPU stream (skips without a Metal device): float32 numpy out."""
+    import mlx.core as mx
 
     if not mx.metal.is_available():
         pytest.skip("no Metal device")
-    rng = np.random.default_rng(0)
-    codes = rng.integers(0, 1 << bits, (rows, width), dtype=np.uint8)
-    lut = rng.standard_normal((rows // group, 1 << bits)).astype(np.float16)
-    scales = rng.uniform(0.5, 2, (rows, 1)).astype(np.float16) if with_scale else None
-    x = rng.standard_normal((m, width)).astype(np.float16)
     with mx.stream(mx.gpu):
-        out = lut_matmul(mx.array(x), mx.array(pack_codes(codes, bits)), mx.array(lut),
-                         None if scales is None else mx.array(scales), bits, group)
-    plain = lut_reference(x, codes, lut, scales, group)[1]
-    np.testing.assert_allclose(np.array(out.astype(mx.float32)), plain, rtol=0, atol=2e-3 * np.abs(plain).max())
+        out = function(*[None if a is None else on_the_gpu(a) for a in arrays])
+        return np.array(out.astype(mx.float32))
+
+
+@ON_A_MAC
+@pytest.mark.mlx
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("case", LUT_CASES)
+def test_lut_kernel_on_the_gpu(case, dtype_name):
+    """Every emulated lut case through ``lut_matmul`` (the kernel for M <= 8), held to ``x @ W.T``."""
+    from mlx_slm.kernels.ops import lut_matmul
+
+    inputs, _, codes, lut, scales = lut_case(*case, dtype_name)
+    bits, group = case[3], case[4]
+    out = gpu_product(lambda x, w, t, s: lut_matmul(x, w, t, s, bits, group), inputs[0], inputs[1], lut, scales)
+    plain = lut_reference(inputs[0], codes, lut, scales, group)[1]
+    np.testing.assert_allclose(out, plain, rtol=0, atol=TOLERANCE[dtype_name] * np.abs(plain).max())
+
+
+@ON_A_MAC
+@pytest.mark.mlx
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("case", TERNARY_CASES)
+def test_ternary_kernel_on_the_gpu(case, dtype_name):
+    """Every emulated ternary case through ``ternary_matmul``, held to ``x @ W.T``."""
+    from mlx_slm.kernels.ops import ternary_matmul
+
+    inputs, _, codes = ternary_case(*case, dtype_name)
+    out = gpu_product(lambda x, w, s: ternary_matmul(x, w, s, case[3]), *inputs)
+    plain = ternary_reference(inputs[0], codes, inputs[2])[1]
+    np.testing.assert_allclose(out, plain, rtol=0, atol=TOLERANCE[dtype_name] * np.abs(plain).max())
