@@ -39,6 +39,7 @@ from _common import PeakMemory, quality_table, source_folder, write_texts
 
 import mlx_slm
 from mlx_slm.io.atomic import atomic_file
+from mlx_slm.model_access import model_config
 
 
 def runs(args) -> list[tuple[str, int | None, dict]]:
@@ -97,7 +98,7 @@ def measure(folder: Path, reference, tokenizer, label: str, bits, options: dict,
         mlx_slm.quantize(model, group_size=args.group_size, calib=Path(args.out) / "calib.txt", tokenizer=tokenizer,
                          num_samples=args.num_samples, seq_len=args.calib_seq_len, progress=False, **options)
     seconds = time.perf_counter() - began + plan_seconds
-    record = mlx_slm.loading.model_config(model).get("mlx_slm") or {}
+    record = model_config(model).get("mlx_slm") or {}
     record = {k: v for k, v in record.items() if k != "unquantized"}
     if plan is not None:
         record["plan"] = {k: v for k, v in plan.items() if k != "layers"}
@@ -105,7 +106,7 @@ def measure(folder: Path, reference, tokenizer, label: str, bits, options: dict,
     report = mlx_slm.evaluate(model, tokenizer, reference=reference, **evaluate)
     return {"method": label, "bits": bits, "group_size": args.group_size, "quant_seconds": seconds,
             "quant_peak_mb": memory.grown_bytes / 1e6,
-            "float_layers": len((mlx_slm.loading.model_config(model).get("mlx_slm") or {}).get("unquantized", {})),
+            "float_layers": len((model_config(model).get("mlx_slm") or {}).get("unquantized", {})),
             "record": record, **report}
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import gemma3_weights, tiny_model_folder, tiny_tokenizer, write_model_folder
 
 import mlx_slm
-
-from helpers import gemma3_weights, tiny_model_folder, tiny_tokenizer, write_model_folder
 
 pytest.importorskip("mlx.core")
 
