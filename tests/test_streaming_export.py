@@ -73,7 +73,7 @@ def test_gguf_bytes_are_those_of_the_whole_file_writer(tmp_path, monkeypatch, ca
     whole tensors, and slices of a few rows (1000 weights: 7 rows of 128, 3 of 256, 1 of 512), Q/K
     permuted rows included."""
     if slice_weights:
-        monkeypatch.setattr(gguf_export, "SLICE_WEIGHTS", slice_weights)
+        monkeypatch.setattr(export_weights, "SLICE_WEIGHTS", slice_weights)
     case_export(tmp_path, case, tmp_path / "m.gguf")
     data = (tmp_path / "m.gguf").read_bytes()
     assert (hashlib.sha256(data).hexdigest(), len(data)) == CASES[case][3:]
@@ -133,3 +133,48 @@ def test_gguf_traced_peak_is_a_few_tensors(tmp_path, quantize):
         tracemalloc.stop()
     bound = 8 * 270 * 128 * 4
     assert peak < bound < (tmp_path / "m.gguf").stat().st_size / 2, (peak, bound)
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("mlx", marks=pytest.mark.mlx)])
+@pytest.mark.parametrize("settings", [{"bits": 4, "group_size": 32}, {"bits": 3, "group_size": 64},
+                                      {"format": "lut", "bits": 4, "group_size": 8},
+                                      {"format": "ternary", "bits": 2, "group_size": 64},
+                                      {"format": "ternary_b3", "bits": 2, "group_size": 0}])
+def test_views_filled_slice_by_slice_equal_whole_views(tmp_path, monkeypatch, backend, settings):
+    """A quantized layer's view, filled from slices of a few rows (1000 weights; lut slices keep whole
+    groups of rows sharing a palette), equals the format's view of the whole layer, array for array."""
+    import numpy as np
+
+    from mlx_slm.formats import get_format
+
+    model, _ = tiny(tmp_path, backend=backend, **settings)
+    monkeypatch.setattr(export_weights, "SLICE_WEIGHTS", 1000)
+    weights = export_weights.ModelWeights(model)
+    layers = [key for key in weights if weights.quantized(key)]
+    assert len(layers) >= 14  # every linear layer (and the embedding where its 270 rows fit the format)
+    for key in layers:
+        mode, bits, group_size = weights.layers[key]
+        stored = {s: None if a is None else export_weights.to_numpy(a) for s, a in weights.stored(key).items()}
+        want, got = get_format(mode).view(stored, bits, group_size), weights[key]
+        assert type(got) is type(want) and got.stored_bytes == want.stored_bytes, key
+        for name, value in vars(want).items():
+            if isinstance(value, np.ndarray):
+                assert getattr(got, name).dtype == value.dtype, (key, name)
+                np.testing.assert_array_equal(getattr(got, name), value, err_msg=f"{key}.{name}")
+            else:
+                assert getattr(got, name) == value, (key, name)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_core_ai_codes_packed_run_by_run_equal_one_packing(monkeypatch, bits):
+    """Core AI's bit packing, run by run (runs of 8 codes here; 1M in the export), gives the bytes of one
+    packing of every code (bit i * bits of the stream), for a code count that is not a multiple of 8."""
+    import numpy as np
+
+    from mlx_slm.export import coreai_weights
+
+    codes = np.random.default_rng(0).integers(0, 1 << bits, (37, 9)).astype(np.uint8)
+    planes = np.unpackbits(codes.reshape(-1, 1), axis=1, bitorder="little")[:, :bits]
+    want = np.packbits(planes.reshape(-1), bitorder="little")
+    monkeypatch.setattr(coreai_weights, "PACK_CODES", 8)
+    np.testing.assert_array_equal(coreai_weights.pack_bits(codes, bits), want)

@@ -13,7 +13,7 @@ was written and with what largest error.
 The file is streamed: the header lists every tensor's type and size, decided before any tensor is
 encoded (:func:`plan_tensors`: float tensors from their stored shapes, quantized layers from their
 views, one slice of rows at a time); then each tensor is converted, permuted, encoded and appended a
-slice of rows (at most :data:`SLICE_WEIGHTS` weights) at a time (:func:`write_tensor`), so beside the
+slice of rows (at most :data:`.weights.SLICE_WEIGHTS` weights) at a time (:func:`write_tensor`), so beside the
 model only one slice's copies are alive. The bytes are those gguf's whole-file ``write_tensors_to_file`` writes.
 """
 
@@ -36,7 +36,7 @@ from .gguf_importance import as_calibration, gguf_importance
 from .gguf_tensors import TYPE_NAMES, block_type, encode, encode_quantized, qk_permute, tensor_type
 from .gguf_vocab import vocab_fields, write_vocab
 from .kquant_plan import PRESETS, check_preset, check_types, matrix_kind
-from .weights import ModelWeights
+from .weights import ModelWeights, row_slices
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,6 @@ FILE_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q
               "Q4_K": 14, "Q5_K": 16, "Q6_K": 18, "BF16": 32}  # llama.cpp's LlamaFileType (k-quants: their _S)
 CHANGED = ("quantized", "requantized", "dequantized")  # TensorRecord.how of tensors not written exactly
 QUANTIZATION_VERSION = 2  # ggml's GGML_QNT_VERSION, which llama.cpp writes into every file
-SLICE_WEIGHTS = 1 << 22  # weights per slice of rows converted and encoded at once (16 MiB in float32)
 
 
 @dataclass
@@ -199,12 +198,6 @@ def row_order(key: str, rows: int, config: dict, arch: str) -> np.ndarray:
     return np.arange(rows)
 
 
-def row_slices(order: np.ndarray, shape: tuple) -> list[np.ndarray]:
-    """``order`` cut into runs of at most :data:`SLICE_WEIGHTS` weights (at least one row each)."""
-    step = max(1, SLICE_WEIGHTS // math.prod(shape[1:]))
-    return [order[start:start + step] for start in range(0, len(order), step)]
-
-
 def write_hyperparameters(writer, config: dict, arch: str, name: str | None) -> None:
     """The ``general.*`` and ``{arch}.*`` keys llama.cpp's converter writes for this architecture."""
     hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
@@ -299,7 +292,7 @@ def plan_tensors(weights: ModelWeights, tensors: list, kquants: dict, float_kind
         elif weights.quantized(key):
             planned.append(PlannedTensor(name, key, shape, *layer_type(weights, key, float_kind, requantize_kind)))
         else:
-            planned.append(PlannedTensor(name, key, shape, *tensor_type(weights.arrays[key], float_kind,
+            planned.append(PlannedTensor(name, key, shape, *tensor_type(weights.arrays[weights.names[key]], float_kind,
                                                                         requantize_kind)))
     return planned
 
