@@ -130,10 +130,11 @@ def step_commands(model: Path, work: Path, num_samples: int) -> dict:
         "awq": (["quantize", str(model), "-o", str(work / "awq"), *q4, "--method", "awq", *calib], work / "awq"),
         "eval": (["eval", str(work / "rtn"), "--text", heldout, "--max-windows", "4", "--seq-len", "512",
                   "--decode-tokens", "8"], None),
-        "coreml": (["export", "coreml", str(work / "rtn"), "-o", str(work / "Model.mlpackage"),
-                    "--max-context", "256"], work / "Model.mlpackage"),
-        "coreai": (["export", "coreai", str(work / "rtn"), "-o", str(work / "ModelAI.aimodel"),
-                    "--max-context", "256"], work / "ModelAI.aimodel"),
+        # each package in its own folder: both write tokenizer files beside it
+        "coreml": (["export", "coreml", str(work / "rtn"), "-o", str(work / "coreml" / "Model.mlpackage"),
+                    "--max-context", "256", "--overwrite"], work / "coreml" / "Model.mlpackage"),
+        "coreai": (["export", "coreai", str(work / "rtn"), "-o", str(work / "coreai" / "Model.aimodel"),
+                    "--max-context", "256", "--overwrite"], work / "coreai" / "Model.aimodel"),
         "gguf": (["export", "gguf", str(work / "rtn"), "-o", str(work / "model.gguf")], work / "model.gguf"),
     }
 

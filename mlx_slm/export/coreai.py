@@ -24,7 +24,6 @@ from ..model_access import model_config
 from ..models.numpy_llama import SUPPORTED
 from .coreai_gemma3 import Gemma3Graph
 from .coreai_llama import INPUT_IDS, KEY_CACHE, LOGITS, POSITION_IDS, VALUE_CACHE, LlamaGraph
-from .coreai_weights import layer_record
 from .gemma3 import GEMMA3_TYPES, program_config, program_weights
 from .manifest import build_manifest
 from .package import check_model_type, check_request, package_path, refuse_existing, resolve_max_context, staged_outputs
@@ -73,8 +72,7 @@ def export_coreai(model, tokenizer, out_path, max_context: int | None = None,
 
     metadata = AIModelAssetMetadata()
     metadata.model_description = f"{config.get('model_type')} language model exported by mlx_slm {__version__}"
-    layers = [layer_record(path, weights.get(path, weights.get(f"{path}.weight")), encoding)
-              for path, encoding in sorted(graph.encodings.items())]
+    layers = [graph.layers[path] for path in sorted(graph.layers)]
     manifest = build_manifest(tokenizer, config, max_context, layers, __version__)
     with staged_outputs(package, overwrite, inputs) as staging:
         program.save_asset(staging / package.name, metadata=metadata)

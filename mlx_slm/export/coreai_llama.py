@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..models.numpy_llama import rope_inverse_frequencies
-from .coreai_weights import emit, encode
+from .coreai_weights import emit, encode, layer_record
 from .weights import matrix
 
 INPUT_IDS, POSITION_IDS, KEY_CACHE, VALUE_CACHE, LOGITS = (
@@ -46,7 +46,7 @@ def rope_tables(inv_freq: np.ndarray, max_context: int) -> tuple:
 
 
 class LlamaGraph:
-    """Emits one forward pass; ``weights`` come from :func:`~.weights.model_weights`, ``ops`` is
+    """Emits one forward pass; ``weights`` come from :func:`~.gemma3.program_weights`, ``ops`` is
     ``coreai.authoring`` (imported by the caller)."""
 
     def __init__(self, ops, config: dict, weights: dict, max_context: int, compute_precision: str):
@@ -59,7 +59,7 @@ class LlamaGraph:
         self.eps = float(config.get("rms_norm_eps", 1e-6))
         self.attention_scale = self.head_dim**-0.5
         self.tied = "lm_head.weight" not in weights and "lm_head" not in weights
-        self.encodings = {}  # layer path -> Encoding, for the manifest
+        self.layers = {}  # layer path -> its manifest record (the encodings themselves are not kept)
         self._matrices = {}
 
     def cache_type(self):
@@ -73,8 +73,10 @@ class LlamaGraph:
     def matrix(self, path: str):
         """Layer ``path``'s [N, K] matrix in the compute dtype (decoded once, shared by every use)."""
         if path not in self._matrices:
-            self.encodings[path] = encode(matrix(self.weights, path))
-            dense = emit(self.encodings[path], path)
+            weight = matrix(self.weights, path)
+            encoding = encode(weight)
+            self.layers[path] = layer_record(path, weight, encoding)
+            dense = emit(encoding, path)
             self._matrices[path] = dense if self.dtype == np.float32 else self.ops.cast(dense, self.dtype)
         return self._matrices[path]
 

@@ -48,11 +48,19 @@ def narrowest_float(*arrays) -> type:
     return np.float32
 
 
+PACK_CODES = 1 << 20  # codes bit-packed at once (a multiple of 8: each run fills whole bytes)
+
+
 def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
-    """uint8 codes (each < 2**bits) -> bytes, little-endian bit stream (code i at bit i * bits)."""
-    flat = codes.reshape(-1).astype(np.uint8)
-    planes = np.unpackbits(flat[:, None], axis=1, bitorder="little")[:, :bits]
-    return np.packbits(planes.reshape(-1), bitorder="little")
+    """uint8 codes (each < 2**bits) -> bytes, little-endian bit stream (code i at bit i * bits); packed
+    :data:`PACK_CODES` codes at a time, so the one-byte-per-bit temporaries stay that small."""
+    flat = codes.reshape(-1)
+    runs = []
+    for start in range(0, flat.size, PACK_CODES):
+        run = flat[start:start + PACK_CODES].astype(np.uint8)
+        planes = np.unpackbits(run[:, None], axis=1, bitorder="little")[:, :bits]
+        runs.append(np.packbits(planes.reshape(-1), bitorder="little"))
+    return np.concatenate(runs) if runs else np.zeros(0, np.uint8)
 
 
 @dataclass

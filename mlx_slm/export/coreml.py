@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SLMError
-from ..formats.views import AffineWeight, PalettizedWeight
 from ..loading import model_source
 from ..model_access import model_config
 from ..models.numpy_llama import SUPPORTED
@@ -153,9 +152,9 @@ def export_coreml(model, tokenizer, out_path, max_context: int | None = None,
     builder = BUILDERS[config["model_type"]](mb, text_config, weights, weight_var, max_context, compute_precision,
                                              options)
     mlmodel = convert(ct, builder.program(), max_context, compute_precision, options)
-    matrices = {path: w for path, w in weights.items()
-                if isinstance(w, (AffineWeight, PalettizedWeight)) or (path.endswith(".weight") and w.ndim == 2)}
-    layers = [layer_record(path.removesuffix(".weight"), w) for path, w in sorted(matrices.items())]
+    matrices = [key for key in sorted(weights)
+                if weights.quantized(key) or (key.endswith(".weight") and len(weights.shape(key)) == 2)]
+    layers = [layer_record(key.removesuffix(".weight"), weights[key]) for key in matrices]  # one layer at a time
     manifest = {**build_manifest(tokenizer, config, max_context, layers, __version__), **options.manifest()}
     mlmodel.short_description = f"{config.get('model_type')} language model exported by mlx_slm {__version__}"
     mlmodel.user_defined_metadata[EXPORTERS_NAME] = name or hub_name(model, config) or package.stem

@@ -73,7 +73,7 @@ def rope_tables(inv_freq: np.ndarray, max_context: int, dtype):
 
 
 class LlamaProgramBuilder:
-    """Emits the ops of one forward pass; ``weights`` come from :func:`~.weights.model_weights`."""
+    """Emits the ops of one forward pass; ``weights`` come from :func:`~.gemma3.program_weights`."""
 
     def __init__(self, mb, config: dict, weights: dict, weight_var, max_context: int,
                  compute_precision: str = "float16", options: CoreMLOptions | None = None):

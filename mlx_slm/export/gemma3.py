@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import SLMError
 from ..formats.dtypes import bfloat16
-from .weights import model_weights
+from .weights import ModelWeights
 
 GEMMA3_TYPES = ("gemma3_text", "gemma3")
 MULTIMODAL_PREFIX = "language_model."  # mlx-lm's gemma3 wraps the text model under this name
@@ -26,21 +26,15 @@ def gemma3_text_config(model, config: dict) -> dict:
     return {**vars(args), "model_type": "gemma3_text"}
 
 
-def gemma3_text_weights(weights: dict) -> dict:
-    """The text model's weights under gemma3_text names (a ``gemma3`` model's lose ``language_model.``;
-    mlx-lm drops the vision tower when loading)."""
-    return {name.removeprefix(MULTIMODAL_PREFIX): w for name, w in weights.items()}
-
-
 def program_config(model, config: dict) -> dict:
     """The config the program is built from: the model's own; for Gemma 3 its resolved text-model config."""
     return gemma3_text_config(model, config) if config["model_type"] in GEMMA3_TYPES else config
 
 
-def program_weights(model, config: dict) -> dict:
-    """The model's weights in the program's names (Gemma 3: those of its text model)."""
-    weights = model_weights(model)
-    return gemma3_text_weights(weights) if config["model_type"] in GEMMA3_TYPES else weights
+def program_weights(model, config: dict) -> ModelWeights:
+    """The model's weights in the program's names (Gemma 3: those of its text model, a ``gemma3`` model's
+    losing ``language_model.``; mlx-lm drops the vision tower when loading), each converted when read."""
+    return ModelWeights(model, MULTIMODAL_PREFIX if config["model_type"] in GEMMA3_TYPES else "")
 
 
 def is_sliding(config: dict, layer: int) -> bool:

@@ -9,26 +9,34 @@ values where a GGUF block holds them exactly (affine 2-4 bits -> Q4_1, 5 bits ->
 model's matrices to Q2_K-Q6_K packed by :mod:`.kquants`, weighted by input importance from calibration
 text when given (:mod:`.gguf_importance`). The returned :class:`GGUFReport` says, per tensor, how it
 was written and with what largest error.
+
+The file is streamed: the header lists every tensor's type and size, decided before any tensor is
+encoded (:func:`plan_tensors`: float tensors from their stored shapes, quantized layers from their
+views, one slice of rows at a time); then each tensor is converted, permuted, encoded and appended a
+slice of rows (at most :data:`.weights.SLICE_WEIGHTS` weights) at a time (:func:`write_tensor`), so beside the
+model only one slice's copies are alive. The bytes are those gguf's whole-file ``write_tensors_to_file`` writes.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import SLMError
-from ..formats.views import AffineWeight, PalettizedWeight
 from ..io.atomic import atomic_file, refuse_inputs
 from ..io.gguf import ARCHITECTURES, GLOBAL_NAMES, LAYER_NAMES
 from ..loading import model_source
 from ..model_access import model_config
 from .gguf_importance import as_calibration, gguf_importance
-from .gguf_tensors import TYPE_NAMES, encode, encode_quantized, qk_permute, take_rows
+from .gguf_tensors import TYPE_NAMES, block_type, encode, encode_quantized, qk_permute, tensor_type
 from .gguf_vocab import vocab_fields, write_vocab
 from .kquant_plan import PRESETS, check_preset, check_types, matrix_kind
-from .weights import model_weights
+from .weights import ModelWeights, row_slices
 
 log = logging.getLogger(__name__)
 
@@ -161,18 +169,14 @@ def gguf_name(name: str) -> str:
     raise SLMError(f"tensor {name!r} has no place in a llama.cpp {'/'.join(ARCH_OF)} model")
 
 
-def model_tensors(weights: dict, config: dict, arch: str) -> list[tuple[str, object]]:
-    """(GGUF name, value) in llama.cpp's order: embedding, blocks, final norm, head. Quantized layers
-    (listed under their path) get the ``.weight`` name; a llama model's Q/K rows are permuted."""
-    heads = {"q_proj": int(config["num_attention_heads"]),
-             "k_proj": int(config.get("num_key_value_heads") or config["num_attention_heads"])}
-    tensors = []
-    for name, value in weights.items():
-        full = name if name.rsplit(".", 1)[-1] in ("weight", "bias") else f"{name}.weight"
-        projection = full.rsplit(".", 2)[-2]
-        if arch == "llama" and projection in heads:
-            value = take_rows(value, qk_permute(value.shape[0], heads[projection]))
-        tensors.append((gguf_name(full), value))
+def full_name(key: str) -> str:
+    """A weights key as a tensor name: a quantized layer's path gets ``.weight``."""
+    return key if key.rsplit(".", 1)[-1] in ("weight", "bias") else f"{key}.weight"
+
+
+def model_tensors(weights: ModelWeights) -> list[tuple[str, str]]:
+    """(GGUF name, key of ``weights``) in llama.cpp's order: embedding, blocks, final norm, head."""
+    tensors = [(gguf_name(full_name(key)), key) for key in weights]
 
     def order(item):
         parts = item[0].split(".")
@@ -181,6 +185,17 @@ def model_tensors(weights: dict, config: dict, arch: str) -> list[tuple[str, obj
         return ({"token_embd": 0, "output_norm": 2, "output": 3}[parts[0]], 0, item[0])
 
     return sorted(tensors, key=order)
+
+
+def row_order(key: str, rows: int, config: dict, arch: str) -> np.ndarray:
+    """The model's rows of tensor ``key`` in the file's order: a llama model's Q and K rows permuted for
+    llama.cpp's RoPE kernel (:func:`.gguf_tensors.qk_permute`), every other tensor's as they are."""
+    heads = {"q_proj": int(config["num_attention_heads"]),
+             "k_proj": int(config.get("num_key_value_heads") or config["num_attention_heads"])}
+    projection = full_name(key).rsplit(".", 2)[-2]
+    if arch == "llama" and projection in heads:
+        return qk_permute(rows, heads[projection])
+    return np.arange(rows)
 
 
 def write_hyperparameters(writer, config: dict, arch: str, name: str | None) -> None:
@@ -222,22 +237,109 @@ def file_type(records: list) -> int:
     return FILE_TYPES[max(weights, key=weights.get)] if weights else FILE_TYPES["F32"]
 
 
-def kquant_tensors(model, tensors: list, preset, calibration, tokenizer, progress: bool) -> dict:
+def kquant_tensors(model, weights: ModelWeights, tensors: list, preset, calibration, tokenizer,
+                   progress: bool) -> dict:
     """GGUF name -> (type, importance or None) of every matrix under k-quant ``preset`` (a name or a
-    per-tensor plan); SLMError for a quantized model (k-quants are chosen from float weights)."""
-    values = dict(tensors)
-    quantized = [name for name, value in values.items() if isinstance(value, (AffineWeight, PalettizedWeight))]
+    per-tensor plan), from the stored shapes; SLMError for a quantized model (k-quants are chosen from
+    float weights)."""
+    quantized = [name for name, key in tensors if weights.quantized(key)]
     if quantized:
         raise SLMError(f"k-quant presets quantize float models; {quantized[0]} is already quantized "
                        "(export the float model)")
     layers = int(model_config(model)["num_hidden_layers"])
-    tied = "output.weight" not in values
+    tied = "output.weight" not in dict(tensors)
     importance = {} if calibration is None else gguf_importance(model, as_calibration(calibration, tokenizer),
                                                                 progress)
-    widths = {name: value.shape[1] for name, value in tensors if value.ndim == 2}
+    shapes = {name: weights.shape(key) for name, key in tensors}
+    widths = {name: shape[1] for name, shape in shapes.items() if len(shape) == 2}
     kinds = check_types(preset, widths) if isinstance(preset, dict) else \
         {name: matrix_kind(name, width, preset, layers, tied) for name, width in widths.items()}
-    return {name: (kind, importance.get(name)) for name, kind in kinds.items()}
+    return {name: (block_type(kind, widths[name]), importance.get(name)) for name, kind in kinds.items()}
+
+
+@dataclass
+class PlannedTensor:
+    """One tensor of the file, decided before any is written: GGUF name, key in :class:`ModelWeights`,
+    shape [N, K] (model order), GGUF type, how it is written (:func:`.gguf_tensors.tensor_type`, or
+    "quantized" by a k-quant preset) and that preset's importance [K] (or None)."""
+
+    name: str
+    key: str
+    shape: tuple
+    kind: str
+    how: str
+    importance: object = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensor's data: whole blocks of its type along each row."""
+        import gguf
+
+        block, block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[self.kind]]
+        return math.prod(self.shape) // block * block_bytes
+
+
+def plan_tensors(weights: ModelWeights, tensors: list, kquants: dict, float_kind: str,
+                 requantize_kind: str) -> list[PlannedTensor]:
+    """Every tensor's type and size, before any is written (the header lists them): a float tensor's from
+    its stored shape; a quantized layer's from its view, made slice by slice (:func:`layer_type`)."""
+    planned = []
+    for name, key in tensors:
+        shape = weights.shape(key)
+        if name in kquants:
+            kind, importance = kquants[name]
+            planned.append(PlannedTensor(name, key, shape, kind, "quantized", importance))
+        elif weights.quantized(key):
+            planned.append(PlannedTensor(name, key, shape, *layer_type(weights, key, float_kind, requantize_kind)))
+        else:
+            planned.append(PlannedTensor(name, key, shape, *tensor_type(weights.arrays[weights.names[key]], float_kind,
+                                                                        requantize_kind)))
+    return planned
+
+
+def layer_type(weights: ModelWeights, key: str, float_kind: str, requantize_kind: str) -> tuple[str, str]:
+    """(GGUF type, how) of a quantized layer: :func:`.gguf_tensors.tensor_type` of each slice of rows, exact
+    only if every slice is (else requantized, as a whole layer would be)."""
+    shape = weights.shape(key)
+    types = {tensor_type(weights.rows(key, index), float_kind, requantize_kind)
+             for index in row_slices(np.arange(shape[0]), shape)}
+    return types.pop() if len(types) == 1 else (block_type(requantize_kind, shape[1]), "requantized")
+
+
+def write_tensor(out, weights: ModelWeights, planned: PlannedTensor, order: np.ndarray) -> TensorRecord:
+    """Convert, encode and append one tensor's data to ``out`` slice of rows by slice (rows in ``order``),
+    so only one slice's copies are alive; returns its :class:`TensorRecord`."""
+    written, error = 0, 0.0
+    for index in row_slices(order, planned.shape):
+        value = weights.rows(planned.key, index)
+        tensor = encode_quantized(planned.name, value, planned.kind, planned.importance) \
+            if planned.how == "quantized" else encode(planned.name, value, planned.kind, planned.how)
+        tensor.data.tofile(out)
+        written, error = written + tensor.data.nbytes, max(error, tensor.error)
+        del value, tensor  # before the next slice is made
+    if written != planned.nbytes:
+        raise SLMError(f"{planned.name}: wrote {written} bytes, its tensor info says {planned.nbytes}")
+    return TensorRecord(planned.name, planned.kind, planned.shape, written, planned.how, error)
+
+
+def write_header(path, writer, planned: list) -> int:
+    """The header, key-value data and tensor infos (``writer`` holds the keys); returns the data alignment."""
+    import gguf
+
+    for t in planned:  # the weight's own shape (not bytes per row): its type is given as raw_dtype
+        writer.add_tensor_info(t.name, t.shape, np.float32, t.nbytes, raw_dtype=gguf.GGMLQuantizationType[t.kind])
+    try:
+        writer.write_header_to_file(path)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+    finally:
+        writer.close()
+    return writer.data_alignment
+
+
+def pad(out, alignment: int) -> None:
+    """Zeros up to the next multiple of ``alignment`` (each tensor's data starts and ends aligned)."""
+    out.write(bytes(-out.tell() % alignment))
 
 
 def export_gguf(model, tokenizer, path, overwrite: bool = False, types=None, kquant: str | None = None,
@@ -267,39 +369,33 @@ def export_gguf(model, tokenizer, path, overwrite: bool = False, types=None, kqu
     arch = check_config(config)
     inputs = [model_source(model)]
     target = check_output_file(path, overwrite, inputs)
-    weights = model_weights(model)
-    embedding = weights.get("model.embed_tokens", weights.get("model.embed_tokens.weight"))
-    config["vocab_size"] = int(embedding.shape[0])  # what the file's token list must cover
+    weights = ModelWeights(model)
+    embedding = "model.embed_tokens" if "model.embed_tokens" in weights else "model.embed_tokens.weight"
+    config["vocab_size"] = int(weights.shape(embedding)[0])  # what the file's token list must cover
     fields = vocab_fields(tokenizer, config)
+    tensors = model_tensors(weights)
+    kquants = {} if preset is None else kquant_tensors(model, weights, tensors, preset, calibration, tokenizer,
+                                                        progress)
+    planned = plan_tensors(weights, tensors, kquants, float_kind, requantize_kind)
+    source = model_source(model)
+    title = None if source is None else source.stem if source.is_file() else source.name
     report = GGUFReport(path=target)
-    encoded = []
-    tensors = model_tensors(weights, config, arch)
-    plan = {} if preset is None else kquant_tensors(model, tensors, preset, calibration, tokenizer, progress)
-    for name, value in tensors:
-        tensor = encode_quantized(name, value, *plan[name]) if name in plan else encode(name, value, float_kind,
-                                                                                        requantize_kind)
-        encoded.append((name, tensor))
-        report.tensors.append(TensorRecord(name, tensor.kind, tuple(value.shape), tensor.data.nbytes, tensor.how,
-                                           tensor.error))
+    check_output_file(target, overwrite, inputs)  # again: the file may have appeared meanwhile
+    with atomic_file(target, inputs) as partial:
+        writer = gguf.GGUFWriter(None, arch)
+        write_hyperparameters(writer, config, arch, title)
+        writer.add_file_type(PRESETS[preset][1] if isinstance(preset, str) else file_type(planned))
+        writer.add_quantization_version(QUANTIZATION_VERSION)
+        write_vocab(writer, fields)
+        alignment = write_header(partial, writer, planned)
+        with open(partial, "ab") as out:
+            for t in planned:
+                pad(out, alignment)
+                report.tensors.append(write_tensor(out, weights, t, row_order(t.key, t.shape[0], config, arch)))
+                pad(out, alignment)
     dequantized = [t for t in report.tensors if t.how == "dequantized"]
     if dequantized:
         log.warning("%d lut/ternary layers have no GGUF type yet: written dequantized as %s (%s, ...)",
                     len(dequantized), "/".join(sorted({t.kind for t in dequantized})), dequantized[0].name)
-    source = model_source(model)
-    title = None if source is None else source.stem if source.is_file() else source.name
-    check_output_file(target, overwrite, inputs)  # again: the file may have appeared meanwhile
-    with atomic_file(target, inputs) as partial:
-        writer = gguf.GGUFWriter(str(partial), arch)
-        write_hyperparameters(writer, config, arch, title)
-        writer.add_file_type(PRESETS[preset][1] if isinstance(preset, str) else file_type(report.tensors))
-        writer.add_quantization_version(QUANTIZATION_VERSION)
-        write_vocab(writer, fields)
-        for name, tensor in encoded:
-            raw = tensor.data.dtype == "uint8"
-            writer.add_tensor(name, tensor.data, raw_dtype=gguf.GGMLQuantizationType[tensor.kind] if raw else None)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file(progress=False)
-        writer.close()
     report.file_bytes = target.stat().st_size
     return report

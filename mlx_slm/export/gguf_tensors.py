@@ -58,17 +58,6 @@ def qk_permute(rows: int, heads: int) -> np.ndarray:
     return np.arange(rows).reshape(heads, 2, rows // heads // 2).swapaxes(1, 2).reshape(rows)
 
 
-def take_rows(value, order: np.ndarray):
-    """``value`` (float array, AffineWeight or PalettizedWeight) with its rows in ``order`` (lut palettes
-    shared by several rows cannot move, so those layers are dequantized first)."""
-    if isinstance(value, AffineWeight):
-        return AffineWeight(codes=value.codes[order], scales=value.scales[order], biases=value.biases[order],
-                            bits=value.bits, group_size=value.group_size, stored_bytes=value.stored_bytes)
-    if isinstance(value, PalettizedWeight):
-        return dense(value)[order]
-    return value[order]
-
-
 def dense(value) -> np.ndarray:
     """The float32 weight [N, K] of a float array or a quantized layer's view (the formulas of
     :mod:`mlx_slm.formats.views`)."""
@@ -122,21 +111,37 @@ def exact_kind(weight: AffineWeight) -> str | None:
     return kind
 
 
-def encode_float(name: str, weight: np.ndarray, kind: str) -> tuple[np.ndarray, str]:
-    """float32 [N, K] -> (data, GGUF type) in F32/F16/BF16/Q8_0; Q8_0 needs K % 32 == 0 (else F16, as
+def block_type(kind: str, width: int) -> str:
+    """``kind`` for a matrix of rows of ``width`` weights: Q8_0 needs whole 32-weight blocks, else F16 (as
     llama.cpp's converter falls back)."""
+    return "F16" if kind == "Q8_0" and width % BLOCK else kind
+
+
+def tensor_type(value, float_kind: str, requantize_kind: str) -> tuple[str, str]:
+    """(GGUF type, how) of one tensor: 1-D tensors (norms, biases) F32, as llama.cpp keeps them; float
+    matrices ``float_kind``; affine layers their exact block (:func:`exact_kind`) or ``requantize_kind``;
+    palettized layers ``float_kind``, dequantized. Of a float array only the shape is read (the model's
+    own array, unconverted, serves)."""
+    if isinstance(value, AffineWeight):
+        kind = exact_kind(value)
+        return (kind, "exact") if kind else (block_type(requantize_kind, value.shape[1]), "requantized")
+    if isinstance(value, PalettizedWeight):
+        return block_type(float_kind, value.shape[1]), "dequantized"
+    return ("F32", "float") if len(value.shape) != 2 else (block_type(float_kind, value.shape[1]), "float")
+
+
+def encode_float(name: str, weight: np.ndarray, kind: str) -> np.ndarray:
+    """float32 [N, K] -> its data in F32/F16/BF16/Q8_0 (Q8_0 needs K % 32 == 0: :func:`block_type`)."""
     import gguf
 
-    if kind == "Q8_0" and weight.shape[-1] % BLOCK:
-        kind = "F16"
     if kind == "F32":
-        return np.ascontiguousarray(weight, np.float32), kind
+        return np.ascontiguousarray(weight, np.float32)
     if kind == "F16":
         data = weight.astype(np.float16)
         if not np.all(np.isfinite(data)) and np.all(np.isfinite(weight)):
             raise SLMError(f"tensor {name} has values beyond float16's range; export it as f32 or bf16")
-        return data, kind
-    return gguf.quants.quantize(weight, gguf.GGMLQuantizationType[kind]), kind
+        return data
+    return gguf.quants.quantize(weight, gguf.GGMLQuantizationType[kind])
 
 
 def decoded(data: np.ndarray, kind: str, shape: tuple) -> np.ndarray:
@@ -152,37 +157,28 @@ def max_error(weight: np.ndarray, data: np.ndarray, kind: str) -> float:
     return float(np.max(np.abs(decoded(data, kind, weight.shape) - weight), initial=0.0))
 
 
-def encode(name: str, value, float_kind: str, requantize_kind: str) -> Encoded:
-    """One tensor (a float array, an :class:`AffineWeight` or a :class:`PalettizedWeight`) -> :class:`Encoded`.
-
-    1-D tensors (norms, biases) are F32, as llama.cpp keeps them; float matrices ``float_kind``;
-    affine layers their exact block (:func:`exact_kind`) or ``requantize_kind``; palettized layers
-    ``float_kind``, dequantized.
-    """
-    if isinstance(value, AffineWeight):
-        kind = exact_kind(value)
-        if kind is not None:
-            return Encoded(pack_q4_1(value) if kind == "Q4_1" else pack_q5_1(value), kind, "exact")
-        weight, how, kind = dense(value), "requantized", requantize_kind
-    elif isinstance(value, PalettizedWeight):
-        weight, how, kind = dense(value), "dequantized", float_kind
-    elif value.ndim != 2:
-        return Encoded(np.ascontiguousarray(as_float32(value)), "F32", "float")
-    else:
-        weight, how, kind = as_float32(value), "float", float_kind
-    data, kind = encode_float(name, weight, kind)
+def encode(name: str, value, kind: str, how: str) -> Encoded:
+    """One tensor (a float array, an :class:`AffineWeight` or a :class:`PalettizedWeight`) -> :class:`Encoded`
+    of GGUF type ``kind``, written as ``how`` says (:func:`tensor_type` chose both)."""
+    if how == "exact":
+        return Encoded(pack_q4_1(value) if kind == "Q4_1" else pack_q5_1(value), kind, how)
+    weight = dense(value)
+    if weight.ndim != 2:
+        return Encoded(np.ascontiguousarray(weight), kind, how)
+    data = encode_float(name, weight, kind)
     return Encoded(data, kind, how, max_error(weight, data, kind))
 
 
 def encode_quantized(name: str, value, kind: str, importance=None) -> Encoded:
     """A float matrix [N, K] -> :class:`Encoded` of GGUF type ``kind``: a k-quant or a 32-weight block
     (Q4_0, Q4_1, Q5_0, Q5_1) chosen with ``importance`` [K] (None: uniform) by :func:`.kquants.pack_kquant`
-    or :func:`.legacy_quants.pack_legacy`, or Q8_0 / F16 / F32 (:func:`encode_float`)."""
+    or :func:`.legacy_quants.pack_legacy`, or Q8_0 / F16 / F32 (:func:`encode_float`; ``kind`` after
+    :func:`block_type`)."""
     weight = as_float32(value)
     if kind in KINDS:
         data = pack_kquant(weight, importance, kind, name)
     elif kind in LEGACY:
         data = pack_legacy(weight, importance, kind, name)
     else:
-        data, kind = encode_float(name, weight, kind)
+        data = encode_float(name, weight, kind)
     return Encoded(data, kind, "quantized", max_error(weight, data, kind))
