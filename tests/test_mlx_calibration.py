@@ -131,6 +131,20 @@ def test_awq_probe_finds_the_same_groups_on_both_engines(tmp_path, case):
     assert len(found["mlx"]) == (7 if case == "llama-untied" else 6)  # norm -> q/k/v, norm -> gate/up, up -> down
 
 
+def test_gemma3_blocks_one_at_a_time_give_the_models_logits(tmp_path):
+    """Windows of 32 tokens past the 8-token sliding window: each block got the mask the model gives
+    it (float32 weights: the model's own forward pass is the reference, within float32 rounding)."""
+    import mlx.core as mx
+
+    from mlx_slm.calib.mlx_blocks import tail
+
+    model, _ = mlx_slm.load(gemma3_folder(tmp_path), backend="mlx", progress=False)
+    tokens = windows(count=3)
+    h = calibrate_blocks(access(model).calibration_engine("mlx"), [], tokens, False, None, "test", progress=False)
+    got, expected = np.array(tail(model, h)), np.array(model(mx.array(tokens)))
+    assert relative_error(got, expected) < STATISTICS_TOLERANCE
+
+
 def test_gemma3_calibrated_methods_run_on_mlx_and_beat_rtn(tmp_path):
     """The numpy engine cannot run Gemma 3 (sliding-window layers, q/k norms, four norms per block,
     scaled embeddings): its statistics come from mlx-lm's own blocks."""
