@@ -14,7 +14,7 @@ import os
 import sys
 
 from . import interrupt
-from .cli_common import EPILOG, Parser, add_backend, add_calibration, check_output
+from .cli_common import EPILOG, Parser, add_backend, add_calibration, add_cpu_engine, check_output
 from .distill.cli import add_distill_parser
 from .export.cli import add_export_parser
 from .finetune.cli import add_finetune_parser, add_fuse_parser
@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "with a \"text\" field")
     quantize.add_argument("--config", help="YAML/JSON per-layer overrides (by_type, by_name; 'fp16' keeps a layer)")
     quantize.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_cpu_engine(quantize, "the calibration passes of MLX models")
     add_backend(quantize)
     quantize.set_defaults(run=cmd_quantize)
 
@@ -199,9 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
     evaluate.add_argument("--max-windows", type=int, default=None, help="evaluate at most this many windows")
     evaluate.add_argument("--decode-tokens", type=int, default=32, help="greedy tokens timed for decode speed")
-    evaluate.add_argument("--cpu-engine", choices=("numpy", "mlx"), default=None,
-                          help="on a CPU, run MLX models on numpy's BLAS (default for Llama-family models: "
-                               "MLX's CPU exp() is scalar and slow) or on MLX")
+    add_cpu_engine(evaluate, "MLX models")
     evaluate.add_argument("--json", help="also write the results to this JSON file")
     add_backend(evaluate)
     evaluate.set_defaults(run=cmd_eval)

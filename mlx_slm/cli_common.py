@@ -20,6 +20,14 @@ def add_backend(parser) -> None:
                         help="compute backend (default: MLX when importable, else numpy)")
 
 
+def add_cpu_engine(parser, what: str) -> None:
+    """``--cpu-engine``: on a CPU, whether an MLX model's ``what`` runs on the numpy engine or on MLX
+    (default: :func:`mlx_slm.model_access.choose_engine`)."""
+    parser.add_argument("--cpu-engine", choices=("numpy", "mlx"), default=None,
+                        help=f"on a CPU, run {what} on numpy's BLAS (default for Llama-family models: MLX's "
+                             "CPU exp() is scalar and slow) or on MLX (default for every other architecture)")
+
+
 def add_calibration(parser, calib_help: str, num_samples: int | None = None) -> None:
     """``--calib`` (help ``calib_help``), ``--num-samples`` and ``--seq-len``: the calibration windows
     (defaults: :data:`mlx_slm.data.windows.DEFAULT_NUM_SAMPLES` / ``DEFAULT_SEQ_LEN``)."""

@@ -12,8 +12,7 @@ from tqdm import tqdm
 from . import _blas
 from .backend import backend_of
 from .data.windows import token_windows
-from .errors import SLMError
-from .model_access import access, model_config
+from .model_access import access, choose_engine
 from .progress import hidden
 from .stats import weight_stats
 
@@ -78,23 +77,6 @@ class MLXRunner(Runner):
             logits = self.model(mx.argmax(logits[:, -1:], axis=-1), cache=cache)
             mx.eval(logits)
         return steps / (time.perf_counter() - start)
-
-
-def choose_engine(model, cpu_engine: str | None) -> str:
-    """"numpy" or "mlx". On a CPU, Llama-family MLX models default to the numpy engine:
-    MLX's CPU backend computes exp() in scalar code (~70M/s), which makes softmax and
-    SiLU cost more than the matmuls; numpy's vectorized exp and bundled OpenBLAS do not.
-    """
-    if backend_of(model) == "numpy":
-        return "numpy"
-    if cpu_engine not in (None, "numpy", "mlx"):
-        raise SLMError(f"cpu_engine must be 'numpy' or 'mlx', not {cpu_engine!r}")
-    from .models.numpy_llama import SUPPORTED
-    from .runtime import computes_on_cpu
-
-    if not computes_on_cpu() or cpu_engine == "mlx":
-        return "mlx"
-    return "numpy" if model_config(model).get("model_type") in SUPPORTED else "mlx"
 
 
 def make_runner(model, stack: ExitStack, cpu_engine: str | None) -> Runner:

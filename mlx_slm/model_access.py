@@ -66,6 +66,10 @@ class NumpyModel:
         """The NumpyLlama computing calibration statistics: the model itself."""
         return self.model
 
+    def calibration_engine(self, engine: str):
+        """The engine calibrated methods observe: the model itself (``engine`` is "numpy" here)."""
+        return self.model
+
     def write(self, arrays: dict) -> None:
         """Replace parameters (name -> numpy array of unchanged shape and dtype)."""
         if arrays:
@@ -135,9 +139,20 @@ class MLXModel(NumpyModel):
 
         return LazyNumpyWeights(self.arrays())
 
+    def calibration_engine(self, engine: str):
+        """The engine calibrated methods observe: "numpy" (:meth:`numpy_engine`) or "mlx", an
+        :class:`~mlx_slm.calib.mlx_engine.MLXEngine` running the model's own blocks (made once per access)."""
+        if engine == "numpy":
+            return self.numpy_engine()
+        if getattr(self._engine, "backend", None) != "mlx":
+            from .calib.mlx_engine import MLXEngine
+
+            self._engine = MLXEngine(self.model, self.config())
+        return self._engine
+
     def numpy_engine(self):
         """A NumpyLlama twin holding the model's exact weights (made once per access)."""
-        if self._engine is None:
+        if getattr(self._engine, "backend", None) != "numpy":
             from .runtime import numpy_twin
 
             self._engine = numpy_twin(self.model)
@@ -192,7 +207,7 @@ class MLXModel(NumpyModel):
                                               for path, arrays in chosen.items() for suffix, array in arrays.items()]))
 
     def release(self, paths) -> None:
-        """Drop the numpy twin's references to these layers' float weights (they were just quantized)."""
+        """Drop the engine's references to these layers' float weights (they were just quantized)."""
         if self._engine is not None:
             for path in paths:
                 self._engine.weights.pop(f"{path}.weight", None)
@@ -215,6 +230,31 @@ class MLXModel(NumpyModel):
 def access(model) -> NumpyModel:
     """The view of ``model`` matching how it holds its arrays."""
     return NumpyModel(model) if backend_of(model) == "numpy" else MLXModel(model)
+
+
+ENGINES = ("numpy", "mlx")
+
+
+def choose_engine(model, cpu_engine: str | None = None) -> str:
+    """The engine that computes with ``model`` for evaluation and calibration: "numpy" or "mlx".
+
+    A numpy model has only the numpy engine; on a GPU, MLX computes. On a CPU, ``cpu_engine``
+    decides ("numpy" for the models the numpy engine runs), and by default Llama-family models run
+    on the numpy engine (MLX's CPU backend
+    computes exp() in scalar code, ~70M/s, which makes softmax and SiLU cost more than the
+    matmuls; numpy's vectorized exp and bundled OpenBLAS do not) and every other architecture on
+    MLX, with mlx-lm's own model class (the numpy engine runs the Llama family only).
+    """
+    if cpu_engine not in (None, *ENGINES):
+        raise SLMError(f"cpu_engine must be 'numpy' or 'mlx', not {cpu_engine!r}")
+    if backend_of(model) == "numpy":
+        return "numpy"
+    from .models.numpy_llama import SUPPORTED
+    from .runtime import computes_on_cpu
+
+    if not computes_on_cpu() or cpu_engine == "mlx":
+        return "mlx"
+    return "numpy" if model_config(model).get("model_type") in SUPPORTED else "mlx"
 
 
 def model_config(model) -> dict:

@@ -5,15 +5,15 @@ Affine ``rtn`` gives, weight for weight, what ``mlx_lm.convert -q`` gives with t
 same bits and group size: on MLX it is ``nn.quantize``; on numpy it is the
 bit-exact twin in :mod:`mlx_slm.formats.affine`. The calibrated methods
 ``imatrix``, ``gptq`` and ``awq`` (:mod:`mlx_slm.quant`) choose other values in the
-same format from statistics of calibration text run through the numpy engine, one
-decoder block at a time (``awq`` also rescales norm weights and a few float
-parameters, leaving the float model's function unchanged).
+same format from statistics of calibration text run one decoder block at a time, on the
+numpy engine or on mlx-lm's own blocks in MLX (:mod:`mlx_slm.calib`; ``awq`` also rescales
+norm weights and a few float parameters, leaving the float model's function unchanged).
 
 The ``lut`` and ``ternary`` formats (and any per-layer mix of formats) are packed
 by their numpy twins on either backend; on MLX the packed layers become
 :mod:`mlx_slm.layers` modules. Their ``imatrix`` method takes each layer's input
 importance (mean squared activation per column) from ONE pass of the float model
-over the calibration windows on the numpy engine.
+over the calibration windows, on the calibration engine that computes the other methods'.
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
+from .calib.blocks import arrays_of
 from .calib.statistics import InputStatistics
 from .data.windows import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, Calibration
 from .errors import SLMError
 from .formats import get_format
 from .model_access import (
     access,
+    choose_engine,
     float_dtypes,
     model_config,
     require_training,
@@ -109,8 +111,9 @@ def quantization_record(plan: dict, bits: int, group_size: int, user_config: dic
 
 def layer_importance(engine, names, tokens: np.ndarray, progress: bool) -> dict:
     """Mean squared input per column [K] of each layer in ``names``, from one pass of ``engine``
-    (a float NumpyLlama) over ``tokens`` [S, T]. The output head sees the final norm's outputs."""
-    stats = InputStatistics(names, gram=False)
+    (a calibration engine of the float model, :mod:`mlx_slm.calib.blocks`) over ``tokens`` [S, T].
+    The output head sees the final norm's outputs."""
+    stats = InputStatistics(names, False, arrays_of(engine))
     engine.observer = stats
     try:
         for first in tqdm(range(0, len(tokens), STATISTICS_BATCH), desc="activation statistics",
@@ -118,9 +121,10 @@ def layer_importance(engine, names, tokens: np.ndarray, progress: bool) -> dict:
             h = engine.embed(tokens[first : first + STATISTICS_BATCH])
             for layer in range(engine.num_layers):
                 h = engine.block(layer, h)
-            stats(engine.head_name, engine.norm("model.norm", h))
+            stats(engine.head_name, engine.head_input(h))
     finally:
         engine.observer = None
+    stats.release()
     return {name: stats.importance(name) for name in names if stats.watched(name)}
 
 
@@ -141,7 +145,8 @@ def quantize_packed(model, plan: dict, method: str, job: Job) -> None:
     view = access(model)
     importance, weights = {}, view.numpy_weights()  # rtn reads the weights only: any architecture
     if method == "imatrix":
-        engine = view.numpy_engine()
+        job.record["calibration_engine"] = choose_engine(model, job.settings.cpu_engine)
+        engine = view.calibration_engine(job.record["calibration_engine"])
         importance, weights = layer_importance(engine, list(todo), job.tokens, job.progress), engine.weights
     default = job.settings.format
     chosen = {}
@@ -155,7 +160,9 @@ def quantize_packed(model, plan: dict, method: str, job: Job) -> None:
 def quantize_calibrated(model, plan: dict, method: str, job: Job):
     """Choose affine values with :func:`mlx_slm.quant.sequential.sequential_choose` (``method``
     "imatrix", "gptq" or "awq", with the settings in ``job.record``) and store them (and AWQ's
-    rescaled float parameters) in ``model``. Returns the choice."""
+    rescaled float parameters) in ``model``. The statistics come from the engine
+    :func:`~mlx_slm.model_access.choose_engine` picks (recorded as ``calibration_engine``): the numpy
+    engine, or mlx-lm's own blocks on MLX for every architecture it runs. Returns the choice."""
     from .quant.sequential import sequential_choose
 
     todo = [path for path, settings in plan.items() if settings is not None]
@@ -167,7 +174,9 @@ def quantize_calibrated(model, plan: dict, method: str, job: Job):
         view.store_layers(plan, chosen, "affine")
         view.release(chosen)
 
-    choice = sequential_choose(view.numpy_engine(), plan, job.tokens, method, dtypes, job.record.get("gptq"),
+    job.record["calibration_engine"] = choose_engine(model, job.settings.cpu_engine)
+    engine = view.calibration_engine(job.record["calibration_engine"])
+    choice = sequential_choose(engine, plan, job.tokens, method, dtypes, job.record.get("gptq"),
                                job.record.get("awq"), progress=job.progress, param_dtypes=float_dtypes(model),
                                store=store)
     view.write(choice.float_updates)
@@ -266,14 +275,15 @@ def run_method(model, settings: QuantizeConfig, calibration: Calibration, progre
 def keyword_request(bits=None, group_size=None, method="rtn", config=None, format="affine", calib=None,
                     tokenizer=None, num_samples=DEFAULT_NUM_SAMPLES, seq_len=DEFAULT_SEQ_LEN, gptq_options=None,
                     per_row_scale=None, awq_options=None, learned_options=None, target_bpw=None,
-                    blockwise_options=None, e2e_options=None) -> tuple[QuantizeConfig, Calibration]:
+                    blockwise_options=None, e2e_options=None, cpu_engine=None) -> tuple[QuantizeConfig, Calibration]:
     """The keyword form of :func:`quantize` as (QuantizeConfig, Calibration): ``config`` is the
     per-layer overrides, ``calib`` the calibration text, ``METHOD_options`` that method's options."""
     given = {"gptq": gptq_options, "awq": awq_options, "learned": learned_options, "blockwise": blockwise_options,
              "e2e": e2e_options}
     settings = QuantizeConfig(method=method, format=format, bits=bits, group_size=group_size,
                               options={name: value for name, value in given.items() if value is not None},
-                              layers=config, target_bpw=target_bpw, per_row_scale=per_row_scale)
+                              layers=config, target_bpw=target_bpw, per_row_scale=per_row_scale,
+                              cpu_engine=cpu_engine)
     return settings, Calibration(calib, tokenizer, num_samples, seq_len)
 
 

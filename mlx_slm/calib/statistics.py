@@ -1,4 +1,9 @@
-"""Input statistics of linear layers, gathered by observing the numpy forward pass."""
+"""Input statistics of linear layers, gathered by observing an engine's forward pass.
+
+The sums are taken with the engine's own array library (:class:`NumpyArrays` here; MLX's in
+:mod:`.mlx_engine`) and handed to the methods as numpy arrays once a block's pass is over
+(:meth:`InputStatistics.release`): the algorithms (imatrix, GPTQ, AWQ, SparseGPT) are numpy code.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,40 @@ from ..errors import SLMError
 from .hessian import prepare_hessian
 
 
+class NumpyArrays:
+    """How the numpy engine's inputs are summed (the array operations :class:`InputStatistics` uses)."""
+
+    @staticmethod
+    def moments(x: np.ndarray, gram: bool):
+        """(token count, sum of x**2 per column float64 [K], sum of x x^T float32 [K, K] or None) of
+        inputs ``x`` [..., K]."""
+        flat = x.reshape(-1, x.shape[-1])
+        products = flat.T @ flat if gram else None
+        squares = (np.diag(products).astype(np.float64) if gram
+                   else np.einsum("tk,tk->k", flat, flat, dtype=np.float64))
+        return flat.shape[0], squares, products
+
+    @staticmethod
+    def add(total: np.ndarray, more: np.ndarray) -> np.ndarray:
+        """``total + more``, in place."""
+        total += more
+        return total
+
+    concatenate = staticmethod(np.concatenate)
+
+    @staticmethod
+    def numpy(array, dtype) -> np.ndarray:
+        """``array`` as numpy ``dtype`` (no copy when it already is)."""
+        return np.asarray(array, dtype)
+
+
 class RunningSums:
     """Sums over the input tokens x [K] of one or more layers that saw the very same inputs:
     the token count, x**2 per column (float64 [K]) and, with a Gram matrix, x x^T (float32
     [K, K], updated in place: a 14336-wide input's is 0.8 GB, so it is kept once, in float32)."""
 
-    def __init__(self):
+    def __init__(self, arrays):
+        self.arrays = arrays  # NumpyArrays or the MLX engine's
         self.serials: list[int] = []  # the inputs added, in order
         self.count = 0
         self.squares = None
@@ -27,22 +60,31 @@ class RunningSums:
         if self.squares is None:  # no other sums start with this input: its arrays can be kept as they are
             self.squares, self.products = squares, products
             return
-        self.squares += squares
+        self.squares = self.arrays.add(self.squares, squares)
         if products is not None:
-            self.products += products
+            self.products = self.arrays.add(self.products, products)
+
+    def to_numpy(self) -> None:
+        """Hold the sums as numpy arrays (squares float64, products float32)."""
+        self.squares = self.arrays.numpy(self.squares, np.float64)
+        if self.products is not None:
+            self.products = self.arrays.numpy(self.products, np.float32)
 
 
 class InputStatistics:
-    """Observer for :meth:`NumpyLlama.linear`: per watched layer, over every input token x [K],
-    the sum of x**2 per column and (with ``gram=True``) the sum of x x^T.
+    """Observer of an engine's linear layers (``engine.observer``: called with each layer's name and
+    input x [..., K]): per watched layer, over every input token x [K], the sum of x**2 per column
+    and (with ``gram=True``) the sum of x x^T, taken with ``arrays`` (the engine's array operations,
+    default numpy). Read them after :meth:`release`.
 
     Layers that share one input array (q/k/v, gate/up) share its computation and one
     :class:`RunningSums`.
     """
 
-    def __init__(self, names, gram: bool):
+    def __init__(self, names, gram: bool, arrays=NumpyArrays):
         self.names = set(names)
         self.gram = gram
+        self.arrays = arrays
         self.sums: dict[str, RunningSums] = {}
         self.inputs_seen: dict[str, list[int]] = {}  # per layer, the serial numbers of the inputs it saw
         self._serial = 0
@@ -52,17 +94,13 @@ class InputStatistics:
         if name not in self.names:
             return
         if self._last is None or self._last[0] is not x:
-            flat = x.reshape(-1, x.shape[-1])
-            products = flat.T @ flat if self.gram else None
-            squares = (np.diag(products).astype(np.float64) if self.gram
-                       else np.einsum("tk,tk->k", flat, flat, dtype=np.float64))
             self._serial += 1
-            self._last = (x, flat.shape[0], squares, products, None)
+            self._last = (x, *self.arrays.moments(x, self.gram), None)
         seen = self.inputs_seen.setdefault(name, [])
         seen.append(self._serial)
         sums = self.sums.get(name)
         if sums is None:  # the layer's first input: share the sums of a layer whose first it was too
-            sums = self._last[4] or RunningSums()
+            sums = self._last[4] or RunningSums(self.arrays)
             self._last = self._last[:4] + (sums,)
             self.sums[name] = sums
         if sums.serials == seen[:-1]:
@@ -113,4 +151,7 @@ class InputStatistics:
                 sums.products *= inverse32[None, :]
 
     def release(self) -> None:
+        """End of the pass: forget the last input and hold every sum as numpy arrays."""
         self._last = None
+        for sums in {id(sums): sums for sums in self.sums.values()}.values():
+            sums.to_numpy()

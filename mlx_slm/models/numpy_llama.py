@@ -282,9 +282,13 @@ class NumpyLlama:
         """The layer that maps hidden states to logits (the embedding when tied)."""
         return "model.embed_tokens" if self.tied else "lm_head"
 
+    def head_input(self, h: np.ndarray) -> np.ndarray:
+        """What the head reads, the final norm of the last block's output: [B, T, D] -> [B, T, D]."""
+        return self.norm("model.norm", h)
+
     def head(self, h: np.ndarray) -> np.ndarray:
         """Final norm and output projection: [B, T, D] -> logits [B, T, vocab]."""
-        return self.linear(self.head_name, self.norm("model.norm", h))
+        return self.linear(self.head_name, self.head_input(h))
 
     def __call__(self, tokens, cache: KVCache | None = None) -> np.ndarray:
         h = self.embed(tokens)

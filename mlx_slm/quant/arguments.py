@@ -63,4 +63,4 @@ def quantize_config(args) -> QuantizeConfig:
     """The checked QuantizeConfig of ``mlx-slm quantize``'s arguments."""
     return QuantizeConfig(method=args.method, format=args.format, bits=args.bits, group_size=args.group_size,
                           options=method_options(args), layers=args.config, target_bpw=args.target_bpw,
-                          per_row_scale=args.per_row_scale).check()
+                          per_row_scale=args.per_row_scale, cpu_engine=args.cpu_engine).check()

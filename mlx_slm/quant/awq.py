@@ -84,7 +84,7 @@ def search_scales(layers: list, importance: np.ndarray, hessian: np.ndarray, gri
 
 
 class ScaleWriter:
-    """Applies a group's scales to a NumpyLlama ``engine`` and collects the float parameters that change.
+    """Applies a group's scales to a calibration ``engine`` and collects the float parameters that change.
 
     planned: layers that will be quantized (their scaled float32 weights stay in the engine's dense
     cache to be quantized from); other layers and norms / biases are rounded to their stored dtype

@@ -43,6 +43,7 @@ from mlx import nn
 from mlx.utils import tree_flatten, tree_unflatten
 from tqdm import tqdm
 
+from ..calib.mlx_blocks import block_inputs, block_masks, blocks_of
 from ..distill.losses import kl, log_softmax
 from ..errors import SLMError
 from ..model_access import require_training
@@ -51,65 +52,6 @@ from ..runtime import fast_cpu, restore_dtypes, widen_floats
 from .block_checkpoints import BlockCheckpoints, fingerprint
 from .fake_quant import QUANT_PARAMS, make_twin, store_twin
 from .methods.blockwise import BlockwiseConfig
-
-
-class Recorder:
-    """Stands in for a block during one forward pass: records its input and mask, then runs it
-    (or stops the pass with :class:`Stop`). Other attributes are the block's."""
-
-    def __init__(self, block, stop: bool):
-        self.block, self.stop, self.seen = block, stop, None
-
-    def __getattr__(self, key):
-        return getattr(self.block, key)
-
-    def __call__(self, x, mask=None, cache=None):
-        self.seen = (x, mask)
-        if self.stop:
-            raise Stop
-        return self.block(x, mask, cache=cache)
-
-
-class Stop(Exception):
-    pass
-
-
-def blocks_of(model) -> list:
-    blocks = getattr(model, "layers", None)
-    if not isinstance(blocks, list) or not blocks:
-        raise SLMError("blockwise reconstruction needs a model whose decoder blocks are listed in model.layers")
-    return blocks
-
-
-def block_masks(model, tokens: mx.array) -> list:
-    """The attention mask the model hands each block for windows of ``tokens``'s length."""
-    blocks = blocks_of(model)
-    recorders = [Recorder(block, stop=False) for block in blocks]
-    blocks[:] = recorders
-    try:
-        mx.eval(model(tokens[:1]))
-    finally:
-        blocks[:] = [r.block for r in recorders]
-    return [r.seen[1] for r in recorders]
-
-
-def block_inputs(model, tokens: np.ndarray, batch_size: int) -> mx.array:
-    """The first block's inputs [S, T, D] float32 for windows ``tokens`` [S, T]."""
-    blocks = blocks_of(model)
-    recorder = Recorder(blocks[0], stop=True)
-    blocks[0] = recorder
-    out = []
-    try:
-        for first in range(0, len(tokens), batch_size):
-            try:
-                model(mx.array(tokens[first:first + batch_size]))
-            except Stop:
-                pass
-            out.append(recorder.seen[0].astype(mx.float32))
-            mx.eval(out[-1])
-    finally:
-        blocks[0] = recorder.block
-    return mx.concatenate(out)
 
 
 def held_out_kl(model, teacher, tokens: np.ndarray) -> float:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import SLMError
 from ..formats import get_format
+from ..model_access import ENGINES
 from .methods import get_method
 
 
@@ -25,6 +26,8 @@ class QuantizeConfig:
     per weight (:mod:`mlx_slm.quant.budget`); not combined with ``layers``.
     per_row_scale: lut only: a float16 scale per output row (None: on when a palette
     serves several rows).
+    cpu_engine: on a CPU, which engine an MLX model's calibration statistics come from, "numpy"
+    or "mlx" (None: :func:`mlx_slm.model_access.choose_engine`'s default).
     """
 
     method: str = "rtn"
@@ -35,12 +38,15 @@ class QuantizeConfig:
     layers: dict | str | Path | None = None
     target_bpw: float | None = None
     per_row_scale: bool | None = None
+    cpu_engine: str | None = None
 
     def check(self) -> QuantizeConfig:
         """SLMError for a request no layer could take; returns a copy whose ``options`` hold
         every method it runs, checked and with defaults."""
         method = get_method(self.method)
         get_format(self.format).check(*self.bits_and_group())
+        if self.cpu_engine not in (None, *ENGINES):
+            raise SLMError(f"cpu_engine must be 'numpy' or 'mlx', not {self.cpu_engine!r}")
         given = {name: self._given(name, value) for name, value in (self.options or {}).items()}
         used, todo = [], [method.name]
         while todo:

@@ -139,7 +139,7 @@ def probe_input(engine, seed: int = 0) -> np.ndarray:
 
 
 def block_groups(engine, layer: int) -> list[ScalingGroup]:
-    """Scaling groups inside decoder block ``layer`` of a NumpyLlama ``engine``."""
+    """Scaling groups inside decoder block ``layer`` of a calibration ``engine`` (numpy or MLX)."""
     prefix = f"model.layers.{layer}."
     parameters = [name for name in engine.weights if name.startswith(prefix)]
     return probe_groups(engine, lambda h: engine.block(layer, h), parameters, probe_input(engine))

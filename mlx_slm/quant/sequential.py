@@ -3,7 +3,9 @@
 Block i is calibrated on the hidden states that the already-quantized blocks
 < i produce, so later blocks see (and compensate for) the earlier blocks'
 errors. Only one block's inputs ``[num_samples, seq_len, hidden]`` are held at a
-time. Runs on the numpy engine (:class:`~mlx_slm.models.numpy_llama.NumpyLlama`).
+time. Runs on either calibration engine (:mod:`mlx_slm.calib.blocks`): the numpy engine
+(:class:`~mlx_slm.models.numpy_llama.NumpyLlama`) or mlx-lm's own blocks on MLX
+(:class:`~mlx_slm.calib.mlx_engine.MLXEngine`); the values are chosen by numpy code either way.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..calib.blocks import calibrate_blocks
+from ..calib.blocks import arrays_of, calibrate_blocks
 from ..calib.statistics import InputStatistics
 from ..errors import SLMError
 from ..formats import affine
@@ -140,9 +142,10 @@ def sequential_choose(engine, plan: dict, tokens: np.ndarray, method: str, dtype
 
     head = engine.head_name
     if head in todo:
-        stats = InputStatistics([head], gram=gram)
+        stats = InputStatistics([head], gram, arrays_of(engine))
         for i in range(0, len(h), batch_size):
-            stats(head, engine.norm("model.norm", h[i : i + batch_size]))
+            stats(head, engine.head_input(h[i : i + batch_size]))
+        stats.release()
         if awq_settings:
             rescale(head_groups(engine), stats)
         quantize_layers([head], stats, quantizer, later_blocks_read_them=False)
