@@ -33,7 +33,7 @@ def test_teacher_logits_are_the_models_float32_logits(tmp_path, kind):
     """Llama runs on the numpy engine (as evaluation does on a CPU), Gemma 3 on MLX in float32:
     either way a batch of windows gives the model's own logits."""
     from mlx_slm.distill.teacher import teacher_logits
-    from mlx_slm.evaluate import choose_engine
+    from mlx_slm.model_access import choose_engine
 
     folder = (tiny_model_folder(tmp_path, "llama") if kind == "llama" else
               write_model_folder(tmp_path / "gemma3", GEMMA3, gemma3_weights(GEMMA3), tiny_tokenizer()))

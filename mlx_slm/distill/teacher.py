@@ -1,7 +1,7 @@
 """The float teacher's logits and their top-k: one way for every trainer that distils
 (learned scales, distillation and end-to-end QAT, their teacher caches).
 
-The teacher runs on the engine :func:`mlx_slm.evaluate.choose_engine` picks for
+The teacher runs on the engine :func:`mlx_slm.model_access.choose_engine` picks for
 evaluation (on a CPU the numpy engine for the Llama family, MLX in float32 otherwise),
 so a teacher's logits are the ones the evaluation scores against.
 """
