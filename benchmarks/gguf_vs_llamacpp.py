@@ -23,7 +23,8 @@ Needs llama.cpp's tools (llama-quantize, llama-imatrix, llama-perplexity) in ``-
    calibrated. IQ files have no counterpart; the comparison names our largest file not above theirs.
    With ``--fallback iq4_nl``, our rows are instead our own choice at the same size: that file's types
    with every Q4_0 (the Q2_K/Q3_K fallback) replaced by IQ4_NL (also 18 bytes per 32 weights), compared
-   with llama.cpp's file of the same recipe and with its IQ files no smaller than ours.
+   with llama.cpp's file of the same recipe, with its IQ files no smaller than ours, and with llama.cpp
+   told exactly our types (llama-quantize --tensor-type-file, with the importance matrix).
 5. llama-perplexity on Debian's fortunes (``--max-windows`` chunks of ``--seq-len`` tokens from the
    start): the fp16 file's logits saved once, then each file's mean KL(fp16 || file) over the second
    half of each chunk (llama.cpp's convention), its perplexity and top-1 agreement.
@@ -157,7 +158,7 @@ def table(rows: list) -> str:
 
 
 def compared(ours: dict, theirs: dict) -> dict:
-    return {"llama_cpp": f"{theirs['type']} ({theirs['calibration']})", "ours": f"{label(ours)} "
+    return {"llama_cpp": f"{label(theirs)} ({theirs['calibration']})", "ours": f"{label(ours)} "
             f"({ours['calibration']})", "llama_cpp_kld": theirs["kld"], "ours_kld": ours["kld"],
             "ratio": ours["kld"] / theirs["kld"], "llama_cpp_mb": theirs["file_mb"], "ours_mb": ours["file_mb"]}
 
@@ -165,11 +166,12 @@ def compared(ours: dict, theirs: dict) -> dict:
 def comparisons(rows: list) -> list:
     """Ours / llama.cpp's KL: at the same types (calibrated against imatrix, plain against plain), and
     for IQ files our calibrated file of the largest size not above theirs; then each of our rows with a
-    fallback against llama.cpp's file of the same recipe and its IQ files no smaller than ours."""
+    fallback against llama.cpp's file of the same recipe (with or without that fallback) and its IQ files
+    no smaller than ours."""
     ours = [r for r in rows if r["tool"] == "mlx_slm" and not r.get("fallback")]
     theirs_all = [r for r in rows if r["tool"] == "llama.cpp"]
     found = []
-    for theirs in theirs_all:
+    for theirs in (r for r in theirs_all if not r.get("fallback")):
         calibrated = theirs["calibration"] != "none"
         same = [r for r in ours if r["type"] == theirs["type"] and (r["calibration"] != "none") == calibrated]
         if not same:
@@ -180,8 +182,9 @@ def comparisons(rows: list) -> list:
     for mine in (r for r in rows if r["tool"] == "mlx_slm" and r.get("fallback")):
         calibrated = mine["calibration"] != "none"
         for theirs in theirs_all:
-            if (theirs["calibration"] != "none") == calibrated and (theirs["type"] == mine["type"] or (
-                    theirs["type"].startswith("IQ") and theirs["file_mb"] >= mine["file_mb"])):
+            if (theirs["calibration"] != "none") == calibrated and theirs.get("fallback") in (None, mine["fallback"]) \
+                    and (theirs["type"] == mine["type"] or (theirs["type"].startswith("IQ")
+                                                            and theirs["file_mb"] >= mine["file_mb"])):
                 found.append(compared(mine, theirs))
     return found
 
@@ -189,6 +192,12 @@ def comparisons(rows: list) -> list:
 def our_plan(path: Path, fallback: str | None) -> dict:
     """The per-tensor types of llama.cpp's file, with every Q4_0 replaced by ``fallback`` (None: kept)."""
     return {name: fallback if fallback and kind == "Q4_0" else kind for name, kind in file_types(path).items()}
+
+
+def types_file(path: Path, plan: dict) -> Path:
+    """llama-quantize's --tensor-type-file naming every matrix's type (anchored, escaped name patterns)."""
+    path.write_text("".join(f"^{re.escape(name)}$={kind.lower()}\n" for name, kind in plan.items()))
+    return path
 
 
 def kept_rows(path: Path, record: dict, rows: list) -> list:
@@ -263,12 +272,24 @@ def main() -> None:
     for kind in kinds:  # the plain files name the types of ours (written, unjudged, where skipped above)
         if not (out / f"llama-{kind}.gguf").is_file():
             run([quantize, fp16, out / f"llama-{kind}.gguf", kind, args.threads])
+    fallback = args.fallback.upper() if args.fallback else None
+    for kind in kinds if fallback else ():  # llama.cpp told our types
+        if saved.has("llama.cpp", kind, "imatrix", fallback):
+            continue
+        plan, path = our_plan(out / f"llama-{kind}.gguf", fallback), out / f"llama-{kind}+{fallback}-imatrix.gguf"
+        _, seconds = run([quantize, "--imatrix", imatrix, "--tensor-type-file",
+                          types_file(out / f"{kind}+{fallback}.types", plan), fp16, path, kind, args.threads])
+        if file_types(path) != plan:
+            raise SystemExit(f"llama-quantize did not follow {out / f'{kind}+{fallback}.types'}")
+        rows.append({"tool": "llama.cpp", "type": kind, "fallback": fallback, "calibration": "imatrix",
+                     "quant_seconds": seconds + imatrix_seconds, **judge(path)})
+        saved.write()
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
 
     # the decoded windows may re-tokenize a token short: then both tools read one window less (llama-imatrix
     # the whole chunks there are, our export the same consecutive windows)
     windows = min(args.num_samples, len(tokenizer.encode(calib.read_text())) // args.calib_seq_len)
     ours = Calibration(calib, tokenizer, windows, args.calib_seq_len)
-    fallback = args.fallback.upper() if args.fallback else None
     for kind in kinds:
         plan = our_plan(out / f"llama-{kind}.gguf", fallback)
         for calibration in (ours,) if args.calibrated_only else (None, ours):
