@@ -38,6 +38,7 @@ CASES = {  # name: (mlx_slm.quantize settings, export_gguf keyword arguments)
     "q3_k_m": ({}, {"kquant": "q3_k_m"}),
     "q2_k": ({}, {"kquant": "q2_k"}),
     "legacy": ({}, {"kquant": "legacy"}),  # every 32-weight block type, by a per-tensor plan
+    "iq4_nl": ({}, {"kquant": "iq4_nl"}),  # IQ4_NL everywhere (per-tensor plan), packed by mlx_slm.export.iq4_nl
 }
 LEGACY = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
 
@@ -94,9 +95,10 @@ def test_llama_cpp_runs_the_export(tmp_path, tiny_folder, case):
     if settings:
         mlx_slm.quantize(model, progress=False, **settings)
     path = tmp_path / f"{case}.gguf"
-    if export.get("kquant") == "legacy":
+    if export.get("kquant") in ("legacy", "iq4_nl"):
         names = [name for name, value in model_weights(model).items() if value.ndim == 2]
-        export = {"kquant": {gguf_name(name): LEGACY[i % len(LEGACY)] for i, name in enumerate(names)}}
+        kinds = LEGACY if export["kquant"] == "legacy" else ("IQ4_NL",)
+        export = {"kquant": {gguf_name(name): kinds[i % len(kinds)] for i, name in enumerate(names)}}
     report = mlx_slm.export_gguf(model, tokenizer, path, **export)
     if report.errors():
         model, _ = mlx_slm.load(path, dtype="float32", progress=False)

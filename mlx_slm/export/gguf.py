@@ -45,7 +45,7 @@ REQUANTIZE_CHOICES = tuple(TYPE_NAMES)  # --requantize-type: affine layouts no G
 ARCH_OF = {model_type: arch for arch, model_type in ARCHITECTURES.items()}  # model_type -> GGUF architecture
 GGUF_STEMS = {**{hf: gg for gg, hf in GLOBAL_NAMES.items()}, **{hf: gg for gg, hf in LAYER_NAMES.items()}}
 FILE_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K": 11,
-              "Q4_K": 14, "Q5_K": 16, "Q6_K": 18, "BF16": 32}  # llama.cpp's LlamaFileType (k-quants: their _S)
+              "Q4_K": 14, "Q5_K": 16, "Q6_K": 18, "IQ4_NL": 25, "BF16": 32}  # llama.cpp's LlamaFileType (K: _S)
 CHANGED = ("quantized", "requantized", "dequantized")  # TensorRecord.how of tensors not written exactly
 QUANTIZATION_VERSION = 2  # ggml's GGML_QNT_VERSION, which llama.cpp writes into every file
 
@@ -353,7 +353,7 @@ def export_gguf(model, tokenizer, path, overwrite: bool = False, types=None, kqu
     lut/ternary layers the float type (both measured).
     kquant: a preset of :data:`.kquant_plan.PRESETS` (q4_k_m, q3_k_m, q2_k .. q6_k) for a float model:
     its matrices become k-quants (or the preset's fallbacks) instead of ``types``' float type; or a dict
-    naming every matrix's type (GGUF name -> Q2_K .. Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, F16, F32).
+    naming every matrix's type (GGUF name -> Q2_K .. Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, F16, F32).
     calibration: with ``kquant``, a :class:`~mlx_slm.data.windows.Calibration` or calibration text
     (path or list of strings); the k-quants then minimize the error weighted by each column's mean
     squared input (None: unweighted). progress: show the calibration pass's progress.

@@ -18,7 +18,7 @@ dequantized float32 weight to Q8_0 (or a float type), and lut/ternary layers, wh
 holds yet, are dequantized; their largest absolute error is measured on the written bytes. With a
 k-quant preset, float matrices are quantized (:func:`encode_quantized`): to k-quants packed by
 :mod:`.kquants`, to the 32-weight blocks a preset falls back to by :mod:`.legacy_quants` (Q8_0 by the
-``gguf`` package).
+``gguf`` package), and to IQ4_NL (which a per-tensor plan may name) by :mod:`.iq4_nl`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import numpy as np
 from ..errors import SLMError
 from ..formats.dtypes import as_float32
 from ..formats.views import AffineWeight, PalettizedWeight
+from .iq4_nl import pack_iq4_nl
 from .kquant_blocks import KINDS
 from .kquants import pack_kquant
 from .legacy_quants import LEGACY, half_bytes, high_bits, nibbles, pack_legacy
@@ -171,14 +172,16 @@ def encode(name: str, value, kind: str, how: str) -> Encoded:
 
 def encode_quantized(name: str, value, kind: str, importance=None) -> Encoded:
     """A float matrix [N, K] -> :class:`Encoded` of GGUF type ``kind``: a k-quant or a 32-weight block
-    (Q4_0, Q4_1, Q5_0, Q5_1) chosen with ``importance`` [K] (None: uniform) by :func:`.kquants.pack_kquant`
-    or :func:`.legacy_quants.pack_legacy`, or Q8_0 / F16 / F32 (:func:`encode_float`; ``kind`` after
-    :func:`block_type`)."""
+    (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL) chosen with ``importance`` [K] (None: uniform) by
+    :func:`.kquants.pack_kquant`, :func:`.legacy_quants.pack_legacy` or :func:`.iq4_nl.pack_iq4_nl`, or
+    Q8_0 / F16 / F32 (:func:`encode_float`; ``kind`` after :func:`block_type`)."""
     weight = as_float32(value)
     if kind in KINDS:
         data = pack_kquant(weight, importance, kind, name)
     elif kind in LEGACY:
         data = pack_legacy(weight, importance, kind, name)
+    elif kind == "IQ4_NL":
+        data = pack_iq4_nl(weight, importance, name)
     else:
         data = encode_float(name, weight, kind)
     return Encoded(data, kind, "quantized", max_error(weight, data, kind))

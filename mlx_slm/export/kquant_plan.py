@@ -14,6 +14,8 @@ Q8_0; Q2_K/Q3_K to Q4_0, Q4_K to Q5_0, Q5_K to Q5_1, Q6_K to Q8_0; F16 if not a 
 
 Instead of a preset, a plan may name every matrix's type (``{"blk.0.attn_q.weight": "Q4_0", ...}``, e.g.
 the types of a file llama.cpp's quantizer wrote, for a comparison at the same size): :func:`check_types`.
+Besides the presets' types it may name IQ4_NL (:mod:`.iq4_nl`: 32-weight blocks on a non-uniform grid,
+Q4_0's size).
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from .kquant_blocks import KINDS, SUPER
 PRESETS = {"q4_k_m": ("Q4_K", 15), "q3_k_m": ("Q3_K", 12), "q2_k": ("Q2_K", 10), "q3_k": ("Q3_K", 11),
            "q4_k": ("Q4_K", 14), "q5_k": ("Q5_K", 16), "q6_k": ("Q6_K", 18)}  # -> (base type, llama.cpp file type)
 FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
-LEGACY_BLOCK = 32  # weights per Q4_0/Q5_0/Q5_1/Q8_0 block
-ROW_MULTIPLE = {**{kind: SUPER for kind in KINDS}, **{kind: LEGACY_BLOCK for kind in ("Q4_0", "Q4_1", "Q5_0", "Q5_1",
-                                                                                      "Q8_0")}, "F16": 1, "F32": 1}
+LEGACY_BLOCK = 32  # weights per Q4_0/Q5_0/Q5_1/Q8_0/IQ4_NL block
+ROW_MULTIPLE = {**{kind: SUPER for kind in KINDS}, "F16": 1, "F32": 1,
+                **{kind: LEGACY_BLOCK for kind in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL")}}
 
 
 def check_preset(preset):
