@@ -186,6 +186,26 @@ def test_gemma3_lut_imatrix_takes_importance_from_mlx(tmp_path):
     assert kl["imatrix"] < 0.99 * kl["rtn"], kl
 
 
+def test_gemma3_wanda_and_sparsegpt_prune_on_mlx(tmp_path):
+    """Wanda and SparseGPT read their statistics from mlx-lm's blocks for Gemma 3: exact 50% sparsity in
+    every decoder linear layer, and both nearer the float model than magnitude pruning (KL asserted)."""
+    from mlx_slm.prune import prune
+
+    folder = gemma3_folder(tmp_path)
+    kl = {}
+    for method in ("magnitude", "wanda", "sparsegpt"):
+        model, tokenizer = mlx_slm.load(folder, backend="mlx", progress=False)
+        prune(model, method=method, sparsity=0.5, calib=[sample_text(60)], tokenizer=tokenizer, num_samples=8,
+              seq_len=64, progress=False)
+        for path, weight in access(model).arrays().items():
+            if path.startswith("model.layers.") and path.endswith("proj.weight"):
+                assert np.count_nonzero(np.array(weight) == 0) == weight.size // 2, path
+        kl[method] = kl_to(folder, model, tokenizer)
+        if method != "magnitude":
+            assert mlx_slm.model_config(model)["mlx_slm"]["pruning"][-1]["calibration_engine"] == "mlx"
+    assert kl["wanda"] < kl["magnitude"] and kl["sparsegpt"] < kl["magnitude"], kl
+
+
 @pytest.mark.parametrize("model_type,cpu_engine,expected", [
     ("llama", None, "numpy"), ("qwen3", None, "numpy"), ("gemma3_text", None, "mlx"),
     ("llama", "mlx", "mlx"), ("gemma3_text", "mlx", "mlx"),

@@ -18,7 +18,7 @@ from ..calib.blocks import calibrate_blocks
 from ..data.windows import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, calibration_windows
 from ..errors import SLMError
 from ..formats.dtypes import as_float32, round_to
-from ..model_access import access
+from ..model_access import access, choose_engine
 from .common import add_record, check_float_model
 from .masks import check_pattern_fits, check_sparsity, magnitude_mask, parse_pattern
 from .sparsegpt import sparsegpt_prune
@@ -87,7 +87,8 @@ def prune_layer(method: str, w: np.ndarray, target, stats, name: str, options: d
 
 def prune_weights(engine, plan: dict, method: str, tokens=None, options: dict | None = None,
                   dtypes: dict | None = None, batch_size: int = 4, progress: bool = True) -> dict:
-    """Pruned weights of every planned layer of the numpy ``engine``: path -> array in its stored dtype.
+    """Pruned weights of every planned layer of the calibration ``engine`` (the numpy engine, or
+    :class:`~mlx_slm.calib.mlx_engine.MLXEngine`): path -> numpy array in its stored dtype.
 
     plan: path -> target (None = keep dense); tokens [S, T]: calibration windows (Wanda / SparseGPT).
     dtypes: path -> dtype to store (default: the engine's). The engine's stored weights are
@@ -139,7 +140,8 @@ def prune(model, method: str = "wanda", sparsity: float = 0.5, pattern=None, cal
     if unknown:
         raise SLMError(f"unknown sparsegpt_options {sorted(unknown)}; known: {sorted(SPARSEGPT_DEFAULTS)}")
     view = access(model)
-    engine = view.numpy_engine()
+    engine_name = choose_engine(model)
+    engine = view.calibration_engine(engine_name)
     candidates = decoder_linears(engine.weights)
     if not candidates:
         raise SLMError("the model has no decoder linear layers to prune")
@@ -155,6 +157,7 @@ def prune(model, method: str = "wanda", sparsity: float = 0.5, pattern=None, cal
             raise SLMError(f"{method} needs calibration text: pass calib=<.txt/.jsonl path or list of strings> "
                            "(--calib FILE), or use method='magnitude'")
         tokens, record["calibration"] = calibration_windows(tokenizer, calib, num_samples, seq_len)
+        record["calibration_engine"] = engine_name
     if method == "sparsegpt":
         record["sparsegpt"] = {**SPARSEGPT_DEFAULTS, **(sparsegpt_options or {})}
     dtypes = view.dtypes()
