@@ -24,10 +24,9 @@ import itertools
 
 import numpy as np
 
-from ..errors import SLMError
 from ..formats.weighting import importance_weights
 from ..quant.imatrix import in_row_chunks
-from .kquants import Best
+from .kquants import Best, check_matrix
 from .legacy_quants import half_bytes, half_candidates, nibbles
 
 BLOCK = 32  # weights per block
@@ -111,12 +110,7 @@ def dequantize_iq4_nl(indices: np.ndarray, d: np.ndarray) -> np.ndarray:
 
 def quantize_iq4_nl(w: np.ndarray, importance=None, name: str = "tensor") -> tuple[np.ndarray, np.ndarray]:
     """float matrix [N, K] and importance [K] (or None) -> ``(indices uint8 [N, K], d float16 [N, K/32])``."""
-    if w.ndim != 2 or w.shape[1] % BLOCK:
-        raise SLMError(f"{name}: IQ4_NL needs rows of a multiple of {BLOCK} weights, not shape {w.shape}")
-    if not np.all(np.isfinite(w)):
-        raise SLMError(f"{name}: the weight has non-finite values")
-    if importance is not None and np.shape(importance) != (w.shape[1],):
-        raise SLMError(f"{name}: importance must have shape ({w.shape[1]},), not {np.shape(importance)}")
+    check_matrix(w, importance, BLOCK, "IQ4_NL", name)
     return choose_iq4_nl(w, importance, name)
 
 

@@ -177,16 +177,22 @@ def choose_blocks(w: np.ndarray, importance, kind_name: str):
     return out
 
 
-def quantize_blocks(w: np.ndarray, importance=None, kind_name: str = "Q4_K", name: str = "tensor") -> KQuantBlocks:
-    """float matrix w [N, K] (K a multiple of 256) and importance [K] (or None) -> :class:`KQuantBlocks`."""
-    if kind_name not in KINDS:
-        raise SLMError(f"k-quant type must be one of {', '.join(KINDS)}, not {kind_name!r}")
-    if w.ndim != 2 or w.shape[1] % SUPER:
-        raise SLMError(f"{name}: {kind_name} needs rows of a multiple of {SUPER} weights, not shape {w.shape}")
+def check_matrix(w: np.ndarray, importance, multiple: int, kind_name: str, name: str) -> None:
+    """SLMError unless ``w`` is a finite matrix [N, K] with K a multiple of ``multiple`` (the block of
+    GGUF type ``kind_name``) and ``importance`` is None or [K]."""
+    if w.ndim != 2 or w.shape[1] % multiple:
+        raise SLMError(f"{name}: {kind_name} needs rows of a multiple of {multiple} weights, not shape {w.shape}")
     if not np.all(np.isfinite(w)):
         raise SLMError(f"{name}: the weight has non-finite values")
     if importance is not None and np.shape(importance) != (w.shape[1],):
         raise SLMError(f"{name}: importance must have shape ({w.shape[1]},), not {np.shape(importance)}")
+
+
+def quantize_blocks(w: np.ndarray, importance=None, kind_name: str = "Q4_K", name: str = "tensor") -> KQuantBlocks:
+    """float matrix w [N, K] (K a multiple of 256) and importance [K] (or None) -> :class:`KQuantBlocks`."""
+    if kind_name not in KINDS:
+        raise SLMError(f"k-quant type must be one of {', '.join(KINDS)}, not {kind_name!r}")
+    check_matrix(w, importance, SUPER, kind_name, name)
     return KQuantBlocks(KINDS[kind_name], *choose_blocks(w, importance, kind_name))
 
 

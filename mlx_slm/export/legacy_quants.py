@@ -27,7 +27,7 @@ from ..errors import SLMError
 from ..formats.weighting import importance_weights
 from ..quant.imatrix import in_row_chunks
 from .kquant_blocks import KQuantKind
-from .kquants import Best, fit_symmetric, fit_with_min, nearest_codes, weighted_error
+from .kquants import Best, check_matrix, fit_symmetric, fit_with_min, nearest_codes, weighted_error
 
 BLOCK = 32  # weights per block
 # The k-quant grid description with one block as its only sub-block: scale_range is unused (the step
@@ -92,12 +92,7 @@ def pack_legacy(w: np.ndarray, importance=None, kind_name: str = "Q4_0", name: s
     """float matrix [N, K] and importance [K] (or None) -> GGUF tensor bytes uint8 [N, K/32 * block bytes]."""
     if kind_name not in LEGACY:
         raise SLMError(f"legacy block type must be one of {', '.join(LEGACY)}, not {kind_name!r}")
-    if w.ndim != 2 or w.shape[1] % BLOCK:
-        raise SLMError(f"{name}: {kind_name} needs rows of a multiple of {BLOCK} weights, not shape {w.shape}")
-    if not np.all(np.isfinite(w)):
-        raise SLMError(f"{name}: the weight has non-finite values")
-    if importance is not None and np.shape(importance) != (w.shape[1],):
-        raise SLMError(f"{name}: importance must have shape ({w.shape[1]},), not {np.shape(importance)}")
+    check_matrix(w, importance, BLOCK, kind_name, name)
     kind = LEGACY[kind_name]
     codes, d, m = choose_legacy(w, importance, kind_name, name)
     q = codes.reshape(w.shape[0], -1, BLOCK)
