@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..formats import get_format
+from ..formats.base import cut_rows, row_share
 from ..model_access import access, model_config
 from ..qconfig import saved_layer_params
 
@@ -38,9 +39,9 @@ def to_numpy(array) -> np.ndarray:
 SLICE_WEIGHTS = 1 << 22  # weights per slice of rows converted at once (16 MiB in float32)
 
 
-def take(array, rows):
-    """Rows ``rows`` (an index array or a slice) of an MLX or numpy array, only those converted or copied."""
-    if isinstance(array, np.ndarray) or isinstance(rows, slice):
+def take(array, rows: np.ndarray):
+    """Rows ``rows`` (an index array) of an MLX or numpy array, only those converted or copied."""
+    if isinstance(array, np.ndarray):
         return array[rows]
     import mlx.core as mx
 
@@ -114,13 +115,11 @@ class ModelWeights(Mapping):
             return to_numpy(self.arrays[self.names[key]])
         mode, bits, group_size = self.layers[key]
         stored, shape = self.stored(key), self.shape(key)
-        shares = {s: shape[0] // a.shape[0] for s, a in stored.items() if a is not None}  # rows per stored row
-        slices = row_slices(np.arange(shape[0]), shape, max(shares.values()))
+        slices = row_slices(np.arange(shape[0]), shape, row_share(shape[0], stored.values()))
         whole = None
         for index in slices:
             start, stop = int(index[0]), int(index[-1]) + 1
-            part = {s: None if a is None else to_numpy(take(a, slice(start // shares[s], stop // shares[s])))
-                    for s, a in stored.items()}
+            part = {s: None if a is None else to_numpy(cut_rows(a, shape[0], start, stop)) for s, a in stored.items()}
             view = get_format(mode).view(part, bits, group_size)
             if len(slices) == 1:
                 return view

@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+
+
+def row_share(rows: int, arrays) -> int:
+    """Rows per entry along the first axis of a layer's stored arrays (``rows`` rows in all; None
+    entries skipped): 1 for per-row arrays, g for palettes shared by g rows. A slice of rows whose
+    bounds are multiples of it cuts every array at whole entries (:func:`cut_rows`)."""
+    return math.lcm(*(rows // a.shape[0] for a in arrays if a is not None))
+
+
+def cut_rows(array, rows: int, start: int, stop: int):
+    """The entries of a stored array (numpy or MLX) that serve rows ``start`` .. ``stop`` of a layer of
+    ``rows`` rows: its first axis covers the rows in equal shares."""
+    return array[start * array.shape[0] // rows: stop * array.shape[0] // rows]
 
 
 def no_options(group_size: int, search: bool, per_row_scale) -> dict:

@@ -12,12 +12,11 @@ embedding and tied head) ever exists.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..errors import SLMError
 from ..formats import get_format
+from ..formats.base import cut_rows, row_share
 from ..formats.dtypes import as_float32
 from ..qconfig import saved_layer_params
 
@@ -172,20 +171,18 @@ class NumpyLlama:
 
     def row_slices(self, name: str, wanted=None):
         """Yield (first row, float32 rows [n, K]) of layer ``name`` in slices of about
-        :data:`ROWS_PER_SLICE` rows (only the slices holding a row of ``wanted``, if given).
-
-        Every stored array's first axis covers the N rows in equal shares (a lut palette serves
-        group_size rows), so a slice whose bounds are multiples of every share is cut from each."""
+        :data:`ROWS_PER_SLICE` rows, whole palette groups each (:func:`~mlx_slm.formats.base.row_share`;
+        only the slices holding a row of ``wanted``, if given)."""
         rows = self.shape(name)[0]
         quantized = self.stored(name)
         arrays = [self.weights[f"{name}.weight"]] if quantized is None else quantized[1]
-        share = math.lcm(*(rows // a.shape[0] for a in arrays if a is not None))
+        share = row_share(rows, arrays)
         step = max(1, ROWS_PER_SLICE // share) * share
         for first in range(0, rows, step):
             last = min(first + step, rows)
             if wanted is not None and not np.any((wanted >= first) & (wanted < last)):
                 continue
-            cut = [None if a is None else a[first * a.shape[0] // rows: last * a.shape[0] // rows] for a in arrays]
+            cut = [None if a is None else cut_rows(a, rows, first, last) for a in arrays]
             if quantized is None:
                 yield first, as_float32(cut[0])
             else:
