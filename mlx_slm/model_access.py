@@ -66,8 +66,8 @@ class NumpyModel:
         """The NumpyLlama computing calibration statistics: the model itself."""
         return self.model
 
-    def calibration_engine(self, engine: str):
-        """The engine calibrated methods observe: the model itself (``engine`` is "numpy" here)."""
+    def calibration_engine(self, cpu_engine: str | None = None):
+        """The engine calibrated methods observe: the model itself (its ``backend`` is "numpy")."""
         return self.model
 
     def write(self, arrays: dict) -> None:
@@ -139,10 +139,12 @@ class MLXModel(NumpyModel):
 
         return LazyNumpyWeights(self.arrays())
 
-    def calibration_engine(self, engine: str):
-        """The engine calibrated methods observe: "numpy" (:meth:`numpy_engine`) or "mlx", an
-        :class:`~mlx_slm.calib.mlx_engine.MLXEngine` running the model's own blocks (made once per access)."""
-        if engine == "numpy":
+    def calibration_engine(self, cpu_engine: str | None = None):
+        """The engine calibrated methods observe, as :func:`choose_engine` picks it (``cpu_engine``: the
+        preference on a CPU): the numpy engine (:meth:`numpy_engine`) or an
+        :class:`~mlx_slm.calib.mlx_engine.MLXEngine` running the model's own blocks (made once per
+        access); its ``backend`` names which ("numpy" or "mlx")."""
+        if choose_engine(self.model, cpu_engine) == "numpy":
             return self.numpy_engine()
         if getattr(self._engine, "backend", None) != "mlx":
             from .calib.mlx_engine import MLXEngine

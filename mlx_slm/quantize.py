@@ -31,7 +31,6 @@ from .errors import SLMError
 from .formats import get_format
 from .model_access import (
     access,
-    choose_engine,
     float_dtypes,
     model_config,
     require_training,
@@ -145,8 +144,8 @@ def quantize_packed(model, plan: dict, method: str, job: Job) -> None:
     view = access(model)
     importance, weights = {}, view.numpy_weights()  # rtn reads the weights only: any architecture
     if method == "imatrix":
-        job.record["calibration_engine"] = choose_engine(model, job.settings.cpu_engine)
-        engine = view.calibration_engine(job.record["calibration_engine"])
+        engine = view.calibration_engine(job.settings.cpu_engine)
+        job.record["calibration_engine"] = engine.backend
         importance, weights = layer_importance(engine, list(todo), job.tokens, job.progress), engine.weights
     default = job.settings.format
     chosen = {}
@@ -174,8 +173,8 @@ def quantize_calibrated(model, plan: dict, method: str, job: Job):
         view.store_layers(plan, chosen, "affine")
         view.release(chosen)
 
-    job.record["calibration_engine"] = choose_engine(model, job.settings.cpu_engine)
-    engine = view.calibration_engine(job.record["calibration_engine"])
+    engine = view.calibration_engine(job.settings.cpu_engine)
+    job.record["calibration_engine"] = engine.backend
     choice = sequential_choose(engine, plan, job.tokens, method, dtypes, job.record.get("gptq"),
                                job.record.get("awq"), progress=job.progress, param_dtypes=float_dtypes(model),
                                store=store)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..data.windows import Calibration
-from ..model_access import access, choose_engine
+from ..model_access import access
 
 
 def as_calibration(calibration, tokenizer) -> Calibration:
@@ -29,6 +29,5 @@ def gguf_importance(model, calibration: Calibration, progress: bool) -> dict:
 
     tokens, _ = calibration.windows()
     view = access(model)
-    engine = view.calibration_engine(choose_engine(model))
-    importance = layer_importance(engine, list(view.candidate_layers()), tokens, progress)
+    importance = layer_importance(view.calibration_engine(), list(view.candidate_layers()), tokens, progress)
     return {gguf_name(f"{path}.weight"): values for path, values in importance.items()}

@@ -18,7 +18,7 @@ from ..calib.blocks import calibrate_blocks
 from ..data.windows import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, calibration_windows
 from ..errors import SLMError
 from ..formats.dtypes import as_float32, round_to
-from ..model_access import access, choose_engine
+from ..model_access import access
 from .common import add_record, check_float_model
 from .masks import check_pattern_fits, check_sparsity, magnitude_mask, parse_pattern
 from .sparsegpt import sparsegpt_prune
@@ -140,8 +140,7 @@ def prune(model, method: str = "wanda", sparsity: float = 0.5, pattern=None, cal
     if unknown:
         raise SLMError(f"unknown sparsegpt_options {sorted(unknown)}; known: {sorted(SPARSEGPT_DEFAULTS)}")
     view = access(model)
-    engine_name = choose_engine(model)
-    engine = view.calibration_engine(engine_name)
+    engine = view.calibration_engine()
     candidates = decoder_linears(engine.weights)
     if not candidates:
         raise SLMError("the model has no decoder linear layers to prune")
@@ -157,7 +156,7 @@ def prune(model, method: str = "wanda", sparsity: float = 0.5, pattern=None, cal
             raise SLMError(f"{method} needs calibration text: pass calib=<.txt/.jsonl path or list of strings> "
                            "(--calib FILE), or use method='magnitude'")
         tokens, record["calibration"] = calibration_windows(tokenizer, calib, num_samples, seq_len)
-        record["calibration_engine"] = engine_name
+        record["calibration_engine"] = engine.backend
     if method == "sparsegpt":
         record["sparsegpt"] = {**SPARSEGPT_DEFAULTS, **(sparsegpt_options or {})}
     dtypes = view.dtypes()
