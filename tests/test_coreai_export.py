@@ -17,7 +17,7 @@ import mlx_slm
 from mlx_slm.errors import SLMError
 from mlx_slm.export.coreai import compare_greedy, open_package
 from mlx_slm.export.coreai_weights import emit, encode
-from mlx_slm.export.weights import matrix, model_weights
+from mlx_slm.export.weights import ModelWeights, matrix
 from mlx_slm.formats.views import AffineWeight, PalettizedWeight
 from mlx_slm.model_access import set_model_config
 
@@ -91,7 +91,7 @@ def test_tiny_package_matches_model(case, tmp_path):
     assert result["package_tokens"] == result["model_tokens"]
     assert result["max_dlogit"] < TINY_TOLERANCE
 
-    weights = model_weights(model)
+    weights = dict(ModelWeights(model))
     layers = json.loads(package.with_suffix(".json").read_text())["layers"]
     assert {layer["name"] for layer in layers} == {path.removesuffix(".weight") for path, w in weights.items()
                                                   if hasattr(w, "codes") or (path.endswith(".weight") and w.ndim == 2)}
@@ -125,7 +125,7 @@ def test_bits_per_weight(group_size, tmp_path):
     package_bpw, model_bpw = {}, {}
     for bits in (2, 3, 4, 5, 6, 8):
         model, _ = tiny_model(tmp_path / str(bits), "llama", {"bits": bits, "group_size": group_size})
-        layers = [w for w in model_weights(model).values() if isinstance(w, AffineWeight)]
+        layers = [w for w in dict(ModelWeights(model)).values() if isinstance(w, AffineWeight)]
         size = sum(w.codes.size for w in layers)
         package_bpw[bits] = 8 * sum(encode(w).nbytes() for w in layers) / size
         model_bpw[bits] = 8 * sum(w.stored_bytes for w in layers) / size

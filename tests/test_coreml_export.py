@@ -15,7 +15,7 @@ import mlx_slm
 from mlx_slm.errors import SLMError
 from mlx_slm.export import CoreMLOptions
 from mlx_slm.export.coreml_weights import coreml_bytes, shift_scale_arrays
-from mlx_slm.export.weights import model_weights
+from mlx_slm.export.weights import ModelWeights
 from mlx_slm.formats import affine
 from mlx_slm.formats.views import AffineWeight, PalettizedWeight
 from mlx_slm.model_access import set_model_config
@@ -102,7 +102,7 @@ def test_tiny_package_matches_model(case, tmp_path):
 
     # every matrix is stored in the Core ML type its bits map to (read back from the saved program)
     stored = constexpr_dtypes(package)
-    weights = model_weights(model)
+    weights = dict(ModelWeights(model))
     for layer in json.loads(package.with_suffix(".json").read_text())["layers"]:
         weight = weights.get(layer["name"], weights.get(f"{layer['name']}.weight"))
         op_name = layer["name"].replace(".", "_")
@@ -347,7 +347,7 @@ def test_affine_decode_error_is_bounded_by_the_offset_rounding(case, tmp_path):
     package = mlx_slm.export_coreml(model, tokenizer, tmp_path / "out" / "Tiny.mlpackage", max_context=32)
     constants = MILInterpreter(package).constants
     equal = total = 0
-    for path, weight in model_weights(model).items():
+    for path, weight in dict(ModelWeights(model)).items():
         if not isinstance(weight, AffineWeight):
             continue
         rows, columns = weight.shape
@@ -381,7 +381,7 @@ def test_lut_layers_are_single_lookups_decoding_the_models_weights(case, tmp_pat
             assert {child.op_type for child in op.outputs[0].child_ops}.isdisjoint(
                 {"constexpr_blockwise_shift_scale", "constexpr_lut_to_dense"}), op.name
     checked = 0
-    for path, weight in model_weights(model).items():
+    for path, weight in dict(ModelWeights(model)).items():
         if not isinstance(weight, PalettizedWeight):
             continue
         name = path.removesuffix(".weight").replace(".", "_")
@@ -592,7 +592,7 @@ def test_get_weights_metadata_shows_the_compressed_layers(case, tmp_path):
     package = mlx_slm.export_coreml(model, tokenizer, tmp_path / "out" / "Tiny.mlpackage", max_context=32)
     # (a threshold under ~100 elements makes coremltools 9.0 trip over the small constants that feed concat)
     metadata = get_weights_metadata(ct.models.MLModel(str(package), skip_model_load=True), weight_threshold=100)
-    weights = model_weights(model)
+    weights = dict(ModelWeights(model))
     checked = 0
     for path, weight in weights.items():
         if not isinstance(weight, (AffineWeight, PalettizedWeight)):

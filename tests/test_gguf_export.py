@@ -7,7 +7,7 @@ from test_gguf import llama_cpp_permute
 
 import mlx_slm
 from mlx_slm.errors import SLMError
-from mlx_slm.export.weights import model_weights
+from mlx_slm.export.weights import ModelWeights
 from mlx_slm.formats.views import AffineWeight
 
 TOKENS = np.array([[5, 17, 99, 3, 250, 42, 7, 130]])
@@ -28,7 +28,7 @@ def tiny(tmp_path, model_type="llama", backend="numpy", tied=True, **quantize):
 
 
 def dense(value) -> np.ndarray:
-    """The float32 weight of a tensor as model_weights gives it (the views' documented formulas)."""
+    """The float32 weight of a tensor as ModelWeights gives it (the views' documented formulas)."""
     if isinstance(value, AffineWeight):
         repeat = [np.repeat(a, value.group_size, axis=1) for a in (value.scales, value.biases)]
         return value.codes.astype(np.float32) * repeat[0] + repeat[1]
@@ -53,7 +53,7 @@ def expected(model) -> dict:
     """GGUF name -> (model value, its float32 weight in the file's row order)."""
     config = mlx_slm.model_config(model)
     out = {}
-    for name, value in model_weights(model).items():
+    for name, value in dict(ModelWeights(model)).items():
         weight = dense(value)
         if config["model_type"] == "llama" and (".q_proj" in name or ".k_proj" in name):
             heads = config["num_attention_heads" if ".q_proj" in name else "num_key_value_heads"]
@@ -215,7 +215,7 @@ def test_load_of_export_gives_the_same_model(tmp_path, model_type, tied, backend
     for key in ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
                 "num_key_value_heads", "head_dim", "rope_theta", "vocab_size", "tie_word_embeddings"):
         assert back_config[key] == config[key], key
-    source, loaded = model_weights(model), model_weights(back)
+    source, loaded = dict(ModelWeights(model)), dict(ModelWeights(back))
     assert {gguf_key(n) for n in source} == {gguf_key(n) for n in loaded}
     for name, value in source.items():
         again = loaded[name if name.endswith((".weight", ".bias")) else f"{name}.weight"]
@@ -241,7 +241,7 @@ def test_gptq_codes_scales_and_biases_are_kept_bit_for_bit(tmp_path):
     _, tensors, _ = read_back(tmp_path / "g.gguf")
     config = mlx_slm.model_config(model)
     own_choice = 0
-    for path, value in model_weights(model).items():
+    for path, value in dict(ModelWeights(model)).items():
         if not isinstance(value, AffineWeight):
             continue
         raw = np.asarray(tensors[gguf_key(path)].data).reshape(value.codes.shape[0], -1, 20)

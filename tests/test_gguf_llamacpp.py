@@ -12,7 +12,7 @@ from helpers import sample_text, tiny_config, tiny_weights, write_model_folder
 
 import mlx_slm
 from mlx_slm.export.gguf import gguf_name
-from mlx_slm.export.weights import model_weights
+from mlx_slm.export.weights import ModelWeights
 
 try:
     import llama_cpp
@@ -96,7 +96,7 @@ def test_llama_cpp_runs_the_export(tmp_path, tiny_folder, case):
         mlx_slm.quantize(model, progress=False, **settings)
     path = tmp_path / f"{case}.gguf"
     if export.get("kquant") in ("legacy", "iq4_nl"):
-        names = [name for name, value in model_weights(model).items() if value.ndim == 2]
+        names = [name for name, value in dict(ModelWeights(model)).items() if value.ndim == 2]
         kinds = LEGACY if export["kquant"] == "legacy" else ("IQ4_NL",)
         export = {"kquant": {gguf_name(name): kinds[i % len(kinds)] for i, name in enumerate(names)}}
     report = mlx_slm.export_gguf(model, tokenizer, path, **export)

@@ -11,7 +11,7 @@ import mlx_slm
 from mlx_slm.errors import SLMError
 from mlx_slm.export.gguf import gguf_name
 from mlx_slm.export.iq4_nl import KVALUES, dequantize_iq4_nl, pack_indices, pack_iq4_nl, quantize_iq4_nl
-from mlx_slm.export.weights import model_weights
+from mlx_slm.export.weights import ModelWeights
 
 # Largest weighted error of the search as a fraction of absmax scaling's, per random matrix (distribution,
 # weighted); measured 0.85 / 0.91 unweighted and 0.44 / 0.56 with uneven importance.
@@ -112,7 +112,7 @@ def test_export_with_iq4_nl_reads_back(tmp_path):
     from helpers import tiny_model_folder
 
     model, tokenizer = mlx_slm.load(tiny_model_folder(tmp_path), backend="numpy", progress=False)
-    names = [gguf_name(name) for name, value in model_weights(model).items() if value.ndim == 2]
+    names = [gguf_name(name) for name, value in dict(ModelWeights(model)).items() if value.ndim == 2]
     plan = {name: "Q8_0" if "attn_output" in name else "iq4_nl" for name in names}
     report = mlx_slm.export_gguf(model, tokenizer, tmp_path / "iq4.gguf", kquant=plan)
     reader, tensors, values = read_back(tmp_path / "iq4.gguf")
@@ -128,4 +128,4 @@ def test_export_with_iq4_nl_reads_back(tmp_path):
     assert checked == len(names) - 2  # all but the two layers' attn_output
     back, _ = mlx_slm.load(tmp_path / "iq4.gguf", backend="numpy", dtype="float32", progress=False)
     up = "model.layers.1.mlp.up_proj.weight"
-    assert np.array_equal(np.asarray(model_weights(back)[up]), values["blk.1.ffn_up.weight"])
+    assert np.array_equal(np.asarray(dict(ModelWeights(back))[up]), values["blk.1.ffn_up.weight"])

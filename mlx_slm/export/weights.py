@@ -72,12 +72,6 @@ def fill(whole, part, start: int, count: int):
     return whole
 
 
-def model_weights(model) -> dict:
-    """Layer path or tensor name -> :class:`AffineWeight`, :class:`PalettizedWeight` or numpy array,
-    every one converted now (:class:`ModelWeights` converts each when read)."""
-    return dict(ModelWeights(model))
-
-
 class ModelWeights(Mapping):
     """Layer path or tensor name -> :class:`AffineWeight`, :class:`PalettizedWeight` or numpy array,
     converted when read and not kept, so an exporter holds one tensor's numpy copy at a time.
