@@ -23,8 +23,12 @@ LLAMA_CASES = {  # model type, config overrides (GQA: 4 query heads, 2 key/value
 }
 # both engines quantizing at 3 bits, group 32, on 8 x 64 tokens: |KL_mlx - KL_numpy| / KL_numpy, and for
 # imatrix the share of equal packed words (measured on the three models: imatrix KL within 2.5e-4, words
-# >= 0.9998 equal; gptq KL within 8e-3: GPTQ's error feedback carries one flipped code into the next columns)
-KL_TOLERANCE = {"imatrix": 1e-3, "gptq": 0.02, "awq": 1e-3}  # awq measured within 4.4e-4
+# >= 0.9998 equal). GPTQ is compared at the resolution it has: its error feedback carries one flipped code
+# into the next columns and the next blocks, so on one engine alone, Hessians changed by a relative 1e-6
+# (random) moved qwen3's KL from 0.124 to between 0.105 and 0.144 (RTN: 0.185); each engine's gptq must
+# then beat RTN clearly and the two agree within that spread.
+KL_TOLERANCE = {"imatrix": 1e-3, "gptq": 0.2, "awq": 1e-3}  # awq measured within 4.4e-4
+GPTQ_KL_VS_RTN = 0.85
 IMATRIX_EQUAL_WORDS = 0.999
 # Gemma 3 tiny, 3 bits group 32: KL to the float model relative to RTN's (measured: imatrix 0.73, gptq 0.55)
 GEMMA3_KL_VS_RTN = {"imatrix": 0.85, "gptq": 0.65, "awq": 0.85}  # awq measured 0.74
@@ -114,6 +118,9 @@ def test_methods_choose_alike_on_both_engines(tmp_path, case, method):
     words = [name for name, value in arrays["numpy"].items() if value.dtype == np.uint32]
     assert len(words) == (16 if case == "llama-untied" else 15)
     assert abs(kl["mlx"] - kl["numpy"]) / kl["numpy"] < KL_TOLERANCE[method], kl
+    if method == "gptq":
+        rtn = kl_to(folder, *quantized(folder, "rtn"))
+        assert max(kl.values()) < GPTQ_KL_VS_RTN * rtn, (kl, rtn)
     if method == "imatrix":
         equal = np.concatenate([(arrays["mlx"][name] == arrays["numpy"][name]).ravel() for name in words])
         assert equal.mean() >= IMATRIX_EQUAL_WORDS
