@@ -8,7 +8,8 @@ linear layers is a :class:`Watched` float32 twin that hands its input to ``engin
 and the block's other float parameters are float32: the statistics are those of a float32 pass, as
 the numpy engine's are, and MLX's CPU computes float32 fast where its float16 matmul is scalar code.
 Gram sums and mean squares are taken with MLX ops (:class:`MLXArrays`) on MLX's default device and
-handed to the methods as numpy arrays once per block.
+handed to the methods as numpy arrays once per block; the column sweeps of GPTQ and SparseGPT run on
+that device too when it is a GPU (:meth:`MLXArrays.for_sweeps`).
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from mlx.utils import tree_flatten, tree_unflatten
 from ..errors import SLMError
 from ..runtime import LazyNumpyWeights, dense_twin, quantized_modules, widen_floats
 from .mlx_blocks import block_masks, blocks_of, first_block_input, head_input, tail
+from .statistics import NumpyArrays
 
 
 class MLXArrays:
-    """How the MLX engine's inputs are summed (the array operations of
-    :class:`~.statistics.InputStatistics`): in float32 with MLX ops, each sum evaluated as it is
-    added, so a block's sums never hold on to its activations."""
+    """The MLX engine's array operations (the names of :class:`~.statistics.NumpyArrays`): inputs
+    are summed in float32 with MLX ops, each sum evaluated as it is added, so a block's sums never
+    hold on to its activations; the column sweeps build lazy MLX graphs, evaluated block by block."""
 
     @staticmethod
     def moments(x: mx.array, gram: bool):
@@ -50,6 +52,32 @@ class MLXArrays:
     @staticmethod
     def numpy(array, dtype) -> np.ndarray:
         return np.asarray(array, dtype) if isinstance(array, np.ndarray) else np.array(array).astype(dtype, copy=False)
+
+    @staticmethod
+    def for_sweeps():
+        """The array operations the column sweeps run on: MLX's when its default device is a GPU,
+        else numpy's. A sweep is a few small element-wise ops per column: on a GPU MLX runs them
+        without the weights leaving the device, while on MLX's CPU backend each op's graph and
+        dispatch overhead costs several times the op itself, so numpy's in-place loop is faster
+        there (``benchmarks/column_sweeps.py`` times both)."""
+        return MLXArrays if mx.default_device() == mx.gpu else NumpyArrays
+
+    @staticmethod
+    def array(x: np.ndarray) -> mx.array:
+        return mx.array(np.asarray(x, np.float32))
+
+    rint = staticmethod(mx.round)  # ties to even, as np.rint
+    clip = staticmethod(mx.clip)
+    where = staticmethod(mx.where)
+    square = staticmethod(mx.square)
+    stack = staticmethod(mx.stack)
+
+    @staticmethod
+    def ranks(scores: mx.array) -> mx.array:
+        """Rank along the last axis (0 = smallest; ties in any order): the inverse of the sorting permutation."""
+        return mx.argsort(mx.argsort(scores, axis=-1), axis=-1)
+
+    evaluate = staticmethod(mx.async_eval)
 
 
 class Watched(nn.Module):

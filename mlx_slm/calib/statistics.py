@@ -2,7 +2,9 @@
 
 The sums are taken with the engine's own array library (:class:`NumpyArrays` here; MLX's in
 :mod:`.mlx_engine`) and handed to the methods as numpy arrays once a block's pass is over
-(:meth:`InputStatistics.release`): the algorithms (imatrix, GPTQ, AWQ, SparseGPT) are numpy code.
+(:meth:`InputStatistics.release`). The methods choose their values with numpy, except the
+column sweeps of GPTQ and SparseGPT, which are written once over these array operations and
+run on the library :meth:`NumpyArrays.for_sweeps` names.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from .hessian import prepare_hessian
 
 
 class NumpyArrays:
-    """How the numpy engine's inputs are summed (the array operations :class:`InputStatistics` uses)."""
+    """The numpy engine's array operations: how its inputs are summed (:class:`InputStatistics`)
+    and what the column sweeps of GPTQ and SparseGPT compute with (:mod:`mlx_slm.quant.gptq`,
+    :mod:`mlx_slm.prune.sparsegpt`; MLX's :class:`~.mlx_engine.MLXArrays` has the same names)."""
 
     @staticmethod
     def moments(x: np.ndarray, gram: bool):
@@ -38,6 +42,35 @@ class NumpyArrays:
     def numpy(array, dtype) -> np.ndarray:
         """``array`` as numpy ``dtype`` (no copy when it already is)."""
         return np.asarray(array, dtype)
+
+    @staticmethod
+    def for_sweeps():
+        """The array operations the column sweeps run on for this engine: numpy's."""
+        return NumpyArrays
+
+    @staticmethod
+    def array(x: np.ndarray) -> np.ndarray:
+        """Numpy ``x`` as a C-contiguous float32 array of this library: ``x`` itself if it already is one
+        (a sweep updates the columns it gets from here in place on numpy, and MLX's copy functionally)."""
+        return np.ascontiguousarray(x, np.float32)
+
+    rint = staticmethod(np.rint)  # to the nearest integer, ties to even
+    clip = staticmethod(np.clip)
+    where = staticmethod(np.where)
+    square = staticmethod(np.square)
+    stack = staticmethod(np.stack)
+
+    @staticmethod
+    def ranks(scores: np.ndarray) -> np.ndarray:
+        """Rank of each score along the last axis (0 = smallest; ties by index)."""
+        order = np.argsort(scores, axis=-1, kind="stable")
+        ranks = np.empty_like(order)
+        np.put_along_axis(ranks, order, np.broadcast_to(np.arange(scores.shape[-1]), scores.shape), axis=-1)
+        return ranks
+
+    @staticmethod
+    def evaluate(*arrays) -> None:
+        """Start computing ``arrays`` (MLX is lazy; numpy has computed them already)."""
 
 
 class RunningSums:

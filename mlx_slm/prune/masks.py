@@ -21,6 +21,7 @@ import re
 
 import numpy as np
 
+from ..calib.statistics import NumpyArrays
 from ..errors import SLMError
 
 
@@ -65,33 +66,24 @@ def row_counts(sparsity: float, rows: int, cols: int) -> np.ndarray:
     return np.diff(edges)
 
 
-def ranks_along_rows(scores: np.ndarray) -> np.ndarray:
-    """Rank of each score within its row (0 = smallest; ties by column index)."""
-    order = np.argsort(scores, axis=-1, kind="stable")
-    ranks = np.empty_like(order)
-    np.put_along_axis(ranks, order, np.broadcast_to(np.arange(scores.shape[-1]), scores.shape), axis=-1)
-    return ranks
-
-
 def keep_per_row(scores: np.ndarray, counts) -> np.ndarray:
     """Remove the ``counts[i]`` lowest scores of row i (``counts`` int or [N])."""
     counts = np.broadcast_to(np.asarray(counts), scores.shape[:1])
-    return ranks_along_rows(scores) >= counts[:, None]
+    return NumpyArrays.ranks(scores) >= counts[:, None]
 
 
-def keep_overall(scores: np.ndarray, count: int) -> np.ndarray:
-    """Remove the ``count`` lowest scores of the whole matrix."""
-    flat = scores.reshape(-1)
-    keep = np.ones(flat.shape, bool)
-    keep[np.argsort(flat, kind="stable")[:count]] = False
-    return keep.reshape(scores.shape)
+def keep_overall(scores, count: int, arrays=NumpyArrays):
+    """Remove the ``count`` lowest scores of the whole matrix (an array of ``arrays``' library:
+    :class:`~mlx_slm.calib.statistics.NumpyArrays` or MLX's, as SparseGPT's sweep runs)."""
+    return (arrays.ranks(scores.reshape(-1)) >= count).reshape(scores.shape)
 
 
-def keep_n_of_m(scores: np.ndarray, n: int, m: int) -> np.ndarray:
-    """Remove the n lowest scores in every group of m consecutive columns (m divides the width)."""
+def keep_n_of_m(scores, n: int, m: int, arrays=NumpyArrays):
+    """Remove the n lowest scores in every group of m consecutive columns (m divides the width;
+    ``arrays`` as for :func:`keep_overall`)."""
     rows, cols = scores.shape
     grouped = scores.reshape(rows, cols // m, m)
-    return (ranks_along_rows(grouped) >= n).reshape(rows, cols)
+    return (arrays.ranks(grouped) >= n).reshape(rows, cols)
 
 
 def keep_mask(scores: np.ndarray, sparsity: float = 0.0, pattern=None, per_row: bool = False) -> np.ndarray:

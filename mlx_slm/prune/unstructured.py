@@ -1,7 +1,7 @@
 """Unstructured and N:M pruning of every decoder linear layer: magnitude, Wanda, SparseGPT.
 
 The architecture stays the same; pruned weights become exact zeros. Wanda and
-SparseGPT calibrate one decoder block at a time on the numpy engine: block i
+SparseGPT calibrate one decoder block at a time on the calibration engine: block i
 sees the hidden states that the already-pruned blocks < i produce (as
 :mod:`mlx_slm.quant.sequential` does for GPTQ), and every layer of a block is
 pruned from statistics of that block's input.
@@ -81,7 +81,7 @@ def prune_layer(method: str, w: np.ndarray, target, stats, name: str, options: d
         return w * wanda_mask(w, stats.importance(name), **target_args(target))
     _, factor = stats.factor(name, options["damp"], act_order=False)
     pruned, _ = sparsegpt_prune(w, stats.hessian(name), block_size=options["block_size"], factor=factor,
-                                **target_args(target))
+                                arrays=stats.arrays.for_sweeps(), **target_args(target))
     return pruned
 
 

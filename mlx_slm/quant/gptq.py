@@ -10,6 +10,12 @@ up front from the original weights ("static groups"), one per contiguous run of
 layout. They come from MLX's own rule or from the importance-weighted choice of
 :mod:`.imatrix`. Once the codes are chosen, each row's scales and biases are refitted
 to them on the output error (:mod:`.refit`), which never makes a row worse.
+
+The column sweep (:func:`quantize_columns`) is written once over an engine's array operations
+and runs where ``arrays.for_sweeps()`` of the calibration engine says: on MLX when the MLX engine
+runs on a GPU, else on numpy, which on a CPU is faster than MLX's CPU backend for these many
+small per-column ops (:meth:`mlx_slm.calib.mlx_engine.MLXArrays.for_sweeps`). The grid, the
+factor of the Hessian and the refit are numpy code.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..calib.hessian import prepare_hessian
+from ..calib.statistics import NumpyArrays
 from ..errors import SLMError
 from ..formats import affine
 from ..formats.dtypes import as_float32, round_to
@@ -37,46 +44,59 @@ def static_grid(w: np.ndarray, hessian: np.ndarray, bits: int, group_size: int, 
     return round_to(scales, dtype), round_to(biases, dtype)
 
 
+def quantize_columns(arrays, columns: np.ndarray, steps: np.ndarray, offsets: np.ndarray, groups: np.ndarray,
+                     factor: np.ndarray, n_max: int, block_size: int) -> np.ndarray:
+    """GPTQ's column sweep: codes float32 [K, N] of ``columns`` [K, N] (the weights' input columns in
+    quantization order; numpy's are updated in place), computed with ``arrays``
+    (:class:`~mlx_slm.calib.statistics.NumpyArrays` or MLX's).
+
+    Column i is rounded on its group's grid (``steps``, ``offsets`` [K/g, N]; group ``groups[i]``,
+    step 0: code 0) and its error, divided by ``factor[i, i]``, is taken off the later columns of
+    its block with row i of ``factor`` (U [K, K]), one outer product per column; the block's errors
+    then update all later columns at once, one matrix product per block.
+    """
+    inverse_steps = np.divide(1, steps, out=np.zeros_like(steps), where=steps != 0)
+    steps, offsets, inverse_steps = (arrays.array(grid) for grid in (steps, offsets, inverse_steps))
+    inverse_diagonal = (1 / np.diag(factor)).tolist()
+    rest, factor, groups = arrays.array(columns), arrays.array(factor), groups.tolist()
+    codes = []
+    for start in range(0, len(groups), block_size):
+        end = min(start + block_size, len(groups))
+        block, rest = rest[: end - start], rest[end - start :]
+        local = factor[start:end, start:end]
+        block_codes, errors = [], []
+        for i in range(end - start):
+            g = groups[start + i]
+            q = arrays.clip(arrays.rint((block[i] - offsets[g]) * inverse_steps[g]), 0, n_max)
+            error = (block[i] - (steps[g] * q + offsets[g])) * inverse_diagonal[start + i]
+            block[i + 1 :] -= local[i, i + 1 :, None] * error
+            block_codes.append(q)
+            errors.append(error)
+        rest -= factor[start:end, end:].T @ arrays.stack(errors)
+        codes.append(arrays.stack(block_codes))
+        arrays.evaluate(rest, codes[-1])
+    return arrays.numpy(arrays.concatenate(codes), np.float32)
+
+
 @in_row_chunks
 def gptq_quantize(w: np.ndarray, hessian: np.ndarray, bits: int, group_size: int, dtype=None,
                   damp: float = 0.01, block_size: int = 32, act_order: bool = True, grid: str = "imatrix",
-                  refit: bool = True, prepared=None):
+                  refit: bool = True, prepared=None, arrays=NumpyArrays):
     """Quantize ``w`` [N, K] for inputs with second moments ``hessian`` = E[x x^T] [K, K].
 
     refit: refit the scales and biases to the chosen codes (:func:`.refit.refit_grid`).
     prepared: :func:`prepare_hessian`'s result for this Hessian, damp and act_order, if already known.
+    arrays: the array operations the column sweep runs on (the calibration engine's
+    ``arrays.for_sweeps()``); everything else is numpy.
     Returns ``(q uint8 [N, K], scales [N, K/g], biases [N, K/g])`` in ``dtype``
     (default: w's), so that ``scales * q + biases`` per contiguous group is the weight.
     """
     dtype = np.dtype(dtype or w.dtype)
     affine.check_params(w.shape, bits, group_size)
-    n_max = (1 << bits) - 1
     scales, biases = static_grid(w, hessian, bits, group_size, dtype, grid)
-    grid_scales = as_float32(scales).T.copy()  # [K/g, N]: one row per group, so a column's grid is contiguous
-    inverse_steps = np.divide(1, grid_scales, out=np.zeros_like(grid_scales), where=grid_scales != 0)  # 0: code 0
-    offsets = as_float32(biases).T.copy()
     order, factor = prepared if prepared is not None else prepare_hessian(hessian, damp, act_order)
-    columns = np.ascontiguousarray(as_float32(w).T[order])  # [K, N] in quantization order, updated in place
-    codes = np.empty(columns.shape, np.float32)
-    groups = order // group_size
-    inverse_diagonal = 1 / np.diag(factor)
-    k = len(order)
-    for start in range(0, k, block_size):
-        end = min(start + block_size, k)
-        block = columns[start:end]
-        errors = np.empty_like(block)
-        local = factor[start:end, start:end]
-        for i in range(end - start):
-            g, q, error = groups[start + i], codes[start + i], errors[i]
-            np.subtract(block[i], offsets[g], out=q)
-            q *= inverse_steps[g]
-            np.clip(np.rint(q, out=q), 0, n_max, out=q)
-            np.multiply(grid_scales[g], q, out=error)
-            error += offsets[g]
-            np.subtract(block[i], error, out=error)
-            error *= inverse_diagonal[start + i]
-            block[i + 1 :] -= local[i, i + 1 :, None] * error
-        columns[end:] -= factor[start:end, end:].T @ errors
+    codes = quantize_columns(arrays, as_float32(w).T[order], as_float32(scales).T, as_float32(biases).T,
+                             order // group_size, factor, (1 << bits) - 1, block_size)
     q = np.empty_like(codes)
     q[order] = codes
     q = q.T.astype(np.uint8)

@@ -1,0 +1,97 @@
+"""Time the column sweeps of GPTQ and SparseGPT on numpy and on MLX's default device.
+
+The sweeps are written once over an engine's array operations (:mod:`mlx_slm.quant.gptq`,
+:mod:`mlx_slm.prune.sparsegpt`); this times each on both libraries for SmolLM2-135M's layer shapes
+N x K (576 x 576: q/o, 1536 x 576: gate/up, 576 x 1536: down), random weights and the Hessian of
+random correlated inputs, its factor computed once beforehand (as calibration shares it). GPTQ:
+4 bits, group 64, act-order; SparseGPT: 50% unstructured and 2:4. Reports the median of
+``--repeat`` runs and the share of equal codes / mask entries, prints a table and writes JSON.
+What it measures decides :meth:`mlx_slm.calib.mlx_engine.MLXArrays.for_sweeps`.
+
+    OPENBLAS_NUM_THREADS=1 python benchmarks/column_sweeps.py [--repeat 5] [--json runs/column_sweeps.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+import mlx_slm  # noqa: F401  (before mlx.core)
+from mlx_slm.calib.hessian import inverse_hessian_factor, prepare_hessian
+from mlx_slm.calib.mlx_engine import MLXArrays
+from mlx_slm.calib.statistics import NumpyArrays
+from mlx_slm.formats import affine
+from mlx_slm.prune.sparsegpt import sparsegpt_prune
+from mlx_slm.quant.gptq import quantize_columns
+
+SHAPES = [(576, 576), (1536, 576), (576, 1536)]
+LIBRARIES = {"numpy": NumpyArrays, "mlx": MLXArrays}
+BITS, GROUP = 4, 64
+
+
+def layer(n: int, k: int, seed: int = 0):
+    """(weights float32 [N, K], Hessian E[x x^T] float32 [K, K] of 4K correlated random inputs)."""
+    rng = np.random.default_rng(seed)
+    mixing = (np.eye(k) + 0.1 * rng.standard_normal((k, k))).astype(np.float32)
+    x = rng.standard_normal((4 * k, k)).astype(np.float32) @ mixing
+    return (0.02 * rng.standard_normal((n, k))).astype(np.float32), x.T @ x / len(x)
+
+
+def gptq_sweep(w: np.ndarray, hessian: np.ndarray):
+    """A function running GPTQ's sweep on given array operations (its inputs prepared as gptq_quantize does)."""
+    _, scales, biases = affine.quantize_codes(w, BITS, GROUP)
+    order, factor = prepare_hessian(hessian, 0.01, act_order=True)
+    inputs = (scales.T, biases.T, order // GROUP, factor, (1 << BITS) - 1, 32)
+    return lambda arrays: quantize_columns(arrays, w.T[order], *inputs)  # numpy's sweep updates its columns
+
+
+def sparsegpt_sweep(w: np.ndarray, hessian: np.ndarray, **target):
+    factor = inverse_hessian_factor(hessian, 0.01)
+    return lambda arrays: sparsegpt_prune(w, hessian, factor=factor, arrays=arrays, **target)[1]
+
+
+def median_seconds(run, arrays, repeat: int):
+    result = run(arrays)  # warm-up (and MLX's first-call setup)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run(arrays)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", default="runs/column_sweeps.json")
+    args = parser.parse_args()
+    device = str(mx.default_device())
+    rows = []
+    for n, k in SHAPES:
+        w, hessian = layer(n, k)
+        sweeps = {"gptq 4-bit g64": gptq_sweep(w, hessian),
+                  "sparsegpt 50%": sparsegpt_sweep(w, hessian, sparsity=0.5),
+                  "sparsegpt 2:4": sparsegpt_sweep(w, hessian, pattern=(2, 4))}
+        for name, run in sweeps.items():
+            seconds, results = {}, {}
+            for library, arrays in LIBRARIES.items():
+                seconds[library], results[library] = median_seconds(run, arrays, args.repeat)
+            rows.append({"sweep": name, "n": n, "k": k, "numpy_s": seconds["numpy"], "mlx_s": seconds["mlx"],
+                         "equal": float(np.mean(results["numpy"] == results["mlx"]))})
+            print(f"{name:15s} {n:5d} x {k:<5d} numpy {seconds['numpy']*1e3:7.1f} ms   mlx ({device}) "
+                  f"{seconds['mlx']*1e3:7.1f} ms   mlx/numpy {seconds['mlx']/seconds['numpy']:5.2f}   "
+                  f"equal {rows[-1]['equal']:.4f}", flush=True)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"device": device, "repeat": args.repeat, "results": rows}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
