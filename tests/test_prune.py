@@ -12,7 +12,8 @@ import mlx_slm
 from mlx_slm.calib.statistics import InputStatistics
 from mlx_slm.errors import SLMError
 from mlx_slm.io import safetensors_np
-from mlx_slm.prune import block_influence, count_parameters, prune, prune_structured, sparsity_at
+from mlx_slm.model_access import access
+from mlx_slm.prune import block_influence, count_parameters, prune, prune_structured, sparsity_at, unstructured
 from mlx_slm.prune.cli import add_prune_parser
 from mlx_slm.prune.masks import magnitude_mask
 from mlx_slm.prune.sparsegpt import sparsegpt_prune
@@ -172,6 +173,31 @@ def test_numpy_and_mlx_give_the_same_pruned_weights(tmp_path, method, options):
     a, b = (safetensors_np.load(outputs[k] / "model.safetensors") for k in ("numpy", "mlx"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert np.count_nonzero(a["model.layers.0.mlp.up_proj.weight"] == 0) > 0
+
+
+@pytest.mark.mlx
+@pytest.mark.parametrize("cpu_engine", ["numpy", "mlx"])
+def test_pruned_blocks_are_stored_one_at_a_time_on_either_engine(tmp_path, monkeypatch, cpu_engine):
+    """Each block's new weights go into the model as soon as the block is done (so only one block's are
+    held), on the engine asked for; the record counts what was stored."""
+    model, tokenizer = mlx_slm.load(tiny_model_folder(tmp_path, "llama", num_hidden_layers=3), backend="mlx")
+    stored, store_block = [], unstructured.prune_weights
+
+    def spy(engine, plan, method, store, *args, **kwargs):
+        def store_and_see(new):
+            stored.append({name.split(".")[2] for name in new})
+            store(new)
+        store_block(engine, plan, method, store_and_see, *args, **kwargs)
+
+    monkeypatch.setattr(unstructured, "prune_weights", spy)
+    prune(model, method="sparsegpt", sparsity=0.5, cpu_engine=cpu_engine, **calibration(tokenizer))
+    record = mlx_slm.model_config(model)["mlx_slm"]["pruning"][-1]
+    assert record["calibration_engine"] == cpu_engine
+    assert stored == [{"0"}, {"1"}, {"2"}]
+    weights = {name: np.array(value) for name, value in access(model).arrays().items()
+               if name.startswith("model.layers.") and name.endswith("_proj.weight")}
+    assert record["pruned_layers"] == len(weights) == 21
+    assert record["zeros"] == sum(int(np.count_nonzero(w == 0)) for w in weights.values()) == record["weights"] // 2
 
 
 # ---------------------------------------------------------------- structured

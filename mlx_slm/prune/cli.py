@@ -43,7 +43,7 @@ def cmd_prune(args) -> None:
                          drop_layers=args.drop_layers, **calibration)
     if unstructured:
         prune(model, method=args.method, sparsity=args.sparsity if args.sparsity is not None else 0.0,
-              pattern=args.pattern, **calibration)
+              pattern=args.pattern, cpu_engine=args.cpu_engine, **calibration)
     mlx_slm.save(model, tokenizer, args.output, overwrite=args.overwrite)
     records = mlx_slm.model_config(model)["mlx_slm"]["pruning"]
     summary = [f"{before / 1e6:.2f}M -> {count_parameters(model) / 1e6:.2f}M parameters"]
@@ -56,7 +56,7 @@ def add_prune_parser(commands) -> None:
     """Add ``prune`` to the CLI's subcommands."""
     import argparse
 
-    from ..cli_common import EPILOG, add_backend, add_calibration
+    from ..cli_common import EPILOG, add_backend, add_calibration, add_cpu_engine
 
     parser = commands.add_parser("prune", help="prune a model: zeros in the weights (unstructured, N:M) or a "
                                                "smaller model (channels, heads, layers)",
@@ -83,4 +83,5 @@ def add_prune_parser(commands) -> None:
     add_calibration(calibration, "a .txt file, or .jsonl with a \"text\" field per line")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     add_backend(parser)
+    add_cpu_engine(parser, "the calibration pass of wanda and sparsegpt")
     parser.set_defaults(run=cmd_prune)

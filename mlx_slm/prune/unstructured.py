@@ -85,10 +85,12 @@ def prune_layer(method: str, w: np.ndarray, target, stats, name: str, options: d
     return pruned
 
 
-def prune_weights(engine, plan: dict, method: str, tokens=None, options: dict | None = None,
-                  dtypes: dict | None = None, batch_size: int = 4, progress: bool = True) -> dict:
-    """Pruned weights of every planned layer of the calibration ``engine`` (the numpy engine, or
-    :class:`~mlx_slm.calib.mlx_engine.MLXEngine`): path -> numpy array in its stored dtype.
+def prune_weights(engine, plan: dict, method: str, store, tokens=None, options: dict | None = None,
+                  dtypes: dict | None = None, batch_size: int = 4, progress: bool = True) -> None:
+    """Prune every planned layer of the calibration ``engine`` (the numpy engine, or
+    :class:`~mlx_slm.calib.mlx_engine.MLXEngine`) and hand the new weights to ``store`` (path -> numpy
+    array in its stored dtype), one decoder block at a time as soon as nothing computes with it again,
+    so only one block's new weights are held.
 
     plan: path -> target (None = keep dense); tokens [S, T]: calibration windows (Wanda / SparseGPT).
     dtypes: path -> dtype to store (default: the engine's). The engine's stored weights are
@@ -106,18 +108,21 @@ def prune_weights(engine, plan: dict, method: str, tokens=None, options: dict | 
             results[name] = round_to(new, dtypes.get(name, stored.dtype))
             engine.set_dense(name, as_float32(results[name]))
 
+    def done(names):
+        store({name: results.pop(name) for name in names})
+
     if method == "magnitude":
-        prune_layers(sorted(todo, key=natural_key), None)
-        return results
-    calibrate_blocks(engine, todo, tokens, method == "sparsegpt",
-                     prune_layers,
-                     f"{method} blocks", batch_size, progress, order=lambda paths: sorted(paths, key=natural_key))
-    return results
+        for name in sorted(todo, key=natural_key):
+            prune_layers([name], None)
+            done([name])
+        return
+    calibrate_blocks(engine, todo, tokens, method == "sparsegpt", prune_layers, f"{method} blocks", batch_size,
+                     progress, order=lambda paths: sorted(paths, key=natural_key), done=done)
 
 
 def prune(model, method: str = "wanda", sparsity: float = 0.5, pattern=None, calib=None, tokenizer=None,
           num_samples: int = DEFAULT_NUM_SAMPLES, seq_len: int = DEFAULT_SEQ_LEN, layers: dict | None = None,
-          sparsegpt_options: dict | None = None, progress: bool = True):
+          sparsegpt_options: dict | None = None, cpu_engine: str | None = None, progress: bool = True):
     """Set weights of every decoder linear layer (q/k/v/o, gate/up/down) to zero, in place; return ``model``.
 
     method: "magnitude" (smallest |W| in the layer), "wanda" (smallest |W_ij|*||x_j|| in each
@@ -130,6 +135,8 @@ def prune(model, method: str = "wanda", sparsity: float = 0.5, pattern=None, cal
     layers: per-layer overrides, glob over layer paths -> sparsity, "N:M" or None (keep dense),
     applied in order (the last match wins), e.g. ``{"*.down_proj": 0.3, "model.layers.0.*": None}``.
     sparsegpt_options: block_size (128), damp (0.01).
+    cpu_engine: on a CPU, which engine an MLX model's calibration pass runs on, "numpy" or "mlx"
+    (default: :func:`~mlx_slm.model_access.choose_engine`'s choice); recorded as ``calibration_engine``.
     Embeddings, norms and the output head are never pruned. The model must not be quantized.
     Records the pass in ``model_config(model)["mlx_slm"]["pruning"]``.
     """
@@ -140,7 +147,7 @@ def prune(model, method: str = "wanda", sparsity: float = 0.5, pattern=None, cal
     if unknown:
         raise SLMError(f"unknown sparsegpt_options {sorted(unknown)}; known: {sorted(SPARSEGPT_DEFAULTS)}")
     view = access(model)
-    engine = view.calibration_engine()
+    engine = view.calibration_engine(cpu_engine)
     candidates = decoder_linears(engine.weights)
     if not candidates:
         raise SLMError("the model has no decoder linear layers to prune")
@@ -160,12 +167,18 @@ def prune(model, method: str = "wanda", sparsity: float = 0.5, pattern=None, cal
     if method == "sparsegpt":
         record["sparsegpt"] = {**SPARSEGPT_DEFAULTS, **(sparsegpt_options or {})}
     dtypes = view.dtypes()
-    new = prune_weights(engine, plan, method, tokens, sparsegpt_options,
-                        {path: dtypes[f"{path}.weight"] for path in plan}, progress=progress)
-    view.write({f"{path}.weight": value for path, value in new.items()})
-    total = sum(int(np.prod(candidates[path])) for path in new)
-    zeros = sum(int(np.count_nonzero(value == 0)) for value in new.values())
-    record.update({"pruned_layers": len(new), "weights": total, "zeros": zeros,
-                   "achieved_sparsity": round(zeros / total, 6) if total else 0.0})
+    counts = {"layers": 0, "zeros": 0}
+
+    def store(new: dict) -> None:
+        view.write({f"{path}.weight": value for path, value in new.items()})
+        view.release(new)
+        counts["layers"] += len(new)
+        counts["zeros"] += sum(int(np.count_nonzero(value == 0)) for value in new.values())
+
+    prune_weights(engine, plan, method, store, tokens, sparsegpt_options,
+                  {path: dtypes[f"{path}.weight"] for path in plan}, progress=progress)
+    total = sum(int(np.prod(candidates[path])) for path, target in plan.items() if target is not None)
+    record.update({"pruned_layers": counts["layers"], "weights": total, "zeros": counts["zeros"],
+                   "achieved_sparsity": round(counts["zeros"] / total, 6) if total else 0.0})
     add_record(model, record)
     return model
