@@ -1,6 +1,7 @@
 """The affine format: numpy twin bit-exact with mx.quantize / mx.dequantize."""
 
 import itertools
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -39,6 +40,35 @@ def test_codes_round_trip(bits):
     packed = affine.pack_codes(codes, bits)
     assert packed.dtype == np.uint32 and packed.shape == (5, 256 * bits // 32)
     assert np.array_equal(affine.unpack_codes(packed, bits), codes)
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_codes_are_packed_in_row_slices_with_bounded_temporaries(monkeypatch, bits):
+    """Slices of rows give the words of one piece (3-bit codes straddle words), and (un)packing a
+    matrix of 2M codes holds temporaries of a slice, not of the matrix."""
+    rng = np.random.default_rng(bits)
+    codes = rng.integers(0, 2**bits, size=(3, 7, 64), dtype=np.uint8)
+    whole = affine.pack_codes(codes, bits)
+    monkeypatch.setattr(affine, "ROW_SLICE_CODES", 128)  # 2 rows a slice, and a shorter last one
+    assert np.array_equal(affine.pack_codes(codes, bits), whole)
+    assert np.array_equal(affine.unpack_codes(whole, bits), codes)
+    monkeypatch.setattr(affine, "ROW_SLICE_CODES", 1 << 16)
+    big = rng.integers(0, 2**bits, size=(4096, 512), dtype=np.uint8)
+    tracemalloc.start()
+    try:
+        packed = affine.pack_codes(big, bits)
+        _, packing = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        unpacked = affine.unpack_codes(packed, bits)
+        _, unpacking = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(unpacked, big)
+    # outputs (packed: bits/8 bytes a code; unpacked: 1 byte a code, both alive in the second) plus slices
+    # of 64k codes at up to 24 bytes a code (the whole matrix at once: 16-35 MB)
+    slice_bytes = 24 * (1 << 16)
+    assert packing < big.size * bits / 8 + slice_bytes, packing
+    assert unpacking < big.size * (1 + bits / 8) + slice_bytes, unpacking
 
 
 def test_hand_computed_group():

@@ -71,28 +71,52 @@ def quantize_codes(w: np.ndarray, bits: int, group_size: int):
     return q, round_to(scale, w.dtype), round_to(bias, w.dtype)
 
 
+ROW_SLICE_CODES = 1 << 22  # codes (un)packed per slice of rows: bounds the temporaries (up to 24 bytes a code)
+
+
+def by_row_slices(function, array: np.ndarray, codes_per_row: int, width: int, dtype) -> np.ndarray:
+    """``function`` applied to slices of the rows of ``array`` [..., W_in] (rows independent) holding at
+    most :data:`ROW_SLICE_CODES` codes, into one new ``dtype`` array [..., ``width``]: an embedding of
+    262k rows is (un)packed with temporaries of a slice, not of the whole matrix."""
+    rows = array.reshape(-1, array.shape[-1])
+    out = np.empty((len(rows), width), dtype)
+    step = max(1, ROW_SLICE_CODES // max(codes_per_row, 1))
+    for start in range(0, len(rows), step):
+        out[start : start + step] = function(rows[start : start + step])
+    return out.reshape(*array.shape[:-1], width)
+
+
 def pack_codes(q: np.ndarray, bits: int) -> np.ndarray:
     """Pack uint8 codes ``[..., K]`` into uint32 words ``[..., K*bits/32]`` (LSB first)."""
     k = q.shape[-1]
     if (k * bits) % 32:
         raise SLMError(f"{k} codes of {bits} bits do not fill whole 32-bit words")
     unit = 32 // math.gcd(bits, 32)  # codes that fill a whole number of words: the packing repeats
-    codes = np.ascontiguousarray(q.reshape(-1, unit).T).astype(np.uint32)  # [unit, M]: code j of every unit
-    words = np.zeros((unit * bits // 32, codes.shape[1]), np.uint32)
-    for j in range(unit):
-        word, shift = divmod(j * bits, 32)
-        words[word] |= codes[j] << np.uint32(shift)
-        if shift + bits > 32:  # the code straddles two words
-            words[word + 1] |= codes[j] >> np.uint32(32 - shift)
-    return np.ascontiguousarray(words.T).reshape(*q.shape[:-1], k * bits // 32).astype("<u4", copy=False)
+
+    def pack_rows(rows: np.ndarray) -> np.ndarray:
+        codes = np.ascontiguousarray(rows.reshape(-1, unit).T).astype(np.uint32)  # [unit, M]: code j of every unit
+        words = np.zeros((unit * bits // 32, codes.shape[1]), np.uint32)
+        for j in range(unit):
+            word, shift = divmod(j * bits, 32)
+            words[word] |= codes[j] << np.uint32(shift)
+            if shift + bits > 32:  # the code straddles two words
+                words[word + 1] |= codes[j] >> np.uint32(32 - shift)
+        return words.T.reshape(len(rows), -1)
+
+    return by_row_slices(pack_rows, q, k, k * bits // 32, "<u4")
 
 
 def unpack_codes(packed: np.ndarray, bits: int) -> np.ndarray:
     """Inverse of :func:`pack_codes`: uint32 ``[..., W]`` -> uint8 codes ``[..., W*32/bits]``."""
-    stream = np.unpackbits(np.ascontiguousarray(packed).view(np.uint8), axis=-1, bitorder="little")
-    stream = stream.reshape(*packed.shape[:-1], -1, bits)
-    pad = np.zeros((*stream.shape[:-1], 8 - bits), np.uint8)
-    return np.packbits(np.concatenate([stream, pad], axis=-1), axis=-1, bitorder="little")[..., 0]
+    k = packed.shape[-1] * 32 // bits
+
+    def unpack_rows(rows: np.ndarray) -> np.ndarray:
+        stream = np.unpackbits(np.ascontiguousarray(rows).view(np.uint8), axis=-1, bitorder="little")
+        stream = stream.reshape(len(rows), -1, bits)
+        pad = np.zeros((*stream.shape[:-1], 8 - bits), np.uint8)
+        return np.packbits(np.concatenate([stream, pad], axis=-1), axis=-1, bitorder="little")[..., 0]
+
+    return by_row_slices(unpack_rows, packed, k, k, np.uint8)
 
 
 def pack(w: np.ndarray, bits: int = 4, group_size: int = 64, importance=None, search: bool = False):
