@@ -19,10 +19,12 @@ import statistics
 import time
 from pathlib import Path
 
+import mlx_slm  # noqa: F401  (fast BLAS for MLX on Linux: before mlx)
+
+# isort: split
 import mlx.core as mx
 import numpy as np
 
-import mlx_slm  # noqa: F401  (before mlx.core)
 from mlx_slm.calib.hessian import inverse_hessian_factor, prepare_hessian
 from mlx_slm.calib.mlx_engine import MLXArrays
 from mlx_slm.calib.statistics import NumpyArrays
