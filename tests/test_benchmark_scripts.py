@@ -44,3 +44,19 @@ def test_lowbit_training_measures_start_blockwise_and_e2e(tmp_path):
     assert rows["e2e"]["tokens"] == 2 * 2 * 32 and len(rows["e2e"]["e2e_heldout_kl"]) == 2
     for name in ("gptq", "blockwise", "e2e"):
         assert rows[name]["bpw"] == 2.5 and np.isfinite(rows[name]["kld"]) and rows[name]["kld"] > 0
+
+
+def test_engine_agreement_compares_both_engines(tmp_path, monkeypatch):
+    import engine_agreement
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", [
+        "engine_agreement.py", "--model", str(tiny_model_folder(tmp_path, "llama")), "--out", str(out),
+        "--methods", "imatrix,sparsegpt", "--num-samples", "4", "--calib-seq-len", "32", "--seq-len", "64",
+        "--max-windows", "2"])
+    engine_agreement.main()
+    rows = json.loads((out / "engines.json").read_text())["rows"]
+    assert [(row["method"], row["engine"]) for row in rows] == [
+        ("imatrix", "numpy"), ("imatrix", "mlx"), ("sparsegpt", "numpy"), ("sparsegpt", "mlx")]
+    for row in rows:
+        assert 0.9 < row["equal"] <= 1 and 0 < row["kld"] < 1 and row["block_mb"] > 0
