@@ -106,8 +106,9 @@ def sequential_choose(engine, plan: dict, tokens: np.ndarray, method: str, dtype
     scaled = []
 
     def quantize_layers(names, stats, layer_method, later_blocks_read_them=True):
-        def weight(name):
-            return engine.dense(name) if awq_settings else engine.weights[f"{name}.weight"]
+        def weight(name):  # AWQ's rescaled layers are the engine's float32 ones; the rest as stored (no copy)
+            rescaled = awq_settings and name in engine.dense_names()
+            return engine.dense(name) if rescaled else engine.weights[f"{name}.weight"]
 
         for batch in jointly_quantized(names, layer_method, stats, weight, todo, dtypes):
             weights = [weight(name) for name in batch]
