@@ -59,7 +59,7 @@ def test_unstructured_sparsity_is_exact_per_layer(tmp_path, method, sparsity):
     model, tokenizer = mlx_slm.load(tiny_model_folder(tmp_path), backend="numpy")
     dense = dict(model.weights)
     prune(model, method=method, sparsity=sparsity, **calibration(tokenizer))
-    layers = decoder_linears(model.weights)
+    layers = decoder_linears(access(model).candidate_layers())
     assert len(layers) == 14
     for path, shape in layers.items():
         w = model.weights[f"{path}.weight"]
@@ -80,7 +80,7 @@ def test_unstructured_sparsity_is_exact_per_layer(tmp_path, method, sparsity):
 def test_n_m_pattern_has_exactly_n_zeros_in_every_m(tmp_path, method, pattern, n, m):
     model, tokenizer = mlx_slm.load(tiny_model_folder(tmp_path), backend="numpy")
     prune(model, method=method, pattern=pattern, **calibration(tokenizer))
-    for path in decoder_linears(model.weights):
+    for path in decoder_linears(access(model).candidate_layers()):
         w = model.weights[f"{path}.weight"]
         zeros = np.count_nonzero(w.reshape(w.shape[0], -1, m) == 0, axis=-1)
         assert np.all(zeros == n), path

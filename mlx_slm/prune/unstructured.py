@@ -30,10 +30,10 @@ SPARSEGPT_DEFAULTS = {"block_size": 128, "damp": 0.01}
 DECODER_LINEAR = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.[A-Za-z0-9_]+$")
 
 
-def decoder_linears(weights: dict) -> dict:
-    """Decoder-block projection path -> weight shape (embeddings, norms and the head excluded)."""
-    return {name[: -len(".weight")]: value.shape for name, value in weights.items()
-            if name.endswith(".weight") and value.ndim == 2 and DECODER_LINEAR.match(name[: -len(".weight")])}
+def decoder_linears(layers: dict) -> dict:
+    """The decoder-block projections among ``layers`` (path -> weight shape, the model view's
+    candidate layers: read from the model, no weight converted): embeddings and the head excluded."""
+    return {path: shape for path, shape in layers.items() if DECODER_LINEAR.match(path)}
 
 
 def parse_target(value, where: str):
@@ -148,7 +148,7 @@ def prune(model, method: str = "wanda", sparsity: float = 0.5, pattern=None, cal
         raise SLMError(f"unknown sparsegpt_options {sorted(unknown)}; known: {sorted(SPARSEGPT_DEFAULTS)}")
     view = access(model)
     engine = view.calibration_engine(cpu_engine)
-    candidates = decoder_linears(engine.weights)
+    candidates = decoder_linears(view.candidate_layers())
     if not candidates:
         raise SLMError("the model has no decoder linear layers to prune")
     plan = pruning_plan(candidates, sparsity, pattern, layers)
