@@ -43,7 +43,7 @@ def block_bytes(model, num_samples: int, seq_len: int) -> dict:
     """Method -> what calibrating the model's largest block holds (see the module docstring): a
     decoder block, or the output head (``lm_head``, else the tied input embedding), which
     the quantizers calibrate on the final norm's outputs."""
-    shapes = {name: a.shape for name, a in access(model).numpy_weights().items()}
+    shapes = {name: tuple(a.shape) for name, a in access(model).arrays().items()}  # no weight converted
     config = model_config(model)
     hidden = config["hidden_size"]
     states = 2 * num_samples * seq_len * hidden
