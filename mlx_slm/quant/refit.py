@@ -12,16 +12,24 @@ so one product with H serves the fit and the error check: the error changes by
 whose codes are all equal well-posed. After rounding to the stored dtype a row takes
 the refitted grid only if it lowers the error by at least :data:`MARGIN` of it, so
 the refit never makes a row worse.
+
+The systems are small (2G x 2G) and many: solved with one BLAS thread each, slices of rows
+spread over the cores. A multi-threaded BLAS spends far longer waking its threads for each
+small product and solve than computing it, and on a busy machine its waiting threads spin.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..formats.dtypes import as_float32, round_to
+from .imatrix import worker_count
 
 RIDGE = 1e-6  # relative to the mean diagonal of each row's system
-SYSTEM_ELEMENTS = 1 << 22  # float64 entries of the normal systems solved at once (32 MB; a row's is (2G)^2)
+SYSTEM_ELEMENTS = 1 << 22  # float64 entries of the normal systems alive at once, over all cores (32 MB)
 MARGIN = 1e-4  # least relative drop of a row's error that counts: far above float32's error on it
 
 
@@ -78,12 +86,19 @@ def refit_grid(w: np.ndarray, q: np.ndarray, scales: np.ndarray, biases: np.ndar
     """Scales and biases [N, G] (dtype of ``scales``) refitted to codes ``q`` [N, K] for weights
     ``w`` [N, K] under input second moments ``hessian`` [K, K] (damped by ``damp`` x its mean
     diagonal); each row keeps the old grid where the refit, once rounded, does not lower its
-    undamped output error. Rows are refitted in slices whose systems hold at most
-    :data:`SYSTEM_ELEMENTS` entries (a 14336-wide row with groups of 32 has a 6.4 MB system)."""
+    undamped output error. Rows are refitted in slices, one per core at a time, whose systems
+    together hold at most :data:`SYSTEM_ELEMENTS` entries (a 14336-wide row with groups of 32 has
+    a 6.4 MB system)."""
     h = np.asarray(hessian, np.float32)
-    rows = max(1, SYSTEM_ELEMENTS // (2 * scales.shape[1]) ** 2)
-    parts = [refit_rows(w[i : i + rows], q[i : i + rows], scales[i : i + rows], biases[i : i + rows], h,
-                        group_size, damp) for i in range(0, len(q), rows)]
+    workers = min(worker_count(), len(q))
+    rows = max(1, SYSTEM_ELEMENTS // workers // (2 * scales.shape[1]) ** 2)
+
+    def slice_of(i):
+        part = slice(i, i + rows)
+        return refit_rows(w[part], q[part], scales[part], biases[part], h, group_size, damp)
+
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(slice_of, range(0, len(q), rows)))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
