@@ -62,11 +62,11 @@ class MLXArrays:
     @staticmethod
     def for_methods():
         """The array operations the per-layer algorithms run on: MLX's when its default device is a
-        GPU, else numpy's. A column sweep is a few small element-wise ops per column and the grid
-        search many passes over each weight: on a GPU MLX runs them without the weights leaving the
-        device, while on MLX's CPU backend each op's graph and dispatch overhead costs several times
-        the op itself, and numpy's in-place passes over cache-sized slices on every core are faster
-        there (``benchmarks/column_sweeps.py`` times the sweeps on both)."""
+        GPU, else numpy's. On a GPU MLX runs them without the weights leaving the device. A column
+        sweep is a few small element-wise ops per column, and on MLX's CPU backend each op's graph and
+        dispatch overhead costs several times the op itself, so numpy's in-place loop is faster there
+        (``benchmarks/column_sweeps.py`` times both); the other algorithms follow the same rule, so
+        that on a CPU both engines choose their values with the same numpy code."""
         return MLXArrays if mx.default_device() == mx.gpu else NumpyArrays
 
     @staticmethod
