@@ -5,7 +5,9 @@ in the weight's dtype) and codes ``q`` in ``0..2^bits-1`` that minimize the
 activation-weighted error ``sum_j d_j (w_j - s*q_j - b)^2``, where ``d_j`` is the
 mean squared activation of input column j. Candidates: MLX's own choice (so the
 result is never worse than RTN on that error), the plain min/max grid, and a
-sweep of code spacings each refitted by weighted least squares.
+sweep of code spacings each refitted by weighted least squares. The search is written
+once over an engine's array operations (numpy's, or MLX's on a GPU: the calibration
+engine's ``arrays.for_methods()``, :mod:`mlx_slm.calib.statistics`).
 """
 
 from __future__ import annotations
