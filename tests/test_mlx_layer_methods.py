@@ -6,11 +6,16 @@ same errors; MLX's round-to-nearest choice is ``mx.quantize``'s, equal to numpy'
 
 import numpy as np
 import pytest
+from helpers import sample_text
+from test_mlx_calibration import gemma3_folder, quantized
 from test_mlx_sweeps import EQUAL_SHARE, layer
 
+import mlx_slm
 from mlx_slm.calib.statistics import NumpyArrays
-from mlx_slm.formats.affine import dequantize_codes
+from mlx_slm.formats.affine import dequantize_codes, unpack_codes
 from mlx_slm.formats.dtypes import bfloat16
+from mlx_slm.model_access import access
+from mlx_slm.prune import prune
 from mlx_slm.prune.wanda import wanda_mask
 from mlx_slm.quant.awq import search_scales
 from mlx_slm.quant.imatrix import weighted_group_error, weighted_quantize
@@ -114,3 +119,34 @@ def test_a_planted_rounding_bug_on_mlx_fails_the_comparison(monkeypatch):
     monkeypatch.setattr(arrays, "round_clip", staticmethod(lambda x, top: mx.clip(mx.floor(x), 0, top)))
     equal, ratio, _ = imatrix_on_both(w, np.diag(hessian), 3, 32, arrays)
     assert equal < EQUAL_SHARE and abs(ratio - 1) > ERROR_TOLERANCE, (equal, ratio)
+
+
+def awq_codes_and_wanda_zeros(folder):
+    """Tiny Gemma 3 (calibrated on the MLX engine): its AWQ codes (3 bits, group 32, unpacked) and its zeros
+    after Wanda at 50%."""
+    model, _ = quantized(folder, "awq", "mlx")
+    codes = {name: unpack_codes(np.array(value), 3) for name, value in access(model).arrays().items()
+             if np.array(value).dtype == np.uint32}
+    model, tokenizer = mlx_slm.load(folder, backend="mlx", progress=False)
+    prune(model, method="wanda", sparsity=0.5, calib=[sample_text(60)], tokenizer=tokenizer, num_samples=8,
+          seq_len=64, progress=False)
+    zeros = {name: np.array(value) == 0 for name, value in access(model).arrays().items()
+             if name.startswith("model.layers.") and name.endswith("proj.weight")}
+    return codes, zeros
+
+
+def test_awq_and_wanda_on_the_mlx_engine_run_where_for_methods_says(tmp_path, monkeypatch):
+    """AWQ (search and imatrix) and Wanda on the MLX engine with their algorithms on numpy (a CPU's rule),
+    then forced onto MLX (a GPU's): the same codes and zeros (MLX's grid refits in float32, and each
+    block's inputs come from the blocks before it)."""
+    arrays = mlx_arrays()
+    folder = gemma3_folder(tmp_path)
+    on_numpy = awq_codes_and_wanda_zeros(folder)
+    calls = []
+    monkeypatch.setattr(arrays, "for_methods", staticmethod(lambda: calls.append(1) or arrays))
+    on_mlx = awq_codes_and_wanda_zeros(folder)
+    assert calls
+    for numpy_result, mlx_result in zip(on_numpy, on_mlx):
+        assert numpy_result.keys() == mlx_result.keys() and numpy_result
+        equal = np.concatenate([(mlx_result[name] == numpy_result[name]).ravel() for name in numpy_result])
+        assert equal.mean() >= EQUAL_SHARE, equal.mean()
