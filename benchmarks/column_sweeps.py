@@ -6,7 +6,7 @@ N x K (576 x 576: q/o, 1536 x 576: gate/up, 576 x 1536: down), random weights an
 random correlated inputs, its factor computed once beforehand (as calibration shares it). GPTQ:
 4 bits, group 64, act-order; SparseGPT: 50% unstructured and 2:4. Reports the median of
 ``--repeat`` runs and the share of equal codes / mask entries, prints a table and writes JSON.
-What it measures decides :meth:`mlx_slm.calib.mlx_engine.MLXArrays.for_sweeps`.
+What it measures decides :meth:`mlx_slm.calib.mlx_engine.MLXArrays.for_methods`.
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/column_sweeps.py [--repeat 5] [--json runs/column_sweeps.json]
 """

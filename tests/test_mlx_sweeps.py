@@ -10,7 +10,7 @@ from test_mlx_calibration import gemma3_folder, quantized
 
 import mlx_slm
 from mlx_slm.calib.statistics import NumpyArrays
-from mlx_slm.formats.affine import dequantize_codes
+from mlx_slm.formats.affine import dequantize_codes, unpack_codes
 from mlx_slm.model_access import access
 from mlx_slm.prune import prune
 from mlx_slm.prune.sparsegpt import sparsegpt_prune
@@ -39,10 +39,11 @@ def layer(n: int, k: int, seed: int):
 @pytest.mark.parametrize("bits", [2, 3, 4])
 def test_gptq_sweep_on_mlx_matches_numpy(bits, group_size, act_order):
     """The numpy reference sweeps all 256 columns as one block (every update in-block); MLX's blocks of
-    48 (the last one partial) take the lazy updates between blocks as well."""
+    48 (the last one partial) take the lazy updates between blocks as well. Both on MLX's RTN grid: the
+    imatrix grid, whose refits run in float32 on MLX, is compared in ``test_mlx_layer_methods``."""
     w, hessian = layer(96, 256, seed=bits)
     chosen = {name: gptq_quantize(w, hessian, bits, group_size, act_order=act_order, block_size=block_size,
-                                  arrays=arrays)
+                                  grid="rtn", arrays=arrays)
               for name, arrays, block_size in (("numpy", NumpyArrays, 256), ("mlx", mlx_arrays(), 48))}
     assert chosen["mlx"][0].dtype == np.uint8 and chosen["mlx"][0].shape == w.shape
     assert np.mean(chosen["mlx"][0] == chosen["numpy"][0]) >= EQUAL_SHARE
@@ -77,24 +78,24 @@ def test_sweeps_run_on_mlx_only_on_a_gpu():
     import mlx.core as mx
 
     arrays = mlx_arrays()
-    assert NumpyArrays.for_sweeps() is NumpyArrays
+    assert NumpyArrays.for_methods() is NumpyArrays
     device = mx.default_device()
     try:
         mx.set_default_device(mx.cpu)
-        assert arrays.for_sweeps() is NumpyArrays
+        assert arrays.for_methods() is NumpyArrays
         if mx.metal.is_available():
             mx.set_default_device(mx.gpu)
-            assert arrays.for_sweeps() is arrays
+            assert arrays.for_methods() is arrays
     finally:
         mx.set_default_device(device)
 
 
 def gptq_codes_and_sparsegpt_zeros(folder):
-    """Tiny Gemma 3 (calibrated on the MLX engine): its packed GPTQ codes (3 bits, group 32) and its zeros
+    """Tiny Gemma 3 (calibrated on the MLX engine): its GPTQ codes (3 bits, group 32, unpacked) and its zeros
     after SparseGPT 2:4."""
     model, _ = quantized(folder, "gptq", "mlx")
     codes = {name: np.array(value) for name, value in access(model).arrays().items()}
-    codes = {name: value for name, value in codes.items() if value.dtype == np.uint32}
+    codes = {name: unpack_codes(value, 3) for name, value in codes.items() if value.dtype == np.uint32}
     model, tokenizer = mlx_slm.load(folder, backend="mlx", progress=False)
     prune(model, method="sparsegpt", pattern="2:4", calib=[sample_text(60)], tokenizer=tokenizer, num_samples=8,
           seq_len=64, progress=False)
@@ -103,15 +104,16 @@ def gptq_codes_and_sparsegpt_zeros(folder):
     return codes, zeros
 
 
-def test_calibration_on_mlx_runs_the_sweeps_where_for_sweeps_says(tmp_path, monkeypatch):
-    """GPTQ and SparseGPT on the MLX engine with their sweeps on numpy (a CPU's rule), then forced onto
-    MLX (a GPU's): the same packed codes and zeros (each block's inputs come from the blocks before it,
-    so a flipped code may move the next blocks' statistics a little)."""
+def test_calibration_on_mlx_runs_the_sweeps_where_for_methods_says(tmp_path, monkeypatch):
+    """GPTQ and SparseGPT on the MLX engine with their per-layer algorithms on numpy (a CPU's rule), then
+    forced onto MLX (a GPU's): the same codes and zeros (GPTQ's imatrix grid refits in float32 on MLX,
+    float64 on numpy, so a group's grid may differ by a rounding, and each block's inputs come from the
+    blocks before it, so a flipped code may move the next blocks' statistics a little)."""
     arrays = mlx_arrays()
     folder = gemma3_folder(tmp_path)
     on_numpy = gptq_codes_and_sparsegpt_zeros(folder)
     calls = []
-    monkeypatch.setattr(arrays, "for_sweeps", staticmethod(lambda: calls.append(1) or arrays))
+    monkeypatch.setattr(arrays, "for_methods", staticmethod(lambda: calls.append(1) or arrays))
     on_mlx = gptq_codes_and_sparsegpt_zeros(folder)
     assert len(calls) == 4 * 4 + 1 + 4 * 7  # GPTQ: q/k/v, o, gate/up, down per block and the head; SparseGPT
     for numpy_result, mlx_result in zip(on_numpy, on_mlx):

@@ -8,8 +8,9 @@ linear layers is a :class:`Watched` float32 twin that hands its input to ``engin
 and the block's other float parameters are float32: the statistics are those of a float32 pass, as
 the numpy engine's are, and MLX's CPU computes float32 fast where its float16 matmul is scalar code.
 Gram sums and mean squares are taken with MLX ops (:class:`MLXArrays`) on MLX's default device and
-handed to the methods as numpy arrays once per block; the column sweeps of GPTQ and SparseGPT run on
-that device too when it is a GPU (:meth:`MLXArrays.for_sweeps`).
+handed to the methods as numpy arrays once per block; the per-layer algorithms (GPTQ's and SparseGPT's
+column sweeps, Wanda, imatrix's grid search, the refit's products, AWQ's search) run on that device too
+when it is a GPU (:meth:`MLXArrays.for_methods`).
 """
 
 from __future__ import annotations
@@ -26,11 +27,16 @@ from ..runtime import LazyNumpyWeights, dense_twin, quantized_modules, widen_flo
 from .mlx_blocks import block_masks, blocks_of, first_block_input, head_input, tail
 from .statistics import NumpyArrays
 
+MLX_DTYPES = {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32}
+
 
 class MLXArrays:
     """The MLX engine's array operations (the names of :class:`~.statistics.NumpyArrays`): inputs
     are summed in float32 with MLX ops, each sum evaluated as it is added, so a block's sums never
-    hold on to its activations; the column sweeps build lazy MLX graphs, evaluated block by block."""
+    hold on to its activations; the per-layer algorithms build lazy MLX graphs (the column sweeps
+    evaluate theirs block by block), every operation returning a new array."""
+
+    in_cache_slices = False  # no cache-sized slices on threads: one graph per slice of rows
 
     @staticmethod
     def moments(x: mx.array, gram: bool):
@@ -54,23 +60,65 @@ class MLXArrays:
         return np.asarray(array, dtype) if isinstance(array, np.ndarray) else np.array(array).astype(dtype, copy=False)
 
     @staticmethod
-    def for_sweeps():
-        """The array operations the column sweeps run on: MLX's when its default device is a GPU,
-        else numpy's. A sweep is a few small element-wise ops per column: on a GPU MLX runs them
-        without the weights leaving the device, while on MLX's CPU backend each op's graph and
-        dispatch overhead costs several times the op itself, so numpy's in-place loop is faster
-        there (``benchmarks/column_sweeps.py`` times both)."""
+    def for_methods():
+        """The array operations the per-layer algorithms run on: MLX's when its default device is a
+        GPU, else numpy's. On a GPU MLX runs them without the weights leaving the device. A column
+        sweep is a few small element-wise ops per column, and on MLX's CPU backend each op's graph and
+        dispatch overhead costs several times the op itself, so numpy's in-place loop is faster there
+        (``benchmarks/column_sweeps.py`` times both); the other algorithms follow the same rule, so
+        that on a CPU both engines choose their values with the same numpy code."""
         return MLXArrays if mx.default_device() == mx.gpu else NumpyArrays
 
     @staticmethod
     def array(x: np.ndarray) -> mx.array:
         return mx.array(np.asarray(x, np.float32))
 
-    rint = staticmethod(mx.round)  # ties to even, as np.rint
-    clip = staticmethod(mx.clip)
     where = staticmethod(mx.where)
     square = staticmethod(mx.square)
+    abs = staticmethod(mx.abs)
+    maximum = staticmethod(mx.maximum)
     stack = staticmethod(mx.stack)
+
+    wide = staticmethod(float)  # a Python float: MLX computes with it in the other operand's float32
+
+    @staticmethod
+    def round_clip(x: mx.array, top: int) -> mx.array:
+        return mx.clip(mx.round(x), 0, top)  # ties to even, as np.rint
+
+    @staticmethod
+    def put_where(target: mx.array, mask: mx.array, values: mx.array) -> mx.array:
+        return mx.where(mask, values, target)
+
+    @staticmethod
+    def sums64(x: mx.array) -> np.ndarray:
+        return np.array(x.sum(-1)).astype(np.float64)  # summed in float32: MLX's GPU has no float64
+
+    @staticmethod
+    def row_dots(a: mx.array, b: mx.array) -> mx.array:
+        return (a * b).sum(-1)
+
+    @staticmethod
+    def any(mask: mx.array) -> bool:
+        return mx.any(mask).item()
+
+    @staticmethod
+    def total(x: mx.array) -> float:
+        return mx.sum(x).item()
+
+    @staticmethod
+    def rounded(x, dtype) -> mx.array:
+        return x.astype(MLX_DTYPES[np.dtype(dtype).name]).astype(mx.float32)
+
+    @staticmethod
+    def affine_codes(groups: mx.array, bits: int, dtype):
+        """``mx.quantize``'s choice (what :func:`~mlx_slm.formats.affine.quantize_codes` computes), its
+        codes read back with ``mx.dequantize`` on a grid of scale 1 and bias 0."""
+        group_size = groups.shape[-1]
+        packed, scales, biases = mx.quantize(groups.reshape(len(groups), -1).astype(MLX_DTYPES[np.dtype(dtype).name]),
+                                             group_size=group_size, bits=bits)
+        unit = mx.ones(scales.shape, mx.float32)
+        codes = mx.dequantize(packed, unit, mx.zeros_like(unit), group_size=group_size, bits=bits)
+        return codes.reshape(groups.shape), scales.astype(mx.float32), biases.astype(mx.float32)
 
     @staticmethod
     def ranks(scores: mx.array) -> mx.array:

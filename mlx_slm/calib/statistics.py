@@ -2,9 +2,11 @@
 
 The sums are taken with the engine's own array library (:class:`NumpyArrays` here; MLX's in
 :mod:`.mlx_engine`) and handed to the methods as numpy arrays once a block's pass is over
-(:meth:`InputStatistics.release`). The methods choose their values with numpy, except the
-column sweeps of GPTQ and SparseGPT, which are written once over these array operations and
-run on the library :meth:`NumpyArrays.for_sweeps` names.
+(:meth:`InputStatistics.release`). The per-layer algorithms (the column sweeps of GPTQ and
+SparseGPT, Wanda's scores, imatrix's grid search, the refit's products with H, AWQ's error per
+alpha) are written once over these array operations and run on the library
+:meth:`NumpyArrays.for_methods` names; what stays numpy code is the Hessian's factor, the refit's
+float64 solves and the bookkeeping around them.
 """
 
 from __future__ import annotations
@@ -12,13 +14,20 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SLMError
+from ..formats import affine
+from ..formats.dtypes import as_float32, round_to
 from .hessian import prepare_hessian
 
 
 class NumpyArrays:
     """The numpy engine's array operations: how its inputs are summed (:class:`InputStatistics`)
-    and what the column sweeps of GPTQ and SparseGPT compute with (:mod:`mlx_slm.quant.gptq`,
-    :mod:`mlx_slm.prune.sparsegpt`; MLX's :class:`~.mlx_engine.MLXArrays` has the same names)."""
+    and what the per-layer algorithms compute with (:mod:`mlx_slm.quant.gptq`, :mod:`mlx_slm.quant.imatrix`,
+    :mod:`mlx_slm.quant.refit`, :mod:`mlx_slm.quant.awq`, :mod:`mlx_slm.prune.sparsegpt`,
+    :mod:`mlx_slm.prune.wanda`; MLX's :class:`~.mlx_engine.MLXArrays` has the same names). Where an
+    operation's result may overwrite its first argument, numpy's does so in place (the algorithms
+    hand it temporaries), MLX's returns a new array."""
+
+    in_cache_slices = True  # element-wise passes run on cache-sized row slices, one thread per core
 
     @staticmethod
     def moments(x: np.ndarray, gram: bool):
@@ -44,21 +53,68 @@ class NumpyArrays:
         return np.asarray(array, dtype)
 
     @staticmethod
-    def for_sweeps():
-        """The array operations the column sweeps run on for this engine: numpy's."""
+    def for_methods():
+        """The array operations the per-layer algorithms run on for this engine: numpy's."""
         return NumpyArrays
 
     @staticmethod
     def array(x: np.ndarray) -> np.ndarray:
-        """Numpy ``x`` as a C-contiguous float32 array of this library: ``x`` itself if it already is one
-        (a sweep updates the columns it gets from here in place on numpy, and MLX's copy functionally)."""
-        return np.ascontiguousarray(x, np.float32)
+        """Numpy ``x`` as a float32 array of this library: ``x`` itself if it already is float32, in its
+        layout (a sweep updates the columns it gets from here in place on numpy, and MLX's copy
+        functionally; a matrix product's float32 rounding depends on the layout)."""
+        return np.asarray(x, np.float32)
 
-    rint = staticmethod(np.rint)  # to the nearest integer, ties to even
-    clip = staticmethod(np.clip)
     where = staticmethod(np.where)
     square = staticmethod(np.square)
+    abs = staticmethod(np.abs)
+    maximum = staticmethod(np.maximum)
     stack = staticmethod(np.stack)
+
+    wide = np.float64  # a scalar of the widest float: with it numpy computes in float64 (MLX: float32)
+
+    @staticmethod
+    def round_clip(x: np.ndarray, top: int) -> np.ndarray:
+        """``x`` rounded to the nearest integer (ties to even) and clipped to [0, top], in place."""
+        return np.clip(np.rint(x, out=x), 0, top, out=x)
+
+    @staticmethod
+    def put_where(target: np.ndarray, mask: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """``target`` with ``values`` where ``mask`` (broadcast), in place."""
+        np.copyto(target, values, where=mask)
+        return target
+
+    @staticmethod
+    def sums64(x: np.ndarray) -> np.ndarray:
+        """Sums over the last axis as numpy float64 (taken in float64)."""
+        return x.sum(-1, dtype=np.float64)
+
+    @staticmethod
+    def row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """sum(a * b) over the last axis of equally shaped ``a``, ``b``."""
+        return np.einsum("...j,...j->...", a, b)
+
+    @staticmethod
+    def any(mask: np.ndarray) -> bool:
+        return bool(mask.any())
+
+    @staticmethod
+    def total(x: np.ndarray) -> float:
+        """Sum of all of ``x`` (numpy's pairwise float32 sum for float32 ``x``)."""
+        return float(np.sum(x))
+
+    @staticmethod
+    def rounded(x, dtype) -> np.ndarray:
+        """Float ``x`` rounded to float32, then to numpy ``dtype`` (float16, bfloat16 or float32), held as float32."""
+        return as_float32(round_to(x, dtype))
+
+    @staticmethod
+    def affine_codes(groups: np.ndarray, bits: int, dtype):
+        """MLX's own round-to-nearest choice (:func:`~mlx_slm.formats.affine.quantize_codes`) for weight
+        groups float32 [N, G, g] stored in ``dtype``: codes float32 [N, G, g] and scales, biases
+        [N, G] as :meth:`rounded` values."""
+        q, scales, biases = affine.quantize_codes(groups.reshape(len(groups), -1).astype(dtype, copy=False), bits,
+                                                  groups.shape[-1])
+        return q.reshape(groups.shape).astype(np.float32), as_float32(scales), as_float32(biases)
 
     @staticmethod
     def ranks(scores: np.ndarray) -> np.ndarray:

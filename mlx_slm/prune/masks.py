@@ -66,10 +66,11 @@ def row_counts(sparsity: float, rows: int, cols: int) -> np.ndarray:
     return np.diff(edges)
 
 
-def keep_per_row(scores: np.ndarray, counts) -> np.ndarray:
-    """Remove the ``counts[i]`` lowest scores of row i (``counts`` int or [N])."""
+def keep_per_row(scores, counts, arrays=NumpyArrays):
+    """Remove the ``counts[i]`` lowest scores of row i (``counts`` int or [N]; ``scores`` an array of
+    ``arrays``' library, as for :func:`keep_overall`)."""
     counts = np.broadcast_to(np.asarray(counts), scores.shape[:1])
-    return NumpyArrays.ranks(scores) >= counts[:, None]
+    return arrays.ranks(scores) >= arrays.array(counts[:, None])
 
 
 def keep_overall(scores, count: int, arrays=NumpyArrays):
@@ -86,15 +87,15 @@ def keep_n_of_m(scores, n: int, m: int, arrays=NumpyArrays):
     return (arrays.ranks(grouped) >= n).reshape(rows, cols)
 
 
-def keep_mask(scores: np.ndarray, sparsity: float = 0.0, pattern=None, per_row: bool = False) -> np.ndarray:
+def keep_mask(scores, sparsity: float = 0.0, pattern=None, per_row: bool = False, arrays=NumpyArrays):
     """Mask for ``scores`` [N, K]: ``pattern`` (n, m) if given, else unstructured ``sparsity``,
-    compared within each row (``per_row``) or over the whole layer."""
+    compared within each row (``per_row``) or over the whole layer (``arrays`` as for :func:`keep_overall`)."""
     if pattern is not None:
-        return keep_n_of_m(scores, *pattern)
+        return keep_n_of_m(scores, *pattern, arrays)
     rows, cols = scores.shape
     if per_row:
-        return keep_per_row(scores, row_counts(sparsity, rows, cols))
-    return keep_overall(scores, int(round_half_up(sparsity * rows * cols)))
+        return keep_per_row(scores, row_counts(sparsity, rows, cols), arrays)
+    return keep_overall(scores, int(round_half_up(sparsity * rows * cols)), arrays)
 
 
 def magnitude_mask(w: np.ndarray, sparsity: float = 0.0, pattern=None) -> np.ndarray:

@@ -15,7 +15,7 @@ layer total exactly ``round(s*N*K)`` (block b gets ``round(s*N*end_b) - round(s*
 N:M: each group of M columns is chosen when the sweep reaches it.
 
 The sweep is written once over an engine's array operations (numpy's, or MLX's on a GPU: the
-calibration engine's ``arrays.for_sweeps()``, see :mod:`mlx_slm.quant.gptq`); the factor is
+calibration engine's ``arrays.for_methods()``, see :mod:`mlx_slm.quant.gptq`); the factor is
 computed with numpy and the results come back as numpy arrays.
 """
 
@@ -45,7 +45,7 @@ def sparsegpt_prune(w: np.ndarray, hessian: np.ndarray, sparsity: float = 0.0, p
     pattern: (n, m) = n zeros in every m consecutive input weights (m divides K).
     factor: :func:`inverse_hessian_factor` of this Hessian and damp, if already known
     (layers sharing an input share it).
-    arrays: the array operations the sweep runs on (the calibration engine's ``arrays.for_sweeps()``).
+    arrays: the array operations the sweep runs on (the calibration engine's ``arrays.for_methods()``).
     Returns ``(weights float32 [N, K] with the zeros and the compensating updates, keep mask bool [N, K])``.
     """
     rows, cols = w.shape

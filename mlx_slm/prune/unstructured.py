@@ -77,11 +77,12 @@ def prune_layer(method: str, w: np.ndarray, target, stats, name: str, options: d
     """New float32 weights [N, K] for one layer."""
     if method == "magnitude":
         return w * magnitude_mask(w, **target_args(target))
+    arrays = stats.arrays.for_methods()
     if method == "wanda":
-        return w * wanda_mask(w, stats.importance(name), **target_args(target))
+        return w * wanda_mask(w, stats.importance(name), arrays=arrays, **target_args(target))
     _, factor = stats.factor(name, options["damp"], act_order=False)
     pruned, _ = sparsegpt_prune(w, stats.hessian(name), block_size=options["block_size"], factor=factor,
-                                arrays=stats.arrays.for_sweeps(), **target_args(target))
+                                arrays=arrays, **target_args(target))
     return pruned
 
 

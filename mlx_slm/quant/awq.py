@@ -8,17 +8,19 @@ but gives the quantizer finer steps on the columns that carry large activations.
 alpha is chosen on a grid over [0, 1] to minimise the summed output error
 ``tr((W - W_hat) H (W - W_hat)^T)`` of the group's consumers, with ``H`` = E[x x^T]
 from the calibration statistics. alpha = 0 (no scaling) is on the grid, so on that
-error AWQ never does worse than the quantizer alone.
+error AWQ never does worse than the quantizer alone. The search runs on the calibration engine's
+``arrays.for_methods()`` (:mod:`mlx_slm.calib.statistics`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..calib.statistics import NumpyArrays
 from ..errors import SLMError
-from ..formats.affine import dequantize_codes
 from ..formats.dtypes import as_float32, round_to
 from .imatrix import weighted_quantize
+from .refit import dequantized
 
 DEFAULTS = {"grid": 20, "quantizer": "imatrix"}
 QUANTIZERS = ("imatrix", "gptq")
@@ -50,18 +52,19 @@ def candidate_scales(importance: np.ndarray, alpha: float) -> np.ndarray:
     return (s / np.sqrt(s.max() * s.min())).astype(np.float32)
 
 
-def scaled_error(w: np.ndarray, importance: np.ndarray, hessian: np.ndarray, s: np.ndarray, settings: dict,
-                 dtype) -> float:
+def scaled_error(w: np.ndarray, importance: np.ndarray, hessian, s: np.ndarray, settings: dict, dtype,
+                 arrays=NumpyArrays) -> float:
     """tr((W - W_hat) H (W - W_hat)^T) where W_hat = deq(quant(W diag(s))) diag(1/s).
 
-    w: [N, K] float32; importance: [K]; hessian: [K, K] float32; s: [K]; settings: bits, group_size.
-    The quantizer is :func:`weighted_quantize` with the scaled columns' importance / s^2.
+    w: [N, K] float32; importance: [K]; hessian: [K, K] float32 (an array of ``arrays``' library);
+    s: [K]; settings: bits, group_size. The quantizer is :func:`weighted_quantize` with the scaled
+    columns' importance / s^2; it, the dequantization and the trace run on ``arrays``.
     """
     bits, group_size = settings["bits"], settings["group_size"]
     q, scales, biases = weighted_quantize(w * s, importance / np.square(s, dtype=np.float64), bits, group_size,
-                                          dtype)
-    delta = w - dequantize_codes(q, scales, biases, group_size, np.float32) / s
-    return float(np.sum((delta @ hessian) * delta))  # float32, pairwise (a float64 sum costs 50x)
+                                          dtype, arrays)
+    delta = arrays.array(w) - dequantized(q, scales, biases, group_size, arrays) / arrays.array(s)
+    return arrays.total((delta @ hessian) * delta)  # float32, pairwise on numpy (a float64 sum costs 50x)
 
 
 def search_rows(w: np.ndarray) -> np.ndarray:
@@ -71,13 +74,15 @@ def search_rows(w: np.ndarray) -> np.ndarray:
     return w[np.linspace(0, len(w) - 1, SEARCH_ROWS).round().astype(int)]
 
 
-def search_scales(layers: list, importance: np.ndarray, hessian: np.ndarray, grid: int):
+def search_scales(layers: list, importance: np.ndarray, hessian: np.ndarray, grid: int, arrays=NumpyArrays):
     """Best ``(s [K], alpha, errors [grid])`` for the consumers ``layers`` [(w [N, K], settings, dtype)]
-    sharing inputs with mean squares ``importance`` [K] and second moments ``hessian`` [K, K]."""
-    h32 = np.asarray(hessian, np.float32)
+    sharing inputs with mean squares ``importance`` [K] and second moments ``hessian`` [K, K], each
+    alpha's error computed with ``arrays`` (the calibration engine's ``arrays.for_methods()``)."""
+    h32 = arrays.array(hessian)
     rows = [(as_float32(search_rows(w)), settings, dtype) for w, settings, dtype in layers]
     alphas = np.linspace(0.0, 1.0, grid)
-    errors = np.array([sum(scaled_error(w, importance, h32, candidate_scales(importance, alpha), settings, dtype)
+    errors = np.array([sum(scaled_error(w, importance, h32, candidate_scales(importance, alpha), settings, dtype,
+                                        arrays)
                            for w, settings, dtype in rows) for alpha in alphas])
     best = int(np.argmin(errors))
     return candidate_scales(importance, alphas[best]), float(alphas[best]), errors
@@ -138,7 +143,7 @@ def scale_group(writer: ScaleWriter, group, stats, settings: dict, dtypes: dict,
     engine = writer.engine
     importance, hessian = stats.importance(planned[0]), stats.hessian(planned[0])
     layers = [(engine.dense(name), settings[name], dtypes[name]) for name in planned]
-    s, alpha, _ = search_scales(layers, importance, hessian, grid)
+    s, alpha, _ = search_scales(layers, importance, hessian, grid, stats.arrays.for_methods())
     if alpha == 0.0:
         return alpha
     s = writer.producer(group, s)

@@ -11,11 +11,12 @@ layout. They come from MLX's own rule or from the importance-weighted choice of
 :mod:`.imatrix`. Once the codes are chosen, each row's scales and biases are refitted
 to them on the output error (:mod:`.refit`), which never makes a row worse.
 
-The column sweep (:func:`quantize_columns`) is written once over an engine's array operations
-and runs where ``arrays.for_sweeps()`` of the calibration engine says: on MLX when the MLX engine
-runs on a GPU, else on numpy, which on a CPU is faster than MLX's CPU backend for these many
-small per-column ops (:meth:`mlx_slm.calib.mlx_engine.MLXArrays.for_sweeps`). The grid, the
-factor of the Hessian and the refit are numpy code.
+The column sweep (:func:`quantize_columns`), the imatrix grid and the refit's products with H are
+written once over an engine's array operations and run where ``arrays.for_methods()`` of the
+calibration engine says: on MLX when the MLX engine runs on a GPU, else on numpy, which on a CPU
+is faster than MLX's CPU backend for these many small per-column ops
+(:meth:`mlx_slm.calib.mlx_engine.MLXArrays.for_methods`). The factor of the Hessian and the
+refit's float64 solves are numpy code.
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ from .refit import refit_grid
 GRIDS = ("imatrix", "rtn")
 
 
-def static_grid(w: np.ndarray, hessian: np.ndarray, bits: int, group_size: int, dtype, grid: str):
-    """Per-group (scales, biases) [N, K/g] in ``dtype`` from the original weights."""
+def static_grid(w: np.ndarray, hessian: np.ndarray, bits: int, group_size: int, dtype, grid: str,
+                arrays=NumpyArrays):
+    """Per-group (scales, biases) [N, K/g] in ``dtype`` from the original weights (the imatrix grid
+    searched with ``arrays``)."""
     if grid == "imatrix":
-        _, scales, biases = weighted_quantize(w, np.diag(hessian), bits, group_size, dtype)
+        _, scales, biases = weighted_quantize(w, np.diag(hessian), bits, group_size, dtype, arrays)
     elif grid == "rtn":
         _, scales, biases = affine.quantize_codes(w.astype(dtype, copy=False), bits, group_size)
     else:
@@ -67,7 +70,7 @@ def quantize_columns(arrays, columns: np.ndarray, steps: np.ndarray, offsets: np
         block_codes, errors = [], []
         for i in range(end - start):
             g = groups[start + i]
-            q = arrays.clip(arrays.rint((block[i] - offsets[g]) * inverse_steps[g]), 0, n_max)
+            q = arrays.round_clip((block[i] - offsets[g]) * inverse_steps[g], n_max)
             error = (block[i] - (steps[g] * q + offsets[g])) * inverse_diagonal[start + i]
             block[i + 1 :] -= local[i, i + 1 :, None] * error
             block_codes.append(q)
@@ -86,14 +89,14 @@ def gptq_quantize(w: np.ndarray, hessian: np.ndarray, bits: int, group_size: int
 
     refit: refit the scales and biases to the chosen codes (:func:`.refit.refit_grid`).
     prepared: :func:`prepare_hessian`'s result for this Hessian, damp and act_order, if already known.
-    arrays: the array operations the column sweep runs on (the calibration engine's
-    ``arrays.for_sweeps()``); everything else is numpy.
+    arrays: the array operations the grid, the column sweep and the refit's products run on (the
+    calibration engine's ``arrays.for_methods()``); the factor and the solves are numpy.
     Returns ``(q uint8 [N, K], scales [N, K/g], biases [N, K/g])`` in ``dtype``
     (default: w's), so that ``scales * q + biases`` per contiguous group is the weight.
     """
     dtype = np.dtype(dtype or w.dtype)
     affine.check_params(w.shape, bits, group_size)
-    scales, biases = static_grid(w, hessian, bits, group_size, dtype, grid)
+    scales, biases = static_grid(w, hessian, bits, group_size, dtype, grid, arrays)
     order, factor = prepared if prepared is not None else prepare_hessian(hessian, damp, act_order)
     codes = quantize_columns(arrays, as_float32(w).T[order], as_float32(scales).T, as_float32(biases).T,
                              order // group_size, factor, (1 << bits) - 1, block_size)
@@ -101,5 +104,5 @@ def gptq_quantize(w: np.ndarray, hessian: np.ndarray, bits: int, group_size: int
     q[order] = codes
     q = q.T.astype(np.uint8)
     if refit:
-        scales, biases = refit_grid(w, q, scales, biases, hessian, group_size, damp)
+        scales, biases = refit_grid(w, q, scales, biases, hessian, group_size, damp, arrays)
     return q, scales, biases

@@ -5,7 +5,9 @@ in the weight's dtype) and codes ``q`` in ``0..2^bits-1`` that minimize the
 activation-weighted error ``sum_j d_j (w_j - s*q_j - b)^2``, where ``d_j`` is the
 mean squared activation of input column j. Candidates: MLX's own choice (so the
 result is never worse than RTN on that error), the plain min/max grid, and a
-sweep of code spacings each refitted by weighted least squares.
+sweep of code spacings each refitted by weighted least squares. The search is written
+once over an engine's array operations (numpy's, or MLX's on a GPU: the calibration
+engine's ``arrays.for_methods()``, :mod:`mlx_slm.calib.statistics`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..formats import affine
-from ..formats.dtypes import as_float32, round_to
+from ..calib.statistics import NumpyArrays
+from ..formats.dtypes import as_float32
 from ..formats.weighting import importance_weights
 
 SPACING_STEPS = np.linspace(-1.0, 1.0, 11)  # added to 2^bits - 1 codes across the range
@@ -76,70 +78,78 @@ def weighted_group_error(w: np.ndarray, w_hat: np.ndarray, importance: np.ndarra
     return (d * np.square(group_view(w, group_size) - group_view(w_hat, group_size))).sum(-1)
 
 
-def codes_for(groups: np.ndarray, scales: np.ndarray, biases: np.ndarray, n_max: int) -> np.ndarray:
-    """Nearest codes on the grid ``s*q + b``: groups [N, G, g], scales/biases float32 [N, G]."""
+def codes_for(groups, scales, biases, n_max: int, arrays=NumpyArrays):
+    """Nearest codes on the grid ``s*q + b``: groups [N, G, g], scales/biases float32 [N, G] (arrays of
+    ``arrays``' library)."""
     zero = scales == 0
     q = groups - biases[..., None]
-    q /= np.where(zero, np.float32(1), scales)[..., None]
-    if zero.any():
-        q[zero] = 0
-    return np.clip(np.rint(q, out=q), 0, n_max, out=q)
+    q /= arrays.where(zero, 1.0, scales)[..., None]
+    if arrays.any(zero):
+        q = arrays.where(zero[..., None], 0.0, q)
+    return arrays.round_clip(q, n_max)
 
 
-def weighted_refit(groups: np.ndarray, q: np.ndarray, d: np.ndarray, sw: np.ndarray, sx: np.ndarray):
+def weighted_refit(groups, q, d, sw, sx, arrays=NumpyArrays):
     """Weighted least-squares ``(s, b, ok)`` [N, G] for fixed codes q [N, G, g] (ok False where all
-    codes are equal); ``sw``, ``sx``: the sums of d and of d * groups over each group."""
+    codes are equal); ``sw``, ``sx``: the sums of d and of d * groups over each group (arrays of
+    ``arrays``' library)."""
     dq = d * q
     sq, sqq, sqx = dq.sum(-1), (dq * q).sum(-1), (dq * groups).sum(-1)
     det = sw * sqq - sq * sq
-    ok = det > 1e-12 * np.maximum(sw * sqq, 1e-30)
-    det = np.where(ok, det, 1)
-    return np.where(ok, (sw * sqx - sq * sx) / det, 0), np.where(ok, (sqq * sx - sq * sqx) / det, 0), ok
+    ok = det > 1e-12 * arrays.maximum(sw * sqq, 1e-30)
+    det = arrays.where(ok, det, 1.0)
+    return arrays.where(ok, (sw * sqx - sq * sx) / det, 0.0), arrays.where(ok, (sqq * sx - sq * sqx) / det, 0.0), ok
 
 
-@in_row_chunks(cache_sized=True)
-def weighted_quantize(w: np.ndarray, importance, bits: int, group_size: int, dtype=None):
+def weighted_quantize(w: np.ndarray, importance, bits: int, group_size: int, dtype=None, arrays=NumpyArrays):
     """Importance-weighted affine quantization of ``w`` [N, K].
 
     importance: [K] mean squared activation per input column (None: uniform).
-    dtype: scales/biases dtype (default: w's). Returns ``(q uint8 [N, K],
-    scales [N, K/g], biases [N, K/g])`` that ``affine.pack_codes`` / ``affine.unpack`` take.
+    dtype: scales/biases dtype (default: w's). arrays: the array operations the search runs on (the
+    calibration engine's ``arrays.for_methods()``): numpy's on cache-sized row slices, one thread per
+    core; others on slices of :data:`CHUNK_ELEMENTS`. Returns ``(q uint8 [N, K], scales [N, K/g],
+    biases [N, K/g])`` (numpy) that ``affine.pack_codes`` / ``affine.unpack`` take.
     """
-    dtype = np.dtype(dtype or w.dtype)
-    n_max = (1 << bits) - 1
-    d = importance_weights(importance, w.shape[1]).reshape(1, -1, group_size)
-    groups = group_view(w, group_size)
-    sw, sx = np.broadcast_to(d.sum(-1), groups.shape[:-1]), (d * groups).sum(-1)
+    search = in_row_chunks(grid_search, cache_sized=arrays.in_cache_slices)
+    return search(w, importance_weights(importance, w.shape[1]), bits, group_size, np.dtype(dtype or w.dtype), arrays)
 
-    q_best, s_best, b_best = affine.quantize_codes(w.astype(dtype, copy=False), bits, group_size)
-    q_best = q_best.reshape(groups.shape).astype(np.float32)
-    s_best, b_best = round_to(s_best, dtype), round_to(b_best, dtype)
-    restored = as_float32(s_best)[..., None] * q_best + as_float32(b_best)[..., None]
-    err_best = (d * np.square(groups - restored)).sum(-1)
+
+def grid_search(w: np.ndarray, importance: np.ndarray, bits: int, group_size: int, dtype, arrays):
+    """:func:`weighted_quantize` of rows ``w`` [N, K] with column weights ``importance`` float32 [K]:
+    MLX's own choice, then the min/max grid and each spacing's weighted refit where they lower a
+    group's error. Values are held as float32 (scales and biases rounded to ``dtype``); the refits run
+    in ``arrays.wide`` precision."""
+    n_max = (1 << bits) - 1
+    d = arrays.array(importance).reshape(1, -1, group_size)
+    groups = arrays.array(w).reshape(len(w), -1, group_size)
+    sw, sx = d.sum(-1), (d * groups).sum(-1)
+
+    q_best, s_best, b_best = arrays.affine_codes(groups, bits, dtype)
+    err_best = (d * arrays.square(groups - (s_best[..., None] * q_best + b_best[..., None]))).sum(-1)
 
     def consider(scales, biases):
         nonlocal q_best, s_best, b_best, err_best
-        scales, biases = round_to(scales, dtype), round_to(biases, dtype)
-        s32, b32 = as_float32(scales), as_float32(biases)
-        q = codes_for(groups, s32, b32, n_max)
-        residual = s32[..., None] * q
-        residual += b32[..., None]
-        np.subtract(groups, residual, out=residual)
-        np.square(residual, out=residual)
+        scales, biases = arrays.rounded(scales, dtype), arrays.rounded(biases, dtype)
+        q = codes_for(groups, scales, biases, n_max, arrays)
+        residual = scales[..., None] * q
+        residual += biases[..., None]
+        residual -= groups
+        residual *= residual
         residual *= d
         err = residual.sum(-1)
         better = err < err_best
-        np.copyto(q_best, q, where=better[..., None])
-        s_best, b_best = np.where(better, scales, s_best), np.where(better, biases, b_best)
-        err_best = np.where(better, err, err_best)
+        q_best = arrays.put_where(q_best, better[..., None], q)
+        s_best, b_best = arrays.put_where(s_best, better, scales), arrays.put_where(b_best, better, biases)
+        err_best = arrays.put_where(err_best, better, err)
 
     w_min, w_max = groups.min(-1), groups.max(-1)
-    span = np.maximum(w_max - w_min, np.float32(1e-7))
+    span = arrays.maximum(w_max - w_min, 1e-7)
     consider(span / n_max, w_min)
     above_min = groups - w_min[..., None]
     for step in SPACING_STEPS:
-        inverse_scale = (n_max + step) / span
-        q = np.clip(np.rint(above_min * inverse_scale[..., None]), 0, n_max)
-        s, b, ok = weighted_refit(groups, q, d, sw, sx)
-        consider(np.where(ok, s, span / n_max), np.where(ok, b, w_min))
-    return q_best.astype(np.uint8).reshape(w.shape), s_best.astype(dtype), b_best.astype(dtype)
+        inverse_scale = (n_max + arrays.wide(step)) / span
+        q = arrays.round_clip(above_min * inverse_scale[..., None], n_max)
+        s, b, ok = weighted_refit(groups, q, d, sw, sx, arrays)
+        consider(arrays.where(ok, s, span / n_max), arrays.where(ok, b, w_min))
+    return (arrays.numpy(q_best, np.uint8).reshape(w.shape), arrays.numpy(s_best, dtype),
+            arrays.numpy(b_best, dtype))

@@ -5,8 +5,8 @@ Block i is calibrated on the hidden states that the already-quantized blocks
 errors. Only one block's inputs ``[num_samples, seq_len, hidden]`` are held at a
 time. Runs on either calibration engine (:mod:`mlx_slm.calib.blocks`): the numpy engine
 (:class:`~mlx_slm.models.numpy_llama.NumpyLlama`) or mlx-lm's own blocks on MLX
-(:class:`~mlx_slm.calib.mlx_engine.MLXEngine`); the values are chosen by numpy code either way,
-except GPTQ's column sweep, which runs where the engine's ``arrays.for_sweeps()`` says.
+(:class:`~mlx_slm.calib.mlx_engine.MLXEngine`); the methods' per-layer algorithms run where the
+engine's ``arrays.for_methods()`` says (numpy's on a CPU, MLX's on a GPU).
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ def choose_values(method: str, w: np.ndarray, stats: InputStatistics, name: str,
     bits, group_size = settings["bits"], settings["group_size"]
     if stats is None:
         return weighted_quantize(w, None, bits, group_size, dtype)
+    arrays = stats.arrays.for_methods()
     if method == "gptq":
         prepared = stats.factor(name, gptq_options.get("damp", 0.01), gptq_options.get("act_order", True))
-        return gptq_quantize(w, stats.hessian(name), bits, group_size, dtype, prepared=prepared,
-                             arrays=stats.arrays.for_sweeps(), **gptq_options)
-    return weighted_quantize(w, stats.importance(name), bits, group_size, dtype)
+        return gptq_quantize(w, stats.hessian(name), bits, group_size, dtype, prepared=prepared, arrays=arrays,
+                             **gptq_options)
+    return weighted_quantize(w, stats.importance(name), bits, group_size, dtype, arrays)
 
 
 def jointly_quantized(names, method: str, stats: InputStatistics, weight, settings: dict, dtypes: dict):
