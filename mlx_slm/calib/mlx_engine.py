@@ -1,7 +1,8 @@
 """The calibration engine on MLX: mlx-lm's own decoder blocks, one at a time (MLX only).
 
-:class:`MLXEngine` serves :func:`~.blocks.calibrate_blocks` (and what the methods read of an
-engine: stored weights, float32 overrides, the head) for any model mlx-lm runs, since it calls the
+:class:`MLXEngine` serves :func:`~.blocks.calibrate_blocks` (and what the methods and target_bpw's
+sensitivity pass read of an engine: stored weights, float32 overrides, the embedding, the head) for
+any model mlx-lm runs, since it calls the
 model's real blocks with the masks its forward pass gives them (:mod:`.mlx_blocks`): sliding-window
 layers, q/k norms, GQA and tied or untied heads need no table here. While a block runs, each of its
 linear layers is a :class:`Watched` float32 twin that hands its input to ``engine.observer`` first,
