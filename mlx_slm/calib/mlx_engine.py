@@ -1,7 +1,8 @@
 """The calibration engine on MLX: mlx-lm's own decoder blocks, one at a time (MLX only).
 
-:class:`MLXEngine` serves :func:`~.blocks.calibrate_blocks` (and what the methods read of an
-engine: stored weights, float32 overrides, the head) for any model mlx-lm runs, since it calls the
+:class:`MLXEngine` serves :func:`~.blocks.calibrate_blocks` (and what the methods and target_bpw's
+sensitivity pass read of an engine: stored weights, float32 overrides, the embedding, the head) for
+any model mlx-lm runs, since it calls the
 model's real blocks with the masks its forward pass gives them (:mod:`.mlx_blocks`): sliding-window
 layers, q/k norms, GQA and tied or untied heads need no table here. While a block runs, each of its
 linear layers is a :class:`Watched` float32 twin that hands its input to ``engine.observer`` first,
@@ -15,7 +16,7 @@ when it is a GPU (:meth:`MLXArrays.for_methods`).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import mlx.core as mx
 import numpy as np
@@ -28,6 +29,7 @@ from .mlx_blocks import block_masks, blocks_of, first_block_input, head_input, t
 from .statistics import NumpyArrays
 
 MLX_DTYPES = {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32}
+EMBEDDING = "model.embed_tokens"  # the input embedding's path in mlx-lm's layout
 
 
 class MLXArrays:
@@ -141,6 +143,23 @@ class Watched(nn.Module):
         return self.layer(x)
 
 
+class Float32Embedding(nn.Module):
+    """An embedding computing in float32 with ``weight`` [vocab, D]: lookups, and as the tied head
+    (``as_linear``) first handing its input to ``engine.observer``."""
+
+    def __init__(self, weight: mx.array, path: str, engine):
+        super().__init__()
+        self.weight, self.path, self.engine = weight, path, engine
+
+    def __call__(self, tokens):
+        return self.weight[tokens]
+
+    def as_linear(self, x):
+        if self.engine.observer is not None:
+            self.engine.observer(self.path, x)
+        return x.astype(mx.float32) @ self.weight.T
+
+
 def float32_linear(weight: mx.array, bias) -> nn.Linear:
     layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
     layer.weight = weight.astype(mx.float32)
@@ -177,9 +196,12 @@ class MLXEngine:
         self.observer = None
 
     def embed(self, tokens) -> mx.array:
-        """tokens [B, T] int -> the first block's inputs [B, T, D] float32 (as the model computes them)."""
-        out = first_block_input(self.model, mx.array(np.asarray(tokens, np.int32)))
-        mx.eval(out)
+        """tokens [B, T] int -> the first block's inputs [B, T, D] float32 (as the model computes them;
+        from a float32 embedding holding its :meth:`set_dense` weight, where given)."""
+        twin = self.swapped(EMBEDDING, self.float32_embedding(EMBEDDING)) if EMBEDDING in self._dense else nullcontext()
+        with twin:
+            out = first_block_input(self.model, mx.array(np.asarray(tokens, np.int32)))
+            mx.eval(out)
         return out
 
     def masks(self, length: int) -> list:
@@ -257,26 +279,47 @@ class MLXEngine:
         return self.head_name != "lm_head"
 
     def head(self, h):
-        """Logits [B, T, vocab] float32 for last-block outputs ``h`` [B, T, D] (numpy in, numpy out), an
-        untied ``lm_head`` computing as a :class:`Watched` float32 twin and the float parameters outside
-        the blocks taking the values assigned to :attr:`weights`: what the AWQ probe of the final norm
-        -> head group runs (:func:`mlx_slm.quant.graph.head_groups`)."""
-        if self.tied:
-            raise SLMError("the head is the input embedding: it has no scaling group to probe")
-        model, original = self.model, self.model.lm_head
+        """Logits [B, T, vocab] float32 for last-block outputs ``h`` [B, T, D] (numpy in, numpy out), the
+        head computing as a float32 twin that hands its input to ``engine.observer`` (a :class:`Watched`
+        ``lm_head``, or a :class:`Float32Embedding` when tied; their :meth:`set_dense` weights where
+        given) and the float parameters outside the blocks taking the values assigned to
+        :attr:`weights`: what the AWQ probe of the final norm -> head group runs
+        (:func:`mlx_slm.quant.graph.head_groups`) and the sensitivity pass reads."""
+        model = self.model
         assigned = [(name, mx.array(np.asarray(value, np.float32))) for name, value in self.weights.assigned.items()
                     if not name.startswith(("model.layers.", "lm_head."))]
         current = dict(tree_flatten(model.parameters()))
         saved = [(name, current[name]) for name, _ in assigned]
-        model.lm_head = Watched(self.float32_layer("lm_head", original), "lm_head", self)
         model.update(tree_unflatten(assigned))
+        twin = (self.float32_embedding(self.head_name) if self.tied
+                else Watched(self.float32_layer("lm_head", model.lm_head), "lm_head", self))
         try:
-            out = tail(model, mx.array(h)).astype(mx.float32)
-            mx.eval(out)
+            with self.swapped(self.head_name, twin):
+                out = tail(model, mx.array(h)).astype(mx.float32)
+                mx.eval(out)
         finally:
-            model.lm_head = original
             model.update(tree_unflatten(saved))
         return np.array(out)
+
+    def float32_embedding(self, path: str) -> Float32Embedding:
+        """A float32 twin of embedding ``path``: its :meth:`set_dense` weight where given."""
+        weight = self._dense.get(path)
+        if weight is None:
+            module = dict(self.model.named_modules())[path]
+            weight = (module if isinstance(module, nn.Embedding) else dense_twin(module)).weight.astype(mx.float32)
+        return Float32Embedding(weight, path, self)
+
+    @contextmanager
+    def swapped(self, path: str, module):
+        """The model with ``module`` at ``path`` instead of its own; put back afterwards."""
+        parent_path, _, attribute = path.rpartition(".")
+        parent = dict(self.model.named_modules())[parent_path] if parent_path else self.model
+        original = getattr(parent, attribute)
+        setattr(parent, attribute, module)
+        try:
+            yield module
+        finally:
+            setattr(parent, attribute, original)
 
     @property
     def head_name(self) -> str:

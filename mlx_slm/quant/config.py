@@ -26,8 +26,9 @@ class QuantizeConfig:
     per weight (:mod:`mlx_slm.quant.budget`); not combined with ``layers``.
     per_row_scale: lut only: a float16 scale per output row (None: on when a palette
     serves several rows).
-    cpu_engine: on a CPU, which engine an MLX model's calibration statistics come from, "numpy"
-    or "mlx" (None: :func:`mlx_slm.model_access.choose_engine`'s default).
+    cpu_engine: on a CPU, which engine an MLX model's calibration statistics (and target_bpw's
+    sensitivity passes) come from, "numpy" or "mlx" (None: :func:`mlx_slm.model_access.choose_engine`'s
+    default).
     """
 
     method: str = "rtn"

@@ -12,7 +12,12 @@ moments of the layer's inputs on the same tokens)::
 (KL grows with the square of a small logit change, which is linear in ``dW``; the energy
 carries that square through the layer's own inputs). A tied embedding has two roles, the
 input lookup and the output head; each is probed and predicted on its own and the two add.
-Runs on the numpy engine, so on either backend.
+
+The passes run on the calibration engine :func:`~mlx_slm.model_access.choose_engine` picks (the
+calibrated methods' engine): the numpy engine for a numpy model and, on a CPU, by default for the
+Llama family; otherwise :class:`~mlx_slm.calib.mlx_engine.MLXEngine`, mlx-lm's own blocks, so every
+architecture mlx-lm runs. Hidden states stay the engine's arrays; logits and each layer's inputs
+come back as numpy, where the KL, input factors and error energies are computed.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ class Sensitivity:
     fixed_bits: int  # stored bits of 2-D matrices that are not candidates
     tokens: tuple  # (S, T) calibration windows
     seconds: float
+    engine: str  # the calibration engine that ran the passes: "numpy" or "mlx"
 
 
 def layer_options(shape: tuple) -> tuple[list, dict]:
@@ -137,7 +143,9 @@ class InputCapture:
     def __init__(self):
         self.inputs: dict[str, list] = {}
 
-    def __call__(self, name: str, x: np.ndarray) -> None:
+    def __call__(self, name: str, x) -> None:
+        """Keep ``x`` [..., K] (numpy, or the MLX engine's float32 array, converted) as rows [n, K]."""
+        x = np.asarray(x, np.float32)
         self.inputs.setdefault(name, []).append(x.reshape(-1, x.shape[-1]))
 
     def factor(self, name: str) -> np.ndarray:
@@ -150,7 +158,8 @@ def mean_kld(ref_probs: np.ndarray, ref_logprobs: np.ndarray, logits: np.ndarray
 
 
 class FloatRun:
-    """The float model's block inputs [L + 1] x [S, T, D], reference distribution and layer inputs."""
+    """The float model's block inputs [L + 1] x [S, T, D] (the engine's arrays), reference distribution
+    (numpy [S, T, V]) and layer inputs."""
 
     def __init__(self, engine, tokens: np.ndarray):
         self.engine, self.tokens = engine, tokens
@@ -166,7 +175,7 @@ class FloatRun:
         self.ref_probs = np.exp(self.ref_logprobs)
         self.capture = capture
 
-    def kld_from(self, layer: int, h: np.ndarray) -> float:
+    def kld_from(self, layer: int, h) -> float:
         """dKL when blocks ``layer``.. run on ``h`` [S, T, D] with the engine's current weights."""
         for index in range(layer, self.engine.num_layers):
             h = self.engine.block(index, h)
@@ -190,27 +199,33 @@ def roles_of(engine, path: str) -> list[str]:
     return roles
 
 
+def probed_kld(run: FloatRun, role: str, path: str, probed: np.ndarray) -> float:
+    """dKL when layer ``path`` computes with ``probed`` [N, K] in its ``role`` only."""
+    engine = run.engine
+    engine.set_dense(path, probed)
+    try:
+        if role == "head":
+            return mean_kld(run.ref_probs, run.ref_logprobs, engine.head(run.hidden[-1]))
+        if role == "block":
+            block = block_of(path)
+            return run.kld_from(block, run.hidden[block])
+        h = engine.embed(run.tokens)
+    finally:
+        engine.drop_cache([path])
+    return run.kld_from(0, h)  # the lookup only: a tied head computes in float
+
+
 def probe_layer(run: FloatRun, layer: LayerSensitivity, w: np.ndarray) -> None:
     """Measure ``layer``'s probe dKL and error energies per role; ``w`` [N, K] its float weight."""
-    engine, settings = run.engine, layer.options[layer.probe]
-    probed = rtn_dense(w, settings)
-    rows = sampled_rows(len(w))
-    for role in roles_of(engine, layer.path):
+    probed = rtn_dense(w, layer.options[layer.probe])
+    for role in roles_of(run.engine, layer.path):
+        layer.probe_kld[role] = probed_kld(run, role, layer.path, probed)
         if role == "embedding":
             ids, counts = np.unique(run.tokens, return_counts=True)
-            layer.probe_kld[role] = run.kld_from(0, probed[run.tokens])
             layer.energy[role] = error_energies(w[ids], layer.options, None, counts / counts.sum())
-            continue
-        engine.set_dense(layer.path, probed)
-        try:
-            if role == "head":
-                layer.probe_kld[role] = mean_kld(run.ref_probs, run.ref_logprobs, engine.head(run.hidden[-1]))
-            else:
-                block = block_of(layer.path)
-                layer.probe_kld[role] = run.kld_from(block, run.hidden[block])
-        finally:
-            engine.drop_cache([layer.path])
-        layer.energy[role] = error_energies(w[rows], layer.options, run.capture.factor(layer.path))
+        else:
+            layer.energy[role] = error_energies(w[sampled_rows(len(w))], layer.options,
+                                                run.capture.factor(layer.path))
 
 
 def matrix_totals(model, candidates) -> tuple[int, int]:
@@ -225,11 +240,14 @@ def matrix_totals(model, candidates) -> tuple[int, int]:
     return weights, fixed
 
 
-def measure_sensitivity(model, tokens: np.ndarray, probe: dict | None = None, progress: bool = True) -> Sensitivity:
+def measure_sensitivity(model, tokens: np.ndarray, probe: dict | None = None, progress: bool = True,
+                        cpu_engine: str | None = None) -> Sensitivity:
     """Sensitivity of every float 2-D layer of ``model`` on calibration ``tokens`` [S, T].
 
     probe: the setting each layer is measured at (default :data:`PROBE`, 3 bits / group 64;
     a layer where that group does not fit uses the same bits with its largest fitting group).
+    cpu_engine: on a CPU, the calibration engine to prefer ("numpy" or "mlx"; None:
+    :func:`~mlx_slm.model_access.choose_engine`'s default).
     Cost: one float pass, then per layer a rerun from its block to the logits.
     Memory: about 3 * S * T * vocab float32 for the reference distribution.
     """
@@ -243,7 +261,7 @@ def measure_sensitivity(model, tokens: np.ndarray, probe: dict | None = None, pr
     if not shapes:
         raise SLMError("the model has no float layers to quantize")
     dtypes = weight_dtypes(model, shapes)
-    engine = view.numpy_engine()
+    engine = view.calibration_engine(cpu_engine)
     layers = {}
     for path, shape in sorted(shapes.items(), key=lambda item: (block_of(item[0]) is None, item[0])):
         options, unavailable = layer_options(tuple(shape))
@@ -254,4 +272,4 @@ def measure_sensitivity(model, tokens: np.ndarray, probe: dict | None = None, pr
     for layer in tqdm([s for s in layers.values() if s.options], desc="sensitivity", disable=hidden(progress)):
         probe_layer(run, layer, engine.weights[f"{layer.path}.weight"].astype(dtypes[layer.path], copy=False))
     weights, fixed = matrix_totals(model, {p for p, s in layers.items() if s.options})
-    return Sensitivity(layers, weights, fixed, tokens.shape, time.perf_counter() - start)
+    return Sensitivity(layers, weights, fixed, tokens.shape, time.perf_counter() - start, engine.backend)
