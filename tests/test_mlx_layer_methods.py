@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import sample_text
 from test_mlx_calibration import gemma3_folder, quantized
-from test_mlx_sweeps import EQUAL_SHARE, layer
+from test_mlx_sweeps import EQUAL_SHARE, assert_mostly_equal, layer, mlx_arrays, on_numpy_then_forced_onto_mlx
 
 import mlx_slm
 from mlx_slm.calib.statistics import NumpyArrays
@@ -25,12 +25,6 @@ pytestmark = pytest.mark.mlx
 
 ERROR_TOLERANCE = 1e-3  # |error on MLX / on numpy - 1| (imatrix's weighted error, the refit's output error)
 AWQ_TOLERANCE = 0.01  # |AWQ's error per alpha on MLX / on numpy - 1|
-
-
-def mlx_arrays():
-    from mlx_slm.calib.mlx_engine import MLXArrays
-
-    return MLXArrays
 
 
 def row_errors(w, values, hessian, group_size):
@@ -139,14 +133,7 @@ def test_awq_and_wanda_on_the_mlx_engine_run_where_for_methods_says(tmp_path, mo
     """AWQ (search and imatrix) and Wanda on the MLX engine with their algorithms on numpy (a CPU's rule),
     then forced onto MLX (a GPU's): the same codes and zeros (MLX's grid refits in float32, and each
     block's inputs come from the blocks before it)."""
-    arrays = mlx_arrays()
-    folder = gemma3_folder(tmp_path)
-    on_numpy = awq_codes_and_wanda_zeros(folder)
-    calls = []
-    monkeypatch.setattr(arrays, "for_methods", staticmethod(lambda: calls.append(1) or arrays))
-    on_mlx = awq_codes_and_wanda_zeros(folder)
+    on_numpy, on_mlx, calls = on_numpy_then_forced_onto_mlx(monkeypatch, gemma3_folder(tmp_path),
+                                                           awq_codes_and_wanda_zeros)
     assert calls
-    for numpy_result, mlx_result in zip(on_numpy, on_mlx):
-        assert numpy_result.keys() == mlx_result.keys() and numpy_result
-        equal = np.concatenate([(mlx_result[name] == numpy_result[name]).ravel() for name in numpy_result])
-        assert equal.mean() >= EQUAL_SHARE, equal.mean()
+    assert_mostly_equal(on_numpy, on_mlx)

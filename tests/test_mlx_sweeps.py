@@ -104,19 +104,30 @@ def gptq_codes_and_sparsegpt_zeros(folder):
     return codes, zeros
 
 
+def on_numpy_then_forced_onto_mlx(monkeypatch, folder, run) -> tuple:
+    """(``run(folder)`` with the per-layer algorithms where ``for_methods`` says on a CPU (numpy), then
+    forced onto MLX, the number of times ``for_methods`` was asked while forced)."""
+    arrays = mlx_arrays()
+    on_numpy = run(folder)
+    calls = []
+    monkeypatch.setattr(arrays, "for_methods", staticmethod(lambda: calls.append(1) or arrays))
+    return on_numpy, run(folder), len(calls)
+
+
+def assert_mostly_equal(on_numpy, on_mlx) -> None:
+    """Each pair of {name: array} results holds the same names and >= EQUAL_SHARE equal entries."""
+    for numpy_result, mlx_result in zip(on_numpy, on_mlx):
+        assert numpy_result.keys() == mlx_result.keys() and numpy_result
+        equal = np.concatenate([(mlx_result[name] == numpy_result[name]).ravel() for name in numpy_result])
+        assert equal.mean() >= EQUAL_SHARE, equal.mean()
+
+
 def test_calibration_on_mlx_runs_the_sweeps_where_for_methods_says(tmp_path, monkeypatch):
     """GPTQ and SparseGPT on the MLX engine with their per-layer algorithms on numpy (a CPU's rule), then
     forced onto MLX (a GPU's): the same codes and zeros (GPTQ's imatrix grid refits in float32 on MLX,
     float64 on numpy, so a group's grid may differ by a rounding, and each block's inputs come from the
     blocks before it, so a flipped code may move the next blocks' statistics a little)."""
-    arrays = mlx_arrays()
-    folder = gemma3_folder(tmp_path)
-    on_numpy = gptq_codes_and_sparsegpt_zeros(folder)
-    calls = []
-    monkeypatch.setattr(arrays, "for_methods", staticmethod(lambda: calls.append(1) or arrays))
-    on_mlx = gptq_codes_and_sparsegpt_zeros(folder)
-    assert len(calls) == 4 * 4 + 1 + 4 * 7  # GPTQ: q/k/v, o, gate/up, down per block and the head; SparseGPT
-    for numpy_result, mlx_result in zip(on_numpy, on_mlx):
-        assert numpy_result.keys() == mlx_result.keys() and numpy_result
-        equal = np.concatenate([(mlx_result[name] == numpy_result[name]).ravel() for name in numpy_result])
-        assert equal.mean() >= EQUAL_SHARE, equal.mean()
+    on_numpy, on_mlx, calls = on_numpy_then_forced_onto_mlx(monkeypatch, gemma3_folder(tmp_path),
+                                                           gptq_codes_and_sparsegpt_zeros)
+    assert calls == 4 * 4 + 1 + 4 * 7  # GPTQ: q/k/v, o, gate/up, down per block and the head; SparseGPT
+    assert_mostly_equal(on_numpy, on_mlx)
