@@ -64,11 +64,11 @@ class MLXArrays:
     @staticmethod
     def for_methods():
         """The array operations the per-layer algorithms run on: MLX's when its default device is a
-        GPU, else numpy's. On a GPU MLX runs them without the weights leaving the device. A column
-        sweep is a few small element-wise ops per column, and on MLX's CPU backend each op's graph and
-        dispatch overhead costs several times the op itself, so numpy's in-place loop is faster there
-        (``benchmarks/column_sweeps.py`` times both); the other algorithms follow the same rule, so
-        that on a CPU both engines choose their values with the same numpy code."""
+        GPU, else numpy's. On a GPU MLX runs them without the weights leaving the device. On MLX's CPU
+        backend each op's graph and dispatch overhead is paid again for every small op (a column sweep
+        is a few element-wise ops per column) and nothing is done in place, so numpy is faster there for
+        every one of them (``benchmarks/layer_methods.py`` times both); on a CPU both engines then
+        choose their values with the same numpy code."""
         return MLXArrays if mx.default_device() == mx.gpu else NumpyArrays
 
     @staticmethod
