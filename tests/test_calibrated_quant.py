@@ -111,6 +111,25 @@ def test_gptq_lazy_block_updates_only_reorder_the_arithmetic():
         assert np.mean(q == column_by_column[0]) > 0.999  # float32 rounding may flip a code at a tie
 
 
+def test_gptq_sweeps_row_slices_on_several_cores_with_the_same_codes(monkeypatch):
+    """The column sweep split over cores (three slices of the 800 output rows) gives exactly the codes
+    of one sweep over all rows: rows are independent, and one BLAS thread per slice changes no sum."""
+    from mlx_slm.quant import gptq
+
+    x = correlated_inputs(256, seed=5)
+    hessian = x.T.astype(np.float64) @ x / len(x)
+    w = random_weight(800, 256, seed=6)
+    whole = gptq_quantize(w, hessian, 3, 64, refit=False)
+    monkeypatch.setattr(gptq, "worker_count", lambda: 3)
+    calls = []
+    sweep = gptq.quantize_columns
+    monkeypatch.setattr(gptq, "quantize_columns", lambda *args: calls.append(args[1].shape) or sweep(*args))
+    split = gptq_quantize(w, hessian, 3, 64, refit=False)
+    assert calls == [(256, 267), (256, 266), (256, 267)]
+    for a, b in zip(whole, split):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("dtype", [np.float16, bfloat16])
 def test_imatrix_is_never_worse_than_rtn(bits, dtype):

@@ -15,23 +15,28 @@ The column sweep (:func:`quantize_columns`), the imatrix grid and the refit's pr
 written once over an engine's array operations and run where ``arrays.for_methods()`` of the
 calibration engine says: on MLX when the MLX engine runs on a GPU, else on numpy, which on a CPU
 is faster than MLX's CPU backend for these many small per-column ops
-(:meth:`mlx_slm.calib.mlx_engine.MLXArrays.for_methods`). The factor of the Hessian and the
-refit's float64 solves are numpy code.
+(:meth:`mlx_slm.calib.mlx_engine.MLXArrays.for_methods`); on numpy a wide layer's output rows are
+swept on all cores at once (:func:`sweep_columns`). The factor of the Hessian and the refit's
+float64 solves are numpy code.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..calib.hessian import prepare_hessian
 from ..calib.statistics import NumpyArrays
 from ..errors import SLMError
 from ..formats import affine
 from ..formats.dtypes import as_float32, round_to
-from .imatrix import in_row_chunks, weighted_quantize
+from .imatrix import in_row_chunks, weighted_quantize, worker_count
 from .refit import refit_grid
 
 GRIDS = ("imatrix", "rtn")
+SWEEP_ROWS = 256  # least output rows per core worth a thread of their own in the column sweep
 
 
 def static_grid(w: np.ndarray, hessian: np.ndarray, bits: int, group_size: int, dtype, grid: str,
@@ -81,6 +86,24 @@ def quantize_columns(arrays, columns: np.ndarray, steps: np.ndarray, offsets: np
     return arrays.numpy(arrays.concatenate(codes), np.float32)
 
 
+def sweep_columns(arrays, columns: np.ndarray, *grid_and_factor) -> np.ndarray:
+    """:func:`quantize_columns`; on numpy with the N output rows (``columns``' and the grid's second
+    axis) split over the cores, one BLAS thread each: every row's sweep is independent of the
+    others', and one thread spends most of a wide layer's sweep in small element-wise ops."""
+    steps, offsets, *rest = grid_and_factor
+    workers = min(worker_count(), columns.shape[1] // SWEEP_ROWS) if arrays is NumpyArrays else 1
+    if workers <= 1:
+        return quantize_columns(arrays, columns, *grid_and_factor)
+    bounds = np.linspace(0, columns.shape[1], workers + 1).round().astype(int)
+
+    def rows(first, stop):
+        part = slice(first, stop)
+        return quantize_columns(arrays, columns[:, part], steps[:, part], offsets[:, part], *rest)
+
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        return np.concatenate(list(pool.map(rows, bounds[:-1], bounds[1:])), axis=1)
+
+
 @in_row_chunks
 def gptq_quantize(w: np.ndarray, hessian: np.ndarray, bits: int, group_size: int, dtype=None,
                   damp: float = 0.01, block_size: int = 32, act_order: bool = True, grid: str = "imatrix",
@@ -98,8 +121,8 @@ def gptq_quantize(w: np.ndarray, hessian: np.ndarray, bits: int, group_size: int
     affine.check_params(w.shape, bits, group_size)
     scales, biases = static_grid(w, hessian, bits, group_size, dtype, grid, arrays)
     order, factor = prepared if prepared is not None else prepare_hessian(hessian, damp, act_order)
-    codes = quantize_columns(arrays, as_float32(w).T[order], as_float32(scales).T, as_float32(biases).T,
-                             order // group_size, factor, (1 << bits) - 1, block_size)
+    codes = sweep_columns(arrays, as_float32(w).T[order], as_float32(scales).T, as_float32(biases).T,
+                          order // group_size, factor, (1 << bits) - 1, block_size)
     q = np.empty_like(codes)
     q[order] = codes
     q = q.T.astype(np.uint8)
