@@ -22,17 +22,14 @@ float64 solves are numpy code.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from ..calib.hessian import prepare_hessian
 from ..calib.statistics import NumpyArrays
 from ..errors import SLMError
 from ..formats import affine
 from ..formats.dtypes import as_float32, round_to
-from .imatrix import in_row_chunks, weighted_quantize, worker_count
+from .imatrix import in_row_chunks, on_cores, weighted_quantize, worker_count
 from .refit import refit_grid
 
 GRIDS = ("imatrix", "rtn")
@@ -100,8 +97,7 @@ def sweep_columns(arrays, columns: np.ndarray, *grid_and_factor) -> np.ndarray:
         part = slice(first, stop)
         return quantize_columns(arrays, columns[:, part], steps[:, part], offsets[:, part], *rest)
 
-    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
-        return np.concatenate(list(pool.map(rows, bounds[:-1], bounds[1:])), axis=1)
+    return np.concatenate(on_cores(rows, bounds[:-1], bounds[1:], workers=workers), axis=1)
 
 
 @in_row_chunks

@@ -17,6 +17,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..calib.statistics import NumpyArrays
 from ..formats.dtypes import as_float32
@@ -30,6 +31,14 @@ CACHE_CHUNK_ELEMENTS = 1 << 18  # a slice whose float32 temporaries (1 MB each) 
 def worker_count() -> int:
     """CPU cores this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def on_cores(function, *arguments, workers: int) -> list:
+    """``[function(*a) for a in zip(*arguments)]`` on ``workers`` threads, each with one BLAS thread
+    (numpy releases the GIL in its loops; a multi-threaded BLAS would only wake and spin its own
+    threads for the small products and solves each thread computes)."""
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(function, *arguments))
 
 
 def in_row_chunks(quantize_rows=None, *, cache_sized: bool = False):
@@ -58,8 +67,7 @@ def in_row_chunks(quantize_rows=None, *, cache_sized: bool = False):
             return quantize_rows(w, *args, **kwargs)
         bounds = np.linspace(0, len(w), slices + 1).round().astype(int)
         if workers > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                parts = list(pool.map(rows_of, bounds[:-1], bounds[1:]))
+            parts = on_cores(rows_of, bounds[:-1], bounds[1:], workers=workers)
         else:
             parts = [rows_of(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
         return tuple(np.concatenate(arrays) for arrays in zip(*parts))

@@ -22,14 +22,11 @@ small product and solve than computing it, and on a busy machine its waiting thr
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from ..calib.statistics import NumpyArrays
 from ..formats.dtypes import as_float32, round_to
-from .imatrix import worker_count
+from .imatrix import on_cores, worker_count
 
 RIDGE = 1e-6  # relative to the mean diagonal of each row's system
 SYSTEM_ELEMENTS = 1 << 22  # float64 entries of the normal systems alive at once, over all cores (32 MB)
@@ -112,8 +109,7 @@ def refit_grid(w: np.ndarray, q: np.ndarray, scales: np.ndarray, biases: np.ndar
         part = slice(i, i + rows)
         return refit_rows(w[part], q[part], scales[part], biases[part], h, h_arrays, group_size, damp, arrays)
 
-    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
-        parts = list(pool.map(slice_of, range(0, len(q), rows)))
+    parts = on_cores(slice_of, range(0, len(q), rows), workers=workers)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
