@@ -153,6 +153,26 @@ def test_views_filled_slice_by_slice_equal_whole_views(tmp_path, monkeypatch, ba
                 assert getattr(got, name) == value, (key, name)
 
 
+@pytest.mark.parametrize("settings", [{"bits": 3, "group_size": 64}, {"format": "lut", "bits": 4, "group_size": 8},
+                                      {"format": "ternary", "bits": 2, "group_size": 64}])
+def test_row_views_equal_the_whole_views_rows(tmp_path, settings):
+    """``ModelWeights.rows(key, index)`` holds the whole view's rows ``index`` (codes, dense weight); a lut
+    view taken by rows has one palette per row, so its group size is 1 (the whole view's is 8)."""
+    import numpy as np
+
+    from mlx_slm.export.gguf_tensors import dense
+
+    model, _ = tiny(tmp_path, **settings)
+    weights = export_weights.ModelWeights(model)
+    index = np.array([5, 0, 17, 16, 63, 9])
+    for key in (k for k in weights if weights.quantized(k)):
+        whole, part = weights[key], weights.rows(key, index)
+        np.testing.assert_array_equal(part.codes, whole.codes[index], err_msg=key)
+        np.testing.assert_array_equal(dense(part), dense(whole)[index], err_msg=key)
+        shared = settings.get("format") == "lut"
+        assert (part.group_size, whole.group_size) == ((1, 8) if shared else (whole.group_size,) * 2), key
+
+
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
 def test_core_ai_codes_packed_run_by_run_equal_one_packing(monkeypatch, bits):
     """Core AI's bit packing, run by run (runs of 8 codes here; 1M in the export), gives the bytes of one

@@ -123,14 +123,15 @@ class ModelWeights(Mapping):
     def rows(self, key: str, index: np.ndarray):
         """``self[key]`` of the rows ``index`` only (in that order), converting only those: of a stored
         array of N rows its rows ``index``; of one of N / g rows (palettes shared by g rows) the rows
-        ``index // g``, so the view gets one palette per row."""
+        ``index // g``, so the view gets one palette per row and says so (group size 1)."""
         if self.layers[key] is None:
             return to_numpy(take(self.arrays[self.names[key]], index))
         mode, bits, group_size = self.layers[key]
         count = self.shape(key)[0]
-        stored = {s: None if a is None else to_numpy(take(a, index // (count // a.shape[0])))
-                  for s, a in self.stored(key).items()}
-        return get_format(mode).view(stored, bits, group_size)
+        arrays = {s: a for s, a in self.stored(key).items() if a is not None}
+        shares = {s: count // a.shape[0] for s, a in arrays.items()}
+        stored = {s: to_numpy(take(arrays[s], index // shares[s])) if s in arrays else None for s in self.stored(key)}
+        return get_format(mode).view(stored, bits, 1 if max(shares.values()) > 1 else group_size)
 
     def __contains__(self, key) -> bool:
         return key in self.layers
