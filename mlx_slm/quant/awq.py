@@ -64,7 +64,7 @@ def scaled_error(w: np.ndarray, importance: np.ndarray, hessian, s: np.ndarray, 
     q, scales, biases = weighted_quantize(w * s, importance / np.square(s, dtype=np.float64), bits, group_size,
                                           dtype, arrays)
     delta = arrays.array(w) - dequantized(q, scales, biases, group_size, arrays) / arrays.array(s)
-    return arrays.total((delta @ hessian) * delta)  # float32, pairwise on numpy (a float64 sum costs 50x)
+    return arrays.total((delta @ hessian) * delta)  # float32, summed pairwise on numpy (float64 would copy the product)
 
 
 def search_rows(w: np.ndarray) -> np.ndarray:

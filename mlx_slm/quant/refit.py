@@ -59,18 +59,12 @@ def normal_system(codes, hessian, arrays=NumpyArrays) -> np.ndarray:
     k = g_count * group_size
     group_sums = hessian.reshape(k, g_count, group_size).sum(-1).reshape(g_count, group_size, g_count)
     sb = (codes.transpose(1, 0, 2) @ group_sums).transpose(1, 0, 2)  # [N, G(s), G(b)]
-    dots = []  # per g: q_g H_gh q_h for h >= g, [N, G - g]
-    for g in range(g_count):
+    system = np.empty((n, 2 * g_count, 2 * g_count), np.float64)
+    for g in range(g_count):  # q_g H_gh q_h for h >= g, [N, G - g], mirrored below the diagonal
         rows = slice(g * group_size, (g + 1) * group_size)
         reach = (codes[:, g] @ hessian[rows, g * group_size :]).reshape(n, g_count - g, group_size)
-        dots.append(arrays.row_dots(reach, codes[:, g:]))
-    dots = arrays.numpy(arrays.concatenate(dots, axis=1), np.float32)
-    system = np.empty((n, 2 * g_count, 2 * g_count), np.float64)
-    start = 0
-    for g in range(g_count):
-        system[:, g, g:g_count] = dots[:, start : start + g_count - g]
+        system[:, g, g:g_count] = arrays.numpy(arrays.row_dots(reach, codes[:, g:]), np.float32)
         system[:, g + 1 : g_count, g] = system[:, g, g + 1 : g_count]
-        start += g_count - g
     sb = arrays.numpy(sb, np.float32)
     system[:, :g_count, g_count:] = sb
     system[:, g_count:, :g_count] = sb.transpose(0, 2, 1)
