@@ -27,6 +27,8 @@ def test_pack_codes_known_words():
     # 4-bit codes 0..7 pack little-endian into one word: 0x76543210.
     codes = np.arange(8, dtype=np.uint8)[None]
     assert affine.pack_codes(codes, 4).tolist() == [[0x76543210]]
+    assert affine.unpack_codes(np.array([[0x76543210]], np.uint32), 4).tolist() == [list(range(8))]
+    assert affine.unpack_codes(np.array([[0xE4]], np.uint32), 2).tolist() == [[0, 1, 2, 3] + [0] * 12]
     # 3-bit codes cross word borders: 32 codes of value 5 (0b101) make 3 words.
     words = affine.pack_codes(np.full((1, 32), 5, np.uint8), 3)
     stream = "".join(format(w, "032b")[::-1] for w in words[0])

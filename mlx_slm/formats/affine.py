@@ -111,8 +111,14 @@ def unpack_codes(packed: np.ndarray, bits: int) -> np.ndarray:
     k = packed.shape[-1] * 32 // bits
 
     def unpack_rows(rows: np.ndarray) -> np.ndarray:
-        stream = np.unpackbits(np.ascontiguousarray(rows).view(np.uint8), axis=-1, bitorder="little")
-        stream = stream.reshape(len(rows), -1, bits)
+        data = np.ascontiguousarray(rows).view(np.uint8)  # little-endian words: codes LSB first byte by byte
+        if 8 % bits == 0:  # whole codes in every byte: shift and mask, no bit stream
+            per_byte, mask = 8 // bits, np.uint8((1 << bits) - 1)
+            codes = np.empty((*data.shape, per_byte), np.uint8)
+            for j in range(per_byte):
+                np.bitwise_and(data >> np.uint8(j * bits), mask, out=codes[..., j])
+            return codes.reshape(len(rows), -1)
+        stream = np.unpackbits(data, axis=-1, bitorder="little").reshape(len(rows), -1, bits)
         pad = np.zeros((*stream.shape[:-1], 8 - bits), np.uint8)
         return np.packbits(np.concatenate([stream, pad], axis=-1), axis=-1, bitorder="little")[..., 0]
 
