@@ -88,7 +88,11 @@ def test_float32_cache_budget_changes_no_logit_and_is_never_exceeded(budget):
     expected = NumpyLlama(config, dict(weights))(tokens)
     engine = NumpyLlama(config, weights)
     engine.cache_bytes = budget
+    dequantized, dense = [], engine.dense
+    engine.dense = lambda name: dequantized.append(name) or dense(name)
     engine.materialize()
+    assert sorted(dequantized) == sorted(engine.dense_names())  # nothing beyond the budget is built
+    engine.dense = dense
     cached = sum(engine.dense(name).nbytes for name in engine.dense_names())
     assert cached <= budget
     if budget == 0:

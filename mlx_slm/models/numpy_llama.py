@@ -199,10 +199,12 @@ class NumpyLlama:
 
     def materialize(self) -> None:
         """Build the float32 matrices the cache holds now (dequantizing), so that later calls
-        compute (and dequantize only the layers beyond ``cache_bytes``)."""
-        for name, value in self.weights.items():
-            if name.endswith(".weight") and value.ndim == 2:
-                self.dense(name[: -len(".weight")])
+        compute (and dequantize only the layers beyond ``cache_bytes``). A layer the cache has no
+        room for is not dequantized here: the calls compute it a slice of rows at a time."""
+        for name in self.weights:
+            path = name.removesuffix(".weight")
+            if path != name and len(self.shape(path)) == 2 and self.cacheable(path):
+                self.dense(path)
 
     def linear(self, name: str, x: np.ndarray) -> np.ndarray:
         if self.observer is not None:
