@@ -212,6 +212,8 @@ def main() -> None:
         earlier = json.loads(result_path.read_text())
         rows = earlier["rows"] if earlier.get("settings") == settings else []
     for shape in shapes:
+        if all(any(r["shape"] == shape and r["step"] == step for r in rows) for step in steps):
+            continue  # every step measured already (--resume): no model to generate
         model = args.out / f"model-{shape}"
         config = write_model(model, shape)
         params = parameter_count(config)
