@@ -10,7 +10,7 @@ FORMATS = [("affine", 2, 32), ("affine", 3, 32), ("affine", 4, 32), ("lut", 3, 8
            ("ternary", 2, 0), ("ternary_b3", 2, 32)]
 
 
-def tiny_pair(root, fmt, bits, group_size, model_type="llama"):
+def tiny_pair(root, fmt, bits, group_size, model_type="llama", method="rtn"):
     """(float teacher, quantized student, tokenizer, windows [16, 64]) on a tiny random model."""
     import mlx_slm
     from mlx_slm.data.windows import token_windows
@@ -18,7 +18,9 @@ def tiny_pair(root, fmt, bits, group_size, model_type="llama"):
 
     model, tokenizer = mlx_slm.load(tiny_model_folder(root, model_type=model_type))
     teacher = float_teacher(model)
-    mlx_slm.quantize(model, bits=bits, group_size=group_size, format=fmt, method="rtn", progress=False)
+    calib = {} if method == "rtn" else {"calib": [sample_text(40)], "tokenizer": tokenizer, "num_samples": 6,
+                                         "seq_len": 64}
+    mlx_slm.quantize(model, bits=bits, group_size=group_size, format=fmt, method=method, progress=False, **calib)
     return teacher, model, tokenizer, token_windows(tokenizer, [sample_text(120)], 64, 16)
 
 
@@ -129,6 +131,32 @@ def test_twin_rounds_as_the_format_stores(tmp_path, fmt, bits, group_size):
     np.testing.assert_array_equal(np.array(dense_twin(layer).weight), trained)
     np.testing.assert_array_equal(make_twin(layer).codes(), codes)
     assert len(np.unique(codes)) > 1
+
+
+@pytest.mark.parametrize("fmt,bits,group_size", FORMATS)
+def test_twin_adopts_the_float_weights_that_round_to_its_codes(tmp_path, fmt, bits, group_size):
+    """Made with the float weight, a twin computes exactly what the layer stores, and its latent weights are
+    the float weights wherever those round to the stored codes: every weight after rtn (the float weight
+    decides its code), most of them after gptq (which moves some weights to other codes)."""
+    import mlx.core as mx
+
+    from mlx_slm.quant.fake_quant import make_twin
+    from mlx_slm.runtime import dense_twin
+
+    teacher, student, _, _ = tiny_pair(tmp_path, fmt, bits, group_size)
+    for path in ("mlp.down_proj", "self_attn.q_proj"):
+        layer, source = (dict(m.model.layers[0].named_modules())[path] for m in (student, teacher))
+        twin = make_twin(layer, source.weight)
+        np.testing.assert_array_equal(np.array(twin.fake()), np.array(dense_twin(layer).weight))
+        np.testing.assert_array_equal(twin.codes(), make_twin(layer).codes())
+        adopted = np.array(twin.weight) == np.array(twin.latent(source.weight.astype(mx.float32)))
+        assert adopted.mean() > 0.999, (path, adopted.mean())
+        assert twin.adopt(source.weight[:, :-1]) == 0.0  # another shape: nothing adopted
+    if fmt == "affine":
+        gptq_student = tiny_pair(tmp_path / "g", fmt, bits, group_size, method="gptq")[1]
+        layer = gptq_student.model.layers[0].mlp.down_proj
+        share = make_twin(layer).adopt(teacher.model.layers[0].mlp.down_proj.weight)
+        assert 0.5 < share < 1.0, share
 
 
 def test_gradients_reach_weights_and_step_sizes(tmp_path):

@@ -75,13 +75,20 @@ def test_trained_results_export_to_core_ml(tmp_path, fmt, bits, group_size):
     start = {"affine": "rtn"}.get(fmt, "imatrix")
     mlx_slm.quantize(model, bits=bits, group_size=group_size, format=fmt, method="e2e", calib=[sample_text(160)],
                      tokenizer=tokenizer, num_samples=4, seq_len=32, progress=False,
-                     e2e_options={"start": start, "steps": 6, "batch_size": 2, "learning_rate": 3e-3,
+                     e2e_options={"start": start, "steps": 6, "batch_size": 2, "learning_rate": 1e-3,
                                   "eval_windows": 2, "held_out": 0.2})
     assert not mlx_slm.model_config(model)["mlx_slm"]["e2e"]["kept_start"]
     saved, _ = mlx_slm.load(mlx_slm.save(model, tokenizer, tmp_path / "trained"), backend="numpy")
     package = mlx_slm.export_coreml(saved, tokenizer, tmp_path / "out" / "Tiny.mlpackage", max_context=32)
     package_tokens, model_tokens, delta = compare_greedy(MILInterpreter(package), saved, PROMPT, steps=8)
-    assert package_tokens == model_tokens and delta < TINY_TOLERANCE
+    assert delta < TINY_TOLERANCE
+    # the same greedy tokens wherever the model's two best logits are further apart than the logits may
+    # differ (a random tiny model has near-ties; both runs are fed the model's tokens)
+    logits = saved(np.array([list(PROMPT) + model_tokens[:-1]], np.int32))[0, len(PROMPT) - 1:]
+    best_two = np.sort(logits, axis=-1)[:, -2:]
+    clear = best_two[:, 1] - best_two[:, 0] > 2 * TINY_TOLERANCE
+    assert clear.sum() >= len(clear) // 2, clear
+    assert np.array(package_tokens)[clear].tolist() == np.array(model_tokens)[clear].tolist()
 
 
 @pytest.mark.parametrize("bits,rate", [(2, 1e-3), (3, 1e-4)])

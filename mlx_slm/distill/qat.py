@@ -49,18 +49,22 @@ class FakeQuantLinear(nn.Module):
 class QuantizedTraining:
     """Swap a quantized student's quantized layers for trainable twins (``attach``), store them back
     (``detach``): every linear layer and the embedding (whose twin is also the tied output head).
+    With a ``reference`` (the float model the student was quantized from, e.g. the teacher), each
+    twin's latent weights start from the reference's weight at the same path where that rounds to
+    the stored codes (:meth:`mlx_slm.quant.fake_quant.Twin.adopt`; other shapes are ignored).
 
     On a CPU the quantized layers without a twin compute meanwhile with frozen float32 dense
     twins (:func:`mlx_slm.runtime.dense_twin`): the same values, on a fast GEMM instead of
     scalar ``quantized_matmul``.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, reference: nn.Module | None = None):
         from ..quant.fake_quant import make_twin
 
         self.model = model
+        floats = dict(reference.named_modules()) if reference is not None else {}
         self.layers = [(path, module, twin) for path, module in quantized_modules(model)
-                       if (twin := make_twin(module)) is not None]
+                       if (twin := make_twin(module, getattr(floats.get(path), "weight", None))) is not None]
         if not any(".layers." in f".{path}" for path, _, _ in self.layers):
             raise SLMError("train_quantized needs a quantized student (affine, lut or ternary decoder layers); "
                            "quantize it first, e.g. with method gptq or blockwise")

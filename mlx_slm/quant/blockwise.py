@@ -74,11 +74,14 @@ def run_block(block, x: mx.array, mask, batch_size: int) -> mx.array:
     return mx.concatenate(out)
 
 
-def quantized_linears(block) -> list:
-    """(path inside the block, module, twin) of every quantized linear layer that can train."""
+def quantized_linears(block, reference=None) -> list:
+    """(path inside the block, module, twin) of every quantized linear layer that can train; the twins'
+    latent weights start from the float weights of ``reference`` (the float model's block) where those
+    round to the stored codes."""
+    floats = dict(reference.named_modules()) if reference is not None else {}
     found = []
     for path, module in block.named_modules():
-        twin = make_twin(module)
+        twin = make_twin(module, getattr(floats.get(path), "weight", None))
         if twin is not None:
             found.append((path, module, twin))
     return found
@@ -153,9 +156,10 @@ class BlockTrainer:
                 "held_out_history": history}
 
 
-def train_block(block, mask, train: tuple, held: tuple, config: BlockwiseConfig) -> dict:
-    """Train ``block``'s quantized layers in place; return its report (errors on the held-out windows)."""
-    layers = quantized_linears(block)
+def train_block(block, mask, train: tuple, held: tuple, config: BlockwiseConfig, reference=None) -> dict:
+    """Train ``block``'s quantized layers in place, their latent weights from ``reference`` (the float
+    block) where they can; return its report (errors on the held-out windows)."""
+    layers = quantized_linears(block, reference)
     if not layers:
         return {"layers": 0, "start_error": None, "final_error": None, "kept_start": True, "steps": 0}
     block.update_modules(tree_unflatten([(path, twin) for path, _, twin in layers]))
@@ -213,7 +217,7 @@ def reconstruct_blocks(model, teacher, tokens, config: BlockwiseConfig | None = 
             if report is None:
                 x = student_x if config.inputs == "quantized" else float_x
                 report = train_block(blocks[index], masks[index], (x[:split], target[:split]),
-                                     (x[split:], target[split:]), config)
+                                     (x[split:], target[split:]), config, teacher_blocks[index])
                 checkpoints.save(index, blocks[index], report)
             else:
                 resumed += 1

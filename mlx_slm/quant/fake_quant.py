@@ -20,6 +20,12 @@ returns exactly the arrays of the quantized layer that computes ``fake(w)``.
 Every array is held divided by ``unit``, a power of two near the layer's mean step
 size, so an Adam learning rate is relative to the layer's scale and multiplying back
 is exact. A twin made from a layer reproduces that layer's codes and values exactly.
+
+Given the float weight the layer was quantized from (:func:`make_twin`'s ``weight``), a
+twin's latent weights start at it wherever it rounds to the stored code, and at the
+code's value elsewhere (where a start like gptq chose another code): the codes and the
+forward pass are still exactly the layer's, but a weight near the edge of its code's
+interval is near it in training too, instead of half a step away at the code's centre.
 """
 
 from __future__ import annotations
@@ -86,6 +92,21 @@ class Twin(nn.Module):
     def stored(self) -> dict:
         """suffix -> MLX array of the quantized layer computing :meth:`fake` (``bias`` excluded)."""
         raise NotImplementedError
+
+    def latent(self, weight: mx.array) -> mx.array:
+        """The latent weight (what :attr:`weight` holds) of a float weight [N, K]."""
+        return weight.astype(mx.float32) / self.unit
+
+    def adopt(self, weight: mx.array) -> float:
+        """Latent weights from the float ``weight`` [N, K] wherever it rounds to the current code (the
+        codes stay as they are); returns the share of weights adopted (0 for a weight of another shape)."""
+        if tuple(weight.shape) != tuple(self.weight.shape):
+            return 0.0
+        codes, kept = self.codes(), self.weight
+        self.weight = self.latent(weight)
+        same = self.codes() == codes
+        self.weight = mx.where(mx.array(same), self.weight, kept)
+        return float(same.mean())
 
 
 class AffineTwin(Twin):
@@ -160,6 +181,12 @@ class LutTwin(Twin):
             dense = dense / safe_divisor(rows)
         self.weight = dense / unit
 
+    def latent(self, weight):
+        weight = weight.astype(mx.float32)
+        if "scales" in self:
+            weight = weight / safe_divisor(self["scales"] * self.row_unit)
+        return weight / self.unit
+
     def row_scales(self):
         return cast_ste(self["scales"] * self.row_unit, self.stored_dtype) if "scales" in self else None
 
@@ -211,20 +238,28 @@ class EmbeddingTwin(nn.Module):
     def stored(self) -> dict:
         return self.twin.stored()
 
+    def adopt(self, weight: mx.array) -> float:
+        return self.twin.adopt(weight)
 
-def make_twin(layer) -> Twin | EmbeddingTwin | None:
-    """The twin of a quantized linear or embedding layer, or None for a kind that does not train here."""
+
+def make_twin(layer, weight: mx.array | None = None) -> Twin | EmbeddingTwin | None:
+    """The twin of a quantized linear or embedding layer, or None for a kind that does not train here.
+    ``weight``: the float weight [N, K] the layer was quantized from, if known; the twin's latent
+    weights start from it where it rounds to the stored codes (:meth:`Twin.adopt`)."""
+    twin = None
     if isinstance(layer, nn.QuantizedEmbedding) and getattr(layer, "mode", "affine") == "affine":
-        return EmbeddingTwin(AffineTwin(layer))
-    if isinstance(layer, EmbeddingMixin):
-        return EmbeddingTwin(TernaryTwin(layer) if isinstance(layer, TernaryLinear) else LutTwin(layer))
-    if isinstance(layer, nn.QuantizedLinear) and getattr(layer, "mode", "affine") == "affine":
-        return AffineTwin(layer)
-    if isinstance(layer, TernaryLinear):
-        return TernaryTwin(layer)
-    if isinstance(layer, LutLinear):
-        return LutTwin(layer)
-    return None
+        twin = EmbeddingTwin(AffineTwin(layer))
+    elif isinstance(layer, EmbeddingMixin):
+        twin = EmbeddingTwin(TernaryTwin(layer) if isinstance(layer, TernaryLinear) else LutTwin(layer))
+    elif isinstance(layer, nn.QuantizedLinear) and getattr(layer, "mode", "affine") == "affine":
+        twin = AffineTwin(layer)
+    elif isinstance(layer, TernaryLinear):
+        twin = TernaryTwin(layer)
+    elif isinstance(layer, LutLinear):
+        twin = LutTwin(layer)
+    if twin is not None and weight is not None:
+        twin.adopt(weight)
+    return twin
 
 
 def store_twin(layer, twin: Twin | EmbeddingTwin) -> None:
