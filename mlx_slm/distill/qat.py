@@ -59,12 +59,12 @@ class QuantizedTraining:
     """
 
     def __init__(self, model: nn.Module, reference: nn.Module | None = None):
-        from ..quant.fake_quant import make_twin
+        from ..quant.fake_quant import make_twin, reference_weights
 
         self.model = model
-        floats = dict(reference.named_modules()) if reference is not None else {}
+        floats = reference_weights(reference)
         self.layers = [(path, module, twin) for path, module in quantized_modules(model)
-                       if (twin := make_twin(module, getattr(floats.get(path), "weight", None))) is not None]
+                       if (twin := make_twin(module, floats.get(path))) is not None]
         if not any(".layers." in f".{path}" for path, _, _ in self.layers):
             raise SLMError("train_quantized needs a quantized student (affine, lut or ternary decoder layers); "
                            "quantize it first, e.g. with method gptq or blockwise")

@@ -128,10 +128,10 @@ class ModelWeights(Mapping):
             return to_numpy(take(self.arrays[self.names[key]], index))
         mode, bits, group_size = self.layers[key]
         count = self.shape(key)[0]
-        arrays = {s: a for s, a in self.stored(key).items() if a is not None}
-        shares = {s: count // a.shape[0] for s, a in arrays.items()}
-        stored = {s: to_numpy(take(arrays[s], index // shares[s])) if s in arrays else None for s in self.stored(key)}
-        return get_format(mode).view(stored, bits, 1 if max(shares.values()) > 1 else group_size)
+        stored = self.stored(key)
+        shares = {s: count // a.shape[0] for s, a in stored.items() if a is not None}
+        rows = {s: None if a is None else to_numpy(take(a, index // shares[s])) for s, a in stored.items()}
+        return get_format(mode).view(rows, bits, 1 if max(shares.values()) > 1 else group_size)
 
     def __contains__(self, key) -> bool:
         return key in self.layers

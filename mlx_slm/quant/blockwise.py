@@ -50,7 +50,7 @@ from ..model_access import require_training
 from ..progress import hidden
 from ..runtime import fast_cpu, restore_dtypes, widen_floats
 from .block_checkpoints import BlockCheckpoints, fingerprint
-from .fake_quant import QUANT_PARAMS, make_twin, store_twin
+from .fake_quant import QUANT_PARAMS, make_twin, reference_weights, store_twin
 from .methods.blockwise import BlockwiseConfig
 
 
@@ -78,10 +78,10 @@ def quantized_linears(block, reference=None) -> list:
     """(path inside the block, module, twin) of every quantized linear layer that can train; the twins'
     latent weights start from the float weights of ``reference`` (the float model's block) where those
     round to the stored codes."""
-    floats = dict(reference.named_modules()) if reference is not None else {}
+    floats = reference_weights(reference)
     found = []
     for path, module in block.named_modules():
-        twin = make_twin(module, getattr(floats.get(path), "weight", None))
+        twin = make_twin(module, floats.get(path))
         if twin is not None:
             found.append((path, module, twin))
     return found

@@ -262,6 +262,12 @@ def make_twin(layer, weight: mx.array | None = None) -> Twin | EmbeddingTwin | N
     return twin
 
 
+def reference_weights(reference) -> dict:
+    """Module path -> weight of every module of ``reference`` (the float model or block) holding one,
+    {} for None: what :func:`make_twin` takes as each quantized layer's float weight."""
+    return {} if reference is None else {path: m.weight for path, m in reference.named_modules() if "weight" in m}
+
+
 def store_twin(layer, twin: Twin | EmbeddingTwin) -> None:
     """Write the twin's stored arrays into ``layer`` (the module it was made from)."""
     for name, value in twin.stored().items():
