@@ -15,9 +15,9 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def add_backend(parser) -> None:
+def add_backend(parser, default: str = "MLX when importable, else numpy") -> None:
     parser.add_argument("--backend", choices=("mlx", "numpy"), default=None,
-                        help="compute backend (default: MLX when importable, else numpy)")
+                        help=f"compute backend (default: {default})")
 
 
 def add_cpu_engine(parser, what: str) -> None:

@@ -1,9 +1,12 @@
 """Exports write their files one tensor at a time: the bytes are those the whole-file writer wrote, and
 no more than one converted or encoded tensor is alive at any moment."""
 
+import dataclasses
+import os
 import tracemalloc
 import weakref
 
+import numpy as np
 import pytest
 from helpers import tiny_model_folder
 from test_gguf_export import tiny
@@ -11,9 +14,11 @@ from test_kquant_export import CALIBRATION, kquant_model
 
 import mlx_slm
 from mlx_slm.data.windows import Calibration
+from mlx_slm.export import cli as export_cli
 from mlx_slm.export import gguf as gguf_export
 from mlx_slm.export import weights as export_weights
 from mlx_slm.export.gguf_tensors import Encoded
+from mlx_slm.io import safetensors_np
 
 AFFINE_MIX = {"bits": 4, "group_size": 32, "config": {"by_type": {"down_proj": {"bits": 8}, "v_proj": {"bits": 5}},
                                                       "by_name": {"model.layers.1.mlp.up_proj": "fp16"}}}
@@ -186,3 +191,66 @@ def test_core_ai_codes_packed_run_by_run_equal_one_packing(monkeypatch, bits):
     want = np.packbits(planes.reshape(-1), bitorder="little")
     monkeypatch.setattr(coreai_weights, "PACK_CODES", 8)
     np.testing.assert_array_equal(coreai_weights.pack_bits(codes, bits), want)
+
+
+def file_pages_kb() -> int:
+    """This process's resident file-backed memory (kB), from Linux's /proc/self/status."""
+    return int(open("/proc/self/status").read().split("RssFile:")[1].split()[0])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's RssFile")
+def test_release_unmaps_a_loaded_tensors_pages_and_keeps_its_values(tmp_path):
+    values = np.arange(1 << 21, dtype=np.float32).reshape(512, -1)  # 8 MiB
+    safetensors_np.save(tmp_path / "a.safetensors", {"a": values, "b": np.ones(3, np.float16)})
+    tensors = safetensors_np.load(tmp_path / "a.safetensors")
+    before = file_pages_kb()
+    assert float(tensors["a"].sum(dtype=np.float64)) == float(values.sum(dtype=np.float64))
+    touched = file_pages_kb()
+    assert touched - before >= 7 * 1024
+    safetensors_np.release(tensors["a"][10:20])  # a view of a few rows: about its pages only
+    assert touched - file_pages_kb() <= values[10:20].nbytes // 1024 + 8  # its 160 kB and the pages at its ends
+    safetensors_np.release(tensors["a"])
+    assert touched - file_pages_kb() >= 7 * 1024
+    np.testing.assert_array_equal(tensors["a"], values)  # read back from the file
+    np.testing.assert_array_equal(tensors["b"], np.ones(3, np.float16))
+    assert safetensors_np.mapping(values)[0] is None and safetensors_np.mapping(tensors["a"].copy())[0] is None
+    first, end = safetensors_np.mapping(tensors["a"][1:2])[1:]
+    assert end - first == values[1:2].nbytes
+
+
+def test_model_weights_release_every_mapped_tensor_and_hand_out_none(tmp_path, monkeypatch):
+    model, tokenizer = tiny(tmp_path, bits=4, group_size=32)
+    folder = mlx_slm.save(model, tokenizer, tmp_path / "q4")
+    model, _ = mlx_slm.load(folder, backend="numpy", progress=False)
+    released = []
+    real = safetensors_np.release
+    monkeypatch.setattr(safetensors_np, "release", lambda a: (released.append(safetensors_np.mapping(a)), real(a)))
+    weights = export_weights.ModelWeights(model)
+    for key in weights:
+        value = weights[key]
+        arrays = [value] if isinstance(value, np.ndarray) else [getattr(value, f.name) for f in
+                                                                  dataclasses.fields(value)]
+        assert all(safetensors_np.mapping(a)[0] is None for a in arrays if isinstance(a, np.ndarray)), key
+    covered = {}
+    for mapped, first, end in released:
+        covered.setdefault(id(mapped), []).append((first, end))
+    for name, array in model.weights.items():
+        mapped, first, end = safetensors_np.mapping(array)
+        assert mapped is not None, name  # every tensor of the saved model is mapped
+        spans = sorted(s for s in covered[id(mapped)] if s[1] > first and s[0] < end)
+        reached = first
+        for start, stop in spans:
+            assert start <= reached, name
+            reached = max(reached, stop)
+        assert reached >= end, name
+
+
+def test_exports_read_llama_folders_on_the_numpy_backend(tmp_path):
+    folder = tiny_model_folder(tmp_path)
+    assert export_cli.reading_backend(str(folder), None) == "numpy"
+    assert export_cli.reading_backend(str(folder), "mlx") == "mlx"
+    other = tmp_path / "gemma"
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "gemma3_text"}')
+    assert export_cli.reading_backend(str(other), None) is None  # mlx-lm's class runs it
+    assert export_cli.reading_backend(str(tmp_path / "missing"), None) is None  # load's own error follows

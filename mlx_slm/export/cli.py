@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .package import PRECISIONS
 
 PACKAGE_SUFFIXES = {"coreml": ".mlpackage", "coreai": ".aimodel"}
@@ -35,6 +37,29 @@ GGUF_DESCRIPTION = (
     "activation on --calib text (unweighted without --calib). Llama family: llama, qwen2, qwen3.")
 
 
+READING_BACKEND = ("numpy for a Llama-family model folder, its files memory-mapped and each tensor's pages "
+                   "released once converted, so the model does not sit in memory beside what is built; else MLX "
+                   "when importable")
+
+
+def reading_backend(source: str, backend: str | None) -> str | None:
+    """The backend an export loads ``source`` with (:data:`READING_BACKEND`): ``backend`` when given."""
+    from ..errors import SLMError
+    from ..io import hf
+    from ..loading import check_modes
+    from ..models.numpy_llama import check_model_type
+
+    if backend is not None or Path(str(source)).expanduser().is_file():
+        return backend
+    try:
+        config = hf.read_config(hf.resolve(source))
+        check_model_type(config)
+        check_modes(config, "numpy")
+    except SLMError:
+        return None  # the default backend's load says what is wrong, or runs what numpy cannot
+    return "numpy"
+
+
 def cmd_export_package(args) -> None:
     """``export coreml`` / ``export coreai``: the output checked before the model loads."""
     import mlx_slm
@@ -47,7 +72,7 @@ def cmd_export_package(args) -> None:
 
         options["options"] = CoreMLOptions(args.shapes, args.query_lengths, args.logits)
     refuse_existing(package_path(args.output, PACKAGE_SUFFIXES[args.target]), args.overwrite, [args.model])
-    model, tokenizer = mlx_slm.load(args.model, backend=args.backend)
+    model, tokenizer = mlx_slm.load(args.model, backend=reading_backend(args.model, args.backend))
     package = export(model, tokenizer, args.output, max_context=args.max_context,
                      compute_precision=args.compute_precision, overwrite=args.overwrite, **options)
     print(f"wrote {package} and {package.with_suffix('.json').name}")
@@ -65,7 +90,7 @@ def cmd_export_gguf(args) -> None:
         raise SLMError("--calib is for k-quants: pass --kquant too")
     check_windows(args.seq_len, args.num_samples)
     check_output_file(args.output, args.overwrite, [args.model, args.calib])
-    model, tokenizer = mlx_slm.load(args.model, backend=args.backend)
+    model, tokenizer = mlx_slm.load(args.model, backend=reading_backend(args.model, args.backend))
     calibration = None if args.calib is None else Calibration(args.calib, tokenizer, args.num_samples, args.seq_len)
     print(export_gguf(model, tokenizer, args.output, overwrite=args.overwrite, types=types, kquant=args.kquant,
                       calibration=calibration, progress=True).format())
@@ -111,7 +136,7 @@ def add_package_target(targets, name: str, summary: str, description: str, conte
     target.add_argument("--overwrite", action="store_true", help="replace an existing package and manifest")
     if name == "coreml":
         add_coreml_options(target)
-    add_backend(target)
+    add_backend(target, READING_BACKEND)
     target.set_defaults(run=cmd_export_package)
 
 
@@ -146,5 +171,5 @@ def add_export_parser(commands) -> None:
     add_calibration(gguf, "calibration text for --kquant (.txt or .jsonl): weights each input column by its mean "
                           "squared activation")
     gguf.add_argument("--overwrite", action="store_true", help="replace an existing file")
-    add_backend(gguf)
+    add_backend(gguf, READING_BACKEND)
     gguf.set_defaults(run=cmd_export_gguf)

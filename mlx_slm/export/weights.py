@@ -16,6 +16,7 @@ import numpy as np
 
 from ..formats import get_format
 from ..formats.base import cut_rows, row_share
+from ..io import safetensors_np
 from ..model_access import access, model_config
 from ..qconfig import saved_layer_params
 
@@ -34,6 +35,17 @@ def to_numpy(array) -> np.ndarray:
     if array.dtype == mx.bfloat16:
         array = array.astype(mx.float32)
     return np.array(array)
+
+
+def converted(array) -> np.ndarray:
+    """:func:`to_numpy`, never a view of a memory-mapped file: a mapped tensor (the numpy backend's)
+    is copied and its pages released, so reading each tensor once leaves none of the model's file
+    in memory beside what the reader builds."""
+    out = to_numpy(array)
+    if safetensors_np.mapping(out)[0] is not None:
+        out = out.copy()
+        safetensors_np.release(array)
+    return out
 
 
 SLICE_WEIGHTS = 1 << 22  # weights per slice of rows converted at once (16 MiB in float32)
@@ -106,14 +118,14 @@ class ModelWeights(Mapping):
         """The tensor converted now; a quantized layer's view is filled slice of rows by slice (a whole
         number of palette groups each), so unpacking its codes needs temporaries of one slice only."""
         if self.layers[key] is None:
-            return to_numpy(self.arrays[self.names[key]])
+            return converted(self.arrays[self.names[key]])
         mode, bits, group_size = self.layers[key]
         stored, shape = self.stored(key), self.shape(key)
         slices = row_slices(np.arange(shape[0]), shape, row_share(shape[0], stored.values()))
         whole = None
         for index in slices:
             start, stop = int(index[0]), int(index[-1]) + 1
-            part = {s: None if a is None else to_numpy(cut_rows(a, shape[0], start, stop)) for s, a in stored.items()}
+            part = {s: None if a is None else converted(cut_rows(a, shape[0], start, stop)) for s, a in stored.items()}
             view = get_format(mode).view(part, bits, group_size)
             if len(slices) == 1:
                 return view
@@ -125,12 +137,17 @@ class ModelWeights(Mapping):
         array of N rows its rows ``index``; of one of N / g rows (palettes shared by g rows) the rows
         ``index // g``, so the view gets one palette per row and says so (group size 1)."""
         if self.layers[key] is None:
-            return to_numpy(take(self.arrays[self.names[key]], index))
+            rows = to_numpy(take(self.arrays[self.names[key]], index))
+            safetensors_np.release(self.arrays[self.names[key]])
+            return rows
         mode, bits, group_size = self.layers[key]
         count = self.shape(key)[0]
         stored = self.stored(key)
         shares = {s: count // a.shape[0] for s, a in stored.items() if a is not None}
         rows = {s: None if a is None else to_numpy(take(a, index // shares[s])) for s, a in stored.items()}
+        for array in stored.values():
+            if array is not None:
+                safetensors_np.release(array)
         return get_format(mode).view(rows, bits, 1 if max(shares.values()) > 1 else group_size)
 
     def __contains__(self, key) -> bool:

@@ -8,6 +8,7 @@ is: 8-byte little-endian header length, a JSON header, then raw tensor bytes.
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 from pathlib import Path
 
@@ -43,10 +44,11 @@ def read_header(path: Path) -> tuple[dict, int]:
 
 
 def load(path) -> dict[str, np.ndarray]:
-    """All tensors of one safetensors file, memory-mapped read-only."""
+    """All tensors of one safetensors file, memory-mapped read-only (see :func:`release`)."""
     path = Path(path)
     header, start = read_header(path)
-    data = np.memmap(path, dtype=np.uint8, mode="r")
+    with open(path, "rb") as f:
+        data = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
     tensors = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -59,6 +61,34 @@ def load(path) -> dict[str, np.ndarray]:
         dtype = DTYPES[info["dtype"]]
         tensors[name] = data[begin:end].view(dtype).reshape(info["shape"])
     return tensors
+
+
+def mapping(array: np.ndarray) -> tuple:
+    """``(mmap, first, end)``: the mmap under ``array`` and the byte range ``array`` spans in it, if
+    ``array`` is a view of a file :func:`load` mapped; ``(None, 0, 0)`` for any other (MLX ones too)."""
+    if not isinstance(array, np.ndarray):
+        return None, 0, 0
+    root = array
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    mapped = getattr(root.base, "obj", None)  # np.frombuffer's base: a memoryview of the mmap
+    if not isinstance(mapped, mmap.mmap):
+        return None, 0, 0
+    low, high = np.lib.array_utils.byte_bounds(array)
+    return mapped, low - root.ctypes.data, high - root.ctypes.data
+
+
+def release(array: np.ndarray) -> None:
+    """Unmap the pages under ``array`` if it is a view of a file :func:`load` mapped (else nothing).
+
+    The file stays mapped: touched again, the pages are read back from it. A reader that converts
+    each tensor once (the exporters) calls this after each, so the loaded model's pages do not add
+    up in its memory beside what it builds."""
+    mapped, first, end = mapping(array)
+    if mapped is None or end == first or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    begin = first // mmap.PAGESIZE * mmap.PAGESIZE
+    mapped.madvise(mmap.MADV_DONTNEED, begin, min(end, len(mapped)) - begin)
 
 
 def save(path, tensors: dict[str, np.ndarray], metadata: dict | None = None) -> None:
