@@ -59,6 +59,20 @@ class LazyNumpyWeights(MutableMapping):
         value = self.arrays[name]
         return np.array(value.astype(mx.float32) if value.dtype == mx.bfloat16 else value)
 
+    def describe(self, name: str) -> tuple[tuple, str]:
+        """(shape, numpy dtype kind) of ``name`` as read, without converting it."""
+        if name in self.assigned:
+            return tuple(self.assigned[name].shape), self.assigned[name].dtype.kind
+        dtype = str(self.arrays[name].dtype).rsplit(".", 1)[-1]
+        return tuple(self.arrays[name].shape), "f" if dtype == "bfloat16" else np.dtype(dtype.rstrip("_")).kind
+
+    def take(self, name: str, rows) -> np.ndarray:
+        """``self[name][rows]`` converting only those rows (``rows``: an integer index array of any shape)."""
+        if name in self.assigned:
+            return self.assigned[name][rows]
+        value = mx.take(self.arrays[name], mx.array(np.asarray(rows)), axis=0)
+        return np.array(value.astype(mx.float32) if value.dtype == mx.bfloat16 else value)
+
     def __setitem__(self, name: str, value) -> None:
         self.assigned[name] = value
 

@@ -34,9 +34,15 @@ def test_twin_reads_the_models_exact_weights_and_keeps_assignments(tmp_path):
     for name, value in params.items():
         expected = np.array(value.astype(mx.float32) if value.dtype == mx.bfloat16 else value)
         np.testing.assert_array_equal(twin.weights[name], expected)
+    for name, value in params.items():  # shapes, kinds and rows read without converting the tensor
+        expected = twin.weights[name]
+        assert twin.weights.describe(name) == (expected.shape, expected.dtype.kind), name
+        rows = np.array([[expected.shape[0] - 1, 0], [1, 1]])
+        np.testing.assert_array_equal(twin.weights.take(name, rows), expected[rows])
     norm = "model.norm.weight"
     twin.weights[norm] = np.full(params[norm].shape, 2.0, np.float32)
     assert float(twin.weights[norm][0]) == 2.0 and norm in twin.weights
+    assert twin.weights.describe(norm) == (params[norm].shape, "f")
     assert float(params[norm][0].astype(mx.float32)) != 2.0  # the model is untouched
 
 
@@ -57,6 +63,28 @@ def test_calibration_holds_one_block_in_float32(tmp_path):
 
     calibrate_blocks(twin, names, tokens, False, update, "test", progress=False)
     assert cached == [7, 7, 7, 7]  # the seven projections of the current block only
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_twin_converts_each_weight_once_per_call(tmp_path, monkeypatch, quantized):
+    """Learning a layer's shape or format reads no tensor; a float embedding gathers its rows only."""
+    from mlx_slm.runtime import LazyNumpyWeights, numpy_twin
+
+    config = tiny_config(torch_dtype="bfloat16")
+    model, _ = mlx_slm.load(write_model_folder(tmp_path / "m", config, tiny_weights(config)), backend="mlx")
+    if quantized:
+        mlx_slm.quantize(model, bits=4, group_size=32, progress=False)
+    twin = numpy_twin(model)
+    twin.cache_bytes = 0  # every call converts again: what a model beyond the cache does
+    expected = twin(np.array([[1, 5, 9]]))
+    reads = []
+    real = LazyNumpyWeights.__getitem__
+    monkeypatch.setattr(LazyNumpyWeights, "__getitem__", lambda self, name: (reads.append(name), real(self, name))[1])
+    np.testing.assert_array_equal(twin(np.array([[1, 5, 9]])), expected)
+    # a quantized table is read by the embedding and the tied head; a float one gathers its rows unconverted
+    twice = {f"model.embed_tokens.{s}" for s in ("weight", "scales", "biases")} if quantized else set()
+    assert "model.embed_tokens.weight" in reads and "model.layers.0.self_attn.q_proj.weight" in reads
+    assert all(reads.count(name) == (2 if name in twice else 1) for name in reads), reads
 
 
 def test_smollm2_twin_costs_no_memory_up_front(smollm2_dir):

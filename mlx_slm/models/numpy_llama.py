@@ -130,23 +130,40 @@ class NumpyLlama:
     def make_cache(self) -> KVCache:
         return KVCache(self.num_layers)
 
-    def stored(self, name: str):
-        """(format, stored arrays in its order, bits, group_size) of quantized layer ``name``; None if float."""
-        if self.weights[f"{name}.weight"].dtype.kind not in "ui":
+    def describe(self, name: str) -> tuple[tuple, str]:
+        """(shape, numpy dtype kind) of stored tensor ``name``, read without converting it: the weights
+        of an MLX model's twin (:class:`~mlx_slm.runtime.LazyNumpyWeights`) convert a whole tensor when read."""
+        describe = getattr(self.weights, "describe", None)
+        if describe is not None:
+            return describe(name)
+        value = self.weights[name]
+        return tuple(value.shape), value.dtype.kind
+
+    def quantization(self, name: str):
+        """(format, bits, group_size) of quantized layer ``name``; None if it is float."""
+        if self.describe(f"{name}.weight")[1] not in "ui":
             return None
         bits, group_size, mode = saved_layer_params(self.config.get("quantization") or {}, name)
-        weight_format = get_format(mode)
+        return get_format(mode), bits, group_size
+
+    def stored(self, name: str):
+        """(format, stored arrays in its order, bits, group_size) of quantized layer ``name``; None if float."""
+        quantized = self.quantization(name)
+        if quantized is None:
+            return None
+        weight_format, bits, group_size = quantized
         return weight_format, [self.weights.get(f"{name}.{s}") for s in weight_format.stored], bits, group_size
 
     def shape(self, name: str) -> tuple[int, int]:
-        """(N, K) of layer ``name``'s float weight, without dequantizing it."""
+        """(N, K) of layer ``name``'s float weight, without dequantizing or converting it."""
         if name in self._float32:
             return self._float32[name].shape
-        quantized = self.stored(name)
+        shape = self.describe(f"{name}.weight")[0]
+        quantized = self.quantization(name)
         if quantized is None:
-            return self.weights[f"{name}.weight"].shape
-        weight_format, arrays, bits, group_size = quantized
-        return tuple(weight_format.layer_shape(dict(zip(weight_format.stored, arrays)), bits, group_size))
+            return shape
+        weight_format, bits, group_size = quantized  # layer_shape reads the codes' shape only
+        return tuple(weight_format.layer_shape({"weight": np.broadcast_to(np.uint32(0), shape)}, bits, group_size))
 
     def cacheable(self, name: str) -> bool:
         """Whether layer ``name``'s float32 weight is cached or fits beside what is."""
@@ -260,8 +277,10 @@ class NumpyLlama:
         name, tokens = "model.embed_tokens", np.asarray(tokens)
         if name in self._float32:
             return self._float32[name][tokens]
-        if self.stored(name) is None:
-            return as_float32(self.weights[f"{name}.weight"][tokens])
+        if self.quantization(name) is None:
+            take = getattr(self.weights, "take", None)  # a twin's weights gather rows unconverted
+            table = f"{name}.weight"
+            return as_float32(take(table, tokens) if take is not None else self.weights[table][tokens])
         if self.cacheable(name):
             return self.dense(name)[tokens]
         out = np.empty((*tokens.shape, self.shape(name)[1]), np.float32)
