@@ -110,7 +110,8 @@ class Bench:
         args = self.args
         config = E2EConfig(steps=args.e2e_steps, batch_size=args.e2e_batch_size,
                            learning_rate=args.e2e_lr or default_rate(bits),
-                           top_k=args.e2e_top_k, eval_every=args.e2e_eval_every, eval_windows=args.e2e_eval_windows)
+                           top_k=args.e2e_top_k, eval_every=args.e2e_eval_every, eval_windows=args.e2e_eval_windows,
+                           adopt=args.e2e_adopt)
         report = train_end_to_end(model, self.reference, self.tokenizer, (self.out / "train.txt").read_text(),
                                   (self.out / "heldout.txt").read_text(), config.check(), args.calib_seq_len,
                                   cache_dir=self.out / "cache")
@@ -162,6 +163,8 @@ def main(argv=None) -> None:
     parser.add_argument("--e2e-top-k", type=int, default=256, help="teacher logits cached per position")
     parser.add_argument("--e2e-eval-every", type=int, default=10)
     parser.add_argument("--e2e-eval-windows", type=int, default=4)
+    parser.add_argument("--e2e-adopt", action=argparse.BooleanOptionalAction, default=True,
+                        help="latent weights start at the float model's where those round to the start's codes")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per evaluation window")
     parser.add_argument("--max-windows", type=int, default=8, help="evaluation windows")
     parser.add_argument("--resume", action="store_true", help="keep rows measured with the same settings")

@@ -296,6 +296,19 @@ def quantized_training_run(root, steps, **settings):
     return teacher, student, history, windows
 
 
+@pytest.mark.parametrize("adopt", [True, False])
+def test_quantized_training_adopts_the_teachers_weights_unless_told_not_to(tmp_path, monkeypatch, adopt):
+    from mlx_slm.distill import qat
+
+    references = []
+    real = qat.QuantizedTraining.__init__
+    monkeypatch.setattr(qat.QuantizedTraining, "__init__",
+                        lambda self, model, reference=None: (references.append(reference), real(self, model,
+                                                                                                  reference))[1])
+    teacher = quantized_training_run(tmp_path, 1, adopt=adopt)[0]
+    assert references == [teacher if adopt else None]
+
+
 def test_end_to_end_qat_trains_weights_and_step_sizes_in_the_format(tmp_path):
     from test_learned import full_kl
 

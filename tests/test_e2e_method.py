@@ -101,3 +101,16 @@ def test_default_rate_follows_the_bits(tmp_path, bits, rate):
                      e2e_options={"start": "rtn", "steps": 1, "batch_size": 2, "eval_every": 1, "eval_windows": 2,
                                   "held_out": 0.2})
     assert mlx_slm.model_config(model)["mlx_slm"]["e2e"]["learning_rate"] == rate
+
+
+def test_e2e_adopt_flag_reaches_the_trainer(tmp_path, monkeypatch):
+    from mlx_slm import distill as distill_package
+    from mlx_slm.cli import main
+
+    (tmp_path / "calib.txt").write_text(sample_text(160))
+    seen = []
+    real = distill_package.distill
+    monkeypatch.setattr(distill_package, "distill", lambda *a, **k: (seen.append(a[4].adopt), real(*a, **k))[1])
+    assert main(e2e_cli(tmp_path, "adopted", "--e2e-steps", "1")) == 0
+    assert main(e2e_cli(tmp_path, "not-adopted", "--e2e-steps", "1", "--no-e2e-adopt")) == 0
+    assert seen == [True, False]

@@ -34,7 +34,7 @@ def test_twin_reads_the_models_exact_weights_and_keeps_assignments(tmp_path):
     for name, value in params.items():
         expected = np.array(value.astype(mx.float32) if value.dtype == mx.bfloat16 else value)
         np.testing.assert_array_equal(twin.weights[name], expected)
-    for name, value in params.items():  # shapes, kinds and rows read without converting the tensor
+    for name in params:  # shapes, kinds and rows read without converting the tensor
         expected = twin.weights[name]
         assert twin.weights.describe(name) == (expected.shape, expected.dtype.kind), name
         rows = np.array([[expected.shape[0] - 1, 0], [1, 1]])

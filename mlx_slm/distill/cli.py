@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def config_from_args(args):
         grad_checkpoint=args.grad_checkpoint,
         eval_every=args.eval_every, keep_best=args.keep_best, patience=args.patience,
         checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
-        seed=args.seed, qat=qat, train_quantized=args.train_quantized)
+        seed=args.seed, qat=qat, train_quantized=args.train_quantized, adopt=args.adopt)
 
 
 def cmd_distill(args) -> None:
@@ -115,6 +116,9 @@ def add_distill_parser(commands) -> None:
                         help="the student is quantized (e.g. by quantize --method blockwise): train its float "
                              "weights through the format's rounding together with its scales / palettes "
                              "(learned step sizes), the rest frozen, and save it in its format")
+    parser.add_argument("--adopt", action=argparse.BooleanOptionalAction, default=True,
+                        help="with --train-quantized: start the latent weights at the teacher's wherever those round "
+                             "to the student's codes, else at the codes' values (default: adopt)")
     parser.add_argument("--checkpoint-dir", help="write checkpoints here (and resume from here)")
     parser.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")

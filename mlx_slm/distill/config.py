@@ -39,6 +39,8 @@ class DistillConfig:
     seed: int = 0
     qat: dict | None = None         # {"format": "affine"|"ternary", "bits": .., "group_size": ..}
     train_quantized: bool = False   # a quantized student trains through its twins (mlx_slm.quant.fake_quant)
+    adopt: bool = True              # train_quantized: latent weights start at the teacher's where those round
+                                    # to the stored codes (Twin.adopt), else at the codes' values
     sparsity: dict | None = None    # gradual magnitude pruning, see mlx_slm.distill.sparsity
 
     def check(self) -> None:

@@ -202,7 +202,9 @@ class Distiller:
     def run(self, resume: bool = False) -> list[dict]:
         config = self.config
         qat_paths = add_fake_quant(self.student, config.qat) if config.qat else []
-        quantized = QuantizedTraining(self.student, self.teacher).attach() if config.train_quantized else None
+        quantized = None
+        if config.train_quantized:
+            quantized = QuantizedTraining(self.student, self.teacher if config.adopt else None).attach()
         dtypes = widen_floats(self.student) if computes_on_cpu() else {}
         history, first = [], 0
         if resume:

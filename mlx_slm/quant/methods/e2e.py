@@ -40,6 +40,8 @@ class E2EConfig(MethodOptions):
     eval_windows: int = option(4, "held-out windows of --seq-len tokens")
     held_out: float = option(0.05, "fraction at the end of the calibration text never trained on")
     seed: int = option(0, "seed of the window order")
+    adopt: bool = option(True, "start each layer's latent weights at the float model's wherever those round to "
+                               "the start's codes (else at the codes' values)")
 
     def check(self) -> E2EConfig:
         if self.start is not None and self.start not in STARTS:
@@ -100,7 +102,7 @@ def train_end_to_end(model, teacher, tokenizer, train_text: str, held_text: str,
                                 alpha=0.0, temperature=1.0, teacher_top_k=config.top_k, top_k_tail=True,
                                 cache_dir=str(cache_dir or work), eval_every=config.eval_every,
                                 eval_windows=config.eval_windows, seed=config.seed, keep_best=True,
-                                patience=config.patience, train_quantized=True)
+                                patience=config.patience, train_quantized=True, adopt=config.adopt)
         history = distill(model, teacher, tokenizer, [train_text], trainer, eval_text=[held_text], progress=progress)
     with fast_cpu(teacher):
         final_kl = held_out_kl(model, teacher, held)
