@@ -191,6 +191,11 @@ def table(rows: list[dict], fitted: dict) -> str:
     return "\n".join(lines)
 
 
+def write_results(path: Path, settings: dict, rows: list[dict]) -> None:
+    with atomic_file(path) as tmp:
+        Path(tmp).write_text(json.dumps({"settings": settings, "rows": rows, "fit": fits(rows)}, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", default="360m,1.7b", help=f"comma-separated, of {', '.join(SHAPES)}")
@@ -228,11 +233,11 @@ def main() -> None:
             measured = run_step(argv, work / f"{step}.log")
             rows.append({"shape": shape, "params": params, "step": step, **measured,
                          "rss_over_bf16": measured["peak_rss"] / (2 * params), "output_bytes": size_of(output)})
-            with atomic_file(result_path) as tmp:
-                Path(tmp).write_text(json.dumps({"settings": settings, "rows": rows, "fit": fits(rows)}, indent=1))
+            write_results(result_path, settings, rows)
         if not args.keep:
             shutil.rmtree(work)
             shutil.rmtree(model)
+    write_results(result_path, settings, rows)  # the fit over rows kept with --resume too
     print(table(rows, fits(rows)))
 
 
