@@ -254,3 +254,24 @@ def test_exports_read_llama_folders_on_the_numpy_backend(tmp_path):
     (other / "config.json").write_text('{"model_type": "gemma3_text"}')
     assert export_cli.reading_backend(str(other), None) is None  # mlx-lm's class runs it
     assert export_cli.reading_backend(str(tmp_path / "missing"), None) is None  # load's own error follows
+
+
+@pytest.mark.mlx
+def test_exports_write_the_same_bytes_from_either_backend(tmp_path):
+    """The exports now read Llama-family folders on the numpy backend by default: what they write is what
+    the MLX backend's model gives (Core ML's Manifest.json aside: it names its entries by random ids)."""
+    from mlx_slm.cli import main
+
+    assert main(["quantize", str(tiny_model_folder(tmp_path)), "-o", str(tmp_path / "q4"), "--bits", "4",
+                 "--group-size", "32"]) == 0
+    for target, suffix in (("coreml", ".mlpackage"), ("coreai", ".aimodel"), ("gguf", ".gguf")):
+        for backend in ("mlx", "numpy"):
+            out = tmp_path / backend / target
+            out.mkdir(parents=True)
+            assert main(["export", target, str(tmp_path / "q4"), "-o", str(out / f"M{suffix}"),
+                         "--backend", backend]) == 0
+    files = [p.relative_to(tmp_path / "mlx") for p in (tmp_path / "mlx").rglob("*") if p.is_file()]
+    assert len(files) >= 9
+    for name in files:
+        if name.name != "Manifest.json":
+            assert (tmp_path / "mlx" / name).read_bytes() == (tmp_path / "numpy" / name).read_bytes(), name
