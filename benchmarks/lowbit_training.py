@@ -102,16 +102,16 @@ class Bench:
         report = reconstruct_blocks(model, self.reference, tokens, config)
         return {"tokens": report["train_tokens"], "blockwise": report}
 
-    def end_to_end(self, model, bits: int) -> dict:
+    def end_to_end(self, model, bits: int, start: str) -> dict:
         """What ``quantize(method="e2e")`` does after its start (:func:`train_end_to_end`), on this
         benchmark's training and held-out texts, the teacher cache kept for every row."""
-        from mlx_slm.quant.methods.e2e import E2EConfig, default_rate, train_end_to_end
+        from mlx_slm.quant.methods.e2e import E2EConfig, default_adopt, default_rate, train_end_to_end
 
         args = self.args
         config = E2EConfig(steps=args.e2e_steps, batch_size=args.e2e_batch_size,
                            learning_rate=args.e2e_lr or default_rate(bits),
                            top_k=args.e2e_top_k, eval_every=args.e2e_eval_every, eval_windows=args.e2e_eval_windows,
-                           adopt=args.e2e_adopt)
+                           adopt=default_adopt(start) if args.e2e_adopt is None else args.e2e_adopt)
         report = train_end_to_end(model, self.reference, self.tokenizer, (self.out / "train.txt").read_text(),
                                   (self.out / "heldout.txt").read_text(), config.check(), args.calib_seq_len,
                                   cache_dir=self.out / "cache")
@@ -124,7 +124,8 @@ class Bench:
         if recipe.startswith("blockwise"):
             extra = self.blockwise(model)
         if recipe.endswith("e2e"):
-            e2e = self.end_to_end(model, row["bits"])
+            e2e = self.end_to_end(model, row["bits"], "blockwise" if recipe == "blockwise+e2e"
+                                  else default_start(row["format"]))
             extra = {**extra, **e2e, "tokens": extra["tokens"] + e2e["tokens"]}
         train_seconds = time.perf_counter() - began
         report = mlx_slm.evaluate(model, self.tokenizer, reference=self.reference, **self.evaluate)
@@ -163,8 +164,9 @@ def main(argv=None) -> None:
     parser.add_argument("--e2e-top-k", type=int, default=256, help="teacher logits cached per position")
     parser.add_argument("--e2e-eval-every", type=int, default=10)
     parser.add_argument("--e2e-eval-windows", type=int, default=4)
-    parser.add_argument("--e2e-adopt", action=argparse.BooleanOptionalAction, default=True,
-                        help="latent weights start at the float model's where those round to the start's codes")
+    parser.add_argument("--e2e-adopt", action=argparse.BooleanOptionalAction, default=None,
+                        help="latent weights start at the float model's where those round to the start's codes "
+                             "(default: the e2e method's, by the start)")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per evaluation window")
     parser.add_argument("--max-windows", type=int, default=8, help="evaluation windows")
     parser.add_argument("--resume", action="store_true", help="keep rows measured with the same settings")

@@ -111,6 +111,8 @@ def test_e2e_adopt_flag_reaches_the_trainer(tmp_path, monkeypatch):
     seen = []
     real = distill_package.distill
     monkeypatch.setattr(distill_package, "distill", lambda *a, **k: (seen.append(a[4].adopt), real(*a, **k))[1])
-    assert main(e2e_cli(tmp_path, "adopted", "--e2e-steps", "1")) == 0
-    assert main(e2e_cli(tmp_path, "not-adopted", "--e2e-steps", "1", "--no-e2e-adopt")) == 0
-    assert seen == [True, False]
+    assert main(e2e_cli(tmp_path, "rtn", "--e2e-steps", "1")) == 0  # by default after rtn
+    assert main(e2e_cli(tmp_path, "rtn-not", "--e2e-steps", "1", "--no-e2e-adopt")) == 0
+    assert main(e2e_cli(tmp_path, "gptq", "--e2e-steps", "1", "--e2e-start", "gptq")) == 0  # not after gptq
+    assert main(e2e_cli(tmp_path, "gptq-adopted", "--e2e-steps", "1", "--e2e-start", "gptq", "--e2e-adopt")) == 0
+    assert seen == [True, False, False, True]

@@ -38,7 +38,7 @@ def add_method_arguments(parser) -> None:
         for field in fields(method.options):
             default = "" if field.default in (MISSING, None) else f" (default {field.default})"
             kind = field.type if isinstance(field.type, str) else field.type.__name__
-            if kind == "bool":
+            if kind in ("bool", "bool | None"):
                 group.add_argument(flag(name, field), dest=dest(name, field), default=None,
                                    action=argparse.BooleanOptionalAction, help=field.metadata["help"] + default)
             else:

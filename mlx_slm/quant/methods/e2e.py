@@ -40,8 +40,9 @@ class E2EConfig(MethodOptions):
     eval_windows: int = option(4, "held-out windows of --seq-len tokens")
     held_out: float = option(0.05, "fraction at the end of the calibration text never trained on")
     seed: int = option(0, "seed of the window order")
-    adopt: bool = option(True, "start each layer's latent weights at the float model's wherever those round to "
-                               "the start's codes (else at the codes' values)")
+    adopt: bool | None = option(None, "start each layer's latent weights at the float model's wherever those "
+                                      "round to the start's codes, else at the codes' values (default: after rtn "
+                                      "and imatrix, not after gptq, awq or blockwise; see default_adopt)")
 
     def check(self) -> E2EConfig:
         if self.start is not None and self.start not in STARTS:
@@ -67,6 +68,17 @@ def default_rate(bits: int) -> float:
     return 1e-3 if bits <= 2 else 1e-4
 
 
+NEAREST_STARTS = ("rtn", "imatrix")  # starts whose codes are the float weights' nearest
+
+
+def default_adopt(start: str) -> bool:
+    """Whether the latent weights adopt the float model's when none is said: after a start whose codes
+    are the float weights' nearest (then every weight adopts, the usual QAT start), not after one that
+    moved weights to other codes to cancel errors (gptq, awq's scaled weights, block-wise training),
+    where adopting the weights that kept their nearest code measured worse at 2 bits."""
+    return start in NEAREST_STARTS
+
+
 def split_text(text: str, held_out: float) -> tuple[str, str]:
     """(training part, held-out part): the last ``held_out`` of the characters, cut at a line break."""
     cut = int(len(text) * (1 - held_out))
@@ -79,7 +91,8 @@ def train_end_to_end(model, teacher, tokenizer, train_text: str, held_text: str,
                      progress: bool = True, cache_dir=None) -> dict:
     """Train the quantized ``model`` end to end towards ``teacher`` on ``train_text`` in windows of
     ``seq_len`` tokens; keep the result only if the KL on ``held_text`` dropped. ``config`` must
-    name its learning rate (:func:`default_rate` gives the method's). Returns the report
+    name its learning rate and whether to adopt (:func:`default_rate`, :func:`default_adopt` give the
+    method's). Returns the report
     (start_kl, final_kl, kept_start, train_tokens, held_out_curve [[step, KL]], seconds).
     cache_dir: where the teacher's top-k logits are kept (None: a temporary folder)."""
     from mlx.utils import tree_flatten, tree_unflatten
@@ -89,8 +102,9 @@ def train_end_to_end(model, teacher, tokenizer, train_text: str, held_text: str,
     from ...runtime import fast_cpu
     from ..blockwise import held_out_kl
 
-    if config.learning_rate is None:
-        raise SLMError("train_end_to_end needs config.learning_rate (default_rate(bits) is the method's)")
+    if config.learning_rate is None or config.adopt is None:
+        raise SLMError("train_end_to_end needs config.learning_rate and config.adopt (default_rate(bits) and "
+                       "default_adopt(start) are the method's)")
     held, _ = Calibration([held_text], tokenizer, config.eval_windows, seq_len).windows()
     started = time.perf_counter()
     with fast_cpu(teacher):
@@ -120,8 +134,10 @@ def run(model, settings, calibration, progress):
     from ...quantize import float_teacher, record_result, run_method
 
     config = settings.options_of("e2e")
-    config = replace(config, start=config.start or default_start(settings.format),
-                     learning_rate=config.learning_rate or default_rate(settings.bits_and_group()[0]))
+    start = config.start or default_start(settings.format)
+    bits = settings.bits_and_group()[0]
+    config = replace(config, start=start, learning_rate=config.learning_rate or default_rate(bits),
+                     adopt=default_adopt(start) if config.adopt is None else config.adopt)
     if calibration.text is None:
         raise SLMError("method 'e2e' trains on the calibration text: pass calib=<.txt/.jsonl or strings> (--calib)")
     train_text, held_text = split_text(read_text(calibration.text), config.held_out)
