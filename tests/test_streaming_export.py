@@ -259,8 +259,9 @@ def test_exports_read_llama_folders_on_the_numpy_backend(tmp_path):
 @pytest.mark.mlx
 def test_exports_write_the_same_bytes_from_either_backend(tmp_path):
     """The exports now read Llama-family folders on the numpy backend by default: what they write is what
-    the MLX backend's model gives (the packages' own descriptions aside: Core ML's Manifest.json names its
-    entries by random ids, Core AI's metadata.json holds the time it was written)."""
+    the MLX backend's model gives: weights, programs, manifests, GGUF (the packages' own descriptions aside:
+    Core ML's Manifest.json names its entries by random ids and its model.mlmodel's metadata varied between
+    runs, Core AI's metadata.json holds the time it was written)."""
     from mlx_slm.cli import main
 
     assert main(["quantize", str(tiny_model_folder(tmp_path)), "-o", str(tmp_path / "q4"), "--bits", "4",
@@ -274,5 +275,5 @@ def test_exports_write_the_same_bytes_from_either_backend(tmp_path):
     files = [p.relative_to(tmp_path / "mlx") for p in (tmp_path / "mlx").rglob("*") if p.is_file()]
     assert len(files) >= 9
     for name in files:
-        if name.name not in ("Manifest.json", "metadata.json"):
+        if name.name not in ("Manifest.json", "metadata.json", "model.mlmodel"):
             assert (tmp_path / "mlx" / name).read_bytes() == (tmp_path / "numpy" / name).read_bytes(), name
