@@ -45,6 +45,11 @@ def dense_twin(layer) -> nn.Module:
     return twin
 
 
+def widened(value: mx.array) -> np.ndarray:
+    """numpy copy of an MLX array, bfloat16 widened to float32 (exactly)."""
+    return np.array(value.astype(mx.float32) if value.dtype == mx.bfloat16 else value)
+
+
 class LazyNumpyWeights(MutableMapping):
     """Parameter name -> numpy array of an MLX model, converted when read and not kept
     (bfloat16 widened to float32), so a twin costs no memory until a layer is computed.
@@ -56,8 +61,7 @@ class LazyNumpyWeights(MutableMapping):
     def __getitem__(self, name: str):
         if name in self.assigned:
             return self.assigned[name]
-        value = self.arrays[name]
-        return np.array(value.astype(mx.float32) if value.dtype == mx.bfloat16 else value)
+        return widened(self.arrays[name])
 
     def describe(self, name: str) -> tuple[tuple, str]:
         """(shape, numpy dtype kind) of ``name`` as read, without converting it."""
@@ -70,8 +74,7 @@ class LazyNumpyWeights(MutableMapping):
         """``self[name][rows]`` converting only those rows (``rows``: an integer index array of any shape)."""
         if name in self.assigned:
             return self.assigned[name][rows]
-        value = mx.take(self.arrays[name], mx.array(np.asarray(rows)), axis=0)
-        return np.array(value.astype(mx.float32) if value.dtype == mx.bfloat16 else value)
+        return widened(mx.take(self.arrays[name], mx.array(np.asarray(rows)), axis=0))
 
     def __setitem__(self, name: str, value) -> None:
         self.assigned[name] = value

@@ -80,6 +80,8 @@ def test_twin_converts_each_weight_once_per_call(tmp_path, monkeypatch, quantize
     reads = []
     real = LazyNumpyWeights.__getitem__
     monkeypatch.setattr(LazyNumpyWeights, "__getitem__", lambda self, name: (reads.append(name), real(self, name))[1])
+    twin.materialize()
+    assert reads == []  # nothing fits a cache of 0 bytes, and finding that out reads no tensor
     np.testing.assert_array_equal(twin(np.array([[1, 5, 9]])), expected)
     # a quantized table is read by the embedding and the tied head; a float one gathers its rows unconverted
     twice = {f"model.embed_tokens.{s}" for s in ("weight", "scales", "biases")} if quantized else set()

@@ -218,9 +218,9 @@ class NumpyLlama:
         """Build the float32 matrices the cache holds now (dequantizing), so that later calls
         compute (and dequantize only the layers beyond ``cache_bytes``). A layer the cache has no
         room for is not dequantized here: the calls compute it a slice of rows at a time."""
-        for name, value in self.weights.items():
+        for name in self.weights:
             path = name.removesuffix(".weight")
-            if path != name and value.ndim == 2 and self.cacheable(path):
+            if path != name and len(self.describe(name)[0]) == 2 and self.cacheable(path):
                 self.dense(path)
 
     def linear(self, name: str, x: np.ndarray) -> np.ndarray:
