@@ -210,9 +210,11 @@ class MLXModel(NumpyModel):
 
     def release(self, paths) -> None:
         """Drop the engine's references to these layers' float weights (they were just quantized)."""
-        if self._engine is not None:
-            for path in paths:
-                self._engine.weights.pop(f"{path}.weight", None)
+        if self._engine is not None:  # deleted, not popped: an MLX model's twin converts what it returns
+            weights = self._engine.weights
+            for name in (f"{path}.weight" for path in paths):
+                if name in weights:
+                    del weights[name]
 
     def save_weights(self, path, metadata: dict) -> None:
         import mlx.core as mx

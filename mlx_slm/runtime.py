@@ -71,10 +71,12 @@ class LazyNumpyWeights(MutableMapping):
         return tuple(self.arrays[name].shape), "f" if dtype == "bfloat16" else np.dtype(dtype.rstrip("_")).kind
 
     def take(self, name: str, rows) -> np.ndarray:
-        """``self[name][rows]`` converting only those rows (``rows``: an integer index array of any shape)."""
+        """``self[name][rows]`` converting only those rows (``rows``: a slice, or an integer index array of
+        any shape)."""
         if name in self.assigned:
             return self.assigned[name][rows]
-        return widened(mx.take(self.arrays[name], mx.array(np.asarray(rows)), axis=0))
+        array = self.arrays[name]
+        return widened(array[rows] if isinstance(rows, slice) else mx.take(array, mx.array(np.asarray(rows)), axis=0))
 
     def __setitem__(self, name: str, value) -> None:
         self.assigned[name] = value

@@ -254,6 +254,38 @@ def quantize_tiny(folder, backend, method="gptq", **kwargs):
     return model, tokenizer
 
 
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("mlx", marks=pytest.mark.mlx)])
+@pytest.mark.parametrize("tied", [True, False])
+def test_head_and_leftovers_are_quantized_a_slice_of_rows_at_a_time(tmp_path, monkeypatch, backend, tied):
+    """The head and an untied embedding are converted, chosen and packed 40 rows at a time when
+    SLICE_ELEMENTS says so, with the one-piece result bit for bit (rows are independent); an MLX
+    model's twin never converts either whole (releasing a quantized layer converts nothing either)."""
+    from mlx_slm.quant import sequential
+    from mlx_slm.runtime import LazyNumpyWeights
+
+    folder = tiny_model_folder(tmp_path, tie_word_embeddings=tied)
+    whole, _ = quantize_tiny(folder, "numpy")
+    monkeypatch.setattr(sequential, "SLICE_ELEMENTS", 40 * 128 + 5)  # 40 rows of width 128
+    read = {}
+    if backend == "mlx":
+        real_take, real_get = LazyNumpyWeights.take, LazyNumpyWeights.__getitem__
+        monkeypatch.setattr(LazyNumpyWeights, "take", lambda self, name, rows: (
+            read.setdefault(name, []).append(len(range(263)[rows]) if isinstance(rows, slice) else len(rows)),
+            real_take(self, name, rows))[1])
+        monkeypatch.setattr(LazyNumpyWeights, "__getitem__", lambda self, name: (
+            read.setdefault(name, []).append("whole"), real_get(self, name))[1])
+    sliced, tokenizer = quantize_tiny(folder, backend)
+    out = mlx_slm.save(sliced, tokenizer, tmp_path / "sliced")
+    reloaded, _ = mlx_slm.load(out, backend="numpy")
+    heads = ["model.embed_tokens"] + ([] if tied else ["lm_head"])
+    for name in heads:
+        for part in ("weight", "scales", "biases"):
+            np.testing.assert_array_equal(reloaded.weights[f"{name}.{part}"], whole.weights[f"{name}.{part}"])
+    if backend == "mlx":
+        for name in heads:
+            assert read[f"{name}.weight"][-7:] == [40] * 6 + [263 - 240], read[f"{name}.weight"]
+
+
 def test_gptq_model_saves_reloads_and_records_calibration(tmp_path):
     folder = tiny_model_folder(tmp_path)
     model, tokenizer = quantize_tiny(folder, "numpy", bits=3)

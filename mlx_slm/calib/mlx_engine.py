@@ -259,6 +259,12 @@ class MLXEngine:
             return np.array(self._dense[name])
         return np.asarray(self.weights[f"{name}.weight"], np.float32)
 
+    def shape(self, name: str) -> tuple[int, int]:
+        """(N, K) of float layer ``name``, without converting its weight."""
+        if name in self._dense:
+            return tuple(self._dense[name].shape)
+        return self.weights.describe(f"{name}.weight")[0]
+
     def set_dense(self, name: str, weight: np.ndarray) -> None:
         """Compute layer ``name`` with float32 ``weight`` [N, K] from now on; the model is unchanged."""
         self._dense[name] = mx.array(np.asarray(weight, np.float32))

@@ -25,6 +25,14 @@ FLOAT32_CACHE_BYTES = 1 << 28  # float32 weights kept between calls (256 MiB; ab
 ROWS_PER_SLICE = 4096  # output rows dequantized at once for a layer beyond the cache
 
 
+def stored_rows(weights, name: str, rows) -> np.ndarray:
+    """``weights[name][rows]`` (``rows``: a slice or an integer index array), converting only those rows
+    where ``weights`` convert what they return (an MLX model's twin,
+    :class:`~mlx_slm.runtime.LazyNumpyWeights`)."""
+    take = getattr(weights, "take", None)
+    return weights[name][rows] if take is None else take(name, rows)
+
+
 def check_model_type(config: dict) -> None:
     """SLMError unless the numpy engine can run a model of ``config`` (a Llama-family model_type):
     every other architecture needs MLX, whose mlx-lm classes run it."""
@@ -192,18 +200,17 @@ class NumpyLlama:
         only the slices holding a row of ``wanted``, if given)."""
         rows = self.shape(name)[0]
         quantized = self.stored(name)
-        arrays = [self.weights[f"{name}.weight"]] if quantized is None else quantized[1]
-        share = row_share(rows, arrays)
+        share = 1 if quantized is None else row_share(rows, quantized[1])
         step = max(1, ROWS_PER_SLICE // share) * share
         for first in range(0, rows, step):
             last = min(first + step, rows)
             if wanted is not None and not np.any((wanted >= first) & (wanted < last)):
                 continue
-            cut = [None if a is None else cut_rows(a, rows, first, last) for a in arrays]
             if quantized is None:
-                yield first, as_float32(cut[0])
+                yield first, as_float32(stored_rows(self.weights, f"{name}.weight", slice(first, last)))
             else:
-                weight_format, _, bits, group_size = quantized
+                weight_format, arrays, bits, group_size = quantized
+                cut = [None if a is None else cut_rows(a, rows, first, last) for a in arrays]
                 yield first, as_float32(weight_format.unpack(*cut, bits, group_size, dtype=np.float32))
 
     def set_dense(self, name: str, weight: np.ndarray) -> None:
@@ -278,9 +285,7 @@ class NumpyLlama:
         if name in self._float32:
             return self._float32[name][tokens]
         if self.quantization(name) is None:
-            take = getattr(self.weights, "take", None)  # a twin's weights gather rows unconverted
-            table = f"{name}.weight"
-            return as_float32(take(table, tokens) if take is not None else self.weights[table][tokens])
+            return as_float32(stored_rows(self.weights, f"{name}.weight", tokens))
         if self.cacheable(name):
             return self.dense(name)[tokens]
         out = np.empty((*tokens.shape, self.shape(name)[1]), np.float32)

@@ -19,12 +19,14 @@ from ..calib.blocks import arrays_of, calibrate_blocks
 from ..calib.statistics import InputStatistics
 from ..errors import SLMError
 from ..formats import affine
+from ..models.numpy_llama import stored_rows
 from .awq import ScaleWriter, check_options, scale_group
 from .gptq import gptq_quantize
 from .graph import block_groups, head_groups
 from .imatrix import weighted_quantize
 
 METHODS = ("imatrix", "gptq", "awq")
+SLICE_ELEMENTS = 1 << 24  # weights of the head (or a leftover layer) converted and quantized at a time
 
 
 def choose_values(method: str, w: np.ndarray, stats: InputStatistics, name: str, settings: dict, dtype,
@@ -41,20 +43,25 @@ def choose_values(method: str, w: np.ndarray, stats: InputStatistics, name: str,
     return weighted_quantize(w, stats.importance(name), bits, group_size, dtype, arrays)
 
 
-def jointly_quantized(names, method: str, stats: InputStatistics, weight, settings: dict, dtypes: dict):
+def jointly_quantized(names, method: str, stats: InputStatistics, width, settings: dict, dtypes: dict):
     """``names`` in lists that one call of :func:`choose_values` can quantize as one matrix (their rows
     stacked): with GPTQ, layers that read the same inputs (q/k/v, gate/up) with equal settings, scale
-    dtype, weight dtype and width. GPTQ treats rows independently, and one pass over the columns for
-    all of them saves per-column work. Other methods: one list each."""
+    dtype and width (``width(name)``: K). GPTQ treats rows independently, and one pass over the columns
+    for all of them saves per-column work. Other methods: one list each."""
     if method != "gptq" or stats is None:
         return [[name] for name in names]
     batches: dict = {}
     for name in names:
-        w = weight(name)
         key = (stats.input_key(name), settings[name]["bits"], settings[name]["group_size"],
-               np.dtype(dtypes[name]).str, w.dtype.str, w.shape[1])
+               np.dtype(dtypes[name]).str, width(name))
         batches.setdefault(key, []).append(name)
     return list(batches.values())
+
+
+def row_slices(rows: int, width: int) -> list[slice]:
+    """Slices of at most :data:`SLICE_ELEMENTS` weights (at least one row each) covering ``rows``."""
+    step = max(1, SLICE_ELEMENTS // width)
+    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
 
 
 class Choice(NamedTuple):
@@ -107,22 +114,33 @@ def sequential_choose(engine, plan: dict, tokens: np.ndarray, method: str, dtype
     scaled = []
 
     def quantize_layers(names, stats, layer_method, later_blocks_read_them=True):
-        def weight(name):  # AWQ's rescaled layers are the engine's float32 ones; the rest as stored (no copy)
-            rescaled = awq_settings and name in engine.dense_names()
-            return engine.dense(name) if rescaled else engine.weights[f"{name}.weight"]
+        def weight(name, rows=slice(None)):  # AWQ's rescaled layers are the engine's float32 ones; the rest
+            if awq_settings and name in engine.dense_names():  # as stored, converting only ``rows``
+                return engine.dense(name)[rows]
+            return stored_rows(engine.weights, f"{name}.weight", rows)
 
-        for batch in jointly_quantized(names, layer_method, stats, weight, todo, dtypes):
+        def width(name):
+            return engine.shape(name)[1]
+
+        for batch in jointly_quantized(names, layer_method, stats, width, todo, dtypes):
+            if not later_blocks_read_them:  # the head and the leftovers: nothing computes with them here
+                for name in batch:  # again, so a slice of rows at a time is converted, chosen and packed
+                    parts = []
+                    for rows in row_slices(*engine.shape(name)):
+                        q, scales, biases = choose_values(layer_method, weight(name, rows), stats, name,
+                                                          todo[name], dtypes[name], gptq_options)
+                        parts.append((affine.pack_codes(q, todo[name]["bits"]), scales, biases))
+                    results[name] = tuple(np.concatenate(arrays) for arrays in zip(*parts))
+                    engine.drop_cache([name])
+                continue
             weights = [weight(name) for name in batch]
             chosen = choose_values(layer_method, np.concatenate(weights) if len(batch) > 1 else weights[0], stats,
                                    batch[0], todo[batch[0]], dtypes[batch[0]], gptq_options)
             row_splits = np.cumsum([len(w) for w in weights])[:-1]
             for name, q, scales, biases in zip(batch, *(np.split(array, row_splits) for array in chosen)):
                 results[name] = (affine.pack_codes(q, todo[name]["bits"]), scales, biases)
-                if later_blocks_read_them:
-                    engine.set_dense(name, affine.dequantize_codes(q, scales, biases, todo[name]["group_size"],
-                                                                   np.float32))
-                else:  # the head and the leftovers: nothing computes with them here again
-                    engine.drop_cache([name])
+                engine.set_dense(name, affine.dequantize_codes(q, scales, biases, todo[name]["group_size"],
+                                                               np.float32))
 
     def rescale(groups, stats):
         for group in groups:
