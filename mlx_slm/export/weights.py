@@ -30,11 +30,9 @@ def to_numpy(array) -> np.ndarray:
     """numpy copy of an MLX or numpy array; bfloat16 becomes float32 (exactly)."""
     if isinstance(array, np.ndarray):
         return array
-    import mlx.core as mx
+    from ..runtime import widened
 
-    if array.dtype == mx.bfloat16:
-        array = array.astype(mx.float32)
-    return np.array(array)
+    return widened(array)
 
 
 def converted(array) -> np.ndarray:

@@ -22,6 +22,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from ..errors import SLMError
 from ..io.atomic import atomic_file
+from ..runtime import widened
 
 RUN_FILE = "run.json"
 
@@ -33,7 +34,7 @@ def fingerprint(tokens: np.ndarray, settings: dict, model) -> str:
     for name, value in sorted(tree_flatten(model.parameters()), key=lambda item: item[0]):
         digest.update(name.encode())
         digest.update(str(value.dtype).encode())
-        digest.update(np.asarray(value.astype(mx.float32) if value.dtype == mx.bfloat16 else value).tobytes())
+        digest.update(widened(value).tobytes())
     return digest.hexdigest()
 
 
