@@ -261,13 +261,14 @@ def test_head_and_leftovers_are_quantized_a_slice_of_rows_at_a_time(tmp_path, mo
     SLICE_ELEMENTS says so, with the one-piece result bit for bit (rows are independent); an MLX
     model's twin never converts either whole (releasing a quantized layer converts nothing either)."""
     from mlx_slm.quant import sequential
-    from mlx_slm.runtime import LazyNumpyWeights
 
     folder = tiny_model_folder(tmp_path, tie_word_embeddings=tied)
     whole, _ = quantize_tiny(folder, "numpy")
     monkeypatch.setattr(sequential, "SLICE_ELEMENTS", 40 * 128 + 5)  # 40 rows of width 128
     read = {}
     if backend == "mlx":
+        from mlx_slm.runtime import LazyNumpyWeights
+
         real_take, real_get = LazyNumpyWeights.take, LazyNumpyWeights.__getitem__
         monkeypatch.setattr(LazyNumpyWeights, "take", lambda self, name, rows: (
             read.setdefault(name, []).append(len(range(263)[rows]) if isinstance(rows, slice) else len(rows)),
