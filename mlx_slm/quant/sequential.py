@@ -58,7 +58,7 @@ def jointly_quantized(names, method: str, stats: InputStatistics, width, setting
     return list(batches.values())
 
 
-def row_slices(rows: int, width: int) -> list[slice]:
+def row_bounds(rows: int, width: int) -> list[slice]:
     """Slices of at most :data:`SLICE_ELEMENTS` weights (at least one row each) covering ``rows``."""
     step = max(1, SLICE_ELEMENTS // width)
     return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
@@ -126,7 +126,7 @@ def sequential_choose(engine, plan: dict, tokens: np.ndarray, method: str, dtype
             if not later_blocks_read_them:  # the head and the leftovers: nothing computes with them here
                 for name in batch:  # again, so a slice of rows at a time is converted, chosen and packed
                     parts = []
-                    for rows in row_slices(*engine.shape(name)):
+                    for rows in row_bounds(*engine.shape(name)):
                         q, scales, biases = choose_values(layer_method, weight(name, rows), stats, name,
                                                           todo[name], dtypes[name], gptq_options)
                         parts.append((affine.pack_codes(q, todo[name]["bits"]), scales, biases))
