@@ -113,26 +113,13 @@ def sequential_choose(engine, plan: dict, tokens: np.ndarray, method: str, dtype
     writer = ScaleWriter(engine, todo, param_dtypes)
     scaled = []
 
-    def quantize_layers(names, stats, layer_method, later_blocks_read_them=True):
-        def weight(name, rows=slice(None)):  # AWQ's rescaled layers are the engine's float32 ones; the rest
-            if awq_settings and name in engine.dense_names():  # as stored, converting only ``rows``
-                return engine.dense(name)[rows]
-            return stored_rows(engine.weights, f"{name}.weight", rows)
+    def weight(name, rows=slice(None)):  # AWQ's rescaled layers are the engine's float32 ones; the rest as
+        if awq_settings and name in engine.dense_names():  # stored, converting only ``rows``
+            return engine.dense(name)[rows]
+        return stored_rows(engine.weights, f"{name}.weight", rows)
 
-        def width(name):
-            return engine.shape(name)[1]
-
-        for batch in jointly_quantized(names, layer_method, stats, width, todo, dtypes):
-            if not later_blocks_read_them:  # the head and the leftovers: nothing computes with them here
-                for name in batch:  # again, so a slice of rows at a time is converted, chosen and packed
-                    parts = []
-                    for rows in row_bounds(*engine.shape(name)):
-                        q, scales, biases = choose_values(layer_method, weight(name, rows), stats, name,
-                                                          todo[name], dtypes[name], gptq_options)
-                        parts.append((affine.pack_codes(q, todo[name]["bits"]), scales, biases))
-                    results[name] = tuple(np.concatenate(arrays) for arrays in zip(*parts))
-                    engine.drop_cache([name])
-                continue
+    def quantize_layers(names, stats, layer_method):  # a block's: later blocks compute with their new values
+        for batch in jointly_quantized(names, layer_method, stats, lambda name: engine.shape(name)[1], todo, dtypes):
             weights = [weight(name) for name in batch]
             chosen = choose_values(layer_method, np.concatenate(weights) if len(batch) > 1 else weights[0], stats,
                                    batch[0], todo[batch[0]], dtypes[batch[0]], gptq_options)
@@ -141,6 +128,15 @@ def sequential_choose(engine, plan: dict, tokens: np.ndarray, method: str, dtype
                 results[name] = (affine.pack_codes(q, todo[name]["bits"]), scales, biases)
                 engine.set_dense(name, affine.dequantize_codes(q, scales, biases, todo[name]["group_size"],
                                                                np.float32))
+
+    def quantize_last(name, stats, layer_method):  # the head or a leftover: nothing computes with it here
+        parts = []  # again, so a slice of rows at a time is converted, chosen and packed
+        for rows in row_bounds(*engine.shape(name)):
+            q, scales, biases = choose_values(layer_method, weight(name, rows), stats, name, todo[name],
+                                              dtypes[name], gptq_options)
+            parts.append((affine.pack_codes(q, todo[name]["bits"]), scales, biases))
+        results[name] = tuple(np.concatenate(arrays) for arrays in zip(*parts))
+        engine.drop_cache([name])
 
     def rescale(groups, stats):
         for group in groups:
@@ -170,8 +166,9 @@ def sequential_choose(engine, plan: dict, tokens: np.ndarray, method: str, dtype
         stats.release()
         if awq_settings:
             rescale(head_groups(engine), stats)
-        quantize_layers([head], stats, quantizer, later_blocks_read_them=False)
-    quantize_layers(sorted(set(todo) - set(results) - handed), None, "imatrix", later_blocks_read_them=False)
+        quantize_last(head, stats, quantizer)
+    for name in sorted(set(todo) - set(results) - handed):
+        quantize_last(name, None, "imatrix")
     hand_over(list(results))
     return Choice(results, writer.updates, scaled)
 
