@@ -1,7 +1,8 @@
 """Peak memory and time of each pipeline step on synthetic models of larger shapes, with a fit
 and an 8B extrapolation.
 
-    python benchmarks/scale.py [--shapes 360m,1.7b] [--steps convert,rtn,gptq,awq,eval,coreml,coreai,gguf]
+    python benchmarks/scale.py [--shapes 360m,1.7b] [--steps convert,rtn,gptq,awq,imatrix,sparsegpt,eval,
+        coreml,coreai,gguf]
         [--out runs/scale] [--num-samples 64] [--keep]
 
 Each shape is a Llama model with random bfloat16 weights (normal, std 0.02; norms 1) whose
@@ -13,7 +14,8 @@ Every step runs as its own ``python -m mlx_slm`` process; "peak RSS" is that pro
 resident set (``wait4``), "cpu s" its user + system time, "x bf16" peak RSS over the bfloat16
 model's size. Calibrated steps read ``--num-samples`` x 256 tokens of data/kjv.txt; evaluation
 reads 4 x 512 tokens of data/heldout.txt (``python examples/sample_files.py`` writes both);
-eval and the exports read the rtn step's 4-bit model, so they need that step.
+eval and the exports read the rtn step's 4-bit model, so they need that step. sparsegpt prunes
+half of every decoder layer's weights, on GPTQ's calibration statistics.
 The fit is least squares, linear in the parameter count, over the shapes measured, and the
 8B figure its value at Llama-3-8B's count: an extrapolation. Prints a table and writes
 OUT/scale.json after every step (``--resume`` keeps the rows already measured).
@@ -128,6 +130,10 @@ def step_commands(model: Path, work: Path, num_samples: int) -> dict:
         "gptq": (["quantize", str(model), "-o", str(work / "gptq"), *q4, "--method", "gptq", *calib],
                  work / "gptq"),
         "awq": (["quantize", str(model), "-o", str(work / "awq"), *q4, "--method", "awq", *calib], work / "awq"),
+        "imatrix": (["quantize", str(model), "-o", str(work / "imatrix"), *q4, "--method", "imatrix", *calib],
+                    work / "imatrix"),
+        "sparsegpt": (["prune", str(model), "-o", str(work / "sparsegpt"), "--method", "sparsegpt", "--sparsity",
+                       "0.5", *calib], work / "sparsegpt"),
         "eval": (["eval", str(work / "rtn"), "--text", heldout, "--max-windows", "4", "--seq-len", "512",
                   "--decode-tokens", "8"], None),
         # each package in its own folder: both write tokenizer files beside it
@@ -199,7 +205,7 @@ def write_results(path: Path, settings: dict, rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", default="360m,1.7b", help=f"comma-separated, of {', '.join(SHAPES)}")
-    parser.add_argument("--steps", default="convert,rtn,gptq,awq,eval,coreml,coreai,gguf")
+    parser.add_argument("--steps", default="convert,rtn,gptq,awq,imatrix,sparsegpt,eval,coreml,coreai,gguf")
     parser.add_argument("--out", type=Path, default=Path("runs/scale"))
     parser.add_argument("--num-samples", type=int, default=64, help="calibration windows of 256 tokens")
     parser.add_argument("--keep", action="store_true", help="keep the synthetic models and outputs")

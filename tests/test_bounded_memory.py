@@ -16,7 +16,7 @@ from mlx_slm.io import safetensors_np
 from mlx_slm.models.numpy_llama import NumpyLlama
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from scale import parameter_count, tensor_shapes, write_safetensors
+from scale import parameter_count, step_commands, tensor_shapes, write_safetensors
 
 LAYERS = ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.v_proj",
           "model.layers.0.self_attn.o_proj", "model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj",
@@ -111,6 +111,21 @@ def test_scale_benchmark_streams_a_readable_bfloat16_model(tmp_path):
     matrix = np.asarray(weights["model.layers.1.mlp.down_proj.weight"], np.float32)
     assert abs(matrix.std() - 0.02) < 1e-3 and abs(matrix.mean()) < 1e-3
     np.testing.assert_array_equal(np.asarray(weights["model.norm.weight"], np.float32), 1.0)
+
+
+def test_every_scale_benchmark_step_is_a_command_the_cli_parses(tmp_path):
+    """Each step's argv parses as its own subcommand with the options it names (a renamed flag fails here,
+    not two hours into a benchmark)."""
+    from mlx_slm.cli import build_parser
+
+    steps = step_commands(tmp_path / "model", tmp_path / "work", 8)
+    assert {"rtn", "gptq", "awq", "imatrix", "sparsegpt", "eval", "coreml", "coreai", "gguf"} <= set(steps)
+    for step, (argv, _) in steps.items():
+        args = build_parser().parse_args(argv)
+        assert args.command == argv[0], step
+        if step in ("gptq", "awq", "imatrix", "sparsegpt"):
+            assert (args.method, args.num_samples) == (step, 8)
+    assert build_parser().parse_args(steps["sparsegpt"][0]).sparsity == 0.5
 
 
 @pytest.mark.parametrize("weight_format,bits,group_size", [("affine", 4, 32), ("lut", 3, 8), ("ternary", 2, 0)])
