@@ -73,14 +73,26 @@ class NumpyModel:
     def write(self, arrays: dict) -> None:
         """Replace parameters (name -> numpy array of unchanged shape and dtype)."""
         if arrays:
-            self.model.weights.update(arrays)
+            self.replace_arrays(arrays)
             self.model.drop_cache()
+
+    def replace_arrays(self, arrays: dict) -> None:
+        """Put ``arrays`` (name -> numpy array) in the model's weights; a replaced tensor's file pages
+        (a memory-mapped safetensors view) are given back, so a pass that rewrites every layer holds its
+        new arrays, not the old ones' pages too (read again, they come back from the file)."""
+        from .io import safetensors_np
+
+        weights = self.model.weights
+        for name, value in arrays.items():
+            if name in weights:
+                safetensors_np.release(weights[name])
+            weights[name] = value
 
     def store_layers(self, plan: dict, chosen: dict, default_format: str) -> None:
         """Make the layers of ``chosen`` (path -> {suffix: array}, packed in the format ``plan[path]``
         names, else ``default_format``) quantized layers; the numpy model keeps them as arrays."""
         for path, arrays in chosen.items():
-            self.model.weights.update({f"{path}.{suffix}": a for suffix, a in arrays.items()})
+            self.replace_arrays({f"{path}.{suffix}": a for suffix, a in arrays.items()})
         self.model.drop_cache(list(chosen))
 
     def round_affine(self, plan: dict, progress: bool) -> None:

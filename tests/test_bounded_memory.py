@@ -157,3 +157,37 @@ def test_layers_beyond_the_cache_compute_in_row_slices_with_the_same_logits(tmp_
     got = fresh(tokens)
     assert fresh.dense_names() == [] and max(widest) <= 40 and len(widest) > fresh.num_layers * 7
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("step", ["prune", "quantize"])
+def test_a_numpy_model_gives_back_the_file_pages_of_every_tensor_it_replaces(tmp_path, monkeypatch, step):
+    """Pruning (new float weights) and quantizing (codes in place of the float weight) a model read on
+    the numpy backend release each replaced tensor's memory-mapped pages, so the old model's pages do
+    not add up beside the new arrays; the results are those of a run that keeps the pages."""
+    import mlx_slm
+    from mlx_slm.prune.unstructured import prune
+
+    folder = tiny_model_folder(tmp_path)
+
+    def run(spy: bool):
+        model, _ = mlx_slm.load(folder, backend="numpy", progress=False)
+        old = dict(model.weights)
+        released = []
+        real = safetensors_np.release
+        if spy:
+            monkeypatch.setattr(safetensors_np, "release", lambda a: (released.append(a), real(a)))
+        if step == "prune":
+            prune(model, method="magnitude", sparsity=0.5, progress=False)
+        else:
+            mlx_slm.quantize(model, bits=4, group_size=32)
+        monkeypatch.setattr(safetensors_np, "release", real)
+        return model, old, released
+
+    model, old, released = run(spy=True)
+    replaced = [name for name in old if model.weights[name] is not old[name]]
+    assert len(replaced) >= 7  # a block's linears at least
+    assert all(safetensors_np.mapping(old[name])[0] is not None for name in replaced)
+    assert {id(a) for a in released} >= {id(old[name]) for name in replaced}
+    unspied, _, _ = run(spy=False)
+    for name, value in model.weights.items():
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(unspied.weights[name]), err_msg=name)
