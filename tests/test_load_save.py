@@ -142,3 +142,25 @@ def test_a_file_that_is_not_gguf(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"x")
     with pytest.raises(SLMError, match="not a .gguf"):
         mlx_slm.load(tmp_path / "weights.bin", backend="numpy")
+
+
+@pytest.mark.mlx
+def test_a_bfloat16_tensor_goes_to_mlx_as_its_bits_without_a_float32_copy():
+    """mlx_array keeps every bfloat16 bit pattern (NaN payloads and signed zeros too) and holds no float32
+    copy until evaluated: a model whose every layer is rewritten (pruning) held one per layer before."""
+    import gc
+
+    import ml_dtypes
+    import mlx.core as mx
+
+    from mlx_slm.formats.dtypes import mlx_array
+
+    bits = np.arange(1 << 16, dtype=np.uint16)  # every bfloat16 pattern
+    values = bits.view(ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(np.array(mlx_array(values).view(mx.uint16)), bits)
+    large = np.ones((1024, 4096), ml_dtypes.bfloat16)  # 8 MiB
+    gc.collect()
+    before = mx.get_active_memory()
+    held = mlx_array(large)
+    assert mx.get_active_memory() - before <= large.nbytes + (1 << 16)
+    assert held.dtype == mx.bfloat16 and float(held.astype(mx.float32).sum()) == large.size

@@ -21,9 +21,11 @@ def round_to(x: np.ndarray, dtype) -> np.ndarray:
 
 
 def mlx_array(values: np.ndarray):
-    """An MLX array holding ``values`` exactly (bfloat16 through float32, which MLX converts exactly)."""
+    """An MLX array holding ``values`` exactly. bfloat16 goes as its bits (uint16 viewed as MLX's
+    bfloat16): a float32 round trip would be exact too, but the lazy cast would keep a float32 copy,
+    twice the tensor's size, alive until something evaluates it."""
     import mlx.core as mx
 
     if values.dtype.name == "bfloat16":
-        return mx.array(values.astype(np.float32)).astype(mx.bfloat16)
+        return mx.array(values.view(np.uint16)).view(mx.bfloat16)
     return mx.array(values)
