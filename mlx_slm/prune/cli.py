@@ -34,7 +34,7 @@ def cmd_prune(args) -> None:
         raise SLMError("nothing to prune: give --sparsity or --pattern, and/or --mlp-fraction, --drop-heads, "
                        "--drop-layers")
     check_output(args, args.model, args.calib)
-    model, tokenizer = mlx_slm.load(args.model, backend=args.backend)
+    model, tokenizer = mlx_slm.load(args.model, backend=args.backend, lazy=True)  # read block by block
     calibration = {"calib": args.calib, "tokenizer": tokenizer, "num_samples": args.num_samples,
                    "seq_len": args.seq_len}
     before = count_parameters(model)
