@@ -22,8 +22,8 @@ def round_to(x: np.ndarray, dtype) -> np.ndarray:
 
 def mlx_array(values: np.ndarray):
     """An MLX array holding ``values`` exactly. bfloat16 goes as its bits (uint16 viewed as MLX's
-    bfloat16): a float32 round trip would be exact too, but the lazy cast would keep a float32 copy,
-    twice the tensor's size, alive until something evaluates it."""
+    bfloat16): every bit pattern survives (a float32 round trip changes NaN payloads), and no float32
+    copy, twice the tensor's size, waits in a lazy cast until something evaluates it."""
     import mlx.core as mx
 
     if values.dtype.name == "bfloat16":
