@@ -19,7 +19,8 @@ reused by every recipe of the row). Recipes:
   random windows of the training part of the text, towards the float model's cached
   top-k logits (KL at temperature 1 over the k tokens and the rest), ending at the best
   held-out evaluation and kept only if the held-out KL dropped;
-- ``blockwise+e2e``: the same end-to-end run from the blockwise result.
+- ``blockwise+e2e``: the same end-to-end run from the blockwise result (the one the
+  ``blockwise`` recipe measured, saved in OUT/blockwise-ROW; its seconds and tokens count).
 
 Texts: training/calibration on Debian's bible-kjv (its first 95%; the last 5% is the
 held-out text the end-to-end runs evaluate on every ``--e2e-eval-every`` steps, giving
@@ -90,17 +91,27 @@ class Bench:
             mlx_slm.save(model, self.tokenizer, folder, overwrite=True, extra_files={"seconds.txt": f"{seconds}"})
         return folder, float(record.read_text())
 
-    def blockwise(self, model) -> dict:
-        """Block-wise reconstruction of ``model`` (the start, loaded) towards the float model."""
+    def blockwise(self, row: dict, name: str):
+        """Block-wise reconstruction of the row's start towards the float model: (model, its extra
+        columns). Run once per row and saved (OUT/blockwise-ROW), so ``blockwise+e2e`` starts from
+        the very model the ``blockwise`` row measured, its block-wise seconds and tokens counted."""
         from mlx_slm.data.windows import calibration_windows
         from mlx_slm.quant.blockwise import reconstruct_blocks
         from mlx_slm.quant.methods.blockwise import BlockwiseConfig
 
-        tokens, _ = calibration_windows(**self.calibration)
-        config = BlockwiseConfig(epochs=self.args.blockwise_epochs, learning_rate=self.args.blockwise_lr,
-                                 inputs=self.args.blockwise_inputs)
-        report = reconstruct_blocks(model, self.reference, tokens, config)
-        return {"tokens": report["train_tokens"], "blockwise": report}
+        folder = self.out / f"blockwise-{name.replace(':', '-')}"
+        record = folder / "blockwise.json"
+        if not record.is_file():
+            model, _ = mlx_slm.load(self.start(row, name)[0])
+            tokens, _ = calibration_windows(**self.calibration)
+            config = BlockwiseConfig(epochs=self.args.blockwise_epochs, learning_rate=self.args.blockwise_lr,
+                                     inputs=self.args.blockwise_inputs)
+            report = reconstruct_blocks(model, self.reference, tokens, config)
+            mlx_slm.save(model, self.tokenizer, folder, overwrite=True,
+                         extra_files={"blockwise.json": json.dumps(report, default=str)})
+        report = json.loads(record.read_text())
+        model, _ = mlx_slm.load(folder)
+        return model, {"tokens": report["train_tokens"], "blockwise_seconds": report["seconds"], "blockwise": report}
 
     def end_to_end(self, model, bits: int, start: str) -> dict:
         """What ``quantize(method="e2e")`` does after its start (:func:`train_end_to_end`), on this
@@ -119,15 +130,17 @@ class Bench:
 
     def measure(self, row: dict, name: str, recipe: str) -> dict:
         start_folder, start_seconds = self.start(row, name)
-        model, _ = mlx_slm.load(start_folder)
-        began, extra = time.perf_counter(), {"tokens": 0}
+        extra = {"tokens": 0, "blockwise_seconds": 0.0}
         if recipe.startswith("blockwise"):
-            extra = self.blockwise(model)
+            model, extra = self.blockwise(row, name)
+        else:
+            model, _ = mlx_slm.load(start_folder)
+        began = time.perf_counter()
         if recipe.endswith("e2e"):
             e2e = self.end_to_end(model, row["bits"], "blockwise" if recipe == "blockwise+e2e"
                                   else default_start(row["format"]))
             extra = {**extra, **e2e, "tokens": extra["tokens"] + e2e["tokens"]}
-        train_seconds = time.perf_counter() - began
+        train_seconds = time.perf_counter() - began + extra["blockwise_seconds"]
         report = mlx_slm.evaluate(model, self.tokenizer, reference=self.reference, **self.evaluate)
         label = default_start(row["format"]) if recipe == "start" else recipe
         return {"row": name, "recipe": label, **row, "train_seconds": train_seconds,

@@ -36,13 +36,17 @@ def test_lowbit_training_measures_start_blockwise_and_e2e(tmp_path):
     out = tmp_path / "out"
     lowbit_training.main([
         "--model", str(tiny_model_folder(tmp_path, "llama")), "--out", str(out), "--rows", "affine:2:64",
-        "--recipes", "start,blockwise,e2e", "--num-samples", "4", "--calib-seq-len", "32",
+        "--recipes", "start,blockwise,blockwise+e2e,e2e", "--num-samples", "4", "--calib-seq-len", "32",
         "--blockwise-epochs", "1", "--e2e-steps", "2", "--e2e-batch-size", "2", "--e2e-top-k", "16",
         "--e2e-eval-every", "1", "--e2e-eval-windows", "1", "--seq-len", "64", "--max-windows", "1"])
     rows = {row["recipe"]: row for row in json.loads((out / "lowbit_training.json").read_text())["rows"]}
-    assert set(rows) == {"fp16", "gptq", "blockwise", "e2e"}
+    assert set(rows) == {"fp16", "gptq", "blockwise", "blockwise+e2e", "e2e"}
     assert rows["e2e"]["tokens"] == 2 * 2 * 32 and len(rows["e2e"]["e2e_heldout_kl"]) == 2
-    for name in ("gptq", "blockwise", "e2e"):
+    # blockwise+e2e continues from the very block-wise model measured (trained once, saved)
+    assert rows["blockwise+e2e"]["tokens"] == rows["blockwise"]["tokens"] + 2 * 2 * 32
+    assert rows["blockwise+e2e"]["blockwise_seconds"] == rows["blockwise"]["blockwise_seconds"] > 0
+    assert rows["blockwise+e2e"]["train_seconds"] > rows["blockwise"]["train_seconds"]
+    for name in ("gptq", "blockwise", "blockwise+e2e", "e2e"):
         assert rows[name]["bpw"] == 2.5 and np.isfinite(rows[name]["kld"]) and rows[name]["kld"] > 0
 
 
