@@ -7,11 +7,12 @@
     print(mlx_slm.evaluate(model, tokenizer, text="notes.txt"))
 """
 
-from . import _blas, interrupt
+from . import _blas, _heap, interrupt
 
 if interrupt.is_command():
     interrupt.install()  # Ctrl-C: one line and status 130 from here on, even during the imports below
 _blas.preload()  # must run before anything imports mlx
+_heap.keep_freed()  # before the first large array
 
 from . import stats  # noqa: E402
 from .data.windows import Calibration  # noqa: E402

@@ -106,7 +106,7 @@ def format_help() -> str:
 
 def cmd_info(args) -> None:
     import mlx_slm
-    from mlx_slm import _blas
+    from mlx_slm import _blas, _heap
     from mlx_slm.stats import weight_stats
 
     model, _ = mlx_slm.load(args.model, backend=args.backend)
@@ -134,6 +134,7 @@ def cmd_info(args) -> None:
     print(f"bits per weight   {stats['bpw']:.3f} over {stats['matrix_weights'] / 1e6:.1f}M matrix weights")
     print(f"size              {stats['size_bytes'] / 1e6:.1f} MB")
     print(f"backend           {getattr(model, 'backend', 'mlx')} ({_blas.describe()})")
+    print(f"memory            {_heap.describe()}")
 
 
 def build_parser() -> argparse.ArgumentParser:
