@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 import mlx_slm
+from mlx_slm import _heap
 from mlx_slm.io.atomic import atomic_file
 from mlx_slm.io.packaged import smollm2_gguf
 
@@ -156,7 +157,8 @@ def run_step(argv: list, log: Path) -> dict:
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(argv[:2])} failed ({process.returncode}); see {log}")
     rss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    return {"wall_s": time.perf_counter() - start, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss": rss}
+    return {"wall_s": time.perf_counter() - start, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss": rss,
+            "heap": _heap.describe()}  # the step ran with this process's environment, so its heap setting
 
 
 def size_of(path: Path | None) -> int | None:

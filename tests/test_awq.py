@@ -12,7 +12,7 @@ from mlx_slm.formats import affine
 from mlx_slm.formats.affine import dequantize_codes
 from mlx_slm.io import safetensors_np
 from mlx_slm.models.numpy_llama import NumpyLlama
-from mlx_slm.quant.awq import ScaleWriter, candidate_scales, search_scales
+from mlx_slm.quant.awq import ScaleWriter, candidate_scales, search_rows, search_scales
 from mlx_slm.quant.graph import ScalingGroup, block_groups, head_groups, model_groups
 from mlx_slm.quant.imatrix import weighted_quantize
 
@@ -243,3 +243,16 @@ def test_bfloat16_norms_stay_bfloat16_on_both_backends(tmp_path):
     a, b = (safetensors_np.load(outputs[k] / "model.safetensors") for k in ("numpy", "mlx"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert a["model.layers.0.input_layernorm.weight"].dtype.name == "bfloat16"
+
+
+@pytest.mark.parametrize(("shape", "rows"), [
+    ((576, 576), 576), ((1536, 576), 1536), ((576, 1536), 576), ((49152, 576), 4096),  # SmolLM2: as before
+    ((8192, 2048), 2048), ((2048, 8192), 512), ((49152, 2048), 2048), ((4096, 14336), 292)])  # 1.7B, 8B
+def test_the_alpha_search_sees_a_bounded_number_of_evenly_spaced_rows(shape, rows):
+    n, k = shape
+    row_ids = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None], shape)  # no n x k memory
+    picked = search_rows(row_ids)[:, 0]
+    assert len(picked) == rows
+    if rows < n:
+        assert picked[0] == 0 and picked[-1] == n - 1 and np.all(np.diff(picked) > 0)
+        assert np.ptp(np.diff(picked)) <= 1  # evenly spaced

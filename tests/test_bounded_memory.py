@@ -16,7 +16,7 @@ from mlx_slm.io import safetensors_np
 from mlx_slm.models.numpy_llama import NumpyLlama
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from scale import parameter_count, step_commands, tensor_shapes, write_safetensors
+from scale import parameter_count, run_step, step_commands, tensor_shapes, write_safetensors
 
 LAYERS = ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.v_proj",
           "model.layers.0.self_attn.o_proj", "model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj",
@@ -126,6 +126,15 @@ def test_every_scale_benchmark_step_is_a_command_the_cli_parses(tmp_path):
         if step in ("gptq", "awq", "imatrix", "sparsegpt"):
             assert (args.method, args.num_samples) == (step, 8)
     assert build_parser().parse_args(steps["sparsegpt"][0]).sparsity == 0.5
+
+
+def test_a_scale_step_records_its_resources_and_the_heap_setting_it_ran_with(tmp_path):
+    from mlx_slm import _heap
+
+    measured = run_step(["--help"], tmp_path / "help.log")
+    assert measured["peak_rss"] > 10 << 20 and measured["wall_s"] > 0 and measured["cpu_s"] > 0
+    assert measured["heap"] == _heap.describe()  # the step's environment is this process's
+    assert "usage: mlx-slm" in (tmp_path / "help.log").read_text()
 
 
 @pytest.mark.parametrize("weight_format,bits,group_size", [("affine", 4, 32), ("lut", 3, 8), ("ternary", 2, 0)])

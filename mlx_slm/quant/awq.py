@@ -26,6 +26,7 @@ DEFAULTS = {"grid": 20, "quantizer": "imatrix"}
 QUANTIZERS = ("imatrix", "gptq")
 ACTIVATION_FLOOR = 1e-4  # columns quieter than this fraction of the loudest count as this loud
 SEARCH_ROWS = 4096  # larger layers (e.g. an output head) are searched on this many evenly spaced rows
+SEARCH_WEIGHTS = 4096 * 1024  # and wide ones on at most this many weights (a 14336-wide down_proj on 292 rows)
 
 
 def check_options(options: dict | None) -> dict:
@@ -68,10 +69,16 @@ def scaled_error(w: np.ndarray, importance: np.ndarray, hessian, s: np.ndarray, 
 
 
 def search_rows(w: np.ndarray) -> np.ndarray:
-    """At most :data:`SEARCH_ROWS` evenly spaced rows of ``w`` [N, K]."""
-    if len(w) <= SEARCH_ROWS:
+    """At most ``min(SEARCH_ROWS, SEARCH_WEIGHTS // K)`` evenly spaced rows of ``w`` [N, K].
+
+    Rows are quantized independently, so the rows kept estimate every alpha's error on the same
+    sample; an alpha's cost grows with rows x K (the quantizer) and rows x K^2 (the trace), which
+    this bounds for the wide layers of 1-8B models.
+    """
+    rows = max(1, min(SEARCH_ROWS, SEARCH_WEIGHTS // w.shape[1]))
+    if len(w) <= rows:
         return w
-    return w[np.linspace(0, len(w) - 1, SEARCH_ROWS).round().astype(int)]
+    return w[np.linspace(0, len(w) - 1, rows).round().astype(int)]
 
 
 def search_scales(layers: list, importance: np.ndarray, hessian: np.ndarray, grid: int, arrays=NumpyArrays):
