@@ -71,10 +71,11 @@ class NumpyModel:
         return self.model
 
     def write(self, arrays: dict) -> None:
-        """Replace parameters (name -> numpy array of unchanged shape and dtype)."""
+        """Replace parameters (name -> numpy array of unchanged shape and dtype); the float32 copies
+        of the layers they belong to are dropped, the other layers' kept."""
         if arrays:
             self.replace_arrays(arrays)
-            self.model.drop_cache()
+            self.model.drop_cache(sorted({name.rsplit(".", 1)[0] for name in arrays}))
 
     def replace_arrays(self, arrays: dict) -> None:
         """Put ``arrays`` (name -> numpy array) in the model's weights; a replaced tensor's file pages

@@ -200,3 +200,22 @@ def test_a_numpy_model_gives_back_the_file_pages_of_every_tensor_it_replaces(tmp
     unspied, _, _ = run(spy=False)
     for name, value in model.weights.items():
         np.testing.assert_array_equal(np.asarray(value), np.asarray(unspied.weights[name]), err_msg=name)
+
+
+def test_writing_a_numpy_models_layer_drops_only_that_layers_float32_copy(tmp_path):
+    """A pass that writes one block at a time (pruning) keeps the other layers' float32 copies; the
+    written layer computes with its new weights, as a model read afresh with them does."""
+    import mlx_slm
+    from mlx_slm.model_access import access
+
+    model, _ = mlx_slm.load(tiny_model_folder(tmp_path), backend="numpy", progress=False)
+    tokens = np.arange(12).reshape(1, 12) % 50
+    model(tokens)  # fills the float32 cache
+    cached = set(model.dense_names())
+    written = "model.layers.0.mlp.down_proj"
+    assert written in cached and len(cached) > 2
+    new = np.asarray(model.weights[f"{written}.weight"]) * np.asarray(0.5, model.weights[f"{written}.weight"].dtype)
+    access(model).write({f"{written}.weight": new})
+    assert set(model.dense_names()) == cached - {written}
+    reference = NumpyLlama(model.config, {**model.weights})
+    np.testing.assert_array_equal(model(tokens), reference(tokens))
