@@ -4,12 +4,12 @@ glibc serves every allocation above 32 MB with its own ``mmap`` and gives it bac
 ``munmap`` when freed. Quantizing, evaluating and training allocate and free such arrays
 (a layer's float32 copy, a Gram matrix, an activation batch) thousands of times. In a
 virtual machine whose guest reports free pages to the host (Firecracker, many cloud VMs)
-every fresh page then costs a fault in the host as well: touching 64 MB of new memory
-took 0.5-0.9 s there instead of 0.01 s. :func:`keep_freed` tells glibc to serve large
-blocks from its heap (``M_MMAP_MAX`` 0) and to shrink it only when more than 2 GB at its
-top is free (``M_TRIM_THRESHOLD``), so freed memory is reused by the next array. The cost is a little
-fragmentation: the peak resident size can grow by a few percent, and up to 2 GB of freed memory
-stays with the process instead of going back to the system.
+every fresh page then costs a fault in the host as well, many times the cost of reusing a
+warm one. :func:`keep_freed` tells glibc to serve large blocks from its heap (``M_MMAP_MAX``
+0) and to shrink it only when more than 2 GB at its top is free (``M_TRIM_THRESHOLD``), so
+freed memory is reused by the next array. The cost is fragmentation (a somewhat larger peak
+resident size) and up to 2 GB of freed memory staying with the process instead of going back
+to the system.
 
 ``MLX_SLM_HEAP=system`` keeps glibc's defaults. Other systems (macOS' allocator) are
 left alone.
