@@ -91,10 +91,11 @@ class Bench:
             mlx_slm.save(model, self.tokenizer, folder, overwrite=True, extra_files={"seconds.txt": f"{seconds}"})
         return folder, float(record.read_text())
 
-    def blockwise(self, row: dict, name: str):
-        """Block-wise reconstruction of the row's start towards the float model: (model, its extra
-        columns). Run once per row and saved (OUT/blockwise-ROW), so ``blockwise+e2e`` starts from
-        the very model the ``blockwise`` row measured, its block-wise seconds and tokens counted."""
+    def blockwise(self, start_folder: Path, name: str):
+        """Block-wise reconstruction of the row's start (saved in ``start_folder``) towards the float
+        model: (model, its extra columns). Run once per row and saved (OUT/blockwise-ROW), so
+        ``blockwise+e2e`` starts from the very model the ``blockwise`` row measured, its block-wise
+        seconds and tokens counted."""
         from mlx_slm.data.windows import calibration_windows
         from mlx_slm.quant.blockwise import reconstruct_blocks
         from mlx_slm.quant.methods.blockwise import BlockwiseConfig
@@ -102,7 +103,7 @@ class Bench:
         folder = self.out / f"blockwise-{name.replace(':', '-')}"
         record = folder / "blockwise.json"
         if not record.is_file():
-            model, _ = mlx_slm.load(self.start(row, name)[0])
+            model, _ = mlx_slm.load(start_folder)
             tokens, _ = calibration_windows(**self.calibration)
             config = BlockwiseConfig(epochs=self.args.blockwise_epochs, learning_rate=self.args.blockwise_lr,
                                      inputs=self.args.blockwise_inputs)
@@ -132,7 +133,7 @@ class Bench:
         start_folder, start_seconds = self.start(row, name)
         extra = {"tokens": 0, "blockwise_seconds": 0.0}
         if recipe.startswith("blockwise"):
-            model, extra = self.blockwise(row, name)
+            model, extra = self.blockwise(start_folder, name)
         else:
             model, _ = mlx_slm.load(start_folder)
         began = time.perf_counter()
