@@ -11,7 +11,7 @@ vocabulary as a Llama model, no q/k norms), Llama-3-8B. The generator streams te
 ``model.safetensors`` one at a time (its own memory stays at one tensor), and the folder gets
 SmolLM2's tokenizer (token ids below 49152; the larger vocabularies keep their embedding sizes).
 Every step runs as its own ``python -m mlx_slm`` process; "peak RSS" is that process's maximum
-resident set (``wait4``), "cpu s" its user + system time, "x bf16" peak RSS over the bfloat16
+resident set since it started (its VmHWM), "cpu s" its user + system time, "x bf16" peak RSS over the bfloat16
 model's size. Calibrated steps read ``--num-samples`` x 256 tokens of data/kjv.txt; evaluation
 reads 4 x 512 tokens of data/heldout.txt (``python examples/sample_files.py`` writes both);
 eval and the exports read the rtn step's 4-bit model, so they need that step. sparsegpt prunes
@@ -146,18 +146,37 @@ def step_commands(model: Path, work: Path, num_samples: int) -> dict:
     }
 
 
+# A step's own peak: a child's ru_maxrss starts at its parent's peak (fork copies the parent's memory
+# counters and exec keeps their maximum), so the step reports its VmHWM, counted from exec, as it exits.
+STEP = """import atexit, runpy, sys
+peak_file = sys.argv.pop(1)
+def report():
+    with open("/proc/self/status") as status, open(peak_file, "w") as out:
+        out.write(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+atexit.register(report)
+sys.argv[0] = "mlx-slm"
+runpy.run_module("mlx_slm", run_name="__main__", alter_sys=True)
+"""
+
+
 def run_step(argv: list, log: Path) -> dict:
-    """Run ``python -m mlx_slm argv`` to its end: wall s, cpu s, peak RSS bytes (Linux kB x 1024)."""
+    """Run ``python -m mlx_slm argv`` to its end: wall s, cpu s, peak RSS bytes (the step's own VmHWM on
+    Linux; elsewhere ``wait4``'s maximum, which includes this process's peak)."""
+    peak_file = log.with_suffix(".peak")
+    peak_file.unlink(missing_ok=True)
+    proc = Path("/proc/self/status").exists()
+    command = [sys.executable, "-c", STEP, str(peak_file), *argv] if proc else [sys.executable, "-m", "mlx_slm", *argv]
     start = time.perf_counter()
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "mlx_slm", *argv], stdout=out, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                                    env={**os.environ, "TQDM_DISABLE": "1"})
         _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(argv[:2])} failed ({process.returncode}); see {log}")
-    rss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    rss = int(peak_file.read_text()) * 1024 if proc else usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     return {"wall_s": time.perf_counter() - start, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss": rss,
+            "peak_from": "VmHWM" if proc else "wait4",
             "heap": _heap.describe()}  # the step ran with this process's environment, so its heap setting
 
 

@@ -26,8 +26,8 @@ def cmd_convert(args) -> None:
     import mlx_slm
 
     check_output(args, args.source)
-    model, tokenizer = mlx_slm.load(args.source, backend=args.backend, dtype=args.dtype)
-    mlx_slm.save(model, tokenizer, args.output, overwrite=args.overwrite)
+    model, tokenizer = mlx_slm.load(args.source, backend=args.backend, dtype=args.dtype, lazy=True)
+    mlx_slm.save(model, tokenizer, args.output, overwrite=args.overwrite, release=True)  # a tensor at a time
     print(f"wrote {args.output}")
 
 
@@ -48,8 +48,8 @@ def cmd_quantize(args) -> None:
     for name, method in methods().items():
         if method.report is not None and name in settings.options and name in record:
             print(method.report(record))
-    mlx_slm.save(model, tokenizer, args.output, overwrite=args.overwrite)
     stats = mlx_slm.stats.weight_stats(model)
+    mlx_slm.save(model, tokenizer, args.output, overwrite=args.overwrite, release=True)
     print(f"wrote {args.output}: {stats['bpw']:.3f} bits per weight, {stats['size_bytes'] / 1e6:.1f} MB")
 
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from .backend import backend_of, require_mlx
 from .errors import MLXRequiredError, SLMError
 from .formats import get_format
-from .formats.dtypes import FLOAT_DTYPES, mlx_array
+from .formats.dtypes import FLOAT_DTYPES, exact_numpy, mlx_array
 from .progress import hidden
 
 CONFIG_ATTRIBUTE = "slm_config"
@@ -70,11 +70,15 @@ class NumpyModel:
         """The engine calibrated methods observe: the model itself (its ``backend`` is "numpy")."""
         return self.model
 
-    def write(self, arrays: dict) -> None:
+    def write(self, arrays: dict, spill: bool = False) -> None:
         """Replace parameters (name -> numpy array of unchanged shape and dtype); the float32 copies
-        of the layers they belong to are dropped, the other layers' kept."""
+        of the layers they belong to are dropped, the other layers' kept. ``spill``: the model reads the
+        new arrays from a temporary file (:func:`~mlx_slm.io.safetensors_np.spill`) instead of holding
+        them, so a pass that rewrites every layer (pruning) does not hold the whole new model."""
         if arrays:
-            self.replace_arrays(arrays)
+            from .io import safetensors_np
+
+            self.replace_arrays(safetensors_np.spill(arrays) if spill else arrays)
             self.model.drop_cache(sorted({name.rsplit(".", 1)[0] for name in arrays}))
 
     def replace_arrays(self, arrays: dict) -> None:
@@ -107,10 +111,22 @@ class NumpyModel:
     def release(self, paths) -> None:
         """Nothing to release: the numpy engine is the model."""
 
-    def save_weights(self, path, metadata: dict) -> None:
+    def save_weights(self, path, metadata: dict, release: bool = False) -> None:
+        """Write the weights to one safetensors file, a tensor at a time; each memory-mapped tensor's
+        pages are given back once written (read again, they come back from the file), so a saved model
+        does not stay in memory beside what comes next. ``release`` changes nothing here: the model
+        stays usable."""
         from .io import safetensors_np
 
-        safetensors_np.save(path, self.arrays(), metadata=metadata)
+        arrays = self.arrays()
+
+        def tensors():
+            for name in sorted(arrays):
+                yield name, arrays[name]
+                safetensors_np.release(arrays[name])
+
+        layout = {name: (value.dtype, value.shape) for name, value in arrays.items()}
+        safetensors_np.save_stream(path, layout, tensors(), metadata=metadata)
 
     def replace(self, config: dict, weights: dict):
         """Make the model the model of ``config`` and ``weights``, in place."""
@@ -173,11 +189,15 @@ class MLXModel(NumpyModel):
             self._engine = numpy_twin(self.model)
         return self._engine
 
-    def write(self, arrays: dict) -> None:
+    def write(self, arrays: dict, spill: bool = False) -> None:
+        import mlx.core as mx
         from mlx.utils import tree_unflatten
 
+        from .io import safetensors_np
+
         if arrays:
-            self.model.update(tree_unflatten([(name, mlx_array(value)) for name, value in arrays.items()]))
+            new = safetensors_np.spill(arrays, mx.load) if spill else {k: mlx_array(v) for k, v in arrays.items()}
+            self.model.update(tree_unflatten(list(new.items())))
 
     def store_layers(self, plan: dict, chosen: dict, default_format: str) -> None:
         """Layers of a format MLX builds itself (its row has no ``empty`` placeholders: affine) become
@@ -229,10 +249,30 @@ class MLXModel(NumpyModel):
                 if name in weights:
                     del weights[name]
 
-    def save_weights(self, path, metadata: dict) -> None:
+    def save_weights(self, path, metadata: dict, release: bool = False) -> None:
+        """Write the weights to one safetensors file, a tensor at a time. ``release``: take each array out
+        of the model (an empty array of its dtype stays in its place) and free it once written, so a
+        model read with ``lazy=True`` is never whole in memory; the model cannot compute afterwards."""
         import mlx.core as mx
+        from mlx.utils import tree_unflatten
 
-        mx.save_safetensors(str(path), self.arrays(), metadata=metadata)
+        from .io import safetensors_np
+
+        arrays, layout = self.arrays(), {}
+        for name, dtype in self.dtypes().items():
+            layout[name] = (dtype, arrays[name].shape)
+
+        def tensors():
+            for name in sorted(arrays):
+                value = arrays.pop(name)
+                if release:
+                    self.model.update(tree_unflatten([(name, mx.zeros((0,), value.dtype))]))
+                yield name, exact_numpy(value)
+                del value
+                if release:
+                    mx.clear_cache()
+
+        safetensors_np.save_stream(path, layout, tensors(), metadata=metadata)
 
     def replace(self, config: dict, weights: dict):
         from .loading import build_mlx_model

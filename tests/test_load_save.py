@@ -144,6 +144,55 @@ def test_a_file_that_is_not_gguf(tmp_path):
         mlx_slm.load(tmp_path / "weights.bin", backend="numpy")
 
 
+def test_a_streamed_safetensors_file_reads_back_in_the_safetensors_package(tmp_path):
+    """save_stream writes the header from the layout, then each tensor as it arrives; the `safetensors`
+    package reads every dtype it has back exactly. Tensors out of order, unlike their layout or missing
+    fail."""
+    from safetensors.numpy import load_file
+
+    rng = np.random.default_rng(0)
+    values = {"f16": rng.standard_normal((3, 5)).astype(np.float16), "f32": rng.standard_normal(7).astype(np.float32),
+              "i32": np.arange(-6, 6, dtype=np.int32).reshape(3, 4), "scalar": np.array(2.5, np.float32),
+              "u8": np.arange(9, dtype=np.uint8), "t": np.asfortranarray(rng.standard_normal((4, 3))).T}
+    layout = {name: (value.dtype, value.shape) for name, value in values.items()}
+    safetensors_np.save_stream(tmp_path / "x.safetensors", layout, ((n, values[n]) for n in sorted(values)),
+                               metadata={"format": "mlx"})
+    back = load_file(str(tmp_path / "x.safetensors"))
+    assert back.keys() == values.keys()
+    for name, value in values.items():
+        assert back[name].dtype == value.dtype and np.array_equal(back[name], value), name
+    with pytest.raises(ValueError, match="out of order"):
+        safetensors_np.save_stream(tmp_path / "y.safetensors", layout, ((n, values[n]) for n in values))
+    with pytest.raises(ValueError, match="unlike its layout"):
+        safetensors_np.save_stream(tmp_path / "y.safetensors", layout, [("f16", values["f16"].T)])
+    with pytest.raises(ValueError, match="fewer tensors"):
+        safetensors_np.save_stream(tmp_path / "y.safetensors", layout, [("f16", values["f16"])])
+
+
+@pytest.mark.mlx
+def test_saving_with_release_writes_a_lazy_model_bit_for_bit_and_leaves_no_array_in_it(tmp_path):
+    """``release=True`` (how ``convert`` writes): each array leaves the model once written, and the file
+    holds the input's tensors bit for bit, bfloat16 included (mx.load is the reference reader)."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    folder = tiny_model_folder(tmp_path, torch_dtype="bfloat16")
+    source = mx.load(str(folder / "model.safetensors"))
+    for name in source:
+        source[name] = source[name].astype(mx.bfloat16)
+    mx.save_safetensors(str(folder / "model.safetensors"), source, metadata={"format": "mlx"})
+    model, tokenizer = mlx_slm.load(folder, lazy=True)
+    mlx_slm.save(model, tokenizer, tmp_path / "out", release=True)
+    assert all(value.size == 0 for _, value in tree_flatten(model.parameters()))
+    written = mx.load(str(tmp_path / "out" / "model.safetensors"))
+    assert written.keys() == source.keys()
+    for name, value in source.items():
+        assert written[name].dtype == mx.bfloat16
+        assert mx.array_equal(written[name].view(mx.uint16), value.view(mx.uint16)).item(), name
+    again, _ = mlx_slm.load(tmp_path / "out")
+    np.testing.assert_array_equal(mlx_logits(again), mlx_logits(mlx_slm.load(folder)[0]))
+
+
 @pytest.mark.mlx
 def test_a_bfloat16_tensor_goes_to_mlx_as_its_bits_without_a_float32_copy():
     """mlx_array keeps every bfloat16 bit pattern (NaN payloads and signed zeros too) and holds no float32

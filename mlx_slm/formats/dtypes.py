@@ -29,3 +29,13 @@ def mlx_array(values: np.ndarray):
     if values.dtype.name == "bfloat16":
         return mx.array(values.view(np.uint16)).view(mx.bfloat16)
     return mx.array(values)
+
+
+def exact_numpy(values) -> np.ndarray:
+    """A numpy array holding an MLX array's values exactly (the inverse of :func:`mlx_array`):
+    bfloat16 comes over as its bits, viewed as ml_dtypes' bfloat16."""
+    import mlx.core as mx
+
+    if values.dtype == mx.bfloat16:
+        return np.array(values.view(mx.uint16)).view(bfloat16)
+    return np.array(values)

@@ -8,8 +8,12 @@ is: 8-byte little-endian header length, a JSON header, then raw tensor bytes.
 from __future__ import annotations
 
 import json
+import math
 import mmap
+import os
 import struct
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -91,23 +95,53 @@ def release(array: np.ndarray) -> None:
     mapped.madvise(mmap.MADV_DONTNEED, begin, min(end, len(mapped)) - begin)
 
 
+def spill(tensors: dict[str, np.ndarray], read=None) -> dict:
+    """``tensors`` written to a temporary safetensors file and read back by ``read(path)`` (default
+    :func:`load`: memory-mapped; ``mx.load`` gives lazy MLX arrays), the file unlinked at once: its
+    data stays readable through the open mapping or reader and the disk space goes with the last
+    array. A pass that rewrites a large model keeps what it wrote on disk, not in memory."""
+    handle, name = tempfile.mkstemp(suffix=".safetensors", prefix="mlx_slm-")
+    os.close(handle)
+    try:
+        save(name, tensors)
+        return (read or load)(name)
+    finally:
+        os.unlink(name)
+
+
 def save(path, tensors: dict[str, np.ndarray], metadata: dict | None = None) -> None:
     """Write tensors (any dtype in DTYPES) to one safetensors file."""
-    header, offset, blobs = {}, 0, []
-    for name in sorted(tensors):
-        array = np.ascontiguousarray(tensors[name])
-        if array.dtype not in NAMES:
-            raise SLMError(f"cannot store tensor {name} of dtype {array.dtype} in safetensors")
-        header[name] = {"dtype": NAMES[array.dtype], "shape": list(array.shape),
-                        "data_offsets": [offset, offset + array.nbytes]}
-        offset += array.nbytes
-        blobs.append(array)
+    layout = {name: (array.dtype, array.shape) for name, array in tensors.items()}
+    save_stream(path, layout, ((name, tensors[name]) for name in sorted(tensors)), metadata)
+
+
+def save_stream(path, layout: dict, tensors: Iterable, metadata: dict | None = None) -> None:
+    """Write one safetensors file from tensors that arrive one at a time, so a caller holds one.
+
+    layout: name -> (numpy dtype, shape), every tensor the file holds; the header is written from it.
+    tensors: ``(name, array)`` pairs in sorted name order, each matching its layout entry; a generator's
+    code after its ``yield`` runs once that array is written (to let it go, say).
+    """
+    header, offset = {}, 0
+    for name in sorted(layout):
+        dtype, shape = np.dtype(layout[name][0]), tuple(int(n) for n in layout[name][1])
+        if dtype not in NAMES:
+            raise SLMError(f"cannot store tensor {name} of dtype {dtype} in safetensors")
+        size = dtype.itemsize * math.prod(shape)
+        header[name] = {"dtype": NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
+    expected = iter(sorted(layout))
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(encoded)))
         f.write(encoded)
-        for array in blobs:
-            f.write(array.tobytes())
+        for name, array in tensors:
+            if name != next(expected, None) or array.dtype != np.dtype(layout[name][0]) \
+                    or tuple(array.shape) != tuple(layout[name][1]):
+                raise ValueError(f"tensor {name} arrived out of order or unlike its layout")
+            f.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+    if next(expected, None) is not None:
+        raise ValueError(f"{path}: fewer tensors arrived than the layout lists")

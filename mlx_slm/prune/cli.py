@@ -44,11 +44,11 @@ def cmd_prune(args) -> None:
     if unstructured:
         prune(model, method=args.method, sparsity=args.sparsity if args.sparsity is not None else 0.0,
               pattern=args.pattern, cpu_engine=args.cpu_engine, **calibration)
-    mlx_slm.save(model, tokenizer, args.output, overwrite=args.overwrite)
     records = mlx_slm.model_config(model)["mlx_slm"]["pruning"]
     summary = [f"{before / 1e6:.2f}M -> {count_parameters(model) / 1e6:.2f}M parameters"]
     if unstructured:
         summary.append(f"{records[-1]['achieved_sparsity']:.1%} zeros in {records[-1]['pruned_layers']} layers")
+    mlx_slm.save(model, tokenizer, args.output, overwrite=args.overwrite, release=True)
     print(f"wrote {args.output}: {', '.join(summary)}")
 
 

@@ -115,6 +115,7 @@ def prune_weights(engine, plan: dict, method: str, store, tokens=None, options: 
     if method == "magnitude":
         for name in sorted(todo, key=natural_key):
             prune_layers([name], None)
+            engine.drop_cache([name])  # nothing computes with it here
             done([name])
         return
     calibrate_blocks(engine, todo, tokens, method == "sparsegpt", prune_layers, f"{method} blocks", batch_size,
@@ -171,7 +172,7 @@ def prune(model, method: str = "wanda", sparsity: float = 0.5, pattern=None, cal
     counts = {"layers": 0, "zeros": 0}
 
     def store(new: dict) -> None:
-        view.write({f"{path}.weight": value for path, value in new.items()})
+        view.write({f"{path}.weight": value for path, value in new.items()}, spill=True)  # held on disk
         view.release(new)
         counts["layers"] += len(new)
         counts["zeros"] += sum(int(np.count_nonzero(value == 0)) for value in new.values())
