@@ -5,7 +5,9 @@
         [--recipes start,blockwise,blockwise+e2e,e2e] [--num-samples 32] [--calib-seq-len 256]
         [--blockwise-epochs 2] [--blockwise-lr 1e-3] [--e2e-steps 40] [--e2e-lr LR] [--resume]
 
-A row is FORMAT:BITS:GROUP. Its ``start`` is the post-training method the training
+A row is FORMAT:BITS:GROUP, or FORMAT:BITS:GROUP:EMBED with the embedding and its tied
+head stored affine at EMBED bits in groups of 64 (``affine:2:64:4``: a mixed model, its
+bpw counting the embedding). Its ``start`` is the post-training method the training
 recipes start from: gptq for affine, imatrix for lut and ternary (quantized once and
 reused by every recipe of the row). Recipes:
 
@@ -53,8 +55,15 @@ DEFAULT_ROWS = "affine:2:64,affine:2:32,affine:3:64,affine:4:64,lut:3:8,lut:4:8,
 
 
 def parse_row(text: str) -> dict:
-    fmt, bits, group = text.split(":")
-    return {"format": fmt, "bits": int(bits), "group_size": int(group)}
+    """FORMAT:BITS:GROUP[:EMBED] -> quantize's settings. EMBED, if given, is the bits of the embedding and
+    the tied head, stored affine in groups of 64 (a mixed model: the row's bpw counts it)."""
+    fields = text.split(":")
+    if len(fields) not in (3, 4) or not all(field.isdigit() for field in fields[1:]):
+        raise ValueError(f"row {text!r} is not FORMAT:BITS:GROUP[:EMBED]")
+    row = {"format": fields[0], "bits": int(fields[1]), "group_size": int(fields[2])}
+    if len(fields) == 4:
+        row["config"] = {"by_type": {"embedding": {"format": "affine", "bits": int(fields[3]), "group_size": 64}}}
+    return row
 
 
 def write_texts(out: Path) -> dict:
@@ -164,7 +173,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="float model folder or .gguf (default: the SmolLM2-135M GGUF)")
     parser.add_argument("--out", default="runs/lowbit_training")
-    parser.add_argument("--rows", default=DEFAULT_ROWS, help="FORMAT:BITS:GROUP, comma-separated")
+    parser.add_argument("--rows", default=DEFAULT_ROWS,
+                        help="FORMAT:BITS:GROUP[:EMBED], comma-separated (EMBED: the embedding's affine bits)")
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"of {', '.join(RECIPES)}")
     parser.add_argument("--num-samples", type=int, default=32, help="calibration windows")
     parser.add_argument("--calib-seq-len", type=int, default=256, help="tokens per calibration / training window")
@@ -189,6 +199,10 @@ def main(argv=None) -> None:
     unknown = set(recipes) - set(RECIPES)
     if unknown:
         parser.error(f"unknown recipes {sorted(unknown)}; choose from {', '.join(RECIPES)}")
+    try:
+        named_rows = {name: parse_row(name) for name in args.rows.split(",") if name}
+    except ValueError as err:
+        parser.error(str(err))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     texts = write_texts(out)
@@ -203,8 +217,7 @@ def main(argv=None) -> None:
         report = mlx_slm.evaluate(bench.reference, bench.tokenizer, **bench.evaluate)
         rows.insert(0, {"row": "fp16", "recipe": "fp16", "tokens": 0, "train_seconds": 0, "total_seconds": 0,
                         **report})
-    for name in [r for r in args.rows.split(",") if r]:
-        row = parse_row(name)
+    for name, row in named_rows.items():
         for recipe in recipes:
             label = default_start(row["format"]) if recipe == "start" else recipe
             if any(r["row"] == name and r["recipe"] == label for r in rows):

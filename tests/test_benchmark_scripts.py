@@ -50,6 +50,34 @@ def test_lowbit_training_measures_start_blockwise_and_e2e(tmp_path):
         assert rows[name]["bpw"] == 2.5 and np.isfinite(rows[name]["kld"]) and rows[name]["kld"] > 0
 
 
+def test_a_lowbit_row_can_keep_its_embedding_at_more_bits(tmp_path, capsys):
+    """affine:2:64:4: decoder layers 2-bit, the tied embedding 4-bit affine g64, through start and e2e
+    (the e2e twins train each layer at its own bits); a malformed row fails before any work."""
+    import lowbit_training
+    from mlx.utils import tree_flatten
+
+    out = tmp_path / "out"
+    lowbit_training.main([
+        "--model", str(tiny_model_folder(tmp_path, "llama")), "--out", str(out), "--rows", "affine:2:64:4",
+        "--recipes", "start,e2e", "--num-samples", "4", "--calib-seq-len", "32", "--e2e-steps", "2",
+        "--e2e-batch-size", "2", "--e2e-top-k", "16", "--e2e-eval-every", "1", "--e2e-eval-windows", "1",
+        "--seq-len", "64", "--max-windows", "1"])
+    rows = {row["recipe"]: row for row in json.loads((out / "lowbit_training.json").read_text())["rows"]}
+    config = json.loads((out / "start-affine-2-64-4" / "config.json").read_text())["quantization"]
+    assert config["model.embed_tokens"] == {"bits": 4, "group_size": 64, "mode": "affine"}
+    assert config["bits"] == 2
+    import mlx_slm
+
+    model, _ = mlx_slm.load(out / "start-affine-2-64-4")
+    weights = dict(tree_flatten(model.parameters()))
+    assert weights["model.embed_tokens.weight"].shape[1] * 32 == 128 * 4  # 4-bit codes packed in uint32
+    for name in ("gptq", "e2e"):
+        assert 2.5 < rows[name]["bpw"] < 4.5 and np.isfinite(rows[name]["kld"])
+    with pytest.raises(SystemExit) as exit_info:
+        lowbit_training.main(["--out", str(out), "--rows", "affine:2"])
+    assert exit_info.value.code == 2 and "FORMAT:BITS:GROUP[:EMBED]" in capsys.readouterr().err
+
+
 def test_engine_agreement_compares_both_engines(tmp_path, monkeypatch):
     import engine_agreement
 
