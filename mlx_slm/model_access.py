@@ -258,9 +258,8 @@ class MLXModel(NumpyModel):
 
         from .io import safetensors_np
 
-        arrays, layout = self.arrays(), {}
-        for name, dtype in self.dtypes().items():
-            layout[name] = (dtype, arrays[name].shape)
+        arrays = self.arrays()
+        layout = {name: (dtype, arrays[name].shape) for name, dtype in self.dtypes().items()}
 
         def tensors():
             for name in sorted(arrays):
