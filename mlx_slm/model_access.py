@@ -26,6 +26,19 @@ from .progress import hidden
 CONFIG_ATTRIBUTE = "slm_config"
 
 
+def flat_layers(chosen: dict) -> dict:
+    """Parameter name -> array for layers ``chosen`` (path -> {suffix: array})."""
+    return {f"{path}.{suffix}": array for path, arrays in chosen.items() for suffix, array in arrays.items()}
+
+
+def spilled(chosen: dict, read) -> dict:
+    """:func:`flat_layers` of ``chosen`` written to a temporary file and read back by ``read``
+    (:func:`~mlx_slm.io.safetensors_np.spill`)."""
+    from .io import safetensors_np
+
+    return safetensors_np.spill(flat_layers(chosen), read)
+
+
 def stored_arrays(weight_format, stored) -> dict:
     """suffix -> array for a layer's packed arrays (absent optional arrays dropped)."""
     return {suffix: array for suffix, array in zip(weight_format.stored, stored) if array is not None}
@@ -93,11 +106,11 @@ class NumpyModel:
                 safetensors_np.release(weights[name])
             weights[name] = value
 
-    def store_layers(self, plan: dict, chosen: dict, default_format: str) -> None:
+    def store_layers(self, plan: dict, chosen: dict, default_format: str, spill: bool = False) -> None:
         """Make the layers of ``chosen`` (path -> {suffix: array}, packed in the format ``plan[path]``
-        names, else ``default_format``) quantized layers; the numpy model keeps them as arrays."""
-        for path, arrays in chosen.items():
-            self.replace_arrays({f"{path}.{suffix}": a for suffix, a in arrays.items()})
+        names, else ``default_format``) quantized layers; the numpy model keeps them as arrays.
+        ``spill``: as in :meth:`write`, so a pass that quantizes block by block holds no block's codes."""
+        self.replace_arrays(spilled(chosen, None) if spill else flat_layers(chosen))
         self.model.drop_cache(list(chosen))
 
     def round_affine(self, plan: dict, progress: bool) -> None:
@@ -199,14 +212,19 @@ class MLXModel(NumpyModel):
             new = safetensors_np.spill(arrays, mx.load) if spill else {k: mlx_array(v) for k, v in arrays.items()}
             self.model.update(tree_unflatten(list(new.items())))
 
-    def store_layers(self, plan: dict, chosen: dict, default_format: str) -> None:
+    def store_layers(self, plan: dict, chosen: dict, default_format: str, spill: bool = False) -> None:
         """Layers of a format MLX builds itself (its row has no ``empty`` placeholders: affine) become
         ``nn.QuantizedLinear``/``QuantizedEmbedding`` holding ``chosen``'s arrays; other formats become
-        the project's low-bit modules."""
+        the project's low-bit modules. ``spill``: they hold lazy MLX arrays read from a temporary file
+        (as in :meth:`write`), not the arrays themselves."""
+        import mlx.core as mx
         from mlx.utils import tree_unflatten
 
         from .layers import lowbit_module
 
+        if spill:
+            read = spilled(chosen, mx.load)
+            chosen = {path: {suffix: read[f"{path}.{suffix}"] for suffix in arrays} for path, arrays in chosen.items()}
         formats = {path: plan[path].get("format", default_format) for path in chosen}
         affine = {path: plan[path] for path in chosen if get_format(formats[path]).empty is None}  # MLX's own
         if affine:
@@ -242,12 +260,14 @@ class MLXModel(NumpyModel):
                                               for path, arrays in chosen.items() for suffix, array in arrays.items()]))
 
     def release(self, paths) -> None:
-        """Drop the engine's references to these layers' float weights (they were just quantized)."""
+        """Drop the engine's references to these layers' float weights and their float32 copies (they
+        were just quantized, and nothing computes with them again)."""
         if self._engine is not None:  # deleted, not popped: an MLX model's twin converts what it returns
             weights = self._engine.weights
             for name in (f"{path}.weight" for path in paths):
                 if name in weights:
                     del weights[name]
+            self._engine.drop_cache(list(paths))
 
     def save_weights(self, path, metadata: dict, release: bool = False) -> None:
         """Write the weights to one safetensors file, a tensor at a time. ``release``: take each array out

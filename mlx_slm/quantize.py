@@ -170,7 +170,7 @@ def quantize_calibrated(model, plan: dict, method: str, job: Job):
 
     def store(results: dict) -> None:  # one block's layers at a time: their float weights are freed now
         chosen = {path: stored_arrays(get_format("affine"), stored) for path, stored in results.items()}
-        view.store_layers(plan, chosen, "affine")
+        view.store_layers(plan, chosen, "affine", spill=True)  # the codes wait on disk for the save
         view.release(chosen)
 
     engine = view.calibration_engine(job.settings.cpu_engine)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import tiny_config, tiny_model_folder, tiny_weights
+from helpers import sample_text, tiny_config, tiny_model_folder, tiny_weights
 
 from mlx_slm.calib.statistics import InputStatistics
 from mlx_slm.errors import SLMError
@@ -225,36 +225,59 @@ def test_writing_a_numpy_models_layer_drops_only_that_layers_float32_copy(tmp_pa
     np.testing.assert_array_equal(model(tokens), reference(tokens))
 
 
+BIG = {"hidden_size": 512, "intermediate_size": 2048, "num_attention_heads": 8, "num_key_value_heads": 4,
+       "head_dim": 64}
+
+
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory):
-    """A small and a 200 MB float16 model folder (24 layers of 4M weights, each tensor at most 2 MB)."""
+    """Model folders: "tiny"; "big", 200 MB of float16 (24 layers of 4M weights, each tensor at most 2 MB);
+    "few", big's widths with 2 layers."""
     root = tmp_path_factory.mktemp("models")
-    big = tiny_model_folder(root, seed=1, hidden_size=512, intermediate_size=2048, num_hidden_layers=24,
-                            num_attention_heads=8, num_key_value_heads=4, head_dim=64)
-    return tiny_model_folder(root), big
+    return {"tiny": tiny_model_folder(root),
+            "big": tiny_model_folder(root, seed=1, num_hidden_layers=24, **BIG),
+            "few": tiny_model_folder(root, seed=2, num_hidden_layers=2, **BIG)}
 
 
-@pytest.mark.parametrize("step", [["convert"], ["prune", "--method", "magnitude", "--sparsity", "0.5"]])
-def test_convert_and_prune_hold_about_a_layer_not_the_model(tmp_path, model_files, step):
-    """``mlx-slm convert`` (read lazily; each array freed once written, or its file pages given back) and
-    ``prune`` (each pruned block kept in a temporary file until the save): peak RSS over the same command's
-    on a model a thousand times smaller stays under 40% of the model's file (all of it, and more, before).
-    convert writes the input's tensors bit for bit; prune writes what an in-memory prune gives."""
+CALIBRATED = ["--num-samples", "4", "--seq-len", "32"]
+
+
+@pytest.mark.parametrize("step,base", [
+    (["convert"], "tiny"), (["prune", "--method", "magnitude", "--sparsity", "0.5"], "tiny"),
+    (["quantize", "--method", "gptq", "--bits", "8", "--group-size", "64", *CALIBRATED], "few")])
+def test_convert_prune_and_quantize_hold_about_a_layer_not_the_model(tmp_path, model_files, step, base):
+    """``mlx-slm convert`` (read lazily; each array freed once written, or its file pages given back),
+    ``prune`` (each pruned block kept in a temporary file until the save) and a calibrated ``quantize``
+    (each block's codes so kept; at 8 bits over half the file): peak RSS over the same command's on a
+    smaller model stays under 40% of the 200 MB model's file (before, convert and prune held all of it
+    and more, quantize all its codes). quantize's smaller model has the big one's widths and 2 of its
+    24 layers, so its working set (Gram matrices, the search's temporaries) is the same and only what
+    grows with the layers shows.
+    convert writes the input's tensors bit for bit; prune and quantize write what they give in memory."""
     import mlx_slm
     from mlx_slm.prune.unstructured import prune
 
-    small, big = model_files
+    big = model_files["big"]
     size = (big / "model.safetensors").stat().st_size
     assert size > 180 << 20
-    base = run_step([step[0], str(small), "-o", str(tmp_path / "small-out"), *step[1:]], tmp_path / "small.log")
+    if step[0] == "quantize":
+        text = tmp_path / "calib.txt"
+        text.write_text(sample_text())
+        step = [*step, "--calib", str(text)]
+    smaller = run_step([step[0], str(model_files[base]), "-o", str(tmp_path / "small-out"), *step[1:]],
+                       tmp_path / "small.log")
     measured = run_step([step[0], str(big), "-o", str(tmp_path / "big-out"), *step[1:]], tmp_path / "big.log")
-    assert measured["peak_rss"] - base["peak_rss"] < 0.4 * size
+    assert measured["peak_rss"] - smaller["peak_rss"] < 0.4 * size
     written = safetensors_np.load(tmp_path / "big-out" / "model.safetensors")
     if step[0] == "convert":
         expected = safetensors_np.load(big / "model.safetensors")
-    else:
+    elif step[0] == "prune":
         model, _ = mlx_slm.load(big, backend="numpy", progress=False)
         expected = prune(model, method="magnitude", sparsity=0.5, progress=False).weights
+    else:
+        model, tokenizer = mlx_slm.load(big, backend="numpy", progress=False)
+        expected = mlx_slm.quantize(model, bits=8, group_size=64, method="gptq", calib=str(text),
+                                    tokenizer=tokenizer, num_samples=4, seq_len=32, progress=False).weights
     assert written.keys() == expected.keys()
     for name, value in expected.items():
         assert written[name].dtype == value.dtype and np.array_equal(written[name], value), name

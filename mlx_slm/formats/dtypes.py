@@ -23,9 +23,12 @@ def round_to(x: np.ndarray, dtype) -> np.ndarray:
 def mlx_array(values: np.ndarray):
     """An MLX array holding ``values`` exactly. bfloat16 goes as its bits (uint16 viewed as MLX's
     bfloat16): every bit pattern survives (a float32 round trip changes NaN payloads), and no float32
-    copy, twice the tensor's size, waits in a lazy cast until something evaluates it."""
+    copy, twice the tensor's size, waits in a lazy cast until something evaluates it. An MLX array
+    (e.g. one read lazily from a file) is returned as it is."""
     import mlx.core as mx
 
+    if isinstance(values, mx.array):
+        return values
     if values.dtype.name == "bfloat16":
         return mx.array(values.view(np.uint16)).view(mx.bfloat16)
     return mx.array(values)
