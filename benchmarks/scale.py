@@ -204,16 +204,16 @@ def fits(rows: list[dict]) -> dict:
 
 
 def table(rows: list[dict], fitted: dict) -> str:
-    lines = [f"{'shape':6} {'params':>7} {'step':8} {'wall s':>8} {'cpu s':>8} {'peak RSS':>9} {'x bf16':>7} "
+    lines = [f"{'shape':6} {'params':>7} {'step':9} {'wall s':>8} {'cpu s':>8} {'peak RSS':>9} {'x bf16':>7} "
              f"{'output':>9}"]
     for row in rows:
         output = "-" if row["output_bytes"] is None else f"{row['output_bytes'] / 1e9:.2f} GB"
-        lines.append(f"{row['shape']:6} {row['params'] / 1e9:6.2f}B {row['step']:8} {row['wall_s']:8.0f} "
+        lines.append(f"{row['shape']:6} {row['params'] / 1e9:6.2f}B {row['step']:9} {row['wall_s']:8.0f} "
                      f"{row['cpu_s']:8.0f} {row['peak_rss'] / 1e9:6.2f} GB {row['rss_over_bf16']:7.2f} {output:>9}")
     if fitted:
         lines.append("\nlinear fit over the shapes measured, read at Llama-3-8B's size (an extrapolation):")
         for step, estimate in fitted.items():
-            lines.append(f"  {step:8} peak RSS {estimate['peak_rss']['at_8b'] / 1e9:6.2f} GB, "
+            lines.append(f"  {step:9} peak RSS {estimate['peak_rss']['at_8b'] / 1e9:6.2f} GB, "
                          f"wall {estimate['wall_s']['at_8b'] / 60:6.1f} min")
     return "\n".join(lines)
 
