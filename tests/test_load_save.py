@@ -213,3 +213,27 @@ def test_a_bfloat16_tensor_goes_to_mlx_as_its_bits_without_a_float32_copy():
     held = mlx_array(large)
     assert mx.get_active_memory() - before <= large.nbytes + (1 << 16)
     assert held.dtype == mx.bfloat16 and float(held.astype(mx.float32).sum()) == large.size
+
+
+def test_spilling_into_a_full_folder_fails_in_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    """A temporary folder without room (ENOSPC while writing) gives one SLMError naming the folder, the
+    size and TMPDIR, and no file is left behind; with room, the arrays come back exactly."""
+    import errno
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    tensors = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(5, np.uint32)}
+    back = safetensors_np.spill(tensors)
+    assert back.keys() == tensors.keys() and all(np.array_equal(back[k], tensors[k]) for k in tensors)
+    assert list(tmp_path.iterdir()) == []  # unlinked at once, readable through the mapping
+
+    def full(path, arrays, metadata=None):
+        with open(path, "wb") as f:
+            f.write(b"x")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors_np, "save", full)
+    with pytest.raises(SLMError, match=rf"cannot keep 0 MB of intermediate results in {tmp_path} \(No space left "
+                                       r"on device\); set TMPDIR") as caught:
+        safetensors_np.spill(tensors)
+    assert "\n" not in str(caught.value) and list(tmp_path.iterdir()) == []

@@ -99,12 +99,22 @@ def spill(tensors: dict[str, np.ndarray], read=None) -> dict:
     """``tensors`` written to a temporary safetensors file and read back by ``read(path)`` (default
     :func:`load`: memory-mapped; ``mx.load`` gives lazy MLX arrays), the file unlinked at once: its
     data stays readable through the open mapping or reader and the disk space goes with the last
-    array. A pass that rewrites a large model keeps what it wrote on disk, not in memory."""
-    handle, name = tempfile.mkstemp(suffix=".safetensors", prefix="mlx_slm-")
-    os.close(handle)
+    array. A pass that rewrites a large model keeps what it wrote on disk, not in memory. A folder
+    without room for them fails with one :class:`SLMError` that says how to choose another."""
+    folder = tempfile.gettempdir()
+    try:
+        handle, name = tempfile.mkstemp(suffix=".safetensors", prefix="mlx_slm-")
+        os.close(handle)
+    except OSError as err:
+        raise SLMError(f"cannot create a temporary file in {folder} ({err.strerror}); set TMPDIR to a "
+                       "writable folder") from err
     try:
         save(name, tensors)
         return (read or load)(name)
+    except OSError as err:
+        size = sum(array.nbytes for array in tensors.values())
+        raise SLMError(f"cannot keep {size / 1e6:.0f} MB of intermediate results in {folder} ({err.strerror}); "
+                       "set TMPDIR to a folder with more room") from err
     finally:
         os.unlink(name)
 
