@@ -8,7 +8,7 @@
 A row is FORMAT:BITS:GROUP, or FORMAT:BITS:GROUP:EMBED with the embedding and its tied
 head stored affine at EMBED bits in groups of 64 (``affine:2:64:4``: a mixed model, its
 bpw counting the embedding). Its ``start`` is the post-training method the training
-recipes start from: gptq for affine, imatrix for lut and ternary (quantized once and
+recipes start from: gptq for affine and ternary, imatrix for lut (quantized once and
 reused by every recipe of the row). Recipes:
 
 - ``blockwise``: what ``quantize(method="blockwise")`` does after its start: every

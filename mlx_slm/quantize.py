@@ -164,13 +164,15 @@ def quantize_calibrated(model, plan: dict, method: str, job: Job):
     engine, or mlx-lm's own blocks on MLX for every architecture it runs. Returns the choice."""
     from .quant.sequential import sequential_choose
 
+    plan = {path: None if settings is None else {**settings, "format": layer_format(settings, job.settings.format)}
+            for path, settings in plan.items()}
     todo = [path for path, settings in plan.items() if settings is not None]
     dtypes = weight_dtypes(model, todo)
     view = access(model)
 
     def store(results: dict) -> None:  # one block's layers at a time: their float weights are freed now
-        chosen = {path: stored_arrays(get_format("affine"), stored) for path, stored in results.items()}
-        view.store_layers(plan, chosen, "affine", spill=True)  # the codes wait on disk for the save
+        chosen = {path: stored_arrays(get_format(plan[path]["format"]), stored) for path, stored in results.items()}
+        view.store_layers(plan, chosen, job.settings.format, spill=True)  # the codes wait on disk for the save
         view.release(chosen)
 
     engine = view.calibration_engine(job.settings.cpu_engine)
@@ -246,8 +248,7 @@ def post_training(model, settings: QuantizeConfig, calibration: Calibration, pro
         raise SLMError(f"no layer fits the {settings.format} format with these settings (e.g. {path}: {reason})")
     unsupported = sorted(name for name in formats if not method.supports(name))
     if unsupported:
-        raise SLMError(f"method {method.name!r} supports the {' and '.join(method.formats)} format only, not "
-                       f"{unsupported}")
+        raise SLMError(method.refuses(unsupported[0] if len(unsupported) == 1 else unsupported))
     record = {"method": method.name, "unquantized": skipped}
     if plan_report is not None:
         record["plan"] = plan_report

@@ -90,7 +90,7 @@ CASES = {
     "group size 100": (["quantize", "{root}/tiny-llama-0", "-o", "{root}/o", "--group-size", "100"],
                        "group sizes"),
     "lut with gptq": (["quantize", "{root}/tiny-llama-0", "-o", "{root}/o", "--format", "lut", "--method", "gptq"],
-                      "affine format only"),
+                      "affine, ternary and ternary_b3 formats only"),
     "option of a method not run": (["quantize", "{root}/tiny-llama-0", "-o", "{root}/o", "--method", "gptq",
                                     "--calib", "{root}/text.txt", "--blockwise-epochs", "2"], "blockwise"),
     "calibrated method without text": (["quantize", "{root}/tiny-llama-0", "-o", "{root}/o", "--method", "gptq"],

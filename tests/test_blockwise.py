@@ -215,7 +215,7 @@ def test_lowbit_blockwise_round_trips(tmp_path, fmt, bits, group_size):
     mlx_slm.quantize(model, bits=bits, group_size=group_size, format=fmt, method="blockwise",
                      calib=[sample_text(120)], tokenizer=tokenizer, num_samples=8, seq_len=64, progress=False,
                      blockwise_options={"epochs": 1})
-    assert mlx_slm.model_config(model)["mlx_slm"]["blockwise"]["start"] == "imatrix"
+    assert mlx_slm.model_config(model)["mlx_slm"]["blockwise"]["start"] == ("imatrix" if fmt == "lut" else "gptq")
     loaded, _ = mlx_slm.load(mlx_slm.save(model, tokenizer, tmp_path / "out"))
     saved, again = parameters(model), parameters(loaded)
     assert saved.keys() == again.keys()
@@ -257,7 +257,7 @@ def test_gptq_start_refuses_lut(tmp_path):
     from mlx_slm.errors import SLMError
 
     model, tokenizer = mlx_slm.load(tiny_model_folder(tmp_path))
-    with pytest.raises(SLMError, match="affine format only"):
+    with pytest.raises(SLMError, match="affine, ternary and ternary_b3 formats only"):
         mlx_slm.quantize(model, bits=3, group_size=8, format="lut", method="blockwise", calib=[sample_text(20)],
                          tokenizer=tokenizer, num_samples=4, seq_len=32, blockwise_options={"start": "gptq"},
                          progress=False)

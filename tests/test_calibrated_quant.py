@@ -353,7 +353,7 @@ def test_gptq_same_on_both_backends_and_stock_mlx_lm_runs_it(tmp_path):
     ({"tokenizer": None}, "needs the model's tokenizer"),
     ({"num_samples": 500}, "calibration text too short"),
     ({"gptq_options": {"dampening": 0.1}}, "unknown gptq options"),
-    ({"format": "lut"}, "affine format only"),
+    ({"format": "lut"}, "affine, ternary and ternary_b3 formats only"),
     ({"gptq_options": {"grid": "k-means"}}, "grid must be"),
 ])
 def test_calibration_errors_are_clear(tmp_path, kwargs, message):

@@ -56,7 +56,7 @@ def test_e2e_settings_are_checked_before_loading(tmp_path, capsys):
     assert main(e2e_cli(tmp_path, "bad", "--e2e-held-out", "1")) == 2
     assert "e2e held_out must be between 0 and 1" in capsys.readouterr().err
     assert main(e2e_cli(tmp_path, "bad", "--format", "lut", "--e2e-start", "gptq", "--group-size", "8")) == 2
-    assert "method 'gptq' supports the affine format only" in capsys.readouterr().err
+    assert "method 'gptq' supports the affine, ternary and ternary_b3 formats only" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
 

@@ -294,9 +294,9 @@ def test_mixed_formats_per_layer(tmp_path):
     ({"format": "lut", "group_size": 7}, "no layer fits the lut format"),
     ({"format": "ternary", "bits": 3}, "bits must be 2"),
     ({"format": "ternary", "group_size": 48}, "multiple of 32"),
-    ({"format": "lut", "method": "gptq"}, "'gptq' supports the affine format only"),
+    ({"format": "lut", "method": "gptq"}, "'gptq' supports the affine, ternary and ternary_b3 formats only"),
     ({"config": {"by_type": {"linear": {"format": "lut", "bits": 4, "group_size": 8}}}, "method": "gptq"},
-     "'gptq' supports the affine format only"),
+     "'gptq' supports the affine, ternary and ternary_b3 formats only"),
     ({"format": "palette"}, "unknown weight format 'palette'"),
 ])
 def test_bad_settings_are_clear(tmp_path, kwargs, message):
@@ -361,7 +361,7 @@ def test_cli_quantize_info_eval(tmp_path, tiny_text, capsys):
 def test_cli_errors_are_one_line(tmp_path, capsys):
     folder = lowbit_folder(tmp_path)
     for args, message in ((["--format", "lut", "--bits", "5"], "lut format supports bits"),
-                          (["--format", "lut", "--method", "gptq"], "affine format only"),
+                          (["--format", "lut", "--method", "gptq"], "affine, ternary and ternary_b3 formats only"),
                           (["--format", "ternary", "--group-size", "40"], "multiple of 32")):
         assert main(["quantize", str(folder), "-o", str(tmp_path / "x"), "--backend", "numpy", *args]) == 2
         err = capsys.readouterr().err

@@ -47,7 +47,7 @@ def test_config_object_and_keyword_forms_store_the_same_arrays(tmp_path):
     (QuantizeConfig(method="awq", options={"gptq": {"damp": 0.1}}),
      "gptq options are given, but method 'awq' does not use them"),
     (QuantizeConfig(method="blockwise", format="lut", bits=3, group_size=8, options={"blockwise": {"start": "gptq"}}),
-     "method 'gptq' supports the affine format only, not 'lut'"),
+     "method 'gptq' supports the affine, ternary and ternary_b3 formats only, not 'lut'"),
     (QuantizeConfig(method="rtn", options={"rtn": {}}), "method 'rtn' has no options"),
     (QuantizeConfig(method="gptq", options={"gptq": {"grid": "kmeans"}}), "gptq grid must be"),
     (QuantizeConfig(method="learned", options={"learned": {"lr": 1}}), r"unknown learned options \['lr'\]"),
@@ -62,7 +62,8 @@ def test_start_options_are_filled_and_checked():
                                                         "awq": {"quantizer": "gptq"}}).check()
     assert set(checked.options) == {"learned", "awq", "gptq"}
     assert checked.options_of("gptq") == GPTQConfig()
-    assert set(QuantizeConfig(method="blockwise", format="ternary").check().options) == {"blockwise"}  # imatrix
+    assert set(QuantizeConfig(method="blockwise", format="ternary").check().options) == {"blockwise", "gptq"}
+    assert set(QuantizeConfig(method="blockwise", format="lut").check().options) == {"blockwise"}  # imatrix
     polished = QuantizeConfig(method="learned", options={"learned": {"start": "e2e"}, "e2e": {"start": "blockwise"}})
     assert set(polished.check().options) == {"learned", "e2e", "blockwise", "gptq"}
 

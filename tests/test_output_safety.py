@@ -203,7 +203,7 @@ def test_text_the_tokenizer_cannot_read_is_refused_with_its_share(tmp_path, tiny
 
 @pytest.mark.parametrize("settings,match", [
     (["--bits", "1"], "bits"), (["--group-size", "100"], "group"),
-    (["--format", "lut", "--method", "gptq"], "affine format only"),
+    (["--format", "lut", "--method", "gptq"], "affine, ternary and ternary_b3 formats only"),
 ])
 def test_quantize_settings_are_checked_before_the_model_loads(tmp_path, capsys, settings, match):
     (tmp_path / "bad.gguf").write_bytes(b"GGUF" + b"\0" * 20)  # would fail to load: the settings fail first

@@ -57,8 +57,7 @@ class QuantizeConfig:
             used.append(name)
             runs = get_method(name)
             if not runs.supports(self.format):
-                raise SLMError(f"method {name!r} supports the {' and '.join(runs.formats)} format only, not "
-                               f"{self.format!r}")
+                raise SLMError(runs.refuses(self.format))
             if runs.options is not None:
                 given.setdefault(name, runs.options().check())
                 todo.extend(given[name].uses(self.format))

@@ -18,29 +18,56 @@ import numpy as np
 from ..calib.blocks import arrays_of, calibrate_blocks
 from ..calib.statistics import InputStatistics
 from ..errors import SLMError
-from ..formats import affine
+from ..formats import affine, ternary
 from ..models.numpy_llama import stored_rows
 from .awq import ScaleWriter, check_options, scale_group
 from .gptq import gptq_quantize
 from .graph import block_groups, head_groups
 from .imatrix import weighted_quantize
+from .ternary_gptq import gptq_ternary
 
 METHODS = ("imatrix", "gptq", "awq")
 SLICE_ELEMENTS = 1 << 24  # weights of the head (or a leftover layer) converted and quantized at a time
 
 
+TERNARY = ("ternary", "ternary_b3")  # formats chosen as trits and scales (no biases); the rest are affine
+
+
 def choose_values(method: str, w: np.ndarray, stats: InputStatistics, name: str, settings: dict, dtype,
                   gptq_options: dict):
-    """(codes, scales, biases) for one layer; ``stats`` is None for layers with no useful inputs."""
+    """(codes, scales, biases) for one layer; ``stats`` is None for layers with no useful inputs.
+    A ternary layer (``settings["format"]``) has codes in {0, 1, 2}, float16 scales and biases None."""
     bits, group_size = settings["bits"], settings["group_size"]
+    trits = settings.get("format") in TERNARY
     if stats is None:
-        return weighted_quantize(w, None, bits, group_size, dtype)
+        return (*ternary.quantize_values(w, group_size), None) if trits else \
+            weighted_quantize(w, None, bits, group_size, dtype)
     arrays = stats.arrays.for_methods()
     if method == "gptq":
         prepared = stats.factor(name, gptq_options.get("damp", 0.01), gptq_options.get("act_order", True))
+        if trits:
+            return (*gptq_ternary(w, stats.hessian(name), group_size, prepared=prepared, arrays=arrays,
+                                  **gptq_options), None)
         return gptq_quantize(w, stats.hessian(name), bits, group_size, dtype, prepared=prepared, arrays=arrays,
                              **gptq_options)
+    if trits:
+        return (*ternary.quantize_values(w, group_size, stats.importance(name)), None)
     return weighted_quantize(w, stats.importance(name), bits, group_size, dtype, arrays)
+
+
+def packed_codes(settings: dict, q: np.ndarray) -> np.ndarray:
+    """A layer's codes [N, K] as its format stores them: ternary_b3 five trits a byte, the others
+    little-endian bit streams of ``bits`` per code (ternary: 2)."""
+    if settings.get("format") == "ternary_b3":
+        return ternary.pack_base3(q)
+    return affine.pack_codes(q, settings["bits"])
+
+
+def dense_values(settings: dict, q: np.ndarray, scales: np.ndarray, biases) -> np.ndarray:
+    """float32 [N, K] the chosen values stand for (what later blocks compute with)."""
+    if settings.get("format") in TERNARY:
+        return ternary.dequantize_codes(q, scales, settings["group_size"], np.float32)
+    return affine.dequantize_codes(q, scales, biases, settings["group_size"], np.float32)
 
 
 def jointly_quantized(names, method: str, stats: InputStatistics, width, settings: dict, dtypes: dict):
@@ -67,7 +94,8 @@ def row_bounds(rows: int, width: int) -> list[slice]:
 class Choice(NamedTuple):
     """What :func:`sequential_choose` decided.
 
-    results: layer path -> (packed uint32, scales, biases) (the layers not handed to ``store``).
+    results: layer path -> (packed codes, scales, biases: None for ternary) (the layers not handed to
+    ``store``).
     float_updates: float parameter name -> new array (AWQ's rescaled norms, biases and float layers).
     scaled: (ScalingGroup, alpha) per group AWQ looked at (alpha None: no consumer is quantized).
     """
@@ -87,7 +115,8 @@ def sequential_choose(engine, plan: dict, tokens: np.ndarray, method: str, dtype
                       progress: bool = True, param_dtypes: dict | None = None, store=None) -> Choice:
     """Choose affine values for every planned layer of ``engine`` with calibration ``tokens`` [S, T].
 
-    plan: layer path -> {"bits", "group_size"} or None (kept in float).
+    plan: layer path -> {"bits", "group_size"} (and "format": "affine" if absent, or "ternary" /
+    "ternary_b3", which "gptq" and "imatrix" choose as trits) or None (kept in float).
     dtypes: layer path -> numpy dtype of its scales/biases.
     Every projection, the output head included, uses ``method`` ("imatrix", "gptq" or
     "awq") on its own inputs; a tied embedding is quantized as the head (on the final
@@ -124,18 +153,18 @@ def sequential_choose(engine, plan: dict, tokens: np.ndarray, method: str, dtype
             chosen = choose_values(layer_method, np.concatenate(weights) if len(batch) > 1 else weights[0], stats,
                                    batch[0], todo[batch[0]], dtypes[batch[0]], gptq_options)
             row_splits = np.cumsum([len(w) for w in weights])[:-1]
-            for name, q, scales, biases in zip(batch, *(np.split(array, row_splits) for array in chosen)):
-                results[name] = (affine.pack_codes(q, todo[name]["bits"]), scales, biases)
-                engine.set_dense(name, affine.dequantize_codes(q, scales, biases, todo[name]["group_size"],
-                                                               np.float32))
+            split = [[None] * len(batch) if array is None else np.split(array, row_splits) for array in chosen]
+            for name, q, scales, biases in zip(batch, *split):
+                results[name] = (packed_codes(todo[name], q), scales, biases)
+                engine.set_dense(name, dense_values(todo[name], q, scales, biases))
 
     def quantize_last(name, stats, layer_method):  # the head or a leftover: nothing computes with it here
         parts = []  # again, so a slice of rows at a time is converted, chosen and packed
         for rows in row_bounds(*engine.shape(name)):
             q, scales, biases = choose_values(layer_method, weight(name, rows), stats, name, todo[name],
                                               dtypes[name], gptq_options)
-            parts.append((affine.pack_codes(q, todo[name]["bits"]), scales, biases))
-        results[name] = tuple(np.concatenate(arrays) for arrays in zip(*parts))
+            parts.append((packed_codes(todo[name], q), scales, biases))
+        results[name] = tuple(None if arrays[0] is None else np.concatenate(arrays) for arrays in zip(*parts))
         engine.drop_cache([name])
 
     def rescale(groups, stats):

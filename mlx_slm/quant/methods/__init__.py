@@ -81,6 +81,12 @@ class Method:
     def supports(self, weight_format: str) -> bool:
         return self.formats is None or weight_format in self.formats
 
+    def refuses(self, unsupported) -> str:
+        """The message for a request of formats ``unsupported`` this method does not produce."""
+        named = self.formats[0] if len(self.formats) == 1 else f"{', '.join(self.formats[:-1])} and {self.formats[-1]}"
+        return f"method {self.name!r} supports the {named} format{'s' if len(self.formats) > 1 else ''} only, " \
+               f"not {unsupported!r}"
+
 
 def register(method: Method) -> Method:
     _REGISTRY[method.name] = method

@@ -14,7 +14,7 @@ INPUTS = ("quantized", "float")
 
 
 def default_start(weight_format: str) -> str:
-    """The start when none is given: gptq where the format takes it (affine), else imatrix (lut, ternary)."""
+    """The start when none is given: gptq where the format takes it (affine, ternary), else imatrix (lut)."""
     return "gptq" if get_method("gptq").supports(weight_format) else "imatrix"
 
 
@@ -23,7 +23,7 @@ class BlockwiseConfig(MethodOptions):
     """Settings of :func:`mlx_slm.quant.blockwise.reconstruct_blocks`."""
 
     start: str | None = option(None, "the method whose result the blocks start from (default: gptq for the "
-                                     "affine format, imatrix for lut and ternary, which gptq does not serve)",
+                                     "affine and ternary formats, imatrix for lut, which gptq does not serve)",
                                choices=STARTS)
     epochs: int = option(2, "passes over the training windows per block")
     batch_size: int = option(4, "calibration windows per Adam step")

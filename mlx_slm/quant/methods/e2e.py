@@ -27,8 +27,8 @@ STARTS = ("rtn", "imatrix", "gptq", "awq", "blockwise")
 class E2EConfig(MethodOptions):
     """Settings of the end-to-end run (the distillation trainer's, at temperature 1, KL only)."""
 
-    start: str | None = option(None, "the method whose result is trained (default: gptq for the affine format, "
-                                     "imatrix for lut and ternary)", choices=STARTS)
+    start: str | None = option(None, "the method whose result is trained (default: gptq for the affine and "
+                                     "ternary formats, imatrix for lut)", choices=STARTS)
     steps: int = option(100, "training steps (each batch_size windows of --seq-len tokens)")
     batch_size: int = option(4, "windows per step")
     learning_rate: float | None = option(None, "Adam's rate, relative to each layer's quantization step "

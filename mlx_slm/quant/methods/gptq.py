@@ -1,4 +1,5 @@
-"""Method "gptq": error-compensating rounding with each layer's input Hessian (affine only)."""
+"""Method "gptq": error-compensating rounding with each layer's input Hessian (affine and ternary:
+:mod:`mlx_slm.quant.gptq`, :mod:`mlx_slm.quant.ternary_gptq`)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ class GPTQConfig(MethodOptions):
     block_size: int = option(32, "columns rounded together before the rest is updated")
     act_order: bool = option(True, "round columns in order of decreasing Hessian diagonal")
     grid: str = option("imatrix", "how each group's scale and bias are chosen: imatrix (importance-weighted "
-                                  "search) or rtn (min/max)", choices=GRIDS)
-    refit: bool = option(True, "refit scales and biases to the chosen codes")
+                                  "search; ternary: absmean refitted on the importance) or rtn (min/max; "
+                                  "ternary: absmean)", choices=GRIDS)
+    refit: bool = option(True, "refit scales (and biases) to the chosen codes")
 
     def check(self) -> GPTQConfig:
         if self.grid not in GRIDS:
@@ -37,5 +39,6 @@ def apply(model, plan: dict, job) -> None:
     quantize_calibrated(model, plan, "gptq", job)
 
 
-register(Method("gptq", "affine only: error-compensating rounding (GPTQ) on each layer's calibration inputs",
-                partial(post_training, apply=apply), GPTQConfig, formats=("affine",), calibrated=True, rank=2))
+register(Method("gptq", "affine and ternary: error-compensating rounding (GPTQ) on each layer's calibration "
+                        "inputs", partial(post_training, apply=apply), GPTQConfig,
+                formats=("affine", "ternary", "ternary_b3"), calibrated=True, rank=2))
