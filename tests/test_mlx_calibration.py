@@ -27,7 +27,8 @@ LLAMA_CASES = {  # model type, config overrides (GQA: 4 query heads, 2 key/value
 # into the next columns and the next blocks, so on one engine alone, Hessians changed by a relative 1e-6
 # (random) moved qwen3's KL from 0.124 to between 0.105 and 0.144 (RTN: 0.185); each engine's gptq must
 # then beat RTN clearly and the two agree within that spread.
-KL_TOLERANCE = {"imatrix": 1e-3, "gptq": 0.2, "awq": 1e-3}  # awq measured within 4.4e-4
+# awq measured within 4.4e-4 on one machine, 1.2e-3 on another (AVX2 without AVX-512: other float32 sums)
+KL_TOLERANCE = {"imatrix": 1e-3, "gptq": 0.2, "awq": 3e-3}
 GPTQ_KL_VS_RTN = 0.85
 IMATRIX_EQUAL_WORDS = 0.999
 # Gemma 3 tiny, 3 bits group 32: KL to the float model relative to RTN's (measured: imatrix 0.73, gptq 0.55)

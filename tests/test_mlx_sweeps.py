@@ -19,6 +19,9 @@ from mlx_slm.quant.gptq import gptq_quantize
 pytestmark = pytest.mark.mlx
 
 EQUAL_SHARE = 0.999  # codes / mask entries equal on both libraries (measured: all equal on these inputs)
+# a whole model's: a flipped code changes the next blocks' inputs (measured: all equal on one machine, 96.9%
+# on another, AVX2 without AVX-512); random 3-bit codes would agree on about an eighth
+MODEL_EQUAL_SHARE = 0.95
 ERROR_TOLERANCE = 0.01  # |output error on MLX / on numpy - 1|
 
 
@@ -114,12 +117,12 @@ def on_numpy_then_forced_onto_mlx(monkeypatch, folder, run) -> tuple:
     return on_numpy, run(folder), len(calls)
 
 
-def assert_mostly_equal(on_numpy, on_mlx) -> None:
-    """Each pair of {name: array} results holds the same names and >= EQUAL_SHARE equal entries."""
+def assert_mostly_equal(on_numpy, on_mlx, share: float = EQUAL_SHARE) -> None:
+    """Each pair of {name: array} results holds the same names and >= ``share`` equal entries."""
     for numpy_result, mlx_result in zip(on_numpy, on_mlx):
         assert numpy_result.keys() == mlx_result.keys() and numpy_result
         equal = np.concatenate([(mlx_result[name] == numpy_result[name]).ravel() for name in numpy_result])
-        assert equal.mean() >= EQUAL_SHARE, equal.mean()
+        assert equal.mean() >= share, equal.mean()
 
 
 def test_calibration_on_mlx_runs_the_sweeps_where_for_methods_says(tmp_path, monkeypatch):
@@ -130,4 +133,4 @@ def test_calibration_on_mlx_runs_the_sweeps_where_for_methods_says(tmp_path, mon
     on_numpy, on_mlx, calls = on_numpy_then_forced_onto_mlx(monkeypatch, gemma3_folder(tmp_path),
                                                            gptq_codes_and_sparsegpt_zeros)
     assert calls == 4 * 4 + 1 + 4 * 7  # GPTQ: q/k/v, o, gate/up, down per block and the head; SparseGPT
-    assert_mostly_equal(on_numpy, on_mlx)
+    assert_mostly_equal(on_numpy, on_mlx, MODEL_EQUAL_SHARE)
