@@ -260,14 +260,12 @@ class MLXModel(NumpyModel):
                                               for path, arrays in chosen.items() for suffix, array in arrays.items()]))
 
     def release(self, paths) -> None:
-        """Drop the engine's references to these layers' float weights and their float32 copies (they
-        were just quantized, and nothing computes with them again)."""
+        """Drop the engine's references to these layers' float weights (they were just quantized)."""
         if self._engine is not None:  # deleted, not popped: an MLX model's twin converts what it returns
             weights = self._engine.weights
             for name in (f"{path}.weight" for path in paths):
                 if name in weights:
                     del weights[name]
-            self._engine.drop_cache(list(paths))
 
     def save_weights(self, path, metadata: dict, release: bool = False) -> None:
         """Write the weights to one safetensors file, a tensor at a time. ``release``: take each array out
