@@ -157,7 +157,7 @@ def quantize_packed(model, plan: dict, method: str, job: Job) -> None:
 
 
 def quantize_calibrated(model, plan: dict, method: str, job: Job):
-    """Choose affine values with :func:`mlx_slm.quant.sequential.sequential_choose` (``method``
+    """Choose values with :func:`mlx_slm.quant.sequential.sequential_choose` (``method``
     "imatrix", "gptq" or "awq", with the settings in ``job.record``) and store them (and AWQ's
     rescaled float parameters) in ``model``. The statistics come from the engine
     :func:`~mlx_slm.model_access.choose_engine` picks (recorded as ``calibration_engine``): the numpy

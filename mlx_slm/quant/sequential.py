@@ -113,7 +113,7 @@ def block_index(name: str) -> int:
 def sequential_choose(engine, plan: dict, tokens: np.ndarray, method: str, dtypes: dict,
                       gptq_options: dict | None = None, awq_options: dict | None = None, batch_size: int = 4,
                       progress: bool = True, param_dtypes: dict | None = None, store=None) -> Choice:
-    """Choose affine values for every planned layer of ``engine`` with calibration ``tokens`` [S, T].
+    """Choose affine or ternary values for every planned layer of ``engine`` with calibration ``tokens`` [S, T].
 
     plan: layer path -> {"bits", "group_size"} (and "format": "affine" if absent, or "ternary" /
     "ternary_b3", which "gptq" and "imatrix" choose as trits) or None (kept in float).
