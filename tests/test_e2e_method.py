@@ -116,3 +116,22 @@ def test_e2e_adopt_flag_reaches_the_trainer(tmp_path, monkeypatch):
     assert main(e2e_cli(tmp_path, "gptq", "--e2e-steps", "1", "--e2e-start", "gptq")) == 0  # not after gptq
     assert main(e2e_cli(tmp_path, "gptq-adopted", "--e2e-steps", "1", "--e2e-start", "gptq", "--e2e-adopt")) == 0
     assert seen == [True, False, False, True]
+
+
+@pytest.mark.parametrize("fmt,bits,group_size", [("affine", 2, 32), ("ternary", 2, 0)])
+def test_saved_model_scores_what_the_curve_says(tmp_path, fmt, bits, group_size):
+    """The start's and the saved model's held-out KL are taken on the windows the trainer's curve
+    scores: the saved model (detached from its twins, computing from its stored codes) scores what
+    the curve's best evaluation scored, and the curve starts from the start's score."""
+    import mlx_slm
+
+    model, tokenizer = mlx_slm.load(tiny_model_folder(tmp_path))
+    mlx_slm.quantize(model, bits=bits, group_size=group_size, format=fmt, method="e2e", calib=[sample_text(160)],
+                     tokenizer=tokenizer, num_samples=4, seq_len=32, progress=False,
+                     e2e_options={"start": "rtn" if fmt == "affine" else "imatrix", "steps": 6, "batch_size": 2,
+                                  "learning_rate": 1e-3, "eval_every": 2, "eval_windows": 2, "held_out": 0.2})
+    record = mlx_slm.model_config(model)["mlx_slm"]["e2e"]
+    curve = [kl for _, kl in record["held_out_curve"]]
+    assert not record["kept_start"] and len(curve) == 3
+    assert record["final_kl"] == pytest.approx(min(curve), rel=1e-4)
+    assert min(curve) < record["start_kl"]

@@ -15,6 +15,14 @@ from ..data.windows import token_windows
 from ..errors import SLMError
 
 
+def held_out_windows(tokenizer, text, seq_len: int, count: int) -> np.ndarray:
+    """The windows a run evaluates on: the first ``count`` non-overlapping windows of ``seq_len + 1``
+    tokens of ``text``, [count, seq_len + 1] int32 (inputs ``[:, :-1]``, targets ``[:, 1:]``). One
+    definition, so a method measuring its start and end (e2e) scores the windows the trainer's
+    curve scores."""
+    return token_windows(tokenizer, text, seq_len + 1, count)
+
+
 class WindowBatches:
     """Batches of token windows: ``batch(step, micro) -> (inputs, targets)``, [rows, seq_len] int32 each."""
 

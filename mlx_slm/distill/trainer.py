@@ -21,14 +21,13 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from tqdm import tqdm
 
 from ..backend import require_mlx
-from ..data.windows import token_windows
 from ..errors import SLMError
 from ..model_access import require_training
 from ..progress import hidden
 from ..runtime import computes_on_cpu, fast_cpu, restore_dtypes, widen_floats
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DistillConfig
-from .data import WindowBatches
+from .data import WindowBatches, held_out_windows
 from .hooks import decoder_layers, gradient_checkpointing, layer_outputs
 from .losses import feature_loss, kd_loss
 from .qat import QuantizedTraining, add_fake_quant, remove_fake_quant
@@ -127,7 +126,7 @@ class Distiller:
         self.rank, self.world = self.group.rank(), self.group.size()
         self.data = WindowBatches(tokenizer, text, config.seq_len, config.batch_size, config.grad_accum,
                                   config.seed, self.rank, self.world)
-        self.eval_windows = (token_windows(tokenizer, eval_text, config.seq_len + 1, config.eval_windows)
+        self.eval_windows = (held_out_windows(tokenizer, eval_text, config.seq_len, config.eval_windows)
                              if eval_text is not None and config.eval_every else None)
         if (config.keep_best or config.patience) and self.eval_windows is None:
             raise SLMError("keep_best and patience follow the held-out KL: give eval text")

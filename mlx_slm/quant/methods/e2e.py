@@ -3,9 +3,11 @@ every decoder layer's float weights and step sizes trained through the format's 
 float model's cached top-k logits (:func:`mlx_slm.distill.distill` with ``train_quantized``; MLX only).
 
 The calibration text is split: its last ``held_out`` fraction is never trained on. Every
-``eval_every`` steps the trainer scores it and training ends in the state of the lowest score
-(``patience`` stops it early); that state is then compared with the start (KL(float || model)
-per token, full vocabulary) and kept only if the KL dropped, else the start is restored.
+``eval_every`` steps the trainer scores its first ``eval_windows`` windows (KL(float || model)
+per token, full vocabulary) and training ends in the state of the lowest score (``patience``
+stops it early); the saved model is then scored on the same windows and kept only if it beats
+the start's score there, else the start is restored. The start's score is the curve's point at
+0 tokens, and the saved model's equals the best point's (what trains is what is saved).
 """
 
 from __future__ import annotations
@@ -97,15 +99,15 @@ def train_end_to_end(model, teacher, tokenizer, train_text: str, held_text: str,
     cache_dir: where the teacher's top-k logits are kept (None: a temporary folder)."""
     from mlx.utils import tree_flatten, tree_unflatten
 
-    from ...data.windows import Calibration
     from ...distill import DistillConfig, distill
+    from ...distill.data import held_out_windows
     from ...runtime import fast_cpu
     from ..blockwise import held_out_kl
 
     if config.learning_rate is None or config.adopt is None:
         raise SLMError("train_end_to_end needs config.learning_rate and config.adopt (default_rate(bits) and "
                        "default_adopt(start) are the method's)")
-    held, _ = Calibration([held_text], tokenizer, config.eval_windows, seq_len).windows()
+    held = held_out_windows(tokenizer, [held_text], seq_len, config.eval_windows)[:, :-1]  # the trainer's
     started = time.perf_counter()
     with fast_cpu(teacher):
         start_kl = held_out_kl(model, teacher, held)
