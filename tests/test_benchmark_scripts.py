@@ -41,7 +41,7 @@ def test_lowbit_training_measures_start_blockwise_and_e2e(tmp_path):
         "--e2e-eval-every", "1", "--e2e-eval-windows", "1", "--seq-len", "64", "--max-windows", "1"])
     rows = {row["recipe"]: row for row in json.loads((out / "lowbit_training.json").read_text())["rows"]}
     assert set(rows) == {"fp16", "gptq", "blockwise", "blockwise+e2e", "e2e"}
-    assert rows["e2e"]["tokens"] == 2 * 2 * 32 and len(rows["e2e"]["e2e_heldout_kl"]) == 2
+    assert rows["e2e"]["tokens"] == 2 * 2 * 32 and [s for s, _ in rows["e2e"]["e2e_heldout_kl"]] == [0, 1, 2]
     # blockwise+e2e continues from the very block-wise model measured (trained once, saved)
     assert rows["blockwise+e2e"]["tokens"] == rows["blockwise"]["tokens"] + 2 * 2 * 32
     assert rows["blockwise+e2e"]["blockwise_seconds"] == rows["blockwise"]["blockwise_seconds"] > 0
@@ -92,3 +92,37 @@ def test_engine_agreement_compares_both_engines(tmp_path, monkeypatch):
         ("imatrix", "numpy"), ("imatrix", "mlx"), ("sparsegpt", "numpy"), ("sparsegpt", "mlx")]
     for row in rows:
         assert 0.9 < row["equal"] <= 1 and 0 < row["kld"] < 1 and row["block_mb"] > 0
+
+
+def test_lowbit_summary_keeps_the_last_default_budget_row(tmp_path, capsys):
+    """The summary reads lowbit_training results oldest first: a later file's row replaces an earlier
+    one, rows run with another budget (steps, rate) are left out, and each target is judged on the best
+    row of its format."""
+    import lowbit_summary
+
+    def row(name, recipe, ppl, kld, top1=0.5, curve=None, bits=2):
+        return {"row": name, "recipe": recipe, "format": name.split(":")[0], "bits": bits, "bpw": 2.5, "ppl": ppl,
+                "kld": kld, "top1": top1, "tokens": 0 if curve is None else 40960, "train_seconds": 1.0,
+                **({"e2e_heldout_kl": curve} if curve else {})}
+
+    fp16 = {"row": "fp16", "recipe": "fp16", "ppl": 20.0}
+    default = {"num_samples": 32, "e2e_steps": 40, "e2e_lr": None}
+    older, newer = tmp_path / "older.json", tmp_path / "newer.json"
+    older.write_text(json.dumps({"settings": default, "rows": [
+        fp16, row("affine:2:64", "gptq", 400.0, 2.8), row("affine:2:64", "e2e", 260.0, 2.4, curve=[[10, 1.3]]),
+        row("affine:4:64", "gptq", 26.0, 0.049, top1=0.9, bits=4)]}))
+    newer.write_text(json.dumps({"runs": [
+        {"settings": default, "rows": [fp16, row("affine:2:64", "gptq", 390.0, 2.7),
+                                       row("affine:2:64", "blockwise", 45.0, 1.0)]},
+        {"settings": {**default, "e2e_steps": 160}, "rows": [row("affine:2:64", "e2e", 30.0, 0.5, curve=[[0, 2.0]])]},
+        {"settings": {**default, "e2e_lr": 1e-2}, "rows": [row("affine:2:64", "e2e", 31.0, 0.5, curve=[[0, 2.0]])]},
+    ]}))
+    lowbit_summary.main([str(older), str(newer), "--out", str(tmp_path / "summary.json")])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    kept = {(r["row"], r["recipe"]): (r["ppl"], r["source"]) for r in summary["rows"]}
+    assert kept == {("affine:2:64", "gptq"): (390.0, "newer.json"), ("affine:2:64", "blockwise"): (45.0, "newer.json"),
+                    ("affine:2:64", "e2e"): (260.0, "older.json"), ("affine:4:64", "gptq"): (26.0, "older.json")}
+    goals = {goal["target"].split(":")[0]: goal for goal in summary["targets"]}
+    assert goals["2-bit g64"]["best_recipe"] == "blockwise" and goals["2-bit g64"]["value"] == 45.0 / 20.0
+    assert goals["2-bit g64"]["met"] and goals["4-bit g64"]["met"]
+    assert "?, 1.300" in capsys.readouterr().out  # a curve without its start point says so

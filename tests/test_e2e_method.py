@@ -38,7 +38,7 @@ def test_e2e_command_trains_in_the_format_and_saves_what_it_trained(tmp_path, ca
     assert "e2e from rtn: held-out KL" in out and "(the start was kept)" not in out
     record = mlx_slm.model_config(mlx_slm.load(tmp_path / "e2e")[0])["mlx_slm"]["e2e"]
     assert record["final_kl"] < 0.8 * record["start_kl"] and record["train_tokens"] == 20 * 2 * 32
-    assert len(record["held_out_curve"]) == 2  # every eval_every=10 steps
+    assert [step for step, _ in record["held_out_curve"]] == [0, 10, 20]  # the start, then every eval_every=10
 
     teacher, tokenizer = mlx_slm.load(tiny_model_folder(tmp_path))
     held = token_windows(tokenizer, [split_text(text, 0.2)[1]], 32, 2)
@@ -131,7 +131,7 @@ def test_saved_model_scores_what_the_curve_says(tmp_path, fmt, bits, group_size)
                      e2e_options={"start": "rtn" if fmt == "affine" else "imatrix", "steps": 6, "batch_size": 2,
                                   "learning_rate": 1e-3, "eval_every": 2, "eval_windows": 2, "held_out": 0.2})
     record = mlx_slm.model_config(model)["mlx_slm"]["e2e"]
-    curve = [kl for _, kl in record["held_out_curve"]]
-    assert not record["kept_start"] and len(curve) == 3
-    assert record["final_kl"] == pytest.approx(min(curve), rel=1e-4)
-    assert min(curve) < record["start_kl"]
+    steps, curve = zip(*record["held_out_curve"])
+    assert steps == (0, 2, 4, 6) and curve[0] == record["start_kl"] and not record["kept_start"]
+    assert record["final_kl"] == pytest.approx(min(curve[1:]), rel=1e-4)
+    assert min(curve[1:]) < record["start_kl"]

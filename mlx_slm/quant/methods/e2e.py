@@ -95,7 +95,7 @@ def train_end_to_end(model, teacher, tokenizer, train_text: str, held_text: str,
     ``seq_len`` tokens; keep the result only if the KL on ``held_text`` dropped. ``config`` must
     name its learning rate and whether to adopt (:func:`default_rate`, :func:`default_adopt` give the
     method's). Returns the report
-    (start_kl, final_kl, kept_start, train_tokens, held_out_curve [[step, KL]], seconds).
+    (start_kl, final_kl, kept_start, train_tokens, held_out_curve [[step, KL]] from [0, start_kl], seconds).
     cache_dir: where the teacher's top-k logits are kept (None: a temporary folder)."""
     from mlx.utils import tree_flatten, tree_unflatten
 
@@ -127,7 +127,7 @@ def train_end_to_end(model, teacher, tokenizer, train_text: str, held_text: str,
         model.update(tree_unflatten(start_state))
     return {**asdict(config), "start_kl": start_kl, "final_kl": final_kl, "kept_start": kept_start,
             "train_tokens": len(history) * config.batch_size * seq_len,
-            "held_out_curve": [[r["step"] + 1, r["eval_kl"]] for r in history if "eval_kl" in r],
+            "held_out_curve": [[0, start_kl]] + [[r["step"] + 1, r["eval_kl"]] for r in history if "eval_kl" in r],
             "seconds": time.perf_counter() - started}
 
 

@@ -1,0 +1,130 @@
+"""The low-bit training table at the benchmark's default budget, from the kept results.
+
+    python benchmarks/lowbit_summary.py [RESULT.json ...] [--out runs/lowbit_summary.json]
+
+``benchmarks/lowbit_training.py`` was run many times, a few rows at a time, as the recipes
+changed. This reads its kept JSON files (by default those in benchmarks/results/smollm2, oldest
+first) and prints, for every row and recipe, the last measurement taken at the benchmark's
+default settings (32 x 256 calibration windows, 2 block-wise epochs at rate 1e-3 on the
+quantized model's inputs, 40 end-to-end steps of 4 x 256 tokens at the e2e method's rate for
+the row's bits, 8 x 512 evaluation tokens), with the file it came from: a later file's row
+replaces an earlier one. Rows run with other settings (more windows, more steps, another rate,
+adoption forced) are left out; the README quotes them where it discusses them. Then each of
+issue 19's targets against the best row of its format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "smollm2"
+KEPT = ("lowbit_training.json", "lowbit_training_e2e.json", "lowbit_training_128windows.json",
+        "lowbit_training_adopt.json", "lowbit_training_noadopt.json", "lowbit_training_bwe2e.json",
+        "lowbit_training_g32.json", "lowbit_training_embed4.json", "lowbit_training_ternary_gptq.json",
+        "lowbit_training_ternary_e2e.json", "lowbit_training_lut.json")
+DEFAULTS = {"num_samples": 32, "calib_seq_len": 256, "blockwise_epochs": 2, "blockwise_lr": 1e-3,
+            "blockwise_inputs": "quantized", "e2e_steps": 40, "e2e_batch_size": 4, "e2e_top_k": 256,
+            "seq_len": 512, "max_windows": 8}
+RECIPES = ("blockwise", "e2e", "blockwise+e2e")  # after the start's row
+# (row, what is measured, bound, as the issue words it); "ppl_x" is PPL / fp16's PPL
+TARGETS = (("affine:2:64", "ppl_x", 2.5, "2-bit g64: PPL at most 2.5x fp16"),
+           ("affine:3:64", "kld", 0.25, "3-bit g64: KL at most 0.25"),
+           ("affine:4:64", "kld", 0.05, "4-bit g64: KL at most 0.05 (and top-1 at least 88%)"),
+           ("ternary:2:0", "ppl_x", 10.0, "ternary: PPL at most 10x fp16"))
+
+
+def at_defaults(settings: dict, row: dict) -> bool:
+    """Whether ``row`` was measured at the default budget: the settings the file names are the benchmark's
+    defaults, its end-to-end rate and adoption (if given) the e2e method's for the row's bits and start."""
+    from mlx_slm.quant.methods.blockwise import default_start
+    from mlx_slm.quant.methods.e2e import default_adopt, default_rate
+
+    if any(settings.get(key, value) != value for key, value in DEFAULTS.items()):
+        return False
+    if "e2e" not in row["recipe"]:
+        return True
+    start = "blockwise" if row["recipe"] == "blockwise+e2e" else default_start(row["format"])
+    return (settings.get("e2e_lr") in (None, default_rate(row["bits"]))
+            and settings.get("e2e_adopt") in (None, default_adopt(start)))
+
+
+def order(item) -> tuple:
+    (name, recipe), _ = item
+    return name, RECIPES.index(recipe) + 1 if recipe in RECIPES else 0
+
+
+def collect(paths: list[Path]) -> tuple[dict, float]:
+    """(row, recipe) -> the last default-budget row (with its "source"), and fp16's PPL."""
+    table, fp16 = {}, None
+    for path in paths:
+        kept = json.loads(path.read_text())
+        for run in kept.get("runs", [kept]):
+            for row in run["rows"]:
+                if row["recipe"] == "fp16":
+                    fp16 = row["ppl"]
+                elif at_defaults(run["settings"], row):
+                    table[(row["row"], row["recipe"])] = {**row, "source": path.name}
+    return table, fp16
+
+
+def lines(table: dict, fp16: float) -> list[str]:
+    header = (f"{'row':<14}{'recipe':<15}{'bpw':>6}{'PPL':>13}{'x fp16':>8}{'KL':>9}{'top-1':>8}{'tokens':>8}"
+              f"{'train s':>8}  held-out KL (0, 10k, 20k, 31k, 41k tokens)  source")
+    out = [header, "-" * len(header)]
+    for (name, recipe), r in sorted(table.items(), key=order):
+        curve = r.get("e2e_heldout_kl") or []
+        shown = ", ".join(([] if not curve or curve[0][0] == 0 else ["?"]) + [f"{kl:.3f}" for _, kl in curve]) or "-"
+        out.append(f"{name:<14}{recipe:<15}{r['bpw']:>6.2f}{r['ppl']:>13.2f}{r['ppl'] / fp16:>8.1f}{r['kld']:>9.4f}"
+                   f"{r['top1']:>8.1%}{r['tokens']:>8}{r['train_seconds']:>8.0f}  {shown:<43}  {r['source']}")
+    return out
+
+
+def measured(row: dict, measure: str, fp16: float) -> float:
+    return row["ppl"] / fp16 if measure == "ppl_x" else row[measure]
+
+
+def targets(table: dict, fp16: float) -> list[dict]:
+    """Each target with the best row of its format and whether that row meets it."""
+    out = []
+    for name, measure, bound, words in TARGETS:
+        rows = [r for (row, _), r in table.items() if row == name]
+        if not rows:
+            continue
+        best = min(rows, key=lambda r: measured(r, measure, fp16))
+        value = measured(best, measure, fp16)
+        met = value <= bound and (name != "affine:4:64" or best["top1"] >= 0.88)
+        out.append({"target": words, "best_recipe": best["recipe"], "value": value, "bound": bound,
+                    "top1": best["top1"], "met": met, "source": best["source"]})
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="*", type=Path, help="lowbit_training JSON files, oldest first")
+    parser.add_argument("--out", type=Path, default=Path("runs/lowbit_summary.json"))
+    args = parser.parse_args(argv)
+    paths = args.results or [RESULTS / name for name in KEPT if (RESULTS / name).is_file()]
+    table, fp16 = collect(paths)
+    if fp16 is None:
+        parser.error("no fp16 row in the given results")
+    print(f"fp16 PPL {fp16:.3f}; a curve starting with '?': its start was scored on other windows (before a23c788)")
+    print("\n".join(lines(table, fp16)))
+    print()
+    goals = targets(table, fp16)
+    for goal in goals:
+        shown = f"{goal['value']:.1f}x" if "x fp16" in goal["target"] else f"{goal['value']:.4f}"
+        print(f"{goal['target']:<55} best {goal['best_recipe']:<14} {shown:>9}  top-1 {goal['top1']:.1%}  "
+              f"{'met' if goal['met'] else 'missed'}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"fp16_ppl": fp16, "files": [p.name for p in paths], "targets": goals,
+                                    "rows": [{k: r[k] for k in ("row", "recipe", "bpw", "ppl", "kld", "top1",
+                                                                "tokens", "train_seconds", "source")}
+                                             | {"heldout_curve": r.get("e2e_heldout_kl")}
+                                             for r in table.values()]}, indent=1))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
