@@ -94,5 +94,10 @@ def test_text_inputs(tmp_path):
         token_windows(tokenizer, tmp_path / "bad.jsonl", 16, None)
     with pytest.raises(SLMError, match="fewer than one window"):
         token_windows(tokenizer, ["too short"], 512, None)
-    with pytest.raises(SLMError, match="no such text file"):
+    with pytest.raises(SLMError, match="no such text file") as missing:
         token_windows(tokenizer, tmp_path / "missing.txt", 16, None)
+    assert "list of strings" not in str(missing.value)
+    for literal in ("word " * 100, "two\nlines"):  # text given where a path or a list is expected
+        with pytest.raises(SLMError, match=r"no such text file: .*pass literal text as a list of strings") as err:
+            token_windows(tokenizer, literal, 16, None)
+        assert "\n" not in str(err.value) and len(str(err.value)) < 160

@@ -28,8 +28,15 @@ def join_text(text) -> str:
     if isinstance(text, (list, tuple)):
         return "\n\n".join(str(t) for t in text)
     path = Path(text)
-    if not path.is_file():
-        raise SLMError(f"no such text file: {path}")
+    try:
+        found, literal = path.is_file(), "\n" in str(text)
+    except OSError:  # a long literal text taken for a path: "File name too long"
+        found, literal = False, True
+    if not found:
+        shown = str(path).replace("\n", "\\n")  # one line
+        shown = shown if len(shown) <= 80 else f"{shown[:77]}..."
+        raise SLMError(f"no such text file: {shown}"
+                       + ("; pass literal text as a list of strings, e.g. [text]" if literal else ""))
     content = decode_text(path)
     if path.suffix.lower() == ".jsonl":
         pieces = []
