@@ -29,6 +29,7 @@ from .calib.statistics import InputStatistics
 from .data.windows import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, Calibration
 from .errors import SLMError
 from .formats import get_format
+from .io.safetensors_np import check_spill_room
 from .model_access import (
     access,
     float_dtypes,
@@ -156,6 +157,12 @@ def quantize_packed(model, plan: dict, method: str, job: Job) -> None:
     view.store_layers(todo, chosen, default)
 
 
+def stored_bytes(settings: dict, shape: tuple[int, int]) -> int:
+    """About how many bytes a layer of ``shape`` [N, K] takes in its planned format (codes and parameters)."""
+    bpw = get_format(settings["format"]).bits_per_weight(settings["bits"], settings["group_size"], shape)
+    return int(shape[0] * shape[1] * bpw / 8)
+
+
 def quantize_calibrated(model, plan: dict, method: str, job: Job):
     """Choose values with :func:`mlx_slm.quant.sequential.sequential_choose` (``method``
     "imatrix", "gptq" or "awq", with the settings in ``job.record``) and store them (and AWQ's
@@ -176,6 +183,7 @@ def quantize_calibrated(model, plan: dict, method: str, job: Job):
         view.release(chosen)
 
     engine = view.calibration_engine(job.settings.cpu_engine)
+    check_spill_room(sum(stored_bytes(plan[path], engine.shape(path)) for path in todo))
     job.record["calibration_engine"] = engine.backend
     choice = sequential_choose(engine, plan, job.tokens, method, dtypes, job.record.get("gptq"),
                                job.record.get("awq"), progress=job.progress, param_dtypes=float_dtypes(model),

@@ -237,3 +237,29 @@ def test_spilling_into_a_full_folder_fails_in_one_line_and_leaves_nothing(tmp_pa
                                        r"on device\); set TMPDIR") as caught:
         safetensors_np.spill(tensors)
     assert "\n" not in str(caught.value) and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [["quantize", "--bits", "4", "--method", "gptq"],
+                                  ["prune", "--method", "sparsegpt", "--sparsity", "0.5"]])
+def test_a_temporary_folder_too_small_fails_before_the_work(tmp_path, monkeypatch, capsys, argv):
+    """A calibrated quantize or prune keeps each finished block on disk until the save: with less free
+    space in the temporary folder than that, it fails at once with one line (exit 2), before any
+    calibration pass, and writes no output."""
+    import collections
+    import shutil
+
+    from helpers import sample_text
+
+    from mlx_slm.cli import main
+    from mlx_slm.quant import sequential
+
+    (tmp_path / "calib.txt").write_text(sample_text(40))
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(sequential, "calibrate_blocks", lambda *a, **k: pytest.fail("calibrated anyway"))
+    command, options = argv[0], argv[1:]
+    code = main([command, str(tiny_model_folder(tmp_path)), "-o", str(tmp_path / "out"), "--calib",
+                 str(tmp_path / "calib.txt"), "--num-samples", "4", "--seq-len", "32", *options])
+    said = [line for line in capsys.readouterr().err.splitlines() if "transformers" not in line]
+    assert code == 2 and not (tmp_path / "out").exists()
+    assert len(said) == 1 and said[0].endswith("0 MB free; set TMPDIR to a folder with more room"), said

@@ -11,6 +11,7 @@ import json
 import math
 import mmap
 import os
+import shutil
 import struct
 import tempfile
 from collections.abc import Iterable
@@ -117,6 +118,16 @@ def spill(tensors: dict[str, np.ndarray], read=None) -> dict:
                        "set TMPDIR to a folder with more room") from err
     finally:
         os.unlink(name)
+
+
+def check_spill_room(nbytes: int) -> None:
+    """Before a long pass that :func:`spill` s about ``nbytes`` in all: one :class:`SLMError` now if the
+    temporary folder has less free, instead of a failure hours in."""
+    folder = tempfile.gettempdir()
+    free = shutil.disk_usage(folder).free
+    if free < nbytes:
+        raise SLMError(f"this pass keeps about {nbytes / 1e6:.0f} MB of intermediate results in {folder}, which "
+                       f"has {free / 1e6:.0f} MB free; set TMPDIR to a folder with more room")
 
 
 def save(path, tensors: dict[str, np.ndarray], metadata: dict | None = None) -> None:

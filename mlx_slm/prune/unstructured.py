@@ -18,6 +18,7 @@ from ..calib.blocks import calibrate_blocks
 from ..data.windows import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, calibration_windows
 from ..errors import SLMError
 from ..formats.dtypes import as_float32, round_to
+from ..io.safetensors_np import check_spill_room
 from ..model_access import access
 from .common import add_record, check_float_model
 from .masks import check_pattern_fits, check_sparsity, magnitude_mask, parse_pattern
@@ -169,6 +170,8 @@ def prune(model, method: str = "wanda", sparsity: float = 0.5, pattern=None, cal
     if method == "sparsegpt":
         record["sparsegpt"] = {**SPARSEGPT_DEFAULTS, **(sparsegpt_options or {})}
     dtypes = view.dtypes()
+    check_spill_room(sum(int(np.prod(candidates[path])) * np.dtype(dtypes[f"{path}.weight"]).itemsize
+                         for path, target in plan.items() if target is not None))
     counts = {"layers": 0, "zeros": 0}
 
     def store(new: dict) -> None:
