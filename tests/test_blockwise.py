@@ -133,6 +133,25 @@ def test_twin_rounds_as_the_format_stores(tmp_path, fmt, bits, group_size):
     assert len(np.unique(codes)) > 1
 
 
+@pytest.mark.parametrize("bits", [1, 3, 4])
+def test_lut_twin_picks_the_nearest_palette_entry(bits):
+    """The lut twin's nearest entry (counted against the sorted palette's midpoints) is the entry at the
+    least distance, for unsorted palettes and weights on, between and beyond the entries."""
+    from types import SimpleNamespace
+
+    import mlx.core as mx
+
+    from mlx_slm.quant.fake_quant import LutTwin
+
+    rng = np.random.default_rng(bits)
+    palettes = rng.standard_normal((24, 2**bits)).astype(np.float32)
+    weights = np.concatenate([rng.standard_normal((24, 200)) * 2, palettes[:, rng.integers(0, 2**bits, 40)]],
+                             axis=1).astype(np.float32)
+    holder = SimpleNamespace(weight=mx.array(weights))  # nearest reads only the latent weights
+    got = np.array(LutTwin.nearest(holder, mx.array(palettes)))
+    np.testing.assert_array_equal(got, np.abs(weights[..., None] - palettes[:, None, :]).argmin(-1))
+
+
 @pytest.mark.parametrize("fmt,bits,group_size", FORMATS)
 def test_twin_adopts_the_float_weights_that_round_to_its_codes(tmp_path, fmt, bits, group_size):
     """Made with the float weight, a twin computes exactly what the layer stores, and its latent weights are
