@@ -178,18 +178,42 @@ def test_twin_adopts_the_float_weights_that_round_to_its_codes(tmp_path, fmt, bi
         assert 0.5 < share < 1.0, share
 
 
-def test_gradients_reach_weights_and_step_sizes(tmp_path):
+@pytest.mark.parametrize("fmt,bits,group_size", [("affine", 2, 32), ("affine", 4, 32), ("ternary", 2, 0)])
+def test_gradients_hold_the_codes_for_step_sizes_and_pass_through_for_weights(tmp_path, fmt, bits, group_size):
+    """For a loss sum(fake(w) * G): a scale's gradient is the sum of code * G over its group, a bias's
+    the sum of G (codes held, not LSQ's code - (w - b) / s), and a latent weight's is G where it lies
+    inside the format's range and 0 where it is clipped; all in the twin's units."""
     import mlx.core as mx
     from mlx import nn
+    from mlx.utils import tree_flatten
 
     from mlx_slm.quant.fake_quant import make_twin
 
-    _, student, _, _ = tiny_pair(tmp_path, "affine", 2, 32)
+    _, student, _, _ = tiny_pair(tmp_path, fmt, bits, group_size)
     twin = make_twin(student.model.layers[0].mlp.up_proj)
-    x = mx.array(np.random.default_rng(1).standard_normal((3, twin.weight.shape[1])).astype(np.float32))
-    grads = nn.value_and_grad(twin, lambda x: (twin(x) ** 2).sum())(x)[1]
-    for name in ("weight", "scales", "biases"):
-        assert float(mx.abs(grads[name]).max()) > 0, name
+    twin.weight = twin.weight * 1.6  # some weights beyond the range
+    rng = np.random.default_rng(1)
+    g = rng.standard_normal(twin.weight.shape).astype(np.float32)
+    grads = dict(tree_flatten(nn.value_and_grad(twin, lambda: (twin.fake() * mx.array(g)).sum())()[1]))
+    rows, width = g.shape
+    group = twin.group_size or width
+    w = np.array(twin.weight * twin.unit).reshape(rows, -1, group)
+    s = np.array(twin.stored_param("scales"))[..., None]
+    if fmt == "ternary":
+        b, low, high, codes = 0.0, -1, 1, twin.codes().astype(np.float32) - 1
+    else:
+        b, low, high, codes = np.array(twin.stored_param("biases"))[..., None], 0, 2**bits - 1, twin.codes()
+    u = (w - b) / s
+    inside = ((u > low - 0.5) & (u < high + 0.5)).reshape(rows, width)
+    assert 0.01 < 1 - inside.mean() < 0.9  # both kinds present
+    grouped = g.reshape(rows, -1, group)
+    expected = {"weight": g * inside, "scales": (codes.reshape(rows, -1, group) * grouped).sum(-1)}
+    if fmt == "affine":
+        expected["biases"] = grouped.sum(-1)
+    assert set(grads) == set(expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(np.array(grads[name]), value * twin.unit, rtol=1e-4, atol=1e-4 * twin.unit,
+                                   err_msg=name)
 
 
 def test_blockwise_quantize_saves_for_stock_mlx_lm(tmp_path):

@@ -12,7 +12,7 @@ plain layers holding the float weights and :func:`mlx_slm.quantize` stores them.
 already quantized (by gptq, blockwise, ...): each quantized linear layer trains
 through its :mod:`mlx_slm.quant.fake_quant` twin, whose float weights AND the
 format's own parameters (affine scales and biases, lut palettes, ternary scales)
-learn, LSQ-style; at the end every layer is stored back in its format. The other
+learn (with the gradients that module describes); at the end every layer is stored back in its format. The other
 parameters (norms, embeddings, head) stay frozen.
 """
 

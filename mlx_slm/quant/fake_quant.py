@@ -11,8 +11,13 @@ A twin replaces one quantized linear layer (affine ``QuantizedLinear``, ``LutLin
 - lut: ``q = argmin_j |w - P_j|`` over the row's palette ``P``, ``fake = r * P_q``
   with ``r`` the optional float16 row scale (``w`` holds the weight divided by ``r``).
 
-Rounding passes gradients straight through (STE), so ``w`` and the scales, biases,
-palettes and row scales all train (LSQ-style gradients for the step sizes). The
+The latent weights get gradients straight through the rounding (STE) wherever they
+are inside the format's range, and nothing where they are clipped. The format's
+parameters get the gradient of the value the layer computes with its codes held: a
+scale's is its code, a bias's 1, a palette entry's the sum over the weights that chose
+it. (LSQ's step-size gradient, code minus ``(w - b) / s``, treats the rounding as the
+identity too; at 2 and 4 bits and ternary, from gptq's codes, it raised a block's
+training error where the gradient with the codes held lowered it.) The
 format's float parameters are seen rounded to their stored dtype (float16), also
 straight through, so the values trained are the values saved: :meth:`Twin.stored`
 returns exactly the arrays of the quantized layer that computes ``fake(w)``.
@@ -48,9 +53,9 @@ def power_of_two(value: float) -> float:
     return 2.0 ** round(math.log2(value)) if value > 0 and math.isfinite(value) else 1.0
 
 
-def round_ste(x: mx.array) -> mx.array:
-    """round(x) forward, identity backward."""
-    return x + mx.stop_gradient(mx.round(x) - x)
+def with_latent_gradient(value: mx.array, weight: mx.array, inside: mx.array) -> mx.array:
+    """``value`` forward (exactly); backward, ``weight`` gets the incoming gradient where ``inside``."""
+    return value + mx.where(inside, weight - mx.stop_gradient(weight), 0.0)
 
 
 def cast_ste(x: mx.array, dtype) -> mx.array:
@@ -124,8 +129,10 @@ class AffineTwin(Twin):
 
     def fake(self):
         w, s, b = self.grouped()
-        q = mx.clip(round_ste((w - b) / safe_divisor(s)), 0, (1 << self.bits) - 1)
-        return (s * q + b).reshape(self.weight.shape)
+        top = (1 << self.bits) - 1
+        u = mx.stop_gradient((w - b) / safe_divisor(s))
+        q = mx.clip(mx.round(u), 0, top)
+        return with_latent_gradient(s * q + b, w, (u > -0.5) & (u < top + 0.5)).reshape(self.weight.shape)
 
     def codes(self):
         w, s, b = self.grouped()
@@ -154,7 +161,9 @@ class TernaryTwin(Twin):
 
     def fake(self):
         w, s = self.grouped()
-        return (s * mx.clip(round_ste(w / safe_divisor(s)), -1, 1)).reshape(self.weight.shape)
+        u = mx.stop_gradient(w / safe_divisor(s))
+        q = mx.clip(mx.round(u), -1, 1)
+        return with_latent_gradient(s * q, w, mx.abs(u) < 1.5).reshape(self.weight.shape)
 
     def codes(self):
         w, s = self.grouped()
