@@ -24,7 +24,7 @@ KEPT = ("lowbit_training.json", "lowbit_training_e2e.json", "lowbit_training_128
         "lowbit_training_adopt.json", "lowbit_training_noadopt.json", "lowbit_training_bwe2e.json",
         "lowbit_training_g32.json", "lowbit_training_embed4.json", "lowbit_training_ternary_gptq.json",
         "lowbit_training_ternary_e2e.json", "lowbit_training_lut3.json", "lowbit_training_affine4.json",
-        "lowbit_training_lut4.json")
+        "lowbit_training_lut4.json", "lowbit_training_gradients.json")
 DEFAULTS = {"num_samples": 32, "calib_seq_len": 256, "blockwise_epochs": 2, "blockwise_lr": 1e-3,
             "blockwise_inputs": "quantized", "e2e_steps": 40, "e2e_batch_size": 4, "e2e_top_k": 256,
             "seq_len": 512, "max_windows": 8}
