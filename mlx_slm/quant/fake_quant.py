@@ -16,8 +16,9 @@ are inside the format's range, and nothing where they are clipped. The format's
 parameters get the gradient of the value the layer computes with its codes held: a
 scale's is its code, a bias's 1, a palette entry's the sum over the weights that chose
 it. (LSQ's step-size gradient, code minus ``(w - b) / s``, treats the rounding as the
-identity too; at 2 and 4 bits and ternary, from gptq's codes, it raised a block's
-training error where the gradient with the codes held lowered it.) The
+identity too; from gptq's codes it raised a block's training error at 2 and 4 bits,
+where the gradient with the codes held lowered it at 2 bits and raised it far less at
+4; for ternary it lowered the error less.) The
 format's float parameters are seen rounded to their stored dtype (float16), also
 straight through, so the values trained are the values saved: :meth:`Twin.stored`
 returns exactly the arrays of the quantized layer that computes ``fake(w)``.
