@@ -128,16 +128,20 @@ class AffineTwin(Twin):
         w = (self.weight * self.unit).reshape(rows, width // self.group_size, self.group_size)
         return w, self.stored_param("scales")[..., None], self.stored_param("biases")[..., None]
 
-    def fake(self):
+    def positions(self):
+        """(w, s, b, u, q) per group: weights, scales, biases, each weight's position ``u = (w - b) / s``
+        in steps (no gradient) and its code ``q = clip(round(u), 0, 2**bits - 1)``."""
         w, s, b = self.grouped()
-        top = (1 << self.bits) - 1
         u = mx.stop_gradient((w - b) / safe_divisor(s))
-        q = mx.clip(mx.round(u), 0, top)
+        return w, s, b, u, mx.clip(mx.round(u), 0, (1 << self.bits) - 1)
+
+    def fake(self):
+        w, s, b, u, q = self.positions()
+        top = (1 << self.bits) - 1
         return with_latent_gradient(s * q + b, w, (u > -0.5) & (u < top + 0.5)).reshape(self.weight.shape)
 
     def codes(self):
-        w, s, b = self.grouped()
-        q = mx.clip(mx.round((w - b) / safe_divisor(s)), 0, (1 << self.bits) - 1)
+        q = self.positions()[-1]
         return np.array(q.reshape(self.weight.shape)).astype(np.uint8)
 
     def stored(self):
@@ -160,15 +164,19 @@ class TernaryTwin(Twin):
         w = (self.weight * self.unit).reshape(rows, width // group, group)
         return w, self.stored_param("scales")[..., None]
 
-    def fake(self):
+    def positions(self):
+        """(w, s, u, q) per group: weights, scales, each weight's position ``u = w / s`` in steps (no
+        gradient) and its trit ``q = clip(round(u), -1, 1)``."""
         w, s = self.grouped()
         u = mx.stop_gradient(w / safe_divisor(s))
-        q = mx.clip(mx.round(u), -1, 1)
+        return w, s, u, mx.clip(mx.round(u), -1, 1)
+
+    def fake(self):
+        w, s, u, q = self.positions()
         return with_latent_gradient(s * q, w, mx.abs(u) < 1.5).reshape(self.weight.shape)
 
     def codes(self):
-        w, s = self.grouped()
-        trits = mx.clip(mx.round(w / safe_divisor(s)), -1, 1)
+        trits = self.positions()[-1]
         return (np.array(trits.reshape(self.weight.shape)) + 1).astype(np.uint8)
 
     def stored(self):
