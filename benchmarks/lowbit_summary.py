@@ -25,9 +25,7 @@ KEPT = ("lowbit_training.json", "lowbit_training_e2e.json", "lowbit_training_128
         "lowbit_training_g32.json", "lowbit_training_embed4.json", "lowbit_training_ternary_gptq.json",
         "lowbit_training_ternary_e2e.json", "lowbit_training_lut3.json", "lowbit_training_affine4.json",
         "lowbit_training_lut4.json", "lowbit_training_gradients.json")
-DEFAULTS = {"num_samples": 32, "calib_seq_len": 256, "blockwise_epochs": 2, "blockwise_lr": 1e-3,
-            "blockwise_inputs": "quantized", "e2e_steps": 40, "e2e_batch_size": 4, "e2e_top_k": 256,
-            "seq_len": 512, "max_windows": 8}
+BY_ROW = ("e2e_lr", "e2e_adopt")  # defaults that depend on the row: checked in at_defaults
 RECIPES = ("blockwise", "e2e", "blockwise+e2e")  # after the start's row
 # (row, what is measured, bound, as the issue words it); "ppl_x" is PPL / fp16's PPL
 TARGETS = (("affine:2:64", "ppl_x", 2.5, "2-bit g64: PPL at most 2.5x fp16"),
@@ -36,13 +34,20 @@ TARGETS = (("affine:2:64", "ppl_x", 2.5, "2-bit g64: PPL at most 2.5x fp16"),
            ("ternary:2:0", "ppl_x", 10.0, "ternary: PPL at most 10x fp16"))
 
 
+def defaults() -> dict:
+    """The benchmark's default settings, read off its own parser (a setting a file lacks predates it)."""
+    from lowbit_training import RUN_ONLY, build_parser
+
+    return {k: v for k, v in vars(build_parser().parse_args([])).items() if k not in RUN_ONLY + BY_ROW}
+
+
 def at_defaults(settings: dict, row: dict) -> bool:
     """Whether ``row`` was measured at the default budget: the settings the file names are the benchmark's
     defaults, its end-to-end rate and adoption (if given) the e2e method's for the row's bits and start."""
     from mlx_slm.quant.methods.blockwise import default_start
     from mlx_slm.quant.methods.e2e import default_adopt, default_rate
 
-    if any(settings.get(key, value) != value for key, value in DEFAULTS.items()):
+    if any(settings.get(key, value) != value for key, value in defaults().items()):
         return False
     if "e2e" not in row["recipe"]:
         return True

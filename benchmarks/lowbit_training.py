@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 import mlx_slm
+from mlx_slm import interrupt
 from mlx_slm.data.corpora import local_text
 from mlx_slm.io.atomic import atomic_file
 from mlx_slm.quant.methods.blockwise import default_start
@@ -169,7 +170,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="float model folder or .gguf (default: the SmolLM2-135M GGUF)")
     parser.add_argument("--out", default="runs/lowbit_training")
@@ -194,6 +195,15 @@ def main(argv=None) -> None:
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per evaluation window")
     parser.add_argument("--max-windows", type=int, default=8, help="evaluation windows")
     parser.add_argument("--resume", action="store_true", help="keep rows measured with the same settings")
+    return parser
+
+
+RUN_ONLY = ("out", "rows", "recipes", "resume")  # arguments that are not settings of a measurement
+
+
+def main(argv=None) -> None:
+    interrupt.install()  # Ctrl-C or SIGTERM: this run's scratch folders go with it
+    parser = build_parser()
     args = parser.parse_args(argv)
     recipes = [r for r in args.recipes.split(",") if r]
     unknown = set(recipes) - set(RECIPES)
@@ -207,7 +217,7 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     texts = write_texts(out)
     bench = Bench(args, out)
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "rows", "recipes", "resume")}
+    settings = {k: v for k, v in vars(args).items() if k not in RUN_ONLY}
     path = out / "lowbit_training.json"
     rows = []
     if args.resume and path.is_file():

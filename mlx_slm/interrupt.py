@@ -1,11 +1,13 @@
-"""Ctrl-C in the ``mlx-slm`` command: one line and exit status 130 at any moment.
+"""Ctrl-C (or SIGTERM) in the ``mlx-slm`` command: one line and exit status 130 (143) at any moment.
 
 A ``KeyboardInterrupt`` raised in the middle of an import or inside a native
 extension's callback can print a long traceback or abort the process (a nanobind
-module being initialised aborts with status 134). The command therefore replaces
-Python's handler (:func:`install`, the first thing the command does) with one that
-removes this run's scratch files and folders (registered with :func:`scratch`),
-prints one line and ends the process at once. The package installs it on import
+module being initialised aborts with status 134), and SIGTERM (``kill``, a job
+scheduler's stop) ends Python without running any cleanup. The command therefore
+replaces Python's handlers of both (:func:`install`, the first thing the command
+does) with one that removes this run's scratch files and folders (registered with
+:func:`scratch`), prints one line and ends the process at once with status 128 plus
+the signal's number. The package installs it on import
 when the process is the command (:func:`is_command`), before anything heavy loads. Sections that must not be cut in
 half (the renames that put an output in place) run under :func:`deferred`; an
 interrupt during one takes effect when it ends. Library callers keep Python's
@@ -22,11 +24,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 MESSAGE = "mlx-slm: interrupted; no partial output was left behind"
-EXIT_STATUS = 130
+TERMINATED = "mlx-slm: terminated; no partial output was left behind"
+EXIT_STATUS = 130  # 128 + SIGINT; SIGTERM ends with 143
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _scratch: list[Path] = []
 _deferring = 0
-_pending = False
+_pending: int | None = None  # the signal that arrived during a deferred section
 
 
 def is_command() -> bool:
@@ -37,20 +41,22 @@ def is_command() -> bool:
 
 
 def install() -> None:
-    """Route SIGINT to :func:`_quit` for the rest of the process (unless it is ignored: a background job)."""
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, _on_signal)
+    """Route SIGINT and SIGTERM to :func:`_quit` for the rest of the process (each unless it is ignored:
+    SIGINT in a background job)."""
+    for signum in SIGNALS:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _on_signal)
 
 
 def _on_signal(signum, frame) -> None:
     global _pending
     if _deferring:
-        _pending = True
+        _pending = signum
         return
-    _quit()
+    _quit(signum)
 
 
-def _quit() -> None:
+def _quit(signum: int) -> None:
     for path in reversed(_scratch):
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
@@ -61,8 +67,9 @@ def _quit() -> None:
             stream.flush()
         except (OSError, ValueError):
             pass
-    os.write(2, (("\n" if sys.stderr.isatty() else "") + MESSAGE + "\n").encode())
-    os._exit(EXIT_STATUS)
+    message = MESSAGE if signum == signal.SIGINT else TERMINATED
+    os.write(2, (("\n" if sys.stderr.isatty() else "") + message + "\n").encode())
+    os._exit(128 + signum)
 
 
 @contextmanager
@@ -85,5 +92,5 @@ def deferred():
         yield
     finally:
         _deferring -= 1
-        if not _deferring and _pending:
-            _quit()
+        if not _deferring and _pending is not None:
+            _quit(_pending)

@@ -5,7 +5,7 @@ handled before it); each runs through the command's ``main`` in a folder of prep
 files, and the test asserts the status, that stderr is exactly one line starting
 ``mlx-slm`` with the expected words, and that no file under the folder changed, appeared
 or vanished. Ctrl-C is driven through the real command in a subprocess at several
-moments, from the imports to the work: status 130, one line, no partial output left.
+moments, from the imports to the work: status 130, one line, no partial output left; SIGTERM likewise (143).
 """
 
 import json
@@ -192,28 +192,31 @@ def listen_to_ctrl_c():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-@pytest.mark.parametrize("delay", [0.4, 0.8, 1.5, 3.0])
-def test_ctrl_c_at_any_moment_is_one_line_and_status_130(long_job, delay):
+@pytest.mark.parametrize("signum, delay", [(signal.SIGINT, 0.4), (signal.SIGINT, 0.8), (signal.SIGINT, 1.5),
+                                           (signal.SIGINT, 3.0), (signal.SIGTERM, 1.5)])
+def test_ctrl_c_or_sigterm_at_any_moment_is_one_line_and_its_status(long_job, signum, delay):
     """From the package's first import (the interpreter's own start-up, tens of milliseconds, comes
     before any of our code and keeps Python's handler) through the heavy imports, the model load and
-    the calibration: no traceback, no abort, nothing left beside the output."""
-    from mlx_slm.interrupt import MESSAGE
+    the calibration: no traceback, no abort, nothing left beside the output; status 128 + the signal."""
+    from mlx_slm.interrupt import MESSAGE, TERMINATED
 
     root, command = long_job
     before = snapshot(root)
     job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            preexec_fn=listen_to_ctrl_c)
     time.sleep(delay)
-    assert job.poll() is None, "the job ended before the interrupt; make it longer"
-    job.send_signal(signal.SIGINT)
+    assert job.poll() is None, "the job ended before the signal; make it longer"
+    job.send_signal(signum)
     _, err = job.communicate(timeout=60)
-    assert job.returncode == 130, err
-    assert err.strip() == MESSAGE, err
+    assert job.returncode == 128 + signum, err
+    assert err.strip() == (MESSAGE if signum == signal.SIGINT else TERMINATED), err
     assert snapshot(root) == before
 
 
-def test_interrupt_waits_for_a_deferred_section_and_removes_scratch(tmp_path):
-    """Ctrl-C inside :func:`deferred` (the renames) takes effect after it; registered scratch is removed."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_waits_for_a_deferred_section_and_removes_scratch(tmp_path, signum):
+    """Ctrl-C or SIGTERM inside :func:`deferred` (the renames) takes effect after it; registered scratch is
+    removed."""
     script = f"""
 import os, signal, time
 from pathlib import Path
@@ -224,13 +227,14 @@ scratch.mkdir()
 (scratch / "half.bin").write_bytes(b"x")
 with interrupt.scratch(scratch):
     with interrupt.deferred():
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), {int(signum)})
         time.sleep(0.2)
         print("renamed", flush=True)
     print("never", flush=True)
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False,
                             preexec_fn=listen_to_ctrl_c)
-    assert result.returncode == 130 and result.stdout == "renamed\n", (result.stdout, result.stderr)
-    assert result.stderr.strip().endswith("interrupted; no partial output was left behind")
+    assert result.returncode == 128 + signum and result.stdout == "renamed\n", (result.stdout, result.stderr)
+    word = "interrupted" if signum == signal.SIGINT else "terminated"
+    assert result.stderr.strip() == f"mlx-slm: {word}; no partial output was left behind"
     assert not (tmp_path / "scratch").exists()
