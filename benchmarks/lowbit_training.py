@@ -3,7 +3,8 @@
     python benchmarks/lowbit_training.py [--out runs/lowbit_training]
         [--rows affine:2:64,affine:2:32,affine:3:64,affine:4:64,lut:3:8,lut:4:8,ternary:2:0]
         [--recipes start,blockwise,blockwise+e2e,e2e] [--num-samples 32] [--calib-seq-len 256]
-        [--blockwise-epochs 2] [--blockwise-lr 1e-3] [--e2e-steps 40] [--e2e-lr LR] [--resume]
+        [--blockwise-epochs 2] [--blockwise-lr 1e-3] [--blockwise-scale-lr 1e-3]
+        [--e2e-steps 40] [--e2e-lr LR] [--resume]
 
 A row is FORMAT:BITS:GROUP, or FORMAT:BITS:GROUP:EMBED with the embedding and its tied
 head stored affine at EMBED bits in groups of 64 (``affine:2:64:4``: a mixed model, its
@@ -116,6 +117,7 @@ class Bench:
             model, _ = mlx_slm.load(start_folder)
             tokens, _ = calibration_windows(**self.calibration)
             config = BlockwiseConfig(epochs=self.args.blockwise_epochs, learning_rate=self.args.blockwise_lr,
+                                     scale_learning_rate=self.args.blockwise_scale_lr,
                                      inputs=self.args.blockwise_inputs)
             report = reconstruct_blocks(model, self.reference, tokens, config)
             mlx_slm.save(model, self.tokenizer, folder, overwrite=True,
@@ -180,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-samples", type=int, default=32, help="calibration windows")
     parser.add_argument("--calib-seq-len", type=int, default=256, help="tokens per calibration / training window")
     parser.add_argument("--blockwise-epochs", type=int, default=2)
-    parser.add_argument("--blockwise-lr", type=float, default=1e-3)
+    parser.add_argument("--blockwise-lr", type=float, default=1e-3, help="the weights' rate, relative to a step")
+    parser.add_argument("--blockwise-scale-lr", type=float, default=1e-3,
+                        help="the rate of scales, biases, palettes and row scales, relative to their size")
     parser.add_argument("--blockwise-inputs", default="quantized", choices=("quantized", "float"))
     parser.add_argument("--e2e-steps", type=int, default=40)
     parser.add_argument("--e2e-batch-size", type=int, default=4)
