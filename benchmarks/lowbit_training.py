@@ -4,7 +4,7 @@
         [--rows affine:2:64,affine:2:32,affine:3:64,affine:4:64,lut:3:8,lut:4:8,ternary:2:0]
         [--recipes start,blockwise,blockwise+e2e,e2e] [--num-samples 32] [--calib-seq-len 256]
         [--blockwise-epochs 2] [--blockwise-lr 1e-3] [--blockwise-scale-lr 1e-3]
-        [--e2e-steps 40] [--e2e-lr LR] [--resume]
+        [--e2e-steps 40] [--e2e-lr LR] [--e2e-data calib|teacher] [--resume]
 
 A row is FORMAT:BITS:GROUP, or FORMAT:BITS:GROUP:EMBED with the embedding and its tied
 head stored affine at EMBED bits in groups of 64 (``affine:2:64:4``: a mixed model, its
@@ -129,17 +129,39 @@ class Bench:
     def end_to_end(self, model, bits: int, start: str) -> dict:
         """What ``quantize(method="e2e")`` does after its start (:func:`train_end_to_end`), on this
         benchmark's training and held-out texts, the teacher cache kept for every row."""
-        from mlx_slm.quant.methods.e2e import E2EConfig, default_adopt, default_rate, train_end_to_end
+        from mlx_slm.quant.methods.e2e import (
+            E2EConfig,
+            default_adopt,
+            default_rate,
+            split_text,
+            teacher_tokens,
+            train_end_to_end,
+        )
 
         args = self.args
         config = E2EConfig(steps=args.e2e_steps, batch_size=args.e2e_batch_size,
                            learning_rate=args.e2e_lr or default_rate(bits),
                            top_k=args.e2e_top_k, eval_every=args.e2e_eval_every, eval_windows=args.e2e_eval_windows,
-                           adopt=default_adopt(start) if args.e2e_adopt is None else args.e2e_adopt)
-        report = train_end_to_end(model, self.reference, self.tokenizer, (self.out / "train.txt").read_text(),
-                                  (self.out / "heldout.txt").read_text(), config.check(), args.calib_seq_len,
-                                  cache_dir=self.out / "cache")
+                           data=args.e2e_data, adopt=default_adopt(start) if args.e2e_adopt is None else args.e2e_adopt)
+        if config.data == "teacher":
+            train, held = split_text(self.teacher_text(teacher_tokens(config, args.calib_seq_len), config.seed),
+                                     config.held_out)
+        else:
+            train, held = (self.out / "train.txt").read_text(), (self.out / "heldout.txt").read_text()
+        report = train_end_to_end(model, self.reference, self.tokenizer, train, held, config.check(),
+                                  args.calib_seq_len, cache_dir=self.out / f"cache-{config.data}")
         return {"tokens": report["train_tokens"], "e2e_heldout_kl": report["held_out_curve"], "e2e": report}
+
+    def teacher_text(self, tokens: int, seed: int) -> str:
+        """What ``quantize(method="e2e", data="teacher")`` samples from the float model, sampled once per
+        token count and seed and kept in OUT (minutes of generation on a CPU)."""
+        from mlx_slm.data.teacher_text import sample_text
+
+        path = self.out / f"teacher-{tokens}-{seed}.txt"
+        if not path.is_file():
+            with atomic_file(path) as tmp:
+                tmp.write_text(sample_text(self.reference, self.tokenizer, tokens, seed))
+        return path.read_text()
 
     def measure(self, row: dict, name: str, recipe: str) -> dict:
         start_folder, start_seconds = self.start(row, name)
@@ -193,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--e2e-top-k", type=int, default=256, help="teacher logits cached per position")
     parser.add_argument("--e2e-eval-every", type=int, default=10)
     parser.add_argument("--e2e-eval-windows", type=int, default=4)
+    parser.add_argument("--e2e-data", default="calib", choices=("calib", "teacher"),
+                        help="train on the calibration text's first 95%% (its last 5%% held out), or on text "
+                             "sampled from the float model (its last 5%% held out; kept in OUT)")
     parser.add_argument("--e2e-adopt", action=argparse.BooleanOptionalAction, default=None,
                         help="latent weights start at the float model's where those round to the start's codes "
                              "(default: the e2e method's, by the start)")

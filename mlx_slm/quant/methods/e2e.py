@@ -2,7 +2,9 @@
 every decoder layer's float weights and step sizes trained through the format's rounding on the
 float model's cached top-k logits (:func:`mlx_slm.distill.distill` with ``train_quantized``; MLX only).
 
-The calibration text is split: its last ``held_out`` fraction is never trained on. Every
+It trains on the calibration text, or (``data="teacher"``) on text sampled from the float
+model itself (:mod:`mlx_slm.data.teacher_text`, LLM-QAT's data-free recipe), as many tokens as
+the steps read. The text is split: its last ``held_out`` fraction is never trained on. Every
 ``eval_every`` steps the trainer scores its first ``eval_windows`` windows (KL(float || model)
 per token, full vocabulary) and training ends in the state of the lowest score (``patience``
 stops it early); the saved model is then scored on the same windows and kept only if it beats
@@ -23,6 +25,7 @@ from . import Method, MethodOptions, option, register
 from .blockwise import default_start
 
 STARTS = ("rtn", "imatrix", "gptq", "awq", "blockwise")
+DATA = ("calib", "teacher")
 
 
 @dataclass
@@ -41,7 +44,10 @@ class E2EConfig(MethodOptions):
     patience: int = option(0, "stop after this many evaluations without a lower held-out KL (0: never)")
     eval_windows: int = option(4, "held-out windows of --seq-len tokens")
     held_out: float = option(0.05, "fraction at the end of the calibration text never trained on")
-    seed: int = option(0, "seed of the window order")
+    seed: int = option(0, "seed of the window order (and of the teacher's sampling)")
+    data: str = option("calib", "what it trains on: 'calib', the calibration text, or 'teacher', text sampled "
+                                "from the float model (as many tokens as the steps read; data-free, as "
+                                "LLM-QAT); the held-out windows come from the same text", choices=DATA)
     adopt: bool | None = option(None, "start each layer's latent weights at the float model's wherever those "
                                       "round to the start's codes, else at the codes' values (default: after rtn "
                                       "and imatrix, not after gptq, awq or blockwise; see default_adopt)")
@@ -58,6 +64,8 @@ class E2EConfig(MethodOptions):
             raise SLMError(f"e2e patience must be 0 (never stop early) or more, not {self.patience}")
         if not 0 < self.held_out < 1:
             raise SLMError(f"e2e held_out must be between 0 and 1, not {self.held_out}")
+        if self.data not in DATA:
+            raise SLMError(f"e2e data must be one of {', '.join(DATA)}, not {self.data!r}")
         return self
 
     def uses(self, weight_format: str) -> tuple[str, ...]:
@@ -87,6 +95,12 @@ def split_text(text: str, held_out: float) -> tuple[str, str]:
     line = text.rfind("\n", 0, cut)
     cut = line if line > 0 else cut
     return text[:cut], text[cut:]
+
+
+def teacher_tokens(config: E2EConfig, seq_len: int) -> int:
+    """How many tokens to sample from the teacher for ``data="teacher"``: what the steps read, plus the
+    held-out fraction."""
+    return math.ceil(config.steps * config.batch_size * seq_len / (1 - config.held_out))
 
 
 def train_end_to_end(model, teacher, tokenizer, train_text: str, held_text: str, config: E2EConfig, seq_len: int,
@@ -132,6 +146,7 @@ def train_end_to_end(model, teacher, tokenizer, train_text: str, held_text: str,
 
 
 def run(model, settings, calibration, progress):
+    from ...data.teacher_text import sample_text
     from ...data.text import read_text
     from ...quantize import float_teacher, record_result, run_method
 
@@ -141,9 +156,15 @@ def run(model, settings, calibration, progress):
     config = replace(config, start=start, learning_rate=config.learning_rate or default_rate(bits),
                      adopt=default_adopt(start) if config.adopt is None else config.adopt)
     if calibration.text is None:
-        raise SLMError("method 'e2e' trains on the calibration text: pass calib=<.txt/.jsonl or strings> (--calib)")
-    train_text, held_text = split_text(read_text(calibration.text), config.held_out)
+        raise SLMError("method 'e2e' needs a calibration text (its start's, and its training text unless "
+                       "data='teacher'): pass calib=<.txt/.jsonl or strings> (--calib)")
     teacher = float_teacher(model)
+    if config.data == "teacher":
+        text = sample_text(teacher, calibration.tokenizer, teacher_tokens(config, calibration.seq_len),
+                           config.seed, progress=progress)
+    else:
+        text = read_text(calibration.text)
+    train_text, held_text = split_text(text, config.held_out)
     run_method(model, replace(settings, method=config.start), calibration, progress)
     report = train_end_to_end(model, teacher, calibration.tokenizer, train_text, held_text, config,
                               calibration.seq_len, progress)
@@ -153,7 +174,8 @@ def run(model, settings, calibration, progress):
 
 def report(record: dict) -> str:
     done = record["e2e"]
-    return (f"e2e from {done['start']}: held-out KL {done['start_kl']:.4f} -> {done['final_kl']:.4f}"
+    source = " on text sampled from the float model" if done.get("data") == "teacher" else ""
+    return (f"e2e from {done['start']}{source}: held-out KL {done['start_kl']:.4f} -> {done['final_kl']:.4f}"
             + (" (the start was kept)" if done["kept_start"] else "")
             + f" ({done['train_tokens']} tokens trained, {done['seconds']:.0f} s)")
 
