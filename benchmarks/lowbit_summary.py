@@ -24,7 +24,7 @@ KEPT = ("lowbit_training.json", "lowbit_training_e2e.json", "lowbit_training_128
         "lowbit_training_adopt.json", "lowbit_training_noadopt.json", "lowbit_training_bwe2e.json",
         "lowbit_training_g32.json", "lowbit_training_embed4.json", "lowbit_training_ternary_gptq.json",
         "lowbit_training_ternary_e2e.json", "lowbit_training_lut3.json", "lowbit_training_affine4.json",
-        "lowbit_training_lut4.json", "lowbit_training_gradients.json")
+        "lowbit_training_lut4.json", "lowbit_training_gradients.json", "lowbit_training_g64_rerun.json")
 BY_ROW = ("e2e_lr", "e2e_adopt")  # defaults that depend on the row: checked in at_defaults
 RECIPES = ("blockwise", "e2e", "blockwise+e2e")  # after the start's row
 # (row, what is measured, bound, as the issue words it); "ppl_x" is PPL / fp16's PPL
