@@ -3,7 +3,7 @@
     python benchmarks/lowbit_training.py [--out runs/lowbit_training]
         [--rows affine:2:64,affine:2:32,affine:3:64,affine:4:64,lut:3:8,lut:4:8,ternary:2:0]
         [--recipes start,blockwise,blockwise+e2e,e2e] [--num-samples 32] [--calib-seq-len 256]
-        [--blockwise-epochs 2] [--blockwise-lr 1e-3] [--blockwise-scale-lr 1e-3]
+        [--blockwise-epochs 2] [--blockwise-lr 1e-3] [--blockwise-scale-lr 1e-3] [--blockwise-data calib|teacher]
         [--e2e-steps 40] [--e2e-lr LR] [--e2e-data calib|teacher] [--resume]
 
 A row is FORMAT:BITS:GROUP, or FORMAT:BITS:GROUP:EMBED with the embedding and its tied
@@ -107,18 +107,22 @@ class Bench:
         model: (model, its extra columns). Run once per row and saved (OUT/blockwise-ROW), so
         ``blockwise+e2e`` starts from the very model the ``blockwise`` row measured, its block-wise
         seconds and tokens counted."""
+        from mlx_slm.data.teacher_text import teacher_windows
         from mlx_slm.data.windows import calibration_windows
         from mlx_slm.quant.blockwise import reconstruct_blocks
         from mlx_slm.quant.methods.blockwise import BlockwiseConfig
 
-        folder = self.out / f"blockwise-{name.replace(':', '-')}"
+        teacher = self.args.blockwise_data == "teacher"
+        folder = self.out / f"blockwise-{name.replace(':', '-')}{'-teacher' if teacher else ''}"
         record = folder / "blockwise.json"
         if not record.is_file():
             model, _ = mlx_slm.load(start_folder)
-            tokens, _ = calibration_windows(**self.calibration)
             config = BlockwiseConfig(epochs=self.args.blockwise_epochs, learning_rate=self.args.blockwise_lr,
                                      scale_learning_rate=self.args.blockwise_scale_lr,
-                                     inputs=self.args.blockwise_inputs)
+                                     inputs=self.args.blockwise_inputs, data=self.args.blockwise_data)
+            tokens, _ = calibration_windows(**self.calibration)
+            if teacher:  # what quantize(method="blockwise", data="teacher") trains on
+                tokens, _ = teacher_windows(self.reference, self.tokenizer, *tokens.shape, config.seed)
             report = reconstruct_blocks(model, self.reference, tokens, config)
             mlx_slm.save(model, self.tokenizer, folder, overwrite=True,
                          extra_files={"blockwise.json": json.dumps(report, default=str)})
@@ -208,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--blockwise-scale-lr", type=float, default=1e-3,
                         help="the rate of scales, biases, palettes and row scales, relative to their size")
     parser.add_argument("--blockwise-inputs", default="quantized", choices=("quantized", "float"))
+    parser.add_argument("--blockwise-data", default="calib", choices=("calib", "teacher"),
+                        help="block-wise training windows: the calibration windows, or as many of text sampled "
+                             "from the float model (the start calibrates on the calibration text either way)")
     parser.add_argument("--e2e-steps", type=int, default=40)
     parser.add_argument("--e2e-batch-size", type=int, default=4)
     parser.add_argument("--e2e-lr", type=float, default=None,

@@ -118,13 +118,16 @@ def test_lowbit_summary_keeps_the_last_default_budget_row(tmp_path, capsys):
         {"settings": {**default, "e2e_lr": 1e-2}, "rows": [row("affine:2:64", "e2e", 31.0, 0.5, curve=[[0, 2.0]])]},
         {"settings": {**default, "e2e_data": "teacher"},
          "rows": [row("affine:2:64", "e2e", 50.0, 1.1, curve=[[0, 2.0]])]},
+        {"settings": {**default, "blockwise_data": "teacher"},
+         "rows": [row("affine:2:64", "blockwise+e2e", 48.0, 1.0, curve=[[0, 2.0]])]},
     ]}))
     lowbit_summary.main([str(older), str(newer), "--out", str(tmp_path / "summary.json")])
     summary = json.loads((tmp_path / "summary.json").read_text())
     kept = {(r["row"], r["recipe"]): (r["ppl"], r["source"]) for r in summary["rows"]}
     assert kept == {("affine:2:64", "gptq"): (390.0, "newer.json"), ("affine:2:64", "blockwise"): (45.0, "newer.json"),
                     ("affine:2:64", "e2e"): (260.0, "older.json"), ("affine:4:64", "gptq"): (26.0, "older.json"),
-                    ("affine:2:64", "e2e/teacher"): (50.0, "newer.json")}  # trained on the float model's text
+                    ("affine:2:64", "e2e/teacher"): (50.0, "newer.json"),  # trained on the float model's text
+                    ("affine:2:64", "blockwise/teacher+e2e"): (48.0, "newer.json")}
     goals = {goal["target"].split(":")[0]: goal for goal in summary["targets"]}
     assert goals["2-bit g64"]["best_recipe"] == "blockwise" and goals["2-bit g64"]["value"] == 45.0 / 20.0
     assert goals["2-bit g64"]["met"] and goals["4-bit g64"]["met"]

@@ -12,13 +12,17 @@ the same seed and batch size samples the same text.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from tqdm import tqdm
 
 from ..errors import SLMError
 from ..progress import hidden
 
+DATA = ("calib", "teacher")  # what a training method trains on: the calibration text, or text sampled here
 SEPARATOR = "\n\n"  # between samples: a paragraph break, so a training window may span two samples
+MARGIN = 1.25  # tokens sampled per token needed: decoded without special tokens, the text encodes to fewer
 
 
 def first_tokens(tokenizer, count: int, rng: np.random.Generator) -> list[int]:
@@ -63,3 +67,14 @@ def sample_text(model, tokenizer, tokens: int, seed: int = 0, progress: bool = T
     :data:`SEPARATOR`."""
     samples = sample_tokens(model, tokenizer, tokens, seed, progress=progress)
     return SEPARATOR.join(tokenizer.decode(ids, skip_special_tokens=True) for ids in samples)
+
+
+def teacher_windows(model, tokenizer, num_samples: int, seq_len: int, seed: int = 0,
+                    progress: bool = True) -> tuple[np.ndarray, dict]:
+    """``num_samples`` windows [num_samples, seq_len] of text sampled from ``model``, cut as
+    :func:`mlx_slm.data.windows.calibration_windows` cuts a calibration text, and their record."""
+    from .windows import calibration_windows
+
+    text = sample_text(model, tokenizer, math.ceil(MARGIN * num_samples * seq_len), seed, progress)
+    tokens, record = calibration_windows(tokenizer, [text], num_samples, seq_len)
+    return tokens, {**record, "source": f"text sampled from the float model (seed {seed})"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from ...data.teacher_text import DATA
 from ...errors import SLMError
 from . import Method, MethodOptions, get_method, option, register
 
@@ -36,7 +37,10 @@ class BlockwiseConfig(MethodOptions):
                                       "model's block output either way", choices=INPUTS)
     held_out: float = option(0.125, "fraction of the calibration windows kept out of training; a block keeps "
                                     "its start unless its error on them drops")
-    seed: int = option(0, "seed of the batch order")
+    seed: int = option(0, "seed of the batch order (and of the teacher's sampling)")
+    data: str = option("calib", "what the blocks train on: 'calib', the calibration windows, or 'teacher', as "
+                                "many windows of text sampled from the float model (data-free, as LLM-QAT; "
+                                "the start still calibrates on the calibration text)", choices=DATA)
     checkpoint: str | None = option(None, "folder where every finished block is saved; a rerun with the same "
                                           "calibration, settings and start resumes after the last saved block "
                                           "(the folder is kept; a folder of another run is refused)")
@@ -55,6 +59,8 @@ class BlockwiseConfig(MethodOptions):
                 raise SLMError(f"blockwise {name} must be a positive number, not {value}")
         if not 0 < self.held_out < 1:
             raise SLMError(f"blockwise held_out must be between 0 and 1, not {self.held_out}")
+        if self.data not in DATA:
+            raise SLMError(f"blockwise data must be one of {', '.join(DATA)}, not {self.data!r}")
         return self
 
     def uses(self, weight_format: str) -> tuple[str, ...]:
@@ -62,6 +68,7 @@ class BlockwiseConfig(MethodOptions):
 
 
 def run(model, settings, calibration, progress):
+    from ...data.teacher_text import teacher_windows
     from ...quantize import float_teacher, record_result, run_method
     from ..blockwise import reconstruct_blocks
 
@@ -69,6 +76,8 @@ def run(model, settings, calibration, progress):
     config = replace(config, start=config.start or default_start(settings.format))
     tokens, record = calibration.windows()
     teacher = float_teacher(model)
+    if config.data == "teacher":  # the record stays the calibration text's (the start's); the report says data
+        tokens = teacher_windows(teacher, calibration.tokenizer, *tokens.shape, config.seed, progress)[0]
     run_method(model, replace(settings, method=config.start), calibration, progress)
     report = reconstruct_blocks(model, teacher, tokens, config, progress=progress)
     record_result(model, method="blockwise", calibration=record, blockwise=report)
@@ -77,7 +86,8 @@ def run(model, settings, calibration, progress):
 
 def report(record: dict) -> str:
     done = record["blockwise"]
-    return (f"blockwise from {done['start']}: {done['improved_blocks']} of {done['trained_blocks']} blocks "
+    source = " on text sampled from the float model" if done.get("data") == "teacher" else ""
+    return (f"blockwise from {done['start']}{source}: {done['improved_blocks']} of {done['trained_blocks']} blocks "
             f"improved on held-out windows, held-out KL {done['start_kl']:.4f} -> {done['final_kl']:.4f}"
             + (" (the start was kept)" if done["kept_start"] else "")
             + f" ({done['train_tokens']} tokens trained, {done['seconds']:.0f} s)")

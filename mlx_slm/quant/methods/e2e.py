@@ -19,13 +19,13 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 
+from ...data.teacher_text import DATA
 from ...errors import SLMError
 from ...interrupt import scratch
 from . import Method, MethodOptions, option, register
 from .blockwise import default_start
 
 STARTS = ("rtn", "imatrix", "gptq", "awq", "blockwise")
-DATA = ("calib", "teacher")
 
 
 @dataclass
