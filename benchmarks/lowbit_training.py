@@ -122,7 +122,7 @@ class Bench:
                                      inputs=self.args.blockwise_inputs, data=self.args.blockwise_data)
             tokens, _ = calibration_windows(**self.calibration)
             if teacher:  # what quantize(method="blockwise", data="teacher") trains on
-                tokens, _ = teacher_windows(self.reference, self.tokenizer, *tokens.shape, config.seed)
+                tokens = teacher_windows(self.reference, self.tokenizer, *tokens.shape, config.seed)
             report = reconstruct_blocks(model, self.reference, tokens, config)
             mlx_slm.save(model, self.tokenizer, folder, overwrite=True,
                          extra_files={"blockwise.json": json.dumps(report, default=str)})

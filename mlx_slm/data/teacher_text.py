@@ -70,11 +70,10 @@ def sample_text(model, tokenizer, tokens: int, seed: int = 0, progress: bool = T
 
 
 def teacher_windows(model, tokenizer, num_samples: int, seq_len: int, seed: int = 0,
-                    progress: bool = True) -> tuple[np.ndarray, dict]:
+                    progress: bool = True) -> np.ndarray:
     """``num_samples`` windows [num_samples, seq_len] of text sampled from ``model``, cut as
-    :func:`mlx_slm.data.windows.calibration_windows` cuts a calibration text, and their record."""
+    :func:`mlx_slm.data.windows.calibration_windows` cuts a calibration text."""
     from .windows import calibration_windows
 
     text = sample_text(model, tokenizer, math.ceil(MARGIN * num_samples * seq_len), seed, progress)
-    tokens, record = calibration_windows(tokenizer, [text], num_samples, seq_len)
-    return tokens, {**record, "source": f"text sampled from the float model (seed {seed})"}
+    return calibration_windows(tokenizer, [text], num_samples, seq_len)[0]

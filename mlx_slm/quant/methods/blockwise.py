@@ -77,7 +77,7 @@ def run(model, settings, calibration, progress):
     tokens, record = calibration.windows()
     teacher = float_teacher(model)
     if config.data == "teacher":  # the record stays the calibration text's (the start's); the report says data
-        tokens = teacher_windows(teacher, calibration.tokenizer, *tokens.shape, config.seed, progress)[0]
+        tokens = teacher_windows(teacher, calibration.tokenizer, *tokens.shape, config.seed, progress)
     run_method(model, replace(settings, method=config.start), calibration, progress)
     report = reconstruct_blocks(model, teacher, tokens, config, progress=progress)
     record_result(model, method="blockwise", calibration=record, blockwise=report)
