@@ -238,7 +238,6 @@ RUN_ONLY = ("out", "rows", "recipes", "resume")  # arguments that are not settin
 
 
 def main(argv=None) -> None:
-    interrupt.install()  # Ctrl-C or SIGTERM: this run's scratch folders go with it
     parser = build_parser()
     args = parser.parse_args(argv)
     recipes = [r for r in args.recipes.split(",") if r]
@@ -279,4 +278,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    interrupt.install()  # run as a script: Ctrl-C or SIGTERM takes this run's scratch folders with it
     main()
