@@ -46,6 +46,7 @@ from pathlib import Path
 import mlx_slm
 from mlx_slm import interrupt
 from mlx_slm.data.corpora import local_text
+from mlx_slm.data.teacher_text import DATA
 from mlx_slm.io.atomic import atomic_file
 from mlx_slm.quant.methods.blockwise import default_start
 
@@ -212,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--blockwise-scale-lr", type=float, default=1e-3,
                         help="the rate of scales, biases, palettes and row scales, relative to their size")
     parser.add_argument("--blockwise-inputs", default="quantized", choices=("quantized", "float"))
-    parser.add_argument("--blockwise-data", default="calib", choices=("calib", "teacher"),
+    parser.add_argument("--blockwise-data", default="calib", choices=DATA,
                         help="block-wise training windows: the calibration windows, or as many of text sampled "
                              "from the float model (the start calibrates on the calibration text either way)")
     parser.add_argument("--e2e-steps", type=int, default=40)
@@ -222,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--e2e-top-k", type=int, default=256, help="teacher logits cached per position")
     parser.add_argument("--e2e-eval-every", type=int, default=10)
     parser.add_argument("--e2e-eval-windows", type=int, default=4)
-    parser.add_argument("--e2e-data", default="calib", choices=("calib", "teacher"),
+    parser.add_argument("--e2e-data", default="calib", choices=DATA,
                         help="train on the calibration text's first 95%% (its last 5%% held out), or on text "
                              "sampled from the float model (its last 5%% held out; kept in OUT)")
     parser.add_argument("--e2e-adopt", action=argparse.BooleanOptionalAction, default=None,

@@ -25,11 +25,10 @@ SEPARATOR = "\n\n"  # between samples: a paragraph break, so a training window m
 MARGIN = 1.25  # tokens sampled per token needed: decoded without special tokens, the text encodes to fewer
 
 
-def first_tokens(tokenizer, count: int, rng: np.random.Generator) -> list[int]:
-    """``count`` token ids drawn uniformly from the vocabulary, special tokens excluded."""
+def first_tokens(tokenizer) -> np.ndarray:
+    """The token ids a sample may start at: the vocabulary, special tokens excluded."""
     special = set(getattr(tokenizer, "all_special_ids", ()) or ())
-    vocabulary = np.array([i for i in range(tokenizer.vocab_size) if i not in special])
-    return [int(t) for t in rng.choice(vocabulary, size=count)]
+    return np.array([i for i in range(tokenizer.vocab_size) if i not in special])
 
 
 def sample_tokens(model, tokenizer, tokens: int, seed: int = 0, batch_size: int = 32, max_tokens: int = 384,
@@ -47,11 +46,12 @@ def sample_tokens(model, tokenizer, tokens: int, seed: int = 0, batch_size: int 
                        f"{batch_size} and {max_tokens}")
     rng = np.random.default_rng(seed)
     mx.random.seed(seed)
+    starts = first_tokens(tokenizer)
     samples, total = [], 0
     bar = tqdm(total=tokens, desc="sampling text from the float model", unit="tok", disable=hidden(progress))
     with fast_cpu(model):
         while total < tokens:
-            prompts = [[t] for t in first_tokens(tokenizer, batch_size, rng)]
+            prompts = [[int(t)] for t in rng.choice(starts, size=batch_size)]
             done = batch_generate(model, tokenizer, prompts, max_tokens=max_tokens,
                                   sampler=make_sampler(temp=1.0), return_token_ids=True)
             for prompt, ids in zip(prompts, done.token_ids):
