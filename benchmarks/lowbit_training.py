@@ -30,7 +30,9 @@ held-out text the end-to-end runs evaluate on every ``--e2e-eval-every`` steps, 
 the KL-vs-tokens curve); evaluation on Debian's fortunes as in
 benchmarks/quantization_quality.py (8 x 512 tokens, KL(fp16 || model) per token, top-1,
 PPL, bpw). "tokens" counts the tokens trained on (a token seen twice counts twice),
-"train s" the training wall time, "total s" with the start's quantization. Prints a
+"train s" the training wall time, sampling text from the float model included (a row that
+reuses text sampled for an earlier row counts the seconds it took), "total s" with the
+start's quantization. Prints a
 table and writes OUT/lowbit_training.json after every row (``--resume`` keeps the rows
 already measured with the same settings).
 """
@@ -122,65 +124,84 @@ class Bench:
                                      scale_learning_rate=self.args.blockwise_scale_lr,
                                      inputs=self.args.blockwise_inputs, data=self.args.blockwise_data)
             tokens, _ = calibration_windows(**self.calibration)
+            began = time.perf_counter()
             if teacher:  # what quantize(method="blockwise", data="teacher") trains on
                 tokens = teacher_windows(self.reference, self.tokenizer, *tokens.shape, config.seed)
+            sampling = time.perf_counter() - began
             report = reconstruct_blocks(model, self.reference, tokens, config)
             mlx_slm.save(model, self.tokenizer, folder, overwrite=True,
-                         extra_files={"blockwise.json": json.dumps(report, default=str)})
+                         extra_files={"blockwise.json": json.dumps({**report, "sampling_seconds": sampling},
+                                                                   default=str)})
         report = json.loads(record.read_text())
         model, _ = mlx_slm.load(folder)
-        return model, {"tokens": report["train_tokens"], "blockwise_seconds": report["seconds"], "blockwise": report}
+        return model, {"tokens": report["train_tokens"], "blockwise_seconds": report["seconds"],
+                       "sampling_seconds": report["sampling_seconds"], "blockwise": report}
 
-    def end_to_end(self, model, bits: int, start: str) -> dict:
-        """What ``quantize(method="e2e")`` does after its start (:func:`train_end_to_end`), on this
-        benchmark's training and held-out texts, the teacher cache kept for every row."""
-        from mlx_slm.quant.methods.e2e import (
-            E2EConfig,
-            default_adopt,
-            default_rate,
-            split_text,
-            teacher_tokens,
-            train_end_to_end,
-        )
+    def e2e_config(self, bits: int, start: str):
+        """The row's :class:`E2EConfig`: the benchmark's settings, the e2e method's defaults by bits and start."""
+        from mlx_slm.quant.methods.e2e import E2EConfig, default_adopt, default_rate
 
         args = self.args
-        config = E2EConfig(steps=args.e2e_steps, batch_size=args.e2e_batch_size,
-                           learning_rate=args.e2e_lr or default_rate(bits),
-                           top_k=args.e2e_top_k, eval_every=args.e2e_eval_every, eval_windows=args.e2e_eval_windows,
-                           data=args.e2e_data, adopt=default_adopt(start) if args.e2e_adopt is None else args.e2e_adopt)
+        return E2EConfig(steps=args.e2e_steps, batch_size=args.e2e_batch_size,
+                         learning_rate=args.e2e_lr or default_rate(bits),
+                         top_k=args.e2e_top_k, eval_every=args.e2e_eval_every, eval_windows=args.e2e_eval_windows,
+                         data=args.e2e_data,
+                         adopt=default_adopt(start) if args.e2e_adopt is None else args.e2e_adopt).check()
+
+    def e2e_texts(self, config) -> tuple[str, str, float]:
+        """The end-to-end run's training and held-out texts and the seconds sampling them took (0 for the
+        calibration text's split)."""
+        from mlx_slm.quant.methods.e2e import split_text, teacher_tokens
+
         if config.data == "teacher":
-            train, held = split_text(self.teacher_text(teacher_tokens(config, args.calib_seq_len), config.seed),
-                                     config.held_out)
-        else:
-            train, held = (self.out / "train.txt").read_text(), (self.out / "heldout.txt").read_text()
-        report = train_end_to_end(model, self.reference, self.tokenizer, train, held, config.check(),
-                                  args.calib_seq_len, cache_dir=self.out / f"cache-{config.data}")
+            text, seconds = self.teacher_text(teacher_tokens(config, self.args.calib_seq_len), config.seed)
+            return *split_text(text, config.held_out), seconds
+        return (self.out / "train.txt").read_text(), (self.out / "heldout.txt").read_text(), 0.0
+
+    def end_to_end(self, model, config, train: str, held: str) -> dict:
+        """What ``quantize(method="e2e")`` does after its start (:func:`train_end_to_end`), on this
+        benchmark's training and held-out texts, the teacher cache kept for every row."""
+        from mlx_slm.quant.methods.e2e import train_end_to_end
+
+        report = train_end_to_end(model, self.reference, self.tokenizer, train, held, config,
+                                  self.args.calib_seq_len, cache_dir=self.out / f"cache-{config.data}")
         return {"tokens": report["train_tokens"], "e2e_heldout_kl": report["held_out_curve"], "e2e": report}
 
-    def teacher_text(self, tokens: int, seed: int) -> str:
-        """What ``quantize(method="e2e", data="teacher")`` samples from the float model, sampled once per
-        token count and seed and kept in OUT (minutes of generation on a CPU)."""
+    def teacher_text(self, tokens: int, seed: int) -> tuple[str, float]:
+        """What ``quantize(method="e2e", data="teacher")`` samples from the float model and the seconds
+        that took: sampled once per token count and seed and kept in OUT (minutes of generation on a CPU),
+        the seconds beside it."""
         from mlx_slm.data.teacher_text import sample_text
 
-        path = self.out / f"teacher-{tokens}-{seed}.txt"
-        if not path.is_file():
+        path, record = self.out / f"teacher-{tokens}-{seed}.txt", self.out / f"teacher-{tokens}-{seed}.seconds"
+        if not (path.is_file() and record.is_file()):
+            began = time.perf_counter()
+            text = sample_text(self.reference, self.tokenizer, tokens, seed)
+            seconds = time.perf_counter() - began
             with atomic_file(path) as tmp:
-                tmp.write_text(sample_text(self.reference, self.tokenizer, tokens, seed))
-        return path.read_text()
+                tmp.write_text(text)
+            with atomic_file(record) as tmp:
+                tmp.write_text(f"{seconds}")
+        return path.read_text(), float(record.read_text())
 
     def measure(self, row: dict, name: str, recipe: str) -> dict:
         start_folder, start_seconds = self.start(row, name)
-        extra = {"tokens": 0, "blockwise_seconds": 0.0}
+        extra = {"tokens": 0, "blockwise_seconds": 0.0, "sampling_seconds": 0.0}
         if recipe.startswith("blockwise"):
             model, extra = self.blockwise(start_folder, name)
         else:
             model, _ = mlx_slm.load(start_folder)
-        began = time.perf_counter()
+        e2e_seconds = 0.0
         if recipe.endswith("e2e"):
-            e2e = self.end_to_end(model, row["bits"], "blockwise" if recipe == "blockwise+e2e"
-                                  else default_start(row["format"]))
-            extra = {**extra, **e2e, "tokens": extra["tokens"] + e2e["tokens"]}
-        train_seconds = time.perf_counter() - began + extra["blockwise_seconds"]
+            config = self.e2e_config(row["bits"], "blockwise" if recipe == "blockwise+e2e"
+                                     else default_start(row["format"]))
+            train, held, sampling = self.e2e_texts(config)
+            began = time.perf_counter()
+            e2e = self.end_to_end(model, config, train, held)
+            e2e_seconds = time.perf_counter() - began
+            extra = {**extra, **e2e, "tokens": extra["tokens"] + e2e["tokens"],
+                     "sampling_seconds": extra["sampling_seconds"] + sampling}
+        train_seconds = e2e_seconds + extra["blockwise_seconds"] + extra["sampling_seconds"]
         report = mlx_slm.evaluate(model, self.tokenizer, reference=self.reference, **self.evaluate)
         label = default_start(row["format"]) if recipe == "start" else recipe
         return {"row": name, "recipe": label, **row, "train_seconds": train_seconds,

@@ -2,12 +2,14 @@
 only at their last step, after an hour of work on the real model)."""
 
 import json
+import math
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import tiny_model_folder
+from helpers import sample_text, tiny_model_folder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 pytest.importorskip("mlx.core")
@@ -48,6 +50,43 @@ def test_lowbit_training_measures_start_blockwise_and_e2e(tmp_path):
     assert rows["blockwise+e2e"]["train_seconds"] > rows["blockwise"]["train_seconds"]
     for name in ("gptq", "blockwise", "blockwise+e2e", "e2e"):
         assert rows[name]["bpw"] == 2.5 and np.isfinite(rows[name]["kld"]) and rows[name]["kld"] > 0
+
+
+def test_lowbit_training_on_teacher_text_counts_the_sampling_in_every_row(tmp_path, monkeypatch):
+    """--blockwise-data/--e2e-data teacher: each row's block-wise pass samples its windows, the end-to-end
+    text is sampled once and reused by every row; "train s" holds the sampling seconds either way, a
+    row reusing the text counting the seconds it took. (The sampler is replaced by a slow one returning
+    readable text: a random tiny model writes tokens the trainer refuses.)"""
+    import lowbit_training
+
+    from mlx_slm.data import teacher_text
+
+    asked = []
+
+    def slow_sampler(model, tokenizer, tokens, seed=0, progress=True):
+        asked.append(tokens)
+        time.sleep(0.3)
+        return sample_text(150, seed=len(asked))
+
+    monkeypatch.setattr(teacher_text, "sample_text", slow_sampler)
+    out = tmp_path / "out"
+    lowbit_training.main([
+        "--model", str(tiny_model_folder(tmp_path, "llama")), "--out", str(out), "--rows", "affine:2:64,affine:3:64",
+        "--recipes", "blockwise,blockwise+e2e", "--num-samples", "4", "--calib-seq-len", "32",
+        "--blockwise-epochs", "1", "--blockwise-data", "teacher", "--e2e-steps", "2", "--e2e-batch-size", "2",
+        "--e2e-top-k", "16", "--e2e-eval-every", "1", "--e2e-eval-windows", "1", "--e2e-data", "teacher",
+        "--seq-len", "64", "--max-windows", "1"])
+    rows = {(r["row"], r["recipe"]): r for r in json.loads((out / "lowbit_training.json").read_text())["rows"]}
+    windows, e2e = int(np.ceil(teacher_text.MARGIN * 4 * 32)), math.ceil(2 * 2 * 32 / 0.95)
+    assert asked == [windows, e2e, windows]  # the second row's end-to-end run reuses the first's text
+    e2e_seconds = float((out / f"teacher-{e2e}-0.seconds").read_text())
+    assert e2e_seconds >= 0.3
+    for name in ("affine:2:64", "affine:3:64"):
+        blockwise, both = rows[(name, "blockwise")], rows[(name, "blockwise+e2e")]
+        assert blockwise["sampling_seconds"] >= 0.3
+        assert both["sampling_seconds"] == pytest.approx(blockwise["sampling_seconds"] + e2e_seconds)
+        assert blockwise["train_seconds"] >= blockwise["sampling_seconds"] + blockwise["blockwise_seconds"]
+        assert both["train_seconds"] > both["sampling_seconds"] + both["blockwise_seconds"]
 
 
 def test_a_lowbit_row_can_keep_its_embedding_at_more_bits(tmp_path, capsys):
