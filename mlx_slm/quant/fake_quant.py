@@ -229,7 +229,7 @@ class LutTwin(Twin):
     def fake(self):
         palettes = self.palettes()
         chosen = mx.take_along_axis(palettes, self.nearest(palettes), axis=1)
-        dense = (chosen + (self.weight - mx.stop_gradient(self.weight))) * self.unit  # exactly chosen forward
+        dense = with_latent_gradient(chosen, self.weight, mx.array(True)) * self.unit
         scales = self.row_scales()
         return dense if scales is None else dense * scales
 
