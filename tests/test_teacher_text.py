@@ -12,8 +12,9 @@ pytestmark = pytest.mark.mlx
 def test_samples_follow_the_model_at_temperature_one(tmp_path):
     """Each sample starts at a non-special token and continues as the model's own distribution says: the
     mean negative log-likelihood of the sampled tokens under the model matches the mean entropy of the
-    distributions they were drawn from (temperature 0 would give far less, uniform sampling far more). The
-    same seed samples the same tokens; another seed others."""
+    distributions they were drawn from (temperature 0 would give far less, uniform sampling far more). A
+    sample ends before ``max_tokens`` at an end-of-text token, left out. The same seed samples the same
+    tokens; another seed others."""
     import mlx.core as mx
 
     import mlx_slm
@@ -24,6 +25,8 @@ def test_samples_follow_the_model_at_temperature_one(tmp_path):
     samples = sample_tokens(model, tokenizer, 3000, seed=1, batch_size=8, max_tokens=48, progress=False)
     assert sum(map(len, samples)) >= 3000 and all(2 <= len(s) <= 49 for s in samples)
     assert not {s[0] for s in samples} & set(tokenizer.all_special_ids)
+    ended = [s for s in samples if len(s) < 49]  # stopped at an end-of-text token, which is not kept
+    assert ended and not any(set(s) & set(tokenizer.eos_token_ids) for s in samples)
     nll, entropy, count = 0.0, 0.0, 0
     for ids in samples:
         log_p = np.array(log_softmax(model(mx.array([ids])).astype(mx.float32))[0])

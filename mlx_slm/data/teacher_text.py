@@ -34,7 +34,8 @@ def first_tokens(tokenizer) -> np.ndarray:
 def sample_tokens(model, tokenizer, tokens: int, seed: int = 0, batch_size: int = 32, max_tokens: int = 384,
                   progress: bool = True) -> list[list[int]]:
     """Samples written by ``model`` (an MLX model; its tokenizer), each its first token and what followed
-    (the end-of-text token, where sampled, included), until they hold at least ``tokens`` tokens."""
+    up to ``max_tokens`` tokens or up to (not including) an end-of-text token, until they hold at least
+    ``tokens`` tokens."""
     import mlx.core as mx
     from mlx_lm import batch_generate
     from mlx_lm.sample_utils import make_sampler
