@@ -32,9 +32,8 @@ benchmarks/quantization_quality.py (8 x 512 tokens, KL(fp16 || model) per token,
 PPL, bpw). "tokens" counts the tokens trained on (a token seen twice counts twice),
 "train s" the training wall time, sampling text from the float model included (a row that
 reuses text sampled for an earlier row counts the seconds it took), "total s" with the
-start's quantization. Prints a
-table and writes OUT/lowbit_training.json after every row (``--resume`` keeps the rows
-already measured with the same settings).
+start's quantization. Prints a table and writes OUT/lowbit_training.json after every row
+(``--resume`` keeps the rows already measured with the same settings).
 """
 
 from __future__ import annotations
