@@ -109,7 +109,7 @@ class Bench:
         model: (model, its extra columns). Run once per row and saved (OUT/blockwise-ROW), so
         ``blockwise+e2e`` starts from the very model the ``blockwise`` row measured, its block-wise
         seconds and tokens counted."""
-        from mlx_slm.data.teacher_text import teacher_windows
+        from mlx_slm.data.teacher_text import window_tokens
         from mlx_slm.data.windows import calibration_windows
         from mlx_slm.quant.blockwise import reconstruct_blocks
         from mlx_slm.quant.methods.blockwise import BlockwiseConfig
@@ -123,10 +123,11 @@ class Bench:
                                      scale_learning_rate=self.args.blockwise_scale_lr,
                                      inputs=self.args.blockwise_inputs, data=self.args.blockwise_data)
             tokens, _ = calibration_windows(**self.calibration)
-            began = time.perf_counter()
-            if teacher:  # what quantize(method="blockwise", data="teacher") trains on
-                tokens = teacher_windows(self.reference, self.tokenizer, *tokens.shape, config.seed)
-            sampling = time.perf_counter() - began
+            sampling = 0.0
+            if teacher:  # teacher_windows' windows (what quantize(method="blockwise", data="teacher") trains
+                # on), their text sampled once per run: every row's block-wise pass trains on the same windows
+                text, sampling = self.teacher_text(window_tokens(*tokens.shape), config.seed)
+                tokens = calibration_windows(self.tokenizer, [text], *tokens.shape)[0]
             report = reconstruct_blocks(model, self.reference, tokens, config)
             mlx_slm.save(model, self.tokenizer, folder, overwrite=True,
                          extra_files={"blockwise.json": json.dumps({**report, "sampling_seconds": sampling},
@@ -167,9 +168,9 @@ class Bench:
         return {"tokens": report["train_tokens"], "e2e_heldout_kl": report["held_out_curve"], "e2e": report}
 
     def teacher_text(self, tokens: int, seed: int) -> tuple[str, float]:
-        """What ``quantize(method="e2e", data="teacher")`` samples from the float model and the seconds
-        that took: sampled once per token count and seed and kept in OUT (minutes of generation on a CPU),
-        the seconds beside it."""
+        """Text sampled from the float model, as the methods' ``data="teacher"`` samples it, and the
+        seconds that took: sampled once per token count and seed and kept in OUT (minutes of generation
+        on a CPU), the seconds beside it."""
         from mlx_slm.data.teacher_text import sample_text
 
         path, record = self.out / f"teacher-{tokens}-{seed}.txt", self.out / f"teacher-{tokens}-{seed}.seconds"

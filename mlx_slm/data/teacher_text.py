@@ -76,5 +76,10 @@ def teacher_windows(model, tokenizer, num_samples: int, seq_len: int, seed: int 
     :func:`mlx_slm.data.windows.calibration_windows` cuts a calibration text."""
     from .windows import calibration_windows
 
-    text = sample_text(model, tokenizer, math.ceil(MARGIN * num_samples * seq_len), seed, progress)
+    text = sample_text(model, tokenizer, window_tokens(num_samples, seq_len), seed, progress)
     return calibration_windows(tokenizer, [text], num_samples, seq_len)[0]
+
+
+def window_tokens(num_samples: int, seq_len: int) -> int:
+    """Tokens :func:`teacher_windows` samples for ``num_samples`` windows of ``seq_len``."""
+    return math.ceil(MARGIN * num_samples * seq_len)
