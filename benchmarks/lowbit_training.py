@@ -3,7 +3,8 @@
     python benchmarks/lowbit_training.py [--out runs/lowbit_training]
         [--rows affine:2:64,affine:2:32,affine:3:64,affine:4:64,lut:3:8,lut:4:8,ternary:2:0]
         [--recipes start,blockwise,blockwise+e2e,e2e] [--num-samples 32] [--calib-seq-len 256]
-        [--blockwise-epochs 2] [--blockwise-lr 1e-3] [--blockwise-scale-lr 1e-3] [--blockwise-data calib|teacher]
+        [--start-data calib|teacher] [--blockwise-epochs 2] [--blockwise-lr 1e-3] [--blockwise-scale-lr 1e-3]
+        [--blockwise-data calib|teacher]
         [--e2e-steps 40] [--e2e-lr LR] [--e2e-data calib|teacher] [--resume]
 
 A row is FORMAT:BITS:GROUP, or FORMAT:BITS:GROUP:EMBED with the embedding and its tied
@@ -27,13 +28,15 @@ reused by every recipe of the row). Recipes:
 
 Texts: training/calibration on Debian's bible-kjv (its first 95%; the last 5% is the
 held-out text the end-to-end runs evaluate on every ``--e2e-eval-every`` steps, giving
-the KL-vs-tokens curve); evaluation on Debian's fortunes as in
+the KL-vs-tokens curve), or on text sampled from the float model (``--start-data``,
+``--blockwise-data``, ``--e2e-data`` teacher: sampled once per run, kept in OUT); evaluation on Debian's fortunes as in
 benchmarks/quantization_quality.py (8 x 512 tokens, KL(fp16 || model) per token, top-1,
 PPL, bpw). "tokens" counts the tokens trained on (a token seen twice counts twice),
 "train s" the training wall time, sampling text from the float model included (a row that
 reuses text sampled for an earlier row counts the seconds it took), "total s" with the
-start's quantization. Prints a table and writes OUT/lowbit_training.json after every row
-(``--resume`` keeps the rows already measured with the same settings).
+start's quantization (with any sampling of its calibration text). Prints a table and
+writes OUT/lowbit_training.json after every row (``--resume`` keeps the rows already
+measured with the same settings).
 """
 
 from __future__ import annotations
@@ -92,15 +95,24 @@ class Bench:
                             "num_samples": args.num_samples, "seq_len": args.calib_seq_len}
 
     def start(self, row: dict, name: str) -> tuple[Path, float]:
-        """The row's post-training start, quantized once and saved (folder, seconds it took)."""
-        folder = self.out / f"start-{name.replace(':', '-')}"
+        """The row's post-training start, quantized once and saved (folder, seconds it took, any sampling
+        of its calibration text included). ``--start-data teacher`` calibrates it on as many windows of
+        text sampled from the float model, the windows ``--blockwise-data teacher`` trains on."""
+        from mlx_slm.data.teacher_text import window_tokens
+
+        teacher = self.args.start_data == "teacher"
+        folder = self.out / f"start-{name.replace(':', '-')}{'-on-teacher' if teacher else ''}"
         record = folder / "seconds.txt"
         if not record.is_file():
             model, _ = mlx_slm.load(self.folder)
+            calibration, sampling = self.calibration, 0.0
+            if teacher:
+                text, sampling = self.teacher_text(window_tokens(self.args.num_samples, self.args.calib_seq_len),
+                                                   self.blockwise_config().seed)
+                calibration = {**calibration, "calib": [text]}
             began = time.perf_counter()
-            mlx_slm.quantize(model, method=default_start(row["format"]), progress=False, **row,
-                             **self.calibration)
-            seconds = time.perf_counter() - began
+            mlx_slm.quantize(model, method=default_start(row["format"]), progress=False, **row, **calibration)
+            seconds = time.perf_counter() - began + sampling
             mlx_slm.save(model, self.tokenizer, folder, overwrite=True, extra_files={"seconds.txt": f"{seconds}"})
         return folder, float(record.read_text())
 
@@ -112,16 +124,13 @@ class Bench:
         from mlx_slm.data.teacher_text import window_tokens
         from mlx_slm.data.windows import calibration_windows
         from mlx_slm.quant.blockwise import reconstruct_blocks
-        from mlx_slm.quant.methods.blockwise import BlockwiseConfig
 
         teacher = self.args.blockwise_data == "teacher"
-        folder = self.out / f"blockwise-{name.replace(':', '-')}{'-teacher' if teacher else ''}"
+        folder = self.out / f"{start_folder.name.replace('start-', 'blockwise-', 1)}{'-teacher' if teacher else ''}"
         record = folder / "blockwise.json"
         if not record.is_file():
             model, _ = mlx_slm.load(start_folder)
-            config = BlockwiseConfig(epochs=self.args.blockwise_epochs, learning_rate=self.args.blockwise_lr,
-                                     scale_learning_rate=self.args.blockwise_scale_lr,
-                                     inputs=self.args.blockwise_inputs, data=self.args.blockwise_data)
+            config = self.blockwise_config()
             tokens, _ = calibration_windows(**self.calibration)
             sampling = 0.0
             if teacher:  # teacher_windows' windows (what quantize(method="blockwise", data="teacher") trains
@@ -136,6 +145,15 @@ class Bench:
         model, _ = mlx_slm.load(folder)
         return model, {"tokens": report["train_tokens"], "blockwise_seconds": report["seconds"],
                        "sampling_seconds": report["sampling_seconds"], "blockwise": report}
+
+    def blockwise_config(self):
+        """The block-wise recipe's :class:`BlockwiseConfig`: the benchmark's settings."""
+        from mlx_slm.quant.methods.blockwise import BlockwiseConfig
+
+        args = self.args
+        return BlockwiseConfig(epochs=args.blockwise_epochs, learning_rate=args.blockwise_lr,
+                               scale_learning_rate=args.blockwise_scale_lr, inputs=args.blockwise_inputs,
+                               data=args.blockwise_data)
 
     def e2e_config(self, bits: int, start: str):
         """The row's :class:`E2EConfig`: the benchmark's settings, the e2e method's defaults by bits and start."""
@@ -229,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"of {', '.join(RECIPES)}")
     parser.add_argument("--num-samples", type=int, default=32, help="calibration windows")
     parser.add_argument("--calib-seq-len", type=int, default=256, help="tokens per calibration / training window")
+    parser.add_argument("--start-data", default="calib", choices=DATA,
+                        help="the start's calibration windows: from the calibration text, or as many of text "
+                             "sampled from the float model (the windows --blockwise-data teacher trains on)")
     parser.add_argument("--blockwise-epochs", type=int, default=2)
     parser.add_argument("--blockwise-lr", type=float, default=1e-3, help="the weights' rate, relative to a step")
     parser.add_argument("--blockwise-scale-lr", type=float, default=1e-3,

@@ -89,6 +89,48 @@ def test_lowbit_training_on_teacher_text_counts_the_sampling_in_every_row(tmp_pa
         assert both["train_seconds"] > both["sampling_seconds"] + both["blockwise_seconds"]
 
 
+def test_lowbit_training_can_calibrate_the_start_on_teacher_text(tmp_path, monkeypatch):
+    """--start-data teacher: the start is gptq calibrated on the windows the block-wise pass trains on
+    (one sampling for both), bit for bit what quantize does with that text as its calibration; its
+    sampling counts in the start's seconds; the block-wise result is kept apart from the calibrated
+    start's."""
+    import lowbit_training
+    from mlx.utils import tree_flatten
+
+    import mlx_slm
+    from mlx_slm.data import teacher_text
+
+    asked = []
+
+    def slow_sampler(model, tokenizer, tokens, seed=0, progress=True):
+        asked.append(tokens)
+        time.sleep(0.3)
+        return sample_text(150, seed=7)
+
+    monkeypatch.setattr(teacher_text, "sample_text", slow_sampler)
+    folder, out = tiny_model_folder(tmp_path, "llama"), tmp_path / "out"
+    common = ["--model", str(folder), "--out", str(out), "--rows", "affine:2:64", "--num-samples", "4",
+              "--calib-seq-len", "32", "--blockwise-epochs", "1", "--blockwise-data", "teacher", "--seq-len", "64",
+              "--max-windows", "1"]
+    lowbit_training.main(common + ["--recipes", "start,blockwise", "--start-data", "teacher"])
+    assert asked == [int(np.ceil(teacher_text.MARGIN * 4 * 32))]
+    rows = {r["recipe"]: r for r in json.loads((out / "lowbit_training.json").read_text())["rows"]}
+    assert rows["gptq"]["total_seconds"] >= 0.3 and rows["gptq"]["train_seconds"] == 0
+    assert (out / "blockwise-affine-2-64-on-teacher-teacher").is_dir()
+
+    model, tokenizer = mlx_slm.load(folder)
+    mlx_slm.quantize(model, method="gptq", bits=2, group_size=64, calib=[sample_text(150, seed=7)],
+                     tokenizer=tokenizer, num_samples=4, seq_len=32, progress=False)
+    expected = dict(tree_flatten(model.parameters()))
+    saved = dict(tree_flatten(mlx_slm.load(out / "start-affine-2-64-on-teacher")[0].parameters()))
+    assert saved.keys() == expected.keys()
+    for name, value in expected.items():
+        np.testing.assert_array_equal(np.array(saved[name]), np.array(value), err_msg=name)
+    lowbit_training.main(common + ["--recipes", "start", "--out", str(tmp_path / "calib")])
+    on_calib = dict(tree_flatten(mlx_slm.load(tmp_path / "calib" / "start-affine-2-64")[0].parameters()))
+    assert any(not np.array_equal(np.array(on_calib[n]), np.array(v)) for n, v in expected.items())
+
+
 def test_a_lowbit_row_can_keep_its_embedding_at_more_bits(tmp_path, capsys):
     """affine:2:64:4: decoder layers 2-bit, the tied embedding 4-bit affine g64, through start and e2e
     (the e2e twins train each layer at its own bits); a malformed row fails before any work."""
