@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import replace
 
 from . import interrupt
 from .cli_common import EPILOG, Parser, add_backend, add_calibration, add_cpu_engine, check_output
@@ -40,8 +41,9 @@ def cmd_quantize(args) -> None:
 
     check_output(args, args.model, args.calib, args.config)
     settings = quantize_config(args)
+    calibration = Calibration(args.calib, None, args.num_samples, args.seq_len, args.calib_data).check()
     model, tokenizer = mlx_slm.load(args.model, backend=args.backend, lazy=True)  # read block by block
-    mlx_slm.quantize(model, settings, Calibration(args.calib, tokenizer, args.num_samples, args.seq_len))
+    mlx_slm.quantize(model, settings, replace(calibration, tokenizer=tokenizer))
     record = model_config(model).get("mlx_slm") or {}
     if "plan" in record:
         print(plan_table(record["plan"]))
@@ -157,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend(convert)
     convert.set_defaults(run=cmd_convert)
 
+    from mlx_slm.data.teacher_text import DATA
     from mlx_slm.formats import FORMATS
 
     quantize = commands.add_parser(
@@ -186,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
                                "e.g. 3.0; per-layer bits/group sizes from measured sensitivities")
     add_calibration(quantize, "calibration text for the calibrated methods and --target-bpw: .txt, or .jsonl "
                               "with a \"text\" field")
+    quantize.add_argument("--calib-data", default="calib", choices=DATA,
+                          help="'teacher': calibrate on text the float model writes, sampled before quantizing "
+                               "(data-free; as many tokens as the windows need, seeded), instead of --calib "
+                               "(default 'calib')")
     quantize.add_argument("--config", help="YAML/JSON per-layer overrides (by_type, by_name; 'fp16' keeps a layer)")
     quantize.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     add_cpu_engine(quantize, "the calibration passes of MLX models")

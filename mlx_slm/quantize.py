@@ -24,10 +24,11 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
+from .backend import require_mlx
 from .calib.blocks import arrays_of
 from .calib.statistics import InputStatistics
 from .data.windows import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, Calibration
-from .errors import SLMError
+from .errors import MLXRequiredError, SLMError
 from .formats import get_format
 from .io.safetensors_np import check_spill_room
 from .model_access import (
@@ -229,6 +230,12 @@ def record_result(model, **entries) -> None:
     set_model_config(model, saved)
 
 
+def check_float(model) -> None:
+    """One clear error for a model that is already quantized."""
+    if model_config(model).get("quantization"):
+        raise SLMError("the model is already quantized; start from a float model")
+
+
 def post_training(model, settings: QuantizeConfig, calibration: Calibration, progress: bool, apply):
     """What every post-training method shares: plan each layer's format and settings, cut the
     calibration windows (calibrated methods), let ``apply(model, plan, job)`` choose and store
@@ -243,9 +250,8 @@ def post_training(model, settings: QuantizeConfig, calibration: Calibration, pro
     user_config = check_config(read_config_file(layers_config) if isinstance(layers_config, (str, bytes)) or
                                hasattr(layers_config, "__fspath__") else (layers_config or {}))
     weight_format.check(user_config.get("bits", bits), user_config.get("group_size", group_size))
+    check_float(model)
     model_settings = model_config(model)
-    if model_settings.get("quantization"):
-        raise SLMError("the model is already quantized; start from a float model")
     layers = access(model).candidate_layers()
     if not layers:
         raise SLMError("the model has no layers that can be quantized")
@@ -286,16 +292,18 @@ def run_method(model, settings: QuantizeConfig, calibration: Calibration, progre
 def keyword_request(bits=None, group_size=None, method="rtn", config=None, format="affine", calib=None,
                     tokenizer=None, num_samples=DEFAULT_NUM_SAMPLES, seq_len=DEFAULT_SEQ_LEN, gptq_options=None,
                     per_row_scale=None, awq_options=None, learned_options=None, target_bpw=None,
-                    blockwise_options=None, e2e_options=None, cpu_engine=None) -> tuple[QuantizeConfig, Calibration]:
+                    blockwise_options=None, e2e_options=None, cpu_engine=None,
+                    calib_data="calib") -> tuple[QuantizeConfig, Calibration]:
     """The keyword form of :func:`quantize` as (QuantizeConfig, Calibration): ``config`` is the
-    per-layer overrides, ``calib`` the calibration text, ``METHOD_options`` that method's options."""
+    per-layer overrides, ``calib`` the calibration text (``calib_data="teacher"``: none, text sampled
+    from the float model instead), ``METHOD_options`` that method's options."""
     given = {"gptq": gptq_options, "awq": awq_options, "learned": learned_options, "blockwise": blockwise_options,
              "e2e": e2e_options}
     settings = QuantizeConfig(method=method, format=format, bits=bits, group_size=group_size,
                               options={name: value for name, value in given.items() if value is not None},
                               layers=config, target_bpw=target_bpw, per_row_scale=per_row_scale,
                               cpu_engine=cpu_engine)
-    return settings, Calibration(calib, tokenizer, num_samples, seq_len)
+    return settings, Calibration(calib, tokenizer, num_samples, seq_len, calib_data)
 
 
 def quantize(model, settings: QuantizeConfig | None = None, calibration: Calibration | None = None, *,
@@ -315,4 +323,18 @@ def quantize(model, settings: QuantizeConfig | None = None, calibration: Calibra
         settings, calibration = keyword_request(**keywords)
     elif keywords:
         raise SLMError(f"pass either a QuantizeConfig or keywords, not both (got {sorted(keywords)})")
-    return run_method(model, settings.check(), calibration or Calibration(), progress)
+    settings, calibration = settings.check(), (calibration or Calibration()).check()
+    if calibration.data == "teacher" and (get_method(settings.method).calibrated or settings.target_bpw is not None):
+        calibration = sampled_calibration(model, calibration, progress)
+    return run_method(model, settings, calibration, progress)
+
+
+def sampled_calibration(model, calibration: Calibration, progress: bool) -> Calibration:
+    """``calibration`` (``data="teacher"``, checked) on text sampled from the float ``model`` before
+    it is quantized (:meth:`Calibration.sampled`)."""
+    check_float(model)
+    require_mlx("calibration on text sampled from the model (calib_data='teacher')")
+    if not access(model).trains:
+        raise MLXRequiredError("calibration on text sampled from the model (calib_data='teacher')",
+                               "the sampler runs MLX models only (load the model with backend='mlx')")
+    return calibration.sampled(model, progress)

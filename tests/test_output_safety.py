@@ -222,3 +222,29 @@ def test_training_methods_need_mlx(tiny, method):
     with pytest.raises(MLXRequiredError, match=f"method '{method}' \\(training\\) needs MLX"):
         mlx_slm.quantize(model, bits=2, method=method, calib=["some text " * 50], tokenizer=tokenizer,
                          num_samples=2, seq_len=16, progress=False)
+
+
+def test_sampled_calibration_needs_mlx(tiny):
+    """calib_data="teacher" samples with MLX: on the numpy backend (or without MLX) one clear line, before
+    anything is sampled or quantized; with a text too, the request is refused as contradictory."""
+    from mlx_slm.errors import MLXRequiredError
+
+    _, model, tokenizer = tiny
+    with pytest.raises(MLXRequiredError, match=r"calibration on text sampled from the model \(calib_data='teacher'\) "
+                                               "needs MLX"):
+        mlx_slm.quantize(model, bits=4, method="gptq", calib_data="teacher", tokenizer=tokenizer, num_samples=2,
+                         seq_len=16, progress=False)
+    with pytest.raises(SLMError, match="reads no text: leave out calib"):
+        mlx_slm.quantize(model, bits=4, method="gptq", calib=["some text " * 50], calib_data="teacher",
+                         tokenizer=tokenizer, num_samples=2, seq_len=16, progress=False)
+    assert not mlx_slm.model_config(model).get("quantization")
+
+
+def test_sampled_calibration_with_a_text_fails_before_the_model_loads(tmp_path, capsys):
+    (tmp_path / "bad.gguf").write_bytes(b"GGUF" + b"\0" * 20)  # would fail to load: the request fails first
+    (tmp_path / "calib.txt").write_text("some text " * 50)
+    assert main(["quantize", str(tmp_path / "bad.gguf"), "-o", str(tmp_path / "q"), "--method", "gptq",
+                 "--calib", str(tmp_path / "calib.txt"), "--calib-data", "teacher", "--backend", "numpy"]) == 2
+    err = capsys.readouterr().err
+    assert "reads no text: leave out calib (--calib)" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "q").exists()

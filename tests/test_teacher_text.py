@@ -103,3 +103,65 @@ def test_blockwise_on_teacher_text_trains_on_its_windows(tmp_path, monkeypatch):
     record = mlx_slm.model_config(model)["mlx_slm"]  # the calibration record stays the start's text's
     assert record["blockwise"]["data"] == "teacher"
     assert record["calibration"]["text_sha256"] == hashlib.sha256(sample_text(160).encode()).hexdigest()
+
+
+def test_gptq_calibrated_on_sampled_text_is_gptq_on_that_text(tmp_path, monkeypatch):
+    """calib_data="teacher": the float model (not yet quantized) is asked once for MARGIN times the windows'
+    tokens at seed 0, and the result is bit for bit gptq calibrated on what it returned; the record says
+    so. rtn, uncalibrated, samples nothing; block-wise on teacher text trains on those same windows
+    without sampling again. (The sampler is replaced as above.)"""
+    from test_quantize import assert_same_weights, saved_weights
+
+    import mlx_slm
+    from mlx_slm.data import teacher_text
+    from mlx_slm.data.windows import calibration_windows
+    from mlx_slm.quant import blockwise
+
+    readable = sample_text(100, seed=5)
+    asked, trained = [], []
+
+    def sampler(model, tokenizer, tokens, seed=0, progress=True):
+        asked.append((tokens, seed, mlx_slm.model_config(model).get("quantization")))
+        return readable
+
+    monkeypatch.setattr(teacher_text, "sample_text", sampler)
+    folder = tiny_model_folder(tmp_path)
+    settings = {"bits": 3, "group_size": 32, "num_samples": 8, "seq_len": 32, "progress": False}
+    for name, calib in (("sampled", {"calib_data": "teacher"}), ("given", {"calib": [readable]})):
+        model, tokenizer = mlx_slm.load(folder)
+        mlx_slm.quantize(model, method="gptq", tokenizer=tokenizer, **settings, **calib)
+        mlx_slm.save(model, tokenizer, tmp_path / name)
+    assert asked == [(int(np.ceil(teacher_text.MARGIN * 8 * 32)), 0, None)]
+    assert_same_weights(saved_weights(tmp_path / "sampled"), saved_weights(tmp_path / "given"))
+    record = mlx_slm.model_config(mlx_slm.load(tmp_path / "sampled")[0])["mlx_slm"]["calibration"]
+    assert record["data"] == "teacher" and record["source"] == "text sampled from the float model (seed 0)"
+    assert record["text_sha256"] == hashlib.sha256(readable.encode()).hexdigest()
+
+    model, tokenizer = mlx_slm.load(folder)
+    mlx_slm.quantize(model, method="rtn", calib_data="teacher", tokenizer=tokenizer, **settings)
+    assert len(asked) == 1
+
+    real = blockwise.reconstruct_blocks
+    monkeypatch.setattr(blockwise, "reconstruct_blocks", lambda *a, **k: (trained.append(a[2]), real(*a, **k))[1])
+    model, tokenizer = mlx_slm.load(folder)
+    mlx_slm.quantize(model, method="blockwise", calib_data="teacher", tokenizer=tokenizer, **settings,
+                     blockwise_options={"start": "gptq", "epochs": 1, "batch_size": 2, "data": "teacher"})
+    assert len(asked) == 2  # the calibration's sampling only
+    [tokens] = trained
+    np.testing.assert_array_equal(tokens, calibration_windows(tokenizer, [readable], 8, 32)[0])
+
+
+def test_quantize_command_calibrates_on_sampled_text(tmp_path, monkeypatch):
+    """--calib-data teacher reaches the sampler from the command line and is saved in the record."""
+    import mlx_slm
+    from mlx_slm.cli import main
+    from mlx_slm.data import teacher_text
+
+    asked = []
+    monkeypatch.setattr(teacher_text, "sample_text",
+                        lambda *a, **k: (asked.append(a[2]), sample_text(100, seed=5))[1])
+    assert main(["quantize", str(tiny_model_folder(tmp_path)), "-o", str(tmp_path / "q"), "--bits", "4",
+                 "--method", "imatrix", "--calib-data", "teacher", "--num-samples", "4", "--seq-len", "32"]) == 0
+    assert asked == [int(np.ceil(teacher_text.MARGIN * 4 * 32))]
+    record = mlx_slm.model_config(mlx_slm.load(tmp_path / "q")[0])["mlx_slm"]
+    assert record["method"] == "imatrix" and record["calibration"]["data"] == "teacher"

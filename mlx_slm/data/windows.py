@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import SLMError
+from .teacher_text import DATA
 from .text import describe_text, read_text
 from .tokens import check_readable, encode_text, start_with_bos
 
 DEFAULT_NUM_SAMPLES = 64
 DEFAULT_SEQ_LEN = 256
+SAMPLE_SEED = 0  # the seed of the text a data="teacher" calibration samples
 
 
 def check_windows(seq_len: int, max_windows: int | None) -> None:
@@ -80,17 +82,45 @@ def calibration_windows(tokenizer, calib, num_samples: int = DEFAULT_NUM_SAMPLES
 class Calibration:
     """Calibration text and how it is cut: ``text`` (.txt / .jsonl path or list of strings),
     the model's ``tokenizer``, ``num_samples`` windows of ``seq_len`` tokens. The windows are
-    cut once, on first use, and shared by every method of one quantization run."""
+    cut once, on first use, and shared by every method of one quantization run.
+
+    ``data="teacher"`` calibrates on text the float model writes instead of a given text
+    (data-free, LLM-QAT's recipe: :mod:`mlx_slm.data.teacher_text`): :meth:`sampled` samples it,
+    as many tokens as the windows need, before the model is quantized."""
 
     text: object = None
     tokenizer: object = None
     num_samples: int = DEFAULT_NUM_SAMPLES
     seq_len: int = DEFAULT_SEQ_LEN
+    data: str = "calib"
     _cut: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
+    def check(self) -> Calibration:
+        if self.data not in DATA:
+            raise SLMError(f"calibration data must be one of {', '.join(DATA)}, not {self.data!r}")
+        if self.data == "teacher" and self.text is not None:
+            raise SLMError("calibration on text sampled from the model (calib_data='teacher', --calib-data "
+                           "teacher) reads no text: leave out calib (--calib)")
+        return self
+
+    def sampled(self, model, progress: bool = True) -> Calibration:
+        """This calibration on text sampled from ``model`` (an MLX float model; :data:`SAMPLE_SEED`),
+        :func:`~mlx_slm.data.teacher_text.window_tokens` tokens of it, cut as any calibration text."""
+        from .teacher_text import sample_text, window_tokens
+
+        if self.tokenizer is None:
+            raise SLMError("calibrated quantization needs the model's tokenizer: pass tokenizer=...")
+        text = sample_text(model, self.tokenizer, window_tokens(self.num_samples, self.seq_len), SAMPLE_SEED,
+                           progress)
+        return Calibration([text], self.tokenizer, self.num_samples, self.seq_len, self.data)
+
     def windows(self) -> tuple[np.ndarray, dict]:
-        """(tokens [num_samples, seq_len] int32, record): :func:`calibration_windows`."""
+        """(tokens [num_samples, seq_len] int32, record): :func:`calibration_windows` (a sampled
+        text's record says so)."""
         if self._cut is None:
             self._cut = calibration_windows(self.tokenizer, self.text, self.num_samples, self.seq_len)
         tokens, record = self._cut
+        if self.data == "teacher":
+            return tokens, {**record, "source": f"text sampled from the float model (seed {SAMPLE_SEED})",
+                            "data": self.data}
         return tokens, dict(record)

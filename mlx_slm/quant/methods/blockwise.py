@@ -39,8 +39,9 @@ class BlockwiseConfig(MethodOptions):
                                     "its start unless its error on them drops")
     seed: int = option(0, "seed of the batch order (and of the teacher's sampling)")
     data: str = option("calib", "what the blocks train on: 'calib', the calibration windows, or 'teacher', as "
-                                "many windows of text sampled from the float model (data-free, as LLM-QAT; "
-                                "the start still calibrates on the calibration text)", choices=DATA)
+                                "many windows of text sampled from the float model (as LLM-QAT; the start "
+                                "still calibrates on the calibration text, unless that is sampled too: "
+                                "--calib-data teacher)", choices=DATA)
     checkpoint: str | None = option(None, "folder where every finished block is saved; a rerun with the same "
                                           "calibration, settings and start resumes after the last saved block "
                                           "(the folder is kept; a folder of another run is refused)")
@@ -76,7 +77,8 @@ def run(model, settings, calibration, progress):
     config = replace(config, start=config.start or default_start(settings.format))
     tokens, record = calibration.windows()
     teacher = float_teacher(model)
-    if config.data == "teacher":  # the record stays the calibration text's (the start's); the report says data
+    if config.data == "teacher" and calibration.data != "teacher":  # the record stays the calibration text's (the
+        # start's); the report says data. A calibration on sampled text already is what this would sample.
         tokens = teacher_windows(teacher, calibration.tokenizer, *tokens.shape, config.seed, progress)
     run_method(model, replace(settings, method=config.start), calibration, progress)
     report = reconstruct_blocks(model, teacher, tokens, config, progress=progress)

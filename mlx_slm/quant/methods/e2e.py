@@ -157,7 +157,8 @@ def run(model, settings, calibration, progress):
                      adopt=default_adopt(start) if config.adopt is None else config.adopt)
     if calibration.text is None:
         raise SLMError("method 'e2e' needs a calibration text (its start's, and its training text unless "
-                       "data='teacher'): pass calib=<.txt/.jsonl or strings> (--calib)")
+                       "data='teacher'): pass calib=<.txt/.jsonl or strings> (--calib), or calib_data='teacher' "
+                       "(--calib-data teacher) to sample it from the float model")
     teacher = float_teacher(model)
     if config.data == "teacher":
         text = sample_text(teacher, calibration.tokenizer, teacher_tokens(config, calibration.seq_len),
