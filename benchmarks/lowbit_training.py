@@ -96,9 +96,11 @@ class Bench:
 
     def start(self, row: dict, name: str) -> tuple[Path, float]:
         """The row's post-training start, quantized once and saved (folder, seconds it took, any sampling
-        of its calibration text included). ``--start-data teacher`` calibrates it on as many windows of
-        text sampled from the float model, the windows ``--blockwise-data teacher`` trains on."""
+        of its calibration text included). ``--start-data teacher`` calibrates it on text sampled from
+        the float model, as ``quantize(calib_data="teacher")`` does; the block-wise pass on teacher
+        windows trains on the same windows."""
         from mlx_slm.data.teacher_text import window_tokens
+        from mlx_slm.data.windows import SAMPLE_SEED
 
         teacher = self.args.start_data == "teacher"
         folder = self.out / f"start-{name.replace(':', '-')}{'-on-teacher' if teacher else ''}"
@@ -108,7 +110,7 @@ class Bench:
             calibration, sampling = self.calibration, 0.0
             if teacher:
                 text, sampling = self.teacher_text(window_tokens(self.args.num_samples, self.args.calib_seq_len),
-                                                   self.blockwise_config().seed)
+                                                   SAMPLE_SEED)
                 calibration = {**calibration, "calib": [text]}
             began = time.perf_counter()
             mlx_slm.quantize(model, method=default_start(row["format"]), progress=False, **row, **calibration)
@@ -248,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-samples", type=int, default=32, help="calibration windows")
     parser.add_argument("--calib-seq-len", type=int, default=256, help="tokens per calibration / training window")
     parser.add_argument("--start-data", default="calib", choices=DATA,
-                        help="the start's calibration windows: from the calibration text, or as many of text "
-                             "sampled from the float model (the windows --blockwise-data teacher trains on)")
+                        help="the start's calibration text: the calibration text, or text sampled from the "
+                             "float model (quantize's --calib-data teacher)")
     parser.add_argument("--blockwise-epochs", type=int, default=2)
     parser.add_argument("--blockwise-lr", type=float, default=1e-3, help="the weights' rate, relative to a step")
     parser.add_argument("--blockwise-scale-lr", type=float, default=1e-3,
