@@ -1,6 +1,7 @@
 """Text sampled from the float model (mlx_slm.data.teacher_text) and e2e training on it (data="teacher")."""
 
 import hashlib
+import math
 
 import numpy as np
 import pytest
@@ -151,8 +152,9 @@ def test_gptq_calibrated_on_sampled_text_is_gptq_on_that_text(tmp_path, monkeypa
     np.testing.assert_array_equal(tokens, calibration_windows(tokenizer, [readable], 8, 32)[0])
 
 
-def test_quantize_command_calibrates_on_sampled_text(tmp_path, monkeypatch):
-    """--calib-data teacher reaches the sampler from the command line and is saved in the record."""
+def test_quantize_command_can_be_data_free(tmp_path, monkeypatch):
+    """--calib-data teacher with --e2e-data teacher, from the command line: no text at all; the start's
+    calibration text and the end-to-end text are each sampled once, and the record names both."""
     import mlx_slm
     from mlx_slm.cli import main
     from mlx_slm.data import teacher_text
@@ -161,7 +163,9 @@ def test_quantize_command_calibrates_on_sampled_text(tmp_path, monkeypatch):
     monkeypatch.setattr(teacher_text, "sample_text",
                         lambda *a, **k: (asked.append(a[2]), sample_text(100, seed=5))[1])
     assert main(["quantize", str(tiny_model_folder(tmp_path)), "-o", str(tmp_path / "q"), "--bits", "4",
-                 "--method", "imatrix", "--calib-data", "teacher", "--num-samples", "4", "--seq-len", "32"]) == 0
-    assert asked == [int(np.ceil(teacher_text.MARGIN * 4 * 32))]
+                 "--method", "e2e", "--calib-data", "teacher", "--num-samples", "4", "--seq-len", "32",
+                 "--e2e-data", "teacher", "--e2e-steps", "2", "--e2e-batch-size", "2", "--e2e-eval-every", "1",
+                 "--e2e-eval-windows", "1"]) == 0
+    assert asked == [int(np.ceil(teacher_text.MARGIN * 4 * 32)), math.ceil(2 * 2 * 32 / 0.95)]
     record = mlx_slm.model_config(mlx_slm.load(tmp_path / "q")[0])["mlx_slm"]
-    assert record["method"] == "imatrix" and record["calibration"]["data"] == "teacher"
+    assert record["calibration"]["data"] == "teacher" and record["e2e"]["data"] == "teacher"
