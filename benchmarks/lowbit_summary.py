@@ -8,9 +8,10 @@ first) and prints, for every row and recipe, the last measurement taken at the b
 default settings (32 x 256 calibration windows, 2 block-wise epochs at rate 1e-3 on the
 quantized model's inputs, 40 end-to-end steps of 4 x 256 tokens at the e2e method's rate for
 the row's bits, 8 x 512 evaluation tokens), with the file it came from: a later file's row
-replaces an earlier one. Rows trained on text sampled from the float model
-(``--blockwise-data teacher``, ``--e2e-data teacher``) are recipes of their own, the parts so
-trained marked "/teacher". Rows run with other settings (more windows, more steps, another rate,
+replaces an earlier one. Rows calibrated or trained on text sampled from the float model
+(``--start-data``, ``--blockwise-data``, ``--e2e-data teacher``) are recipes of their own, the
+parts so done marked "/teacher" (a start so calibrated named in front of every recipe from it).
+Rows run with other settings (more windows, more steps, another rate,
 adoption forced) are left out; the README quotes them where it discusses them. Then each of issue
 19's targets against the best row of its format.
 """
@@ -29,8 +30,10 @@ KEPT = ("lowbit_training.json", "lowbit_training_e2e.json", "lowbit_training_128
         "lowbit_training_lut4.json", "lowbit_training_gradients.json", "lowbit_training_g64_rerun.json",
         "lowbit_training_teacher.json", "lowbit_training_teacher_more.json")
 BY_ROW = ("e2e_lr", "e2e_adopt")  # defaults that depend on the row: checked in at_defaults
-VARIANTS = ("blockwise_data", "e2e_data")  # settings a row may differ in and still be shown, as a recipe of its own
-TEACHER = "/teacher"  # marks a recipe's part (blockwise, e2e) trained on text sampled from the float model
+VARIANTS = ("start_data", "blockwise_data", "e2e_data")  # settings a row may differ in and still be shown, as a
+# recipe of its own
+TEACHER = "/teacher"  # marks a recipe's part (the start, blockwise, e2e) calibrated or trained on text sampled from
+# the float model
 RECIPES = ("blockwise", "e2e", "blockwise+e2e")  # after the start's row
 # (row, what is measured, bound, as the issue words it); "ppl_x" is PPL / fp16's PPL
 TARGETS = (("affine:2:64", "ppl_x", 2.5, "2-bit g64: PPL at most 2.5x fp16"),
@@ -63,14 +66,23 @@ def at_defaults(settings: dict, row: dict) -> bool:
 
 def label(settings: dict, row: dict) -> str:
     """The row's recipe as the table names it: each part (blockwise, e2e) trained on the float model's text
-    marked so ("blockwise/teacher+e2e/teacher")."""
+    marked so ("blockwise/teacher+e2e/teacher"); a start calibrated on it is marked and named first in
+    every recipe from it ("gptq/teacher+e2e/teacher")."""
+    from mlx_slm.quant.methods.blockwise import default_start
+
     data = {"blockwise": settings.get("blockwise_data"), "e2e": settings.get("e2e_data")}
-    return "+".join(part + (TEACHER if data.get(part) == "teacher" else "") for part in row["recipe"].split("+"))
+    start = settings.get("start_data")
+    parts = row["recipe"].split("+")
+    if start == "teacher" and parts[0] in RECIPES:
+        parts = [default_start(row["format"])] + parts
+    return "+".join(part + (TEACHER if data.get(part, start) == "teacher" else "") for part in parts)
 
 
 def order(item) -> tuple:
+    """By row, then recipe as the benchmark orders them (whatever the start), then text."""
     (name, recipe), _ = item
-    base = recipe.replace(TEACHER, "")
+    parts = recipe.replace(TEACHER, "").split("+")
+    base = "+".join(parts[1:] if len(parts) > 1 and parts[0] not in RECIPES else parts)
     return name, RECIPES.index(base) + 1 if base in RECIPES else 0, recipe.count(TEACHER), recipe
 
 
@@ -90,13 +102,13 @@ def collect(paths: list[Path]) -> tuple[dict, float]:
 
 
 def lines(table: dict, fp16: float) -> list[str]:
-    header = (f"{'row':<14}{'recipe':<30}{'bpw':>6}{'PPL':>13}{'x fp16':>8}{'KL':>9}{'top-1':>8}{'tokens':>8}"
+    header = (f"{'row':<14}{'recipe':<42}{'bpw':>6}{'PPL':>13}{'x fp16':>8}{'KL':>9}{'top-1':>8}{'tokens':>8}"
               f"{'train s':>8}  held-out KL (0, 10k, 20k, 31k, 41k tokens)  source")
     out = [header, "-" * len(header)]
     for (name, recipe), r in sorted(table.items(), key=order):
         curve = r.get("e2e_heldout_kl") or []
         shown = ", ".join(([] if not curve or curve[0][0] == 0 else ["?"]) + [f"{kl:.3f}" for _, kl in curve]) or "-"
-        out.append(f"{name:<14}{recipe:<30}{r['bpw']:>6.2f}{r['ppl']:>13.2f}{r['ppl'] / fp16:>8.1f}{r['kld']:>9.4f}"
+        out.append(f"{name:<14}{recipe:<42}{r['bpw']:>6.2f}{r['ppl']:>13.2f}{r['ppl'] / fp16:>8.1f}{r['kld']:>9.4f}"
                    f"{r['top1']:>8.1%}{r['tokens']:>8}{r['train_seconds']:>8.0f}  {shown:<43}  {r['source']}")
     return out
 
@@ -135,7 +147,7 @@ def main(argv=None) -> None:
     goals = targets(table, fp16)
     for goal in goals:
         shown = f"{goal['value']:.1f}x" if "x fp16" in goal["target"] else f"{goal['value']:.4f}"
-        print(f"{goal['target']:<55} best {goal['best_recipe']:<30} {shown:>9}  top-1 {goal['top1']:.1%}  "
+        print(f"{goal['target']:<55} best {goal['best_recipe']:<42} {shown:>9}  top-1 {goal['top1']:.1%}  "
               f"{'met' if goal['met'] else 'missed'}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"fp16_ppl": fp16, "files": [p.name for p in paths], "targets": goals,

@@ -201,6 +201,8 @@ def test_lowbit_summary_keeps_the_last_default_budget_row(tmp_path, capsys):
          "rows": [row("affine:2:64", "e2e", 50.0, 1.1, curve=[[0, 2.0]])]},
         {"settings": {**default, "blockwise_data": "teacher"},
          "rows": [row("affine:2:64", "blockwise+e2e", 48.0, 1.0, curve=[[0, 2.0]])]},
+        {"settings": {**default, "start_data": "teacher", "e2e_data": "teacher"},
+         "rows": [row("affine:2:64", "gptq", 300.0, 2.5), row("affine:2:64", "e2e", 47.0, 1.0, curve=[[0, 2.0]])]},
     ]}))
     lowbit_summary.main([str(older), str(newer), "--out", str(tmp_path / "summary.json")])
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -208,8 +210,14 @@ def test_lowbit_summary_keeps_the_last_default_budget_row(tmp_path, capsys):
     assert kept == {("affine:2:64", "gptq"): (390.0, "newer.json"), ("affine:2:64", "blockwise"): (45.0, "newer.json"),
                     ("affine:2:64", "e2e"): (260.0, "older.json"), ("affine:4:64", "gptq"): (26.0, "older.json"),
                     ("affine:2:64", "e2e/teacher"): (50.0, "newer.json"),  # trained on the float model's text
-                    ("affine:2:64", "blockwise/teacher+e2e"): (48.0, "newer.json")}
+                    ("affine:2:64", "blockwise/teacher+e2e"): (48.0, "newer.json"),
+                    ("affine:2:64", "gptq/teacher"): (300.0, "newer.json"),  # the start calibrated on it
+                    ("affine:2:64", "gptq/teacher+e2e/teacher"): (47.0, "newer.json")}
     goals = {goal["target"].split(":")[0]: goal for goal in summary["targets"]}
     assert goals["2-bit g64"]["best_recipe"] == "blockwise" and goals["2-bit g64"]["value"] == 45.0 / 20.0
     assert goals["2-bit g64"]["met"] and goals["4-bit g64"]["met"]
-    assert "?, 1.300" in capsys.readouterr().out  # a curve without its start point says so
+    out = capsys.readouterr().out
+    assert "?, 1.300" in out  # a curve without its start point says so
+    shown = [line.split()[1] for line in out.splitlines() if line.startswith("affine:2:64")]
+    assert shown == ["gptq", "gptq/teacher", "blockwise", "e2e", "e2e/teacher", "gptq/teacher+e2e/teacher",
+                     "blockwise/teacher+e2e"]  # recipes in the benchmark's order, a start's text before a part's
