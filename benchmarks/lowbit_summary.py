@@ -11,9 +11,9 @@ the row's bits, 8 x 512 evaluation tokens), with the file it came from: a later 
 replaces an earlier one. Rows calibrated or trained on text sampled from the float model
 (``--start-data``, ``--blockwise-data``, ``--e2e-data teacher``) are recipes of their own, the
 parts so done marked "/teacher" (a start so calibrated named in front of every recipe from it).
-Rows run with other settings (more windows, more steps, another rate,
-adoption forced) are left out; the README quotes them where it discusses them. Then each of issue
-19's targets against the best row of its format.
+Rows run with other settings (more windows, more steps, another rate, adoption forced) are left
+out; the README quotes them where it discusses them. Then each of issue 19's targets against the
+best row of its format.
 """
 
 from __future__ import annotations

@@ -29,9 +29,9 @@ reused by every recipe of the row). Recipes:
 Texts: training/calibration on Debian's bible-kjv (its first 95%; the last 5% is the
 held-out text the end-to-end runs evaluate on every ``--e2e-eval-every`` steps, giving
 the KL-vs-tokens curve), or on text sampled from the float model (``--start-data``,
-``--blockwise-data``, ``--e2e-data`` teacher: sampled once per run, kept in OUT); evaluation on Debian's fortunes as in
-benchmarks/quantization_quality.py (8 x 512 tokens, KL(fp16 || model) per token, top-1,
-PPL, bpw). "tokens" counts the tokens trained on (a token seen twice counts twice),
+``--blockwise-data``, ``--e2e-data`` teacher: sampled once per run, kept in OUT); evaluation
+on Debian's fortunes as in benchmarks/quantization_quality.py (8 x 512 tokens, KL(fp16 ||
+model) per token, top-1, PPL, bpw). "tokens" counts the tokens trained on (a token seen twice counts twice),
 "train s" the training wall time, sampling text from the float model included (a row that
 reuses text sampled for an earlier row counts the seconds it took), "total s" with the
 start's quantization (with any sampling of its calibration text). Prints a table and

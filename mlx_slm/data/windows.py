@@ -45,6 +45,12 @@ def token_windows(tokenizer, text, seq_len: int, max_windows: int | None) -> np.
     return start_with_bos(tokenizer, ids[: count * seq_len].reshape(count, seq_len))
 
 
+def check_tokenizer(tokenizer) -> None:
+    """One clear error where a calibration has no tokenizer to cut (or sample) its text with."""
+    if tokenizer is None:
+        raise SLMError("calibrated quantization needs the model's tokenizer: pass tokenizer=...")
+
+
 def calibration_windows(tokenizer, calib, num_samples: int = DEFAULT_NUM_SAMPLES,
                         seq_len: int = DEFAULT_SEQ_LEN) -> tuple[np.ndarray, dict]:
     """Tokenize ``calib`` into ``num_samples`` non-overlapping windows of ``seq_len`` tokens.
@@ -55,8 +61,7 @@ def calibration_windows(tokenizer, calib, num_samples: int = DEFAULT_NUM_SAMPLES
     """
     if calib is None:
         raise SLMError("calibration text is missing: pass calib=<.txt/.jsonl path or list of strings> (--calib FILE)")
-    if tokenizer is None:
-        raise SLMError("calibrated quantization needs the model's tokenizer: pass tokenizer=...")
+    check_tokenizer(tokenizer)
     if num_samples < 1 or seq_len < 2:
         raise SLMError(f"need num_samples >= 1 and seq_len >= 2, not {num_samples} and {seq_len}")
     text = read_text(calib)
@@ -108,8 +113,7 @@ class Calibration:
         :func:`~mlx_slm.data.teacher_text.window_tokens` tokens of it, cut as any calibration text."""
         from .teacher_text import sample_text, window_tokens
 
-        if self.tokenizer is None:
-            raise SLMError("calibrated quantization needs the model's tokenizer: pass tokenizer=...")
+        check_tokenizer(self.tokenizer)
         text = sample_text(model, self.tokenizer, window_tokens(self.num_samples, self.seq_len), SAMPLE_SEED,
                            progress)
         return Calibration([text], self.tokenizer, self.num_samples, self.seq_len, self.data)
