@@ -126,17 +126,21 @@ class Bench:
         from mlx_slm.data.teacher_text import window_tokens
         from mlx_slm.data.windows import calibration_windows
         from mlx_slm.quant.blockwise import reconstruct_blocks
+        from mlx_slm.quant.methods.blockwise import BlockwiseConfig
 
         teacher = self.args.blockwise_data == "teacher"
         folder = self.out / f"{start_folder.name.replace('start-', 'blockwise-', 1)}{'-teacher' if teacher else ''}"
         record = folder / "blockwise.json"
         if not record.is_file():
             model, _ = mlx_slm.load(start_folder)
-            config = self.blockwise_config()
+            args = self.args
+            config = BlockwiseConfig(epochs=args.blockwise_epochs, learning_rate=args.blockwise_lr,
+                                     scale_learning_rate=args.blockwise_scale_lr, inputs=args.blockwise_inputs,
+                                     data=args.blockwise_data).check()
             tokens, _ = calibration_windows(**self.calibration)
             sampling = 0.0
-            if teacher:  # teacher_windows' windows (what quantize(method="blockwise", data="teacher") trains
-                # on), their text sampled once per run: every row's block-wise pass trains on the same windows
+            if teacher:  # the windows quantize(method="blockwise", data="teacher") trains on (Calibration.sampled
+                # at the config's seed), their text sampled once per run: every row's pass trains on the same windows
                 text, sampling = self.teacher_text(window_tokens(*tokens.shape), config.seed)
                 tokens = calibration_windows(self.tokenizer, [text], *tokens.shape)[0]
             report = reconstruct_blocks(model, self.reference, tokens, config)
@@ -147,15 +151,6 @@ class Bench:
         model, _ = mlx_slm.load(folder)
         return model, {"tokens": report["train_tokens"], "blockwise_seconds": report["seconds"],
                        "sampling_seconds": report["sampling_seconds"], "blockwise": report}
-
-    def blockwise_config(self):
-        """The block-wise recipe's :class:`BlockwiseConfig`: the benchmark's settings."""
-        from mlx_slm.quant.methods.blockwise import BlockwiseConfig
-
-        args = self.args
-        return BlockwiseConfig(epochs=args.blockwise_epochs, learning_rate=args.blockwise_lr,
-                               scale_learning_rate=args.blockwise_scale_lr, inputs=args.blockwise_inputs,
-                               data=args.blockwise_data)
 
     def e2e_config(self, bits: int, start: str):
         """The row's :class:`E2EConfig`: the benchmark's settings, the e2e method's defaults by bits and start."""

@@ -343,13 +343,13 @@ def set_model_config(model, config: dict) -> None:
     access(model).set_config(config)
 
 
-def require_training(feature: str, *models) -> None:
+def require_training(feature: str, *models,
+                     reason: str = "training does not run on the numpy fallback") -> None:
     """One clear error unless every model can train: MLX importable and each model an MLX model (the
-    numpy fallback computes but has no autograd)."""
+    numpy fallback computes but has no autograd). ``reason`` says why the feature needs MLX models."""
     require_mlx(feature)
     if not all(access(model).trains for model in models):
-        raise MLXRequiredError(feature, "training does not run on the numpy fallback (load the model with "
-                                        "backend='mlx')")
+        raise MLXRequiredError(feature, f"{reason} (load the model with backend='mlx')")
 
 
 def float_dtypes(model) -> dict:

@@ -24,11 +24,10 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from .backend import require_mlx
 from .calib.blocks import arrays_of
 from .calib.statistics import InputStatistics
 from .data.windows import DEFAULT_NUM_SAMPLES, DEFAULT_SEQ_LEN, Calibration
-from .errors import MLXRequiredError, SLMError
+from .errors import SLMError
 from .formats import get_format
 from .io.safetensors_np import check_spill_room
 from .model_access import (
@@ -333,8 +332,6 @@ def sampled_calibration(model, calibration: Calibration, progress: bool) -> Cali
     """``calibration`` (``data="teacher"``, checked) on text sampled from the float ``model`` before
     it is quantized (:meth:`Calibration.sampled`)."""
     check_float(model)
-    require_mlx("calibration on text sampled from the model (calib_data='teacher')")
-    if not access(model).trains:
-        raise MLXRequiredError("calibration on text sampled from the model (calib_data='teacher')",
-                               "the sampler runs MLX models only (load the model with backend='mlx')")
+    require_training("calibration on text sampled from the model (calib_data='teacher')", model,
+                     reason="the sampler runs MLX models only")
     return calibration.sampled(model, progress)

@@ -82,7 +82,7 @@ def test_bad_data_setting_is_one_line(tmp_path, capsys):
 
 def test_blockwise_on_teacher_text_trains_on_its_windows(tmp_path, monkeypatch):
     """Block-wise data="teacher": the blocks train on windows of what the sampler returned (asked for
-    MARGIN times the windows' tokens), cut as calibration windows are; the start calibrates on the
+    MARGIN times the windows' tokens at the block-wise seed), cut as calibration windows are; the start calibrates on the
     calibration text. (The sampler is replaced as in the test above.)"""
     import mlx_slm
     from mlx_slm.data import teacher_text
@@ -92,13 +92,13 @@ def test_blockwise_on_teacher_text_trains_on_its_windows(tmp_path, monkeypatch):
     readable = sample_text(100, seed=5)
     asked, trained = [], []
     real = blockwise.reconstruct_blocks
-    monkeypatch.setattr(teacher_text, "sample_text", lambda *a, **k: (asked.append(a[2]), readable)[1])
+    monkeypatch.setattr(teacher_text, "sample_text", lambda *a, **k: (asked.append(a[2:4]), readable)[1])
     monkeypatch.setattr(blockwise, "reconstruct_blocks", lambda *a, **k: (trained.append(a[2]), real(*a, **k))[1])
     model, tokenizer = mlx_slm.load(tiny_model_folder(tmp_path))
     mlx_slm.quantize(model, bits=2, group_size=32, method="blockwise", calib=[sample_text(160)], tokenizer=tokenizer,
                      num_samples=8, seq_len=32, progress=False,
-                     blockwise_options={"start": "rtn", "epochs": 1, "batch_size": 2, "data": "teacher"})
-    assert asked == [int(np.ceil(teacher_text.MARGIN * 8 * 32))]
+                     blockwise_options={"start": "rtn", "epochs": 1, "batch_size": 2, "data": "teacher", "seed": 3})
+    assert asked == [(int(np.ceil(teacher_text.MARGIN * 8 * 32)), 3)]
     [tokens] = trained
     np.testing.assert_array_equal(tokens, calibration_windows(tokenizer, [readable], 8, 32)[0])
     record = mlx_slm.model_config(model)["mlx_slm"]  # the calibration record stays the start's text's

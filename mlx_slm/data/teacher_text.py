@@ -70,16 +70,7 @@ def sample_text(model, tokenizer, tokens: int, seed: int = 0, progress: bool = T
     return SEPARATOR.join(tokenizer.decode(ids, skip_special_tokens=True) for ids in samples)
 
 
-def teacher_windows(model, tokenizer, num_samples: int, seq_len: int, seed: int = 0,
-                    progress: bool = True) -> np.ndarray:
-    """``num_samples`` windows [num_samples, seq_len] of text sampled from ``model``, cut as
-    :func:`mlx_slm.data.windows.calibration_windows` cuts a calibration text."""
-    from .windows import calibration_windows
-
-    text = sample_text(model, tokenizer, window_tokens(num_samples, seq_len), seed, progress)
-    return calibration_windows(tokenizer, [text], num_samples, seq_len)[0]
-
-
 def window_tokens(num_samples: int, seq_len: int) -> int:
-    """Tokens :func:`teacher_windows` samples for ``num_samples`` windows of ``seq_len``."""
+    """Tokens sampled for ``num_samples`` windows of ``seq_len``
+    (:meth:`mlx_slm.data.windows.Calibration.sampled`)."""
     return math.ceil(MARGIN * num_samples * seq_len)

@@ -90,14 +90,16 @@ class Calibration:
     cut once, on first use, and shared by every method of one quantization run.
 
     ``data="teacher"`` calibrates on text the float model writes instead of a given text
-    (data-free, LLM-QAT's recipe: :mod:`mlx_slm.data.teacher_text`): :meth:`sampled` samples it,
-    as many tokens as the windows need, before the model is quantized."""
+    (data-free, LLM-QAT's recipe: :mod:`mlx_slm.data.teacher_text`): :meth:`sampled` samples it at
+    ``seed``, as many tokens as the windows need, before the model is quantized (block-wise training on
+    sampled text samples its windows the same way, at its own seed)."""
 
     text: object = None
     tokenizer: object = None
     num_samples: int = DEFAULT_NUM_SAMPLES
     seq_len: int = DEFAULT_SEQ_LEN
     data: str = "calib"
+    seed: int = SAMPLE_SEED  # of the sampled text (data="teacher")
     _cut: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def check(self) -> Calibration:
@@ -109,14 +111,13 @@ class Calibration:
         return self
 
     def sampled(self, model, progress: bool = True) -> Calibration:
-        """This calibration on text sampled from ``model`` (an MLX float model; :data:`SAMPLE_SEED`),
+        """This calibration on text sampled from ``model`` (an MLX float model) at ``seed``,
         :func:`~mlx_slm.data.teacher_text.window_tokens` tokens of it, cut as any calibration text."""
         from .teacher_text import sample_text, window_tokens
 
         check_tokenizer(self.tokenizer)
-        text = sample_text(model, self.tokenizer, window_tokens(self.num_samples, self.seq_len), SAMPLE_SEED,
-                           progress)
-        return Calibration([text], self.tokenizer, self.num_samples, self.seq_len, self.data)
+        text = sample_text(model, self.tokenizer, window_tokens(self.num_samples, self.seq_len), self.seed, progress)
+        return Calibration([text], self.tokenizer, self.num_samples, self.seq_len, self.data, self.seed)
 
     def windows(self) -> tuple[np.ndarray, dict]:
         """(tokens [num_samples, seq_len] int32, record): :func:`calibration_windows` (a sampled
@@ -125,6 +126,6 @@ class Calibration:
             self._cut = calibration_windows(self.tokenizer, self.text, self.num_samples, self.seq_len)
         tokens, record = self._cut
         if self.data == "teacher":
-            return tokens, {**record, "source": f"text sampled from the float model (seed {SAMPLE_SEED})",
+            return tokens, {**record, "source": f"text sampled from the float model (seed {self.seed})",
                             "data": self.data}
         return tokens, dict(record)

@@ -69,7 +69,7 @@ class BlockwiseConfig(MethodOptions):
 
 
 def run(model, settings, calibration, progress):
-    from ...data.teacher_text import teacher_windows
+    from ...data.windows import Calibration
     from ...quantize import float_teacher, record_result, run_method
     from ..blockwise import reconstruct_blocks
 
@@ -79,7 +79,8 @@ def run(model, settings, calibration, progress):
     teacher = float_teacher(model)
     if config.data == "teacher" and calibration.data != "teacher":  # the record stays the calibration text's (the
         # start's); the report says data. A calibration on sampled text already is what this would sample.
-        tokens = teacher_windows(teacher, calibration.tokenizer, *tokens.shape, config.seed, progress)
+        sampling = Calibration(None, calibration.tokenizer, *tokens.shape, data="teacher", seed=config.seed)
+        tokens = sampling.sampled(teacher, progress).windows()[0]
     run_method(model, replace(settings, method=config.start), calibration, progress)
     report = reconstruct_blocks(model, teacher, tokens, config, progress=progress)
     record_result(model, method="blockwise", calibration=record, blockwise=report)
