@@ -82,8 +82,8 @@ def test_bad_data_setting_is_one_line(tmp_path, capsys):
 
 def test_blockwise_on_teacher_text_trains_on_its_windows(tmp_path, monkeypatch):
     """Block-wise data="teacher": the blocks train on windows of what the sampler returned (asked for
-    MARGIN times the windows' tokens at the block-wise seed), cut as calibration windows are; the start calibrates on the
-    calibration text. (The sampler is replaced as in the test above.)"""
+    MARGIN times the windows' tokens at the block-wise seed), cut as calibration windows are; the start
+    calibrates on the calibration text. (The sampler is replaced as in the test above.)"""
     import mlx_slm
     from mlx_slm.data import teacher_text
     from mlx_slm.data.windows import calibration_windows
@@ -169,3 +169,17 @@ def test_quantize_command_can_be_data_free(tmp_path, monkeypatch):
     assert asked == [int(np.ceil(teacher_text.MARGIN * 4 * 32)), math.ceil(2 * 2 * 32 / 0.95)]
     record = mlx_slm.model_config(mlx_slm.load(tmp_path / "q")[0])["mlx_slm"]
     assert record["calibration"]["data"] == "teacher" and record["e2e"]["data"] == "teacher"
+
+
+def test_missing_calibration_text_names_both_ways(tmp_path, capsys):
+    """A calibrated method without --calib: one line, exit 2, naming --calib and --calib-data teacher; no
+    output left."""
+    from mlx_slm.cli import main
+
+    command = ["quantize", str(tiny_model_folder(tmp_path)), "-o", str(tmp_path / "out"), "--bits", "3",
+               "--method", "gptq"]
+    status = main(command)
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert "calibration text is missing" in err and "--calib FILE" in err and "--calib-data teacher" in err
+    assert not (tmp_path / "out").exists()

@@ -123,6 +123,10 @@ class Calibration:
         """(tokens [num_samples, seq_len] int32, record): :func:`calibration_windows` (a sampled
         text's record says so)."""
         if self._cut is None:
+            if self.text is None and self.data == "calib":
+                raise SLMError("calibration text is missing: pass calib=<.txt/.jsonl path or list of strings> "
+                               "(--calib FILE), or calibrate on text sampled from the float model: "
+                               "calib_data='teacher' (--calib-data teacher; MLX only)")
             self._cut = calibration_windows(self.tokenizer, self.text, self.num_samples, self.seq_len)
         tokens, record = self._cut
         if self.data == "teacher":
