@@ -1,4 +1,4 @@
-"""The low-bit training table at the benchmark's default budget, from the kept results.
+"""The low-bit training table from the kept results, at the benchmark's default budget or a larger one.
 
     python benchmarks/lowbit_summary.py [RESULT.json ...] [--out runs/lowbit_summary.json]
 
@@ -11,9 +11,11 @@ the row's bits, 8 x 512 evaluation tokens), with the file it came from: a later 
 replaces an earlier one. Rows calibrated or trained on text sampled from the float model
 (``--start-data``, ``--blockwise-data``, ``--e2e-data teacher``) are recipes of their own, the
 parts so done marked "/teacher" (a start so calibrated named in front of every recipe from it).
-Rows run with other settings (more windows, more steps, another rate, adoption forced) are left
-out; the README quotes them where it discusses them. Then each of issue 19's targets against the
-best row of its format.
+Rows run with more (or fewer) calibration windows or end-to-end steps are shown too, as recipes
+of their own, the budget named after the recipe ("gptq/teacher+e2e/teacher (128 windows, 120
+steps)"); rows run with other settings (another rate, adoption forced, ...) are left out, and the
+README quotes them where it discusses them. Then each of issue 19's targets against the best row
+of its format, whatever its budget (the tokens column states it).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ VARIANTS = ("start_data", "blockwise_data", "e2e_data")  # settings a row may di
 # recipe of its own
 TEACHER = "/teacher"  # marks a recipe's part (the start, blockwise, e2e) calibrated or trained on text sampled from
 # the float model
+BUDGETS = (("num_samples", "windows"), ("e2e_steps", "steps"))  # settings a row may differ in and still be shown,
+# named after its recipe (the steps only where the recipe trains end to end)
 RECIPES = ("blockwise", "e2e", "blockwise+e2e")  # after the start's row
 # (row, what is measured, bound, as the issue words it); "ppl_x" is PPL / fp16's PPL
 TARGETS = (("affine:2:64", "ppl_x", 2.5, "2-bit g64: PPL at most 2.5x fp16"),
@@ -42,11 +46,17 @@ TARGETS = (("affine:2:64", "ppl_x", 2.5, "2-bit g64: PPL at most 2.5x fp16"),
            ("ternary:2:0", "ppl_x", 10.0, "ternary: PPL at most 10x fp16"))
 
 
-def defaults() -> dict:
-    """The benchmark's default settings, read off its own parser (a setting a file lacks predates it)."""
+def parser_defaults() -> dict:
+    """Every setting's default, read off the benchmark's own parser (a setting a file lacks predates it)."""
     from lowbit_training import RUN_ONLY, build_parser
 
-    return {k: v for k, v in vars(build_parser().parse_args([])).items() if k not in RUN_ONLY + BY_ROW + VARIANTS}
+    return {k: v for k, v in vars(build_parser().parse_args([])).items() if k not in RUN_ONLY}
+
+
+def defaults() -> dict:
+    """The settings a shown row must have at their defaults: all but the variants and budgets."""
+    shown = BY_ROW + VARIANTS + tuple(key for key, _ in BUDGETS)
+    return {k: v for k, v in parser_defaults().items() if k not in shown}
 
 
 def at_defaults(settings: dict, row: dict) -> bool:
@@ -75,19 +85,24 @@ def label(settings: dict, row: dict) -> str:
     parts = row["recipe"].split("+")
     if start == "teacher" and parts[0] in RECIPES:
         parts = [default_start(row["format"])] + parts
-    return "+".join(part + (TEACHER if data.get(part, start) == "teacher" else "") for part in parts)
+    recipe = "+".join(part + (TEACHER if data.get(part, start) == "teacher" else "") for part in parts)
+    usual = parser_defaults()
+    budget = [f"{settings[key]} {unit}" for key, unit in BUDGETS
+              if settings.get(key, usual[key]) != usual[key] and (key != "e2e_steps" or "e2e" in row["recipe"])]
+    return recipe + (f" ({', '.join(budget)})" if budget else "")
 
 
 def order(item) -> tuple:
-    """By row, then recipe as the benchmark orders them (whatever the start), then text."""
+    """By row, then recipe as the benchmark orders them (whatever the start), then text, then budget."""
     (name, recipe), _ = item
-    parts = recipe.replace(TEACHER, "").split("+")
+    parts = recipe.split(" (")[0].replace(TEACHER, "").split("+")
     base = "+".join(parts[1:] if len(parts) > 1 and parts[0] not in RECIPES else parts)
     return name, RECIPES.index(base) + 1 if base in RECIPES else 0, recipe.count(TEACHER), recipe
 
 
 def collect(paths: list[Path]) -> tuple[dict, float]:
-    """(row, recipe) -> the last default-budget row (with its "source"), and fp16's PPL."""
+    """(row, recipe) -> the last row at the default settings or a shown budget (with its "source"), and
+    fp16's PPL."""
     table, fp16 = {}, None
     for path in paths:
         kept = json.loads(path.read_text())
@@ -102,14 +117,17 @@ def collect(paths: list[Path]) -> tuple[dict, float]:
 
 
 def lines(table: dict, fp16: float) -> list[str]:
-    header = (f"{'row':<14}{'recipe':<42}{'bpw':>6}{'PPL':>13}{'x fp16':>8}{'KL':>9}{'top-1':>8}{'tokens':>8}"
-              f"{'train s':>8}  held-out KL (0, 10k, 20k, 31k, 41k tokens)  source")
+    wide = max([len("recipe")] + [len(recipe) for _, recipe in table]) + 2
+    source = max([len("source")] + [len(r["source"]) for r in table.values()]) + 2
+    header = (f"{'row':<14}{'recipe':<{wide}}{'bpw':>6}{'PPL':>13}{'x fp16':>8}{'KL':>9}{'top-1':>8}{'tokens':>9}"
+              f"{'train s':>8}  {'source':<{source}}held-out KL every 10 steps (10k tokens), from 0")
     out = [header, "-" * len(header)]
     for (name, recipe), r in sorted(table.items(), key=order):
         curve = r.get("e2e_heldout_kl") or []
         shown = ", ".join(([] if not curve or curve[0][0] == 0 else ["?"]) + [f"{kl:.3f}" for _, kl in curve]) or "-"
-        out.append(f"{name:<14}{recipe:<42}{r['bpw']:>6.2f}{r['ppl']:>13.2f}{r['ppl'] / fp16:>8.1f}{r['kld']:>9.4f}"
-                   f"{r['top1']:>8.1%}{r['tokens']:>8}{r['train_seconds']:>8.0f}  {shown:<43}  {r['source']}")
+        out.append(f"{name:<14}{recipe:<{wide}}{r['bpw']:>6.2f}{r['ppl']:>13.2f}{r['ppl'] / fp16:>8.1f}"
+                   f"{r['kld']:>9.4f}{r['top1']:>8.1%}{r['tokens']:>9}{r['train_seconds']:>8.0f}  "
+                   f"{r['source']:<{source}}{shown}")
     return out
 
 
@@ -147,7 +165,7 @@ def main(argv=None) -> None:
     goals = targets(table, fp16)
     for goal in goals:
         shown = f"{goal['value']:.1f}x" if "x fp16" in goal["target"] else f"{goal['value']:.4f}"
-        print(f"{goal['target']:<55} best {goal['best_recipe']:<42} {shown:>9}  top-1 {goal['top1']:.1%}  "
+        print(f"{goal['target']:<55} best {goal['best_recipe']:<44} {shown:>9}  top-1 {goal['top1']:.1%}  "
               f"{'met' if goal['met'] else 'missed'}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"fp16_ppl": fp16, "files": [p.name for p in paths], "targets": goals,

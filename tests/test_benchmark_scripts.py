@@ -175,10 +175,12 @@ def test_engine_agreement_compares_both_engines(tmp_path, monkeypatch):
         assert 0.9 < row["equal"] <= 1 and 0 < row["kld"] < 1 and row["block_mb"] > 0
 
 
-def test_lowbit_summary_keeps_the_last_default_budget_row(tmp_path, capsys):
+def test_lowbit_summary_keeps_the_last_row_of_each_recipe_and_budget(tmp_path, capsys):
     """The summary reads lowbit_training results oldest first: a later file's row replaces an earlier
-    one, rows run with another budget (steps, rate) are left out, rows trained on the float model's text
-    are a recipe of their own, and each target is judged on the best row of its format."""
+    one; rows run with more windows or end-to-end steps are recipes of their own, the budget named
+    (the steps only where the recipe trains end to end), rows with another rate are left out; rows
+    trained on the float model's text are a recipe of their own; each target is judged on the best row
+    of its format, whatever its budget."""
     import lowbit_summary
 
     def row(name, recipe, ppl, kld, top1=0.5, curve=None, bits=2):
@@ -195,7 +197,10 @@ def test_lowbit_summary_keeps_the_last_default_budget_row(tmp_path, capsys):
     newer.write_text(json.dumps({"runs": [
         {"settings": default, "rows": [fp16, row("affine:2:64", "gptq", 390.0, 2.7),
                                        row("affine:2:64", "blockwise", 45.0, 1.0)]},
-        {"settings": {**default, "e2e_steps": 160}, "rows": [row("affine:2:64", "e2e", 30.0, 0.5, curve=[[0, 2.0]])]},
+        {"settings": {**default, "e2e_steps": 160}, "rows": [row("affine:2:64", "gptq", 391.0, 2.7),
+                                                             row("affine:2:64", "e2e", 30.0, 0.5, curve=[[0, 2.0]])]},
+        {"settings": {**default, "num_samples": 128, "start_data": "teacher"},
+         "rows": [row("affine:2:64", "gptq", 250.0, 2.3)]},
         {"settings": {**default, "e2e_lr": 1e-2}, "rows": [row("affine:2:64", "e2e", 31.0, 0.5, curve=[[0, 2.0]])]},
         {"settings": {**default, "e2e_data": "teacher"},
          "rows": [row("affine:2:64", "e2e", 50.0, 1.1, curve=[[0, 2.0]])]},
@@ -207,17 +212,20 @@ def test_lowbit_summary_keeps_the_last_default_budget_row(tmp_path, capsys):
     lowbit_summary.main([str(older), str(newer), "--out", str(tmp_path / "summary.json")])
     summary = json.loads((tmp_path / "summary.json").read_text())
     kept = {(r["row"], r["recipe"]): (r["ppl"], r["source"]) for r in summary["rows"]}
-    assert kept == {("affine:2:64", "gptq"): (390.0, "newer.json"), ("affine:2:64", "blockwise"): (45.0, "newer.json"),
+    assert kept == {("affine:2:64", "gptq"): (391.0, "newer.json"), ("affine:2:64", "blockwise"): (45.0, "newer.json"),
+                    ("affine:2:64", "e2e (160 steps)"): (30.0, "newer.json"),  # a budget of its own
+                    ("affine:2:64", "gptq/teacher (128 windows)"): (250.0, "newer.json"),
                     ("affine:2:64", "e2e"): (260.0, "older.json"), ("affine:4:64", "gptq"): (26.0, "older.json"),
                     ("affine:2:64", "e2e/teacher"): (50.0, "newer.json"),  # trained on the float model's text
                     ("affine:2:64", "blockwise/teacher+e2e"): (48.0, "newer.json"),
                     ("affine:2:64", "gptq/teacher"): (300.0, "newer.json"),  # the start calibrated on it
                     ("affine:2:64", "gptq/teacher+e2e/teacher"): (47.0, "newer.json")}
     goals = {goal["target"].split(":")[0]: goal for goal in summary["targets"]}
-    assert goals["2-bit g64"]["best_recipe"] == "blockwise" and goals["2-bit g64"]["value"] == 45.0 / 20.0
+    assert goals["2-bit g64"]["best_recipe"] == "e2e (160 steps)" and goals["2-bit g64"]["value"] == 30.0 / 20.0
     assert goals["2-bit g64"]["met"] and goals["4-bit g64"]["met"]
     out = capsys.readouterr().out
     assert "?, 1.300" in out  # a curve without its start point says so
-    shown = [line.split()[1] for line in out.splitlines() if line.startswith("affine:2:64")]
-    assert shown == ["gptq", "gptq/teacher", "blockwise", "e2e", "e2e/teacher", "gptq/teacher+e2e/teacher",
-                     "blockwise/teacher+e2e"]  # recipes in the benchmark's order, a start's text before a part's
+    shown = [line[14:].split("  ")[0] for line in out.splitlines() if line.startswith("affine:2:64")]
+    assert shown == ["gptq", "gptq/teacher", "gptq/teacher (128 windows)", "blockwise", "e2e", "e2e (160 steps)",
+                     "e2e/teacher", "gptq/teacher+e2e/teacher", "blockwise/teacher+e2e"]  # recipes in the
+    # benchmark's order, a start's text before a part's, a larger budget after the default one
