@@ -30,7 +30,8 @@ KEPT = ("lowbit_training.json", "lowbit_training_e2e.json", "lowbit_training_128
         "lowbit_training_g32.json", "lowbit_training_embed4.json", "lowbit_training_ternary_gptq.json",
         "lowbit_training_ternary_e2e.json", "lowbit_training_lut3.json", "lowbit_training_affine4.json",
         "lowbit_training_lut4.json", "lowbit_training_gradients.json", "lowbit_training_g64_rerun.json",
-        "lowbit_training_teacher.json", "lowbit_training_teacher_more.json", "lowbit_training_start_teacher.json")
+        "lowbit_training_teacher.json", "lowbit_training_teacher_more.json", "lowbit_training_start_teacher.json",
+        "lowbit_training_start_teacher_120steps.json", "lowbit_training_start_teacher_128windows.json")
 BY_ROW = ("e2e_lr", "e2e_adopt")  # defaults that depend on the row: checked in at_defaults
 VARIANTS = ("start_data", "blockwise_data", "e2e_data")  # settings a row may differ in and still be shown, as a
 # recipe of its own
@@ -163,9 +164,10 @@ def main(argv=None) -> None:
     print("\n".join(lines(table, fp16)))
     print()
     goals = targets(table, fp16)
+    wide = max([len(goal["best_recipe"]) for goal in goals], default=0)
     for goal in goals:
         shown = f"{goal['value']:.1f}x" if "x fp16" in goal["target"] else f"{goal['value']:.4f}"
-        print(f"{goal['target']:<55} best {goal['best_recipe']:<44} {shown:>9}  top-1 {goal['top1']:.1%}  "
+        print(f"{goal['target']:<55} best {goal['best_recipe']:<{wide}} {shown:>9}  top-1 {goal['top1']:.1%}  "
               f"{'met' if goal['met'] else 'missed'}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"fp16_ppl": fp16, "files": [p.name for p in paths], "targets": goals,
