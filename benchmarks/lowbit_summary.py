@@ -78,7 +78,8 @@ def at_defaults(settings: dict, row: dict) -> bool:
 def label(settings: dict, row: dict) -> str:
     """The row's recipe as the table names it: each part (blockwise, e2e) trained on the float model's text
     marked so ("blockwise/teacher+e2e/teacher"); a start calibrated on it is marked and named first in
-    every recipe from it ("gptq/teacher+e2e/teacher")."""
+    every recipe from it ("gptq/teacher+e2e/teacher"); a budget other than the default is named after
+    it ("e2e (120 steps)")."""
     from mlx_slm.quant.methods.blockwise import default_start
 
     data = {"blockwise": settings.get("blockwise_data"), "e2e": settings.get("e2e_data")}
@@ -112,8 +113,8 @@ def collect(paths: list[Path]) -> tuple[dict, float]:
                 if row["recipe"] == "fp16":
                     fp16 = row["ppl"]
                 elif at_defaults(run["settings"], row):
-                    table[(row["row"], label(run["settings"], row))] = {**row, "recipe": label(run["settings"], row),
-                                                                         "source": path.name}
+                    recipe = label(run["settings"], row)
+                    table[(row["row"], recipe)] = {**row, "recipe": recipe, "source": path.name}
     return table, fp16
 
 
