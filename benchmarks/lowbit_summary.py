@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import cache
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "smollm2"
@@ -47,8 +48,10 @@ TARGETS = (("affine:2:64", "ppl_x", 2.5, "2-bit g64: PPL at most 2.5x fp16"),
            ("ternary:2:0", "ppl_x", 10.0, "ternary: PPL at most 10x fp16"))
 
 
+@cache
 def parser_defaults() -> dict:
-    """Every setting's default, read off the benchmark's own parser (a setting a file lacks predates it)."""
+    """Every setting's default, read off the benchmark's own parser (a setting a file lacks predates it);
+    built once, read for every row (not to be changed)."""
     from lowbit_training import RUN_ONLY, build_parser
 
     return {k: v for k, v in vars(build_parser().parse_args([])).items() if k not in RUN_ONLY}
