@@ -2,10 +2,10 @@
 
     python benchmarks/lowbit_training.py [--out runs/lowbit_training]
         [--rows affine:2:64,affine:2:32,affine:3:64,affine:4:64,lut:3:8,lut:4:8,ternary:2:0]
-        [--recipes start,blockwise,blockwise+e2e,e2e] [--num-samples 32] [--calib-seq-len 256]
+        [--recipes start,blockwise,blockwise+e2e,e2e,learned] [--num-samples 32] [--calib-seq-len 256]
         [--start-data calib|teacher] [--blockwise-epochs 2] [--blockwise-lr 1e-3] [--blockwise-scale-lr 1e-3]
         [--blockwise-data calib|teacher]
-        [--e2e-steps 40] [--e2e-lr LR] [--e2e-data calib|teacher] [--resume]
+        [--e2e-steps 40] [--e2e-lr LR] [--e2e-data calib|teacher] [--learned-steps 200] [--resume]
 
 A row is FORMAT:BITS:GROUP, or FORMAT:BITS:GROUP:EMBED with the embedding and its tied
 head stored affine at EMBED bits in groups of 64 (``affine:2:64:4``: a mixed model, its
@@ -24,7 +24,11 @@ reused by every recipe of the row). Recipes:
   top-k logits (KL at temperature 1 over the k tokens and the rest), ending at the best
   held-out evaluation and kept only if the held-out KL dropped;
 - ``blockwise+e2e``: the same end-to-end run from the blockwise result (the one the
-  ``blockwise`` recipe measured, saved in OUT/blockwise-ROW; its seconds and tokens count).
+  ``blockwise`` recipe measured, saved in OUT/blockwise-ROW; its seconds and tokens count);
+- ``learned``: what ``quantize(method="learned")`` does after its start
+  (:func:`mlx_slm.quant.learned.learn_quantization`): the affine scales and biases alone trained
+  towards the float model's logits on the start's calibration windows (``--learned-steps``, the
+  method's other defaults), kept only if its held-out windows' KL dropped.
 
 Texts: training/calibration on Debian's bible-kjv (its first 95%; the last 5% is the
 held-out text the end-to-end runs evaluate on every ``--e2e-eval-every`` steps, giving
@@ -53,11 +57,13 @@ from mlx_slm.data.corpora import local_text
 from mlx_slm.data.teacher_text import DATA
 from mlx_slm.io.atomic import atomic_file
 from mlx_slm.quant.methods.blockwise import default_start
+from mlx_slm.quant.methods.learned import LearnedConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import source_folder
 
-RECIPES = ("start", "blockwise", "blockwise+e2e", "e2e")
+RECIPES = ("start", "blockwise", "blockwise+e2e", "e2e", "learned")
+DEFAULT_RECIPES = "start,blockwise,blockwise+e2e,e2e"  # learned polishes affine rows only
 DEFAULT_ROWS = "affine:2:64,affine:2:32,affine:3:64,affine:4:64,lut:3:8,lut:4:8,ternary:2:0"
 
 
@@ -99,24 +105,43 @@ class Bench:
         of its calibration text included). ``--start-data teacher`` calibrates it on text sampled from
         the float model, as ``quantize(calib_data="teacher")`` does; the block-wise pass on teacher
         windows trains on the same windows."""
-        from mlx_slm.data.teacher_text import window_tokens
-        from mlx_slm.data.windows import SAMPLE_SEED
-
         teacher = self.args.start_data == "teacher"
         folder = self.out / f"start-{name.replace(':', '-')}{'-on-teacher' if teacher else ''}"
         record = folder / "seconds.txt"
         if not record.is_file():
             model, _ = mlx_slm.load(self.folder)
-            calibration, sampling = self.calibration, 0.0
-            if teacher:
-                text, sampling = self.teacher_text(window_tokens(self.args.num_samples, self.args.calib_seq_len),
-                                                   SAMPLE_SEED)
-                calibration = {**calibration, "calib": [text]}
+            calibration, sampling = self.start_calibration()
             began = time.perf_counter()
             mlx_slm.quantize(model, method=default_start(row["format"]), progress=False, **row, **calibration)
             seconds = time.perf_counter() - began + sampling
             mlx_slm.save(model, self.tokenizer, folder, overwrite=True, extra_files={"seconds.txt": f"{seconds}"})
         return folder, float(record.read_text())
+
+    def start_calibration(self) -> tuple[dict, float]:
+        """quantize's calibration settings of the start (the calibration text, or with ``--start-data teacher``
+        text sampled from the float model) and the seconds sampling took (0 for the calibration text)."""
+        from mlx_slm.data.teacher_text import window_tokens
+        from mlx_slm.data.windows import SAMPLE_SEED
+
+        if self.args.start_data != "teacher":
+            return self.calibration, 0.0
+        text, sampling = self.teacher_text(window_tokens(self.args.num_samples, self.args.calib_seq_len),
+                                           SAMPLE_SEED)
+        return {**self.calibration, "calib": [text]}, sampling
+
+    def learned(self, model) -> dict:
+        """What ``quantize(method="learned")`` does after its start (:func:`learn_quantization`): the scales
+        and biases trained towards the float model on the start's calibration windows, in place; the
+        extra columns (tokens trained on, the sampling of the windows' text counted as the start's)."""
+        from mlx_slm.data.windows import calibration_windows
+        from mlx_slm.quant.learned import learn_quantization
+        from mlx_slm.quant.methods.learned import LearnedConfig
+
+        config = LearnedConfig(steps=self.args.learned_steps).check()
+        tokens, _ = calibration_windows(**self.start_calibration()[0])
+        report = learn_quantization(model, self.reference, tokens, progress=False, **config.training())
+        trained = report["steps_run"] * min(config.batch_size, len(tokens)) * tokens.shape[1]
+        return {"tokens": trained, "learned_seconds": report["seconds"], "learned": report}
 
     def blockwise(self, start_folder: Path, name: str):
         """Block-wise reconstruction of the row's start (saved in ``start_folder``) towards the float
@@ -216,7 +241,11 @@ class Bench:
             e2e_seconds = time.perf_counter() - began
             extra = {**extra, **e2e, "tokens": extra["tokens"] + e2e["tokens"],
                      "sampling_seconds": extra["sampling_seconds"] + sampling}
-        train_seconds = e2e_seconds + extra["blockwise_seconds"] + extra["sampling_seconds"]
+        if recipe.endswith("learned"):
+            learned = self.learned(model)
+            extra = {**extra, **learned, "tokens": extra["tokens"] + learned["tokens"]}
+        train_seconds = (e2e_seconds + extra["blockwise_seconds"] + extra["sampling_seconds"]
+                         + extra.get("learned_seconds", 0.0))
         report = mlx_slm.evaluate(model, self.tokenizer, reference=self.reference, **self.evaluate)
         label = default_start(row["format"]) if recipe == "start" else recipe
         return {"row": name, "recipe": label, **row, "train_seconds": train_seconds,
@@ -241,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="runs/lowbit_training")
     parser.add_argument("--rows", default=DEFAULT_ROWS,
                         help="FORMAT:BITS:GROUP[:EMBED], comma-separated (EMBED: the embedding's affine bits)")
-    parser.add_argument("--recipes", default=",".join(RECIPES), help=f"of {', '.join(RECIPES)}")
+    parser.add_argument("--recipes", default=DEFAULT_RECIPES, help=f"of {', '.join(RECIPES)}")
     parser.add_argument("--num-samples", type=int, default=32, help="calibration windows")
     parser.add_argument("--calib-seq-len", type=int, default=256, help="tokens per calibration / training window")
     parser.add_argument("--start-data", default="calib", choices=DATA,
@@ -268,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--e2e-adopt", action=argparse.BooleanOptionalAction, default=None,
                         help="latent weights start at the float model's where those round to the start's codes "
                              "(default: the e2e method's, by the start)")
+    parser.add_argument("--learned-steps", type=int, default=LearnedConfig.steps,
+                        help="most steps of the learned recipe (the learned method's other settings as its defaults)")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per evaluation window")
     parser.add_argument("--max-windows", type=int, default=8, help="evaluation windows")
     parser.add_argument("--resume", action="store_true", help="keep rows measured with the same settings")

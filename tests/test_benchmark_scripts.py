@@ -52,6 +52,33 @@ def test_lowbit_training_measures_start_blockwise_and_e2e(tmp_path):
         assert rows[name]["bpw"] == 2.5 and np.isfinite(rows[name]["kld"]) and rows[name]["kld"] > 0
 
 
+def test_lowbit_training_learned_recipe_is_the_learned_method(tmp_path):
+    """The learned recipe trains the start's scales and biases as quantize(method="learned") does, on
+    the start's calibration windows: the same model, so the same evaluation."""
+    import lowbit_training
+
+    import mlx_slm
+
+    folder, out = tiny_model_folder(tmp_path, "llama"), tmp_path / "out"
+    lowbit_training.main([
+        "--model", str(folder), "--out", str(out), "--rows", "affine:4:64", "--recipes", "start,learned",
+        "--num-samples", "8", "--calib-seq-len", "32", "--learned-steps", "20", "--seq-len", "64",
+        "--max-windows", "1"])
+    rows = {row["recipe"]: row for row in json.loads((out / "lowbit_training.json").read_text())["rows"]}
+    learned = rows["learned"]
+    assert learned["learned"]["steps_run"] == 20 and learned["tokens"] == 20 * 4 * 32
+    assert not learned["learned"]["kept_start"] and learned["kld"] != rows["gptq"]["kld"]
+    assert learned["train_seconds"] == learned["learned_seconds"] > 0
+
+    model, tokenizer = mlx_slm.load(folder)
+    mlx_slm.quantize(model, method="learned", bits=4, group_size=64, calib=out / "train.txt", tokenizer=tokenizer,
+                     num_samples=8, seq_len=32, progress=False, learned_options={"steps": 20})
+    expected = mlx_slm.evaluate(model, tokenizer, out / "eval.txt", reference=mlx_slm.load(folder)[0], seq_len=64,
+                                max_windows=1, decode_tokens=0, progress=False)
+    assert learned["kld"] == pytest.approx(expected["kld"], rel=1e-5)
+    assert learned["ppl"] == pytest.approx(expected["ppl"], rel=1e-5)
+
+
 def test_lowbit_training_on_teacher_text_counts_the_sampling_in_every_row(tmp_path, monkeypatch):
     """--blockwise-data/--e2e-data teacher: the block-wise windows' text and the end-to-end text are each
     sampled once and reused by every row; "train s" holds the sampling seconds either way, a row reusing
