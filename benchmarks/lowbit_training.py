@@ -135,7 +135,6 @@ class Bench:
         extra columns (tokens trained on, the sampling of the windows' text counted as the start's)."""
         from mlx_slm.data.windows import calibration_windows
         from mlx_slm.quant.learned import learn_quantization
-        from mlx_slm.quant.methods.learned import LearnedConfig
 
         config = LearnedConfig(steps=self.args.learned_steps).check()
         tokens, _ = calibration_windows(**self.start_calibration()[0])
@@ -241,7 +240,7 @@ class Bench:
             e2e_seconds = time.perf_counter() - began
             extra = {**extra, **e2e, "tokens": extra["tokens"] + e2e["tokens"],
                      "sampling_seconds": extra["sampling_seconds"] + sampling}
-        if recipe.endswith("learned"):
+        if recipe == "learned":
             learned = self.learned(model)
             extra = {**extra, **learned, "tokens": extra["tokens"] + learned["tokens"]}
         train_seconds = (e2e_seconds + extra["blockwise_seconds"] + extra["sampling_seconds"]
