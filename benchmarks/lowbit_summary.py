@@ -41,7 +41,7 @@ TEACHER = "/teacher"  # marks a recipe's part (the start, blockwise, e2e) calibr
 # the float model
 BUDGETS = (("num_samples", "windows"), ("e2e_steps", "steps"))  # settings a row may differ in and still be shown,
 # named after its recipe (the steps only where the recipe trains end to end)
-RECIPES = ("blockwise", "e2e", "blockwise+e2e", "learned")  # after the start's row
+RECIPES = ("blockwise", "e2e", "blockwise+e2e", "learned", "e2e+learned")  # after the start's row
 # (row, what is measured, bound, as the issue words it); "ppl_x" is PPL / fp16's PPL
 TARGETS = (("affine:2:64", "ppl_x", 2.5, "2-bit g64: PPL at most 2.5x fp16"),
            ("affine:3:64", "kld", 0.25, "3-bit g64: KL at most 0.25"),

@@ -2,7 +2,7 @@
 
     python benchmarks/lowbit_training.py [--out runs/lowbit_training]
         [--rows affine:2:64,affine:2:32,affine:3:64,affine:4:64,lut:3:8,lut:4:8,ternary:2:0]
-        [--recipes start,blockwise,blockwise+e2e,e2e,learned] [--num-samples 32] [--calib-seq-len 256]
+        [--recipes start,blockwise,blockwise+e2e,e2e,learned,e2e+learned] [--num-samples 32] [--calib-seq-len 256]
         [--start-data calib|teacher] [--blockwise-epochs 2] [--blockwise-lr 1e-3] [--blockwise-scale-lr 1e-3]
         [--blockwise-data calib|teacher]
         [--e2e-steps 40] [--e2e-lr LR] [--e2e-data calib|teacher] [--learned-steps 200] [--resume]
@@ -28,7 +28,9 @@ reused by every recipe of the row). Recipes:
 - ``learned``: what ``quantize(method="learned")`` does after its start
   (:func:`mlx_slm.quant.learned.learn_quantization`): the affine scales and biases alone trained
   towards the float model's logits on the start's calibration windows (``--learned-steps``, the
-  method's other defaults), kept only if its held-out windows' KL dropped.
+  method's other defaults), kept only if its held-out windows' KL dropped;
+- ``e2e+learned``: the ``e2e`` recipe, then the ``learned`` one on its result (what
+  ``quantize(method="learned", learned_options={"start": "e2e"})`` does; affine rows).
 
 Texts: training/calibration on Debian's bible-kjv (its first 95%; the last 5% is the
 held-out text the end-to-end runs evaluate on every ``--e2e-eval-every`` steps, giving
@@ -62,7 +64,7 @@ from mlx_slm.quant.methods.learned import LearnedConfig
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import source_folder
 
-RECIPES = ("start", "blockwise", "blockwise+e2e", "e2e", "learned")
+RECIPES = ("start", "blockwise", "blockwise+e2e", "e2e", "learned", "e2e+learned")
 DEFAULT_RECIPES = "start,blockwise,blockwise+e2e,e2e"  # learned polishes affine rows only
 DEFAULT_ROWS = "affine:2:64,affine:2:32,affine:3:64,affine:4:64,lut:3:8,lut:4:8,ternary:2:0"
 
@@ -225,14 +227,15 @@ class Bench:
 
     def measure(self, row: dict, name: str, recipe: str) -> dict:
         start_folder, start_seconds = self.start(row, name)
+        parts = recipe.split("+")
         extra = {"tokens": 0, "blockwise_seconds": 0.0, "sampling_seconds": 0.0}
-        if recipe.startswith("blockwise"):
+        if parts[0] == "blockwise":
             model, extra = self.blockwise(start_folder, name)
         else:
             model, _ = mlx_slm.load(start_folder)
         e2e_seconds = 0.0
-        if recipe.endswith("e2e"):
-            config = self.e2e_config(row["bits"], "blockwise" if recipe == "blockwise+e2e"
+        if "e2e" in parts:
+            config = self.e2e_config(row["bits"], "blockwise" if parts[0] == "blockwise"
                                      else default_start(row["format"]))
             train, held, sampling = self.e2e_texts(config)
             began = time.perf_counter()
@@ -240,7 +243,7 @@ class Bench:
             e2e_seconds = time.perf_counter() - began
             extra = {**extra, **e2e, "tokens": extra["tokens"] + e2e["tokens"],
                      "sampling_seconds": extra["sampling_seconds"] + sampling}
-        if recipe == "learned":
+        if parts[-1] == "learned":
             learned = self.learned(model)
             extra = {**extra, **learned, "tokens": extra["tokens"] + learned["tokens"]}
         train_seconds = (e2e_seconds + extra["blockwise_seconds"] + extra["sampling_seconds"]

@@ -79,6 +79,25 @@ def test_lowbit_training_learned_recipe_is_the_learned_method(tmp_path):
     assert learned["ppl"] == pytest.approx(expected["ppl"], rel=1e-5)
 
 
+def test_lowbit_training_e2e_then_learned_polishes_the_e2e_result(tmp_path):
+    """e2e+learned: the e2e recipe's very training (the same held-out curve), then the learned polish on
+    the start's calibration windows from that result; both parts' tokens and seconds count."""
+    import lowbit_training
+
+    out = tmp_path / "out"
+    lowbit_training.main([
+        "--model", str(tiny_model_folder(tmp_path, "llama")), "--out", str(out), "--rows", "affine:4:64",
+        "--recipes", "e2e,e2e+learned", "--num-samples", "8", "--calib-seq-len", "32", "--e2e-steps", "2",
+        "--e2e-batch-size", "2", "--e2e-top-k", "16", "--e2e-eval-every", "1", "--e2e-eval-windows", "1",
+        "--e2e-lr", "1e-3", "--learned-steps", "20", "--seq-len", "64", "--max-windows", "1"])
+    rows = {row["recipe"]: row for row in json.loads((out / "lowbit_training.json").read_text())["rows"]}
+    e2e, both = rows["e2e"], rows["e2e+learned"]
+    assert both["e2e_heldout_kl"] == e2e["e2e_heldout_kl"] and len(e2e["e2e_heldout_kl"]) == 3
+    assert both["learned"]["steps_run"] == 20 and not both["learned"]["kept_start"]
+    assert both["tokens"] == e2e["tokens"] + 20 * 4 * 32
+    assert both["train_seconds"] > both["learned_seconds"] > 0 and both["kld"] != e2e["kld"]
+
+
 def test_lowbit_training_on_teacher_text_counts_the_sampling_in_every_row(tmp_path, monkeypatch):
     """--blockwise-data/--e2e-data teacher: the block-wise windows' text and the end-to-end text are each
     sampled once and reused by every row; "train s" holds the sampling seconds either way, a row reusing
