@@ -275,3 +275,40 @@ def test_lowbit_summary_keeps_the_last_row_of_each_recipe_and_budget(tmp_path, c
     assert shown == ["gptq", "gptq/teacher", "gptq/teacher (128 windows)", "blockwise", "e2e", "e2e (160 steps)",
                      "e2e/teacher", "gptq/teacher+e2e/teacher", "blockwise/teacher+e2e"]  # recipes in the
     # benchmark's order, a start's text before a part's, a larger budget after the default one
+
+
+def test_kl_by_part_scores_what_quantize_gives_keeping_the_other_layers_float(tmp_path, capsys):
+    """Each part's "alone" model is the float model with only that part quantized, its "without" model the
+    quantized one with that part float: the same scores as quantize's own keep settings give (rtn rounds
+    each layer on its own, so the layers are the same)."""
+    import kl_by_part
+
+    import mlx_slm
+
+    folder, out = tiny_model_folder(tmp_path, "llama"), tmp_path / "out"
+    model, tokenizer = mlx_slm.load(folder)
+    mlx_slm.quantize(model, method="rtn", bits=3, group_size=64, progress=False)
+    mlx_slm.save(model, tokenizer, tmp_path / "q3")
+    kl_by_part.main([str(tmp_path / "q3"), "--model", str(folder), "--out", str(out), "--seq-len", "64",
+                     "--max-windows", "2"])
+    rows = {row["part"]: row for row in json.loads((out / "kl_by_part.json").read_text())["rows"]}
+    assert list(rows) == ["all", "embedding+head", "attention", "mlp", "blocks 0-0", "blocks 1-1"]
+    assert rows["embedding+head"]["weight_share"] + rows["attention"]["weight_share"] + rows["mlp"][
+        "weight_share"] == pytest.approx(1.0)
+    reference = mlx_slm.load(folder)[0]
+
+    def kl(config=None, quantized=True) -> float:
+        model, _ = mlx_slm.load(folder)
+        if quantized:
+            mlx_slm.quantize(model, method="rtn", bits=3, group_size=64, progress=False, config=config)
+        return mlx_slm.evaluate(model, tokenizer, [kl_by_part.local_text("eval")[0]], reference=reference,
+                                seq_len=64, max_windows=2, decode_tokens=0, progress=False)["kld"]
+
+    assert rows["all"]["alone"]["kld"] == pytest.approx(kl(), rel=1e-5) and rows["all"]["alone"]["kld"] > 0
+    assert rows["embedding+head"]["alone"]["kld"] == pytest.approx(kl({"by_type": {"linear": "keep"}}), rel=1e-5)
+    assert rows["embedding+head"]["without"]["kld"] == pytest.approx(kl({"by_type": {"embedding": "keep"}}), rel=1e-5)
+    assert rows["mlp"]["alone"]["kld"] == pytest.approx(
+        kl({"by_type": {"embedding": "keep"}, "by_name": {"*.self_attn.*": "keep"}}), rel=1e-5)
+    assert rows["blocks 1-1"]["without"]["kld"] == pytest.approx(kl({"by_name": {"model.layers.1.*": "keep"}}),
+                                                                 rel=1e-5)
+    assert "KL alone" in capsys.readouterr().out

@@ -1,0 +1,153 @@
+"""Where a quantized model's error comes from: each part of it quantized alone, and each part left float.
+
+    python benchmarks/kl_by_part.py QUANTIZED [--model FLOAT] [--out runs/kl_by_part]
+        [--seq-len 512] [--max-windows 8]
+
+QUANTIZED is a model folder saved by mlx_slm, quantized from the float model FLOAT (a folder or
+.gguf; default the SmolLM2-135M GGUF, as the other benchmarks), e.g. a start folder of
+benchmarks/lowbit_training.py. The parts are the tied embedding (also the output head), every
+block's attention projections, every block's MLP, and the blocks in thirds. For each part two
+models are scored against the float model on Debian's fortunes (8 x 512 tokens, as the quality
+benchmarks: KL(float || model) per token, top-1 agreement): the float model with that part's
+quantized layers swapped in ("alone"), and the quantized model with that part's layers swapped
+back to float ("without"). A part whose "alone" KL is a large share of the whole model's, or whose
+"without" KL drops far below it, is where more bits or training pay. Prints a table and writes
+OUT/kl_by_part.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import mlx_slm
+from mlx_slm.data.corpora import local_text
+from mlx_slm.io.atomic import atomic_file
+from mlx_slm.model_access import model_config, set_model_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import source_folder
+
+
+def block_index(path: str) -> int | None:
+    """The decoder block a layer path is in ("model.layers.7.mlp.up_proj" -> 7), None outside blocks."""
+    parts = path.split(".")
+    return int(parts[parts.index("layers") + 1]) if "layers" in parts else None
+
+
+def parts_of(paths: list[str]) -> dict[str, list[str]]:
+    """Part name -> the quantized layer paths in it: the embedding (and an untied head), attention, MLP,
+    and the blocks in thirds (empty parts left out)."""
+    blocks = sorted({i for i in map(block_index, paths) if i is not None})
+    thirds = [blocks[k * len(blocks) // 3:(k + 1) * len(blocks) // 3] for k in range(3)]
+    parts = {"embedding+head": [p for p in paths if block_index(p) is None],
+             "attention": [p for p in paths if ".self_attn." in p],
+             "mlp": [p for p in paths if ".mlp." in p]}
+    for third in thirds:
+        if third:
+            parts[f"blocks {third[0]}-{third[-1]}"] = [p for p in paths if block_index(p) in third]
+    return {name: chosen for name, chosen in parts.items() if chosen}
+
+
+class Swap:
+    """Within the block, ``model`` holds ``modules`` (path -> module) in place of its own at those paths, and
+    its config's ``quantization`` record says which layers are quantized: ``quantization`` (the quantized
+    model's record) with the layers at ``floats`` kept float (``False``, as quantize records a kept layer)."""
+
+    def __init__(self, model, modules: dict, quantization: dict, floats: list[str]):
+        self.model, self.modules = model, modules
+        self.quantization = {**quantization, **{path: False for path in floats}}
+
+    def __enter__(self):
+        from mlx.utils import tree_unflatten
+
+        own = dict(self.model.named_modules())
+        self.saved = [(path, own[path]) for path in self.modules]
+        self.config = model_config(self.model)
+        self.model.update_modules(tree_unflatten(list(self.modules.items())))
+        set_model_config(self.model, {**self.config, "quantization": self.quantization})
+        return self.model
+
+    def __exit__(self, *exc):
+        from mlx.utils import tree_unflatten
+
+        self.model.update_modules(tree_unflatten(self.saved))
+        set_model_config(self.model, self.config)
+
+
+def measure(quantized_folder: Path, float_folder: Path, text: str, seq_len: int, max_windows: int) -> list[dict]:
+    """The whole quantized model's row, then each part's "alone" and "without" scores."""
+    from mlx_slm.runtime import quantized_modules
+
+    reference, tokenizer = mlx_slm.load(float_folder)
+    student, _ = mlx_slm.load(float_folder)
+    quantized, _ = mlx_slm.load(quantized_folder)
+    layers = dict(quantized_modules(quantized))
+    if not layers:
+        raise SystemExit(f"{quantized_folder} holds no quantized layer")
+    floats = dict(student.named_modules())
+    record = model_config(quantized)["quantization"]
+
+    def score(model) -> dict:
+        report = mlx_slm.evaluate(model, tokenizer, [text], reference=reference, seq_len=seq_len,
+                                  max_windows=max_windows, decode_tokens=0, progress=False)
+        return {"kld": report["kld"], "top1": report["top1"], "ppl": report["ppl"]}
+
+    weights = {path: int(floats[path].weight.size) for path in layers}
+    total = sum(weights.values())
+    rows = [{"part": "all", "layers": len(layers), "weight_share": 1.0, "alone": score(quantized)}]
+    for name, paths in parts_of(list(layers)).items():
+        rest = [p for p in layers if p not in paths]
+        with Swap(student, {p: layers[p] for p in paths}, record, rest):
+            alone = score(student)
+        with Swap(quantized, {p: floats[p] for p in paths}, record, paths):
+            without = score(quantized)
+        rows.append({"part": name, "layers": len(paths), "weight_share": sum(weights[p] for p in paths) / total,
+                     "alone": alone, "without": without})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    whole = rows[0]["alone"]["kld"]
+    header = (f"{'part':<16}{'layers':>7}{'weights':>9}{'KL alone':>10}{'share':>7}{'top-1':>8}"
+              f"{'KL without':>12}{'top-1':>8}")
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        alone, without = row["alone"], row.get("without")
+        rest = f"{without['kld']:>12.4f}{without['top1']:>8.1%}" if without else f"{'':>12}{'':>8}"
+        lines.append(f"{row['part']:<16}{row['layers']:>7}{row['weight_share']:>9.1%}{alone['kld']:>10.4f}"
+                     f"{alone['kld'] / whole:>7.0%}{alone['top1']:>8.1%}{rest}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("quantized", help="a quantized model folder saved by mlx_slm")
+    parser.add_argument("--model", default=None, help="the float model it was quantized from, a folder or .gguf "
+                                                      "(default: the SmolLM2-135M GGUF)")
+    parser.add_argument("--out", default="runs/kl_by_part")
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--max-windows", type=int, default=8)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    quantized = Path(args.quantized)
+    if not (quantized / "config.json").is_file():
+        raise SystemExit(f"{quantized} is not a model folder (no config.json)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text, source = local_text("eval")
+    rows = measure(quantized, source_folder(out, args.model), text, args.seq_len, args.max_windows)
+    print(table(rows))
+    with atomic_file(out / "kl_by_part.json") as tmp:
+        tmp.write_text(json.dumps({"quantized": str(quantized), "eval": source, "seq_len": args.seq_len,
+                                   "max_windows": args.max_windows, "rows": rows}, indent=1))
+    print(f"wrote {out / 'kl_by_part.json'}")
+
+
+if __name__ == "__main__":
+    main()
