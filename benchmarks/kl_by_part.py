@@ -24,6 +24,7 @@ from pathlib import Path
 
 import mlx_slm
 from mlx_slm.data.corpora import local_text
+from mlx_slm.errors import SLMError
 from mlx_slm.io.atomic import atomic_file
 from mlx_slm.model_access import model_config, set_model_config
 
@@ -85,9 +86,11 @@ def measure(quantized_folder: Path, float_folder: Path, text: str, seq_len: int,
     student, _ = mlx_slm.load(float_folder)
     quantized, _ = mlx_slm.load(quantized_folder)
     layers = dict(quantized_modules(quantized))
-    if not layers:
-        raise SystemExit(f"{quantized_folder} holds no quantized layer")
     floats = dict(student.named_modules())
+    if not layers:
+        raise SLMError(f"{quantized_folder} holds no quantized layer")
+    if any(path not in floats for path in layers):
+        raise SLMError(f"{quantized_folder} was not quantized from {float_folder}: their layers differ")
     record = model_config(quantized)["quantization"]
 
     def score(model) -> dict:
@@ -134,14 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     quantized = Path(args.quantized)
     if not (quantized / "config.json").is_file():
-        raise SystemExit(f"{quantized} is not a model folder (no config.json)")
+        parser.error(f"{quantized} is not a model folder (no config.json)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text, source = local_text("eval")
-    rows = measure(quantized, source_folder(out, args.model), text, args.seq_len, args.max_windows)
+    try:
+        rows = measure(quantized, source_folder(out, args.model), text, args.seq_len, args.max_windows)
+    except SLMError as err:
+        parser.error(str(err))
     print(table(rows))
     with atomic_file(out / "kl_by_part.json") as tmp:
         tmp.write_text(json.dumps({"quantized": str(quantized), "eval": source, "seq_len": args.seq_len,

@@ -312,3 +312,6 @@ def test_kl_by_part_scores_what_quantize_gives_keeping_the_other_layers_float(tm
     assert rows["blocks 1-1"]["without"]["kld"] == pytest.approx(kl({"by_name": {"model.layers.1.*": "keep"}}),
                                                                  rel=1e-5)
     assert "KL alone" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:  # the float model itself: nothing to swap
+        kl_by_part.main([str(folder), "--model", str(folder), "--out", str(out)])
+    assert exit_info.value.code == 2 and "holds no quantized layer" in capsys.readouterr().err
