@@ -27,15 +27,10 @@ from mlx_slm.data.corpora import local_text
 from mlx_slm.errors import SLMError
 from mlx_slm.io.atomic import atomic_file
 from mlx_slm.model_access import model_config, set_model_config
+from mlx_slm.quant.sequential import block_index
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import source_folder
-
-
-def block_index(path: str) -> int | None:
-    """The decoder block a layer path is in ("model.layers.7.mlp.up_proj" -> 7), None outside blocks."""
-    parts = path.split(".")
-    return int(parts[parts.index("layers") + 1]) if "layers" in parts else None
 
 
 def parts_of(paths: list[str]) -> dict[str, list[str]]:

@@ -105,9 +105,11 @@ class Choice(NamedTuple):
     scaled: list
 
 
-def block_index(name: str) -> int:
-    """The decoder block of a layer path ``model.layers.<i>.…``."""
-    return int(name.split(".")[2])
+def block_index(name: str) -> int | None:
+    """The decoder block of a layer path ``model.layers.<i>.…``; None outside the blocks (the embedding,
+    an untied head)."""
+    parts = name.split(".")
+    return int(parts[parts.index("layers") + 1]) if "layers" in parts else None
 
 
 def sequential_choose(engine, plan: dict, tokens: np.ndarray, method: str, dtypes: dict,
