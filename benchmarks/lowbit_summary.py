@@ -11,7 +11,7 @@ the row's bits, 8 x 512 evaluation tokens), with the file it came from: a later 
 replaces an earlier one. Rows calibrated or trained on text sampled from the float model
 (``--start-data``, ``--blockwise-data``, ``--e2e-data teacher``) are recipes of their own, the
 parts so done marked "/teacher" (a start so calibrated named in front of every recipe from it).
-Rows run with more (or fewer) calibration windows or end-to-end steps are shown too, as recipes
+Rows run with more (or fewer) calibration windows, end-to-end steps or learned windows are shown too, as recipes
 of their own, the budget named after the recipe ("gptq/teacher+e2e/teacher (128 windows, 120
 steps)"); rows run with other settings (another rate, adoption forced, ...) are left out, and the
 README quotes them where it discusses them. Then each of issue 19's targets against the best row
@@ -39,8 +39,10 @@ VARIANTS = ("start_data", "blockwise_data", "e2e_data")  # settings a row may di
 # recipe of its own
 TEACHER = "/teacher"  # marks a recipe's part (the start, blockwise, e2e) calibrated or trained on text sampled from
 # the float model
-BUDGETS = (("num_samples", "windows"), ("e2e_steps", "steps"))  # settings a row may differ in and still be shown,
-# named after its recipe (the steps only where the recipe trains end to end)
+BUDGETS = (("num_samples", "windows"), ("e2e_steps", "steps"), ("learned_samples", "learned windows"))
+# settings a row may differ in and still be shown, named after its recipe (each but the windows only where the
+# recipe has the part it is the budget of)
+PART_OF = {"e2e_steps": "e2e", "learned_samples": "learned"}
 RECIPES = ("blockwise", "e2e", "blockwise+e2e", "learned", "e2e+learned")  # after the start's row
 # (row, what is measured, bound, as the issue words it); "ppl_x" is PPL / fp16's PPL
 TARGETS = (("affine:2:64", "ppl_x", 2.5, "2-bit g64: PPL at most 2.5x fp16"),
@@ -94,7 +96,7 @@ def label(settings: dict, row: dict) -> str:
     recipe = "+".join(part + (TEACHER if data.get(part, start) == "teacher" else "") for part in parts)
     usual = parser_defaults()
     budget = [f"{settings[key]} {unit}" for key, unit in BUDGETS
-              if settings.get(key, usual[key]) != usual[key] and (key != "e2e_steps" or "e2e" in row["recipe"])]
+              if settings.get(key, usual[key]) != usual[key] and PART_OF.get(key, "") in row["recipe"]]
     return recipe + (f" ({', '.join(budget)})" if budget else "")
 
 

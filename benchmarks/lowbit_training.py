@@ -5,7 +5,7 @@
         [--recipes start,blockwise,blockwise+e2e,e2e,learned,e2e+learned] [--num-samples 32] [--calib-seq-len 256]
         [--start-data calib|teacher] [--blockwise-epochs 2] [--blockwise-lr 1e-3] [--blockwise-scale-lr 1e-3]
         [--blockwise-data calib|teacher]
-        [--e2e-steps 40] [--e2e-lr LR] [--e2e-data calib|teacher] [--learned-steps 200] [--resume]
+        [--e2e-steps 40] [--e2e-lr LR] [--e2e-data calib|teacher] [--learned-steps 200] [--learned-samples N] [--resume]
 
 A row is FORMAT:BITS:GROUP, or FORMAT:BITS:GROUP:EMBED with the embedding and its tied
 head stored affine at EMBED bits in groups of 64 (``affine:2:64:4``: a mixed model, its
@@ -27,8 +27,9 @@ reused by every recipe of the row). Recipes:
   ``blockwise`` recipe measured, saved in OUT/blockwise-ROW; its seconds and tokens count);
 - ``learned``: what ``quantize(method="learned")`` does after its start
   (:func:`mlx_slm.quant.learned.learn_quantization`): the affine scales and biases alone trained
-  towards the float model's logits on the start's calibration windows (``--learned-steps``, the
-  method's other defaults), kept only if its held-out windows' KL dropped;
+  towards the float model's logits on the start's calibration windows, or on
+  ``--learned-samples`` windows of the same text (``--learned-steps``, the method's other
+  defaults), kept only if its held-out windows' KL dropped;
 - ``e2e+learned``: the ``e2e`` recipe, then the ``learned`` one on its result (what
   ``quantize(method="learned", learned_options={"start": "e2e"})`` does; affine rows).
 
@@ -119,30 +120,35 @@ class Bench:
             mlx_slm.save(model, self.tokenizer, folder, overwrite=True, extra_files={"seconds.txt": f"{seconds}"})
         return folder, float(record.read_text())
 
-    def start_calibration(self) -> tuple[dict, float]:
+    def start_calibration(self, num_samples: int | None = None) -> tuple[dict, float]:
         """quantize's calibration settings of the start (the calibration text, or with ``--start-data teacher``
-        text sampled from the float model) and the seconds sampling took (0 for the calibration text)."""
+        text sampled from the float model) and the seconds sampling took (0 for the calibration text);
+        ``num_samples`` windows of the same text instead of ``--num-samples``."""
         from mlx_slm.data.teacher_text import window_tokens
         from mlx_slm.data.windows import SAMPLE_SEED
 
+        num_samples = num_samples or self.args.num_samples
+        calibration = {**self.calibration, "num_samples": num_samples}
         if self.args.start_data != "teacher":
-            return self.calibration, 0.0
-        text, sampling = self.teacher_text(window_tokens(self.args.num_samples, self.args.calib_seq_len),
-                                           SAMPLE_SEED)
-        return {**self.calibration, "calib": [text]}, sampling
+            return calibration, 0.0
+        text, sampling = self.teacher_text(window_tokens(num_samples, self.args.calib_seq_len), SAMPLE_SEED)
+        return {**calibration, "calib": [text]}, sampling
 
     def learned(self, model) -> dict:
         """What ``quantize(method="learned")`` does after its start (:func:`learn_quantization`): the scales
-        and biases trained towards the float model on the start's calibration windows, in place; the
-        extra columns (tokens trained on, the sampling of the windows' text counted as the start's)."""
+        and biases trained towards the float model on the start's calibration windows (``--learned-samples``
+        of them), in place; the extra columns (tokens trained on, and the seconds of sampling any text
+        beyond the start's: the start's own sampling is counted as the start's)."""
         from mlx_slm.data.windows import calibration_windows
         from mlx_slm.quant.learned import learn_quantization
 
         config = LearnedConfig(steps=self.args.learned_steps).check()
-        tokens, _ = calibration_windows(**self.start_calibration()[0])
+        calibration, sampling = self.start_calibration(self.args.learned_samples)
+        more = sampling if self.args.learned_samples not in (None, self.args.num_samples) else 0.0
+        tokens, _ = calibration_windows(**calibration)
         report = learn_quantization(model, self.reference, tokens, progress=False, **config.training())
         trained = report["steps_run"] * min(config.batch_size, len(tokens)) * tokens.shape[1]
-        return {"tokens": trained, "learned_seconds": report["seconds"], "learned": report}
+        return {"tokens": trained, "learned_seconds": report["seconds"], "learned_sampling": more, "learned": report}
 
     def blockwise(self, start_folder: Path, name: str):
         """Block-wise reconstruction of the row's start (saved in ``start_folder``) towards the float
@@ -245,7 +251,9 @@ class Bench:
                      "sampling_seconds": extra["sampling_seconds"] + sampling}
         if parts[-1] == "learned":
             learned = self.learned(model)
-            extra = {**extra, **learned, "tokens": extra["tokens"] + learned["tokens"]}
+            sampling = learned.pop("learned_sampling")
+            extra = {**extra, **learned, "tokens": extra["tokens"] + learned["tokens"],
+                     "sampling_seconds": extra["sampling_seconds"] + sampling}
         train_seconds = (e2e_seconds + extra["blockwise_seconds"] + extra["sampling_seconds"]
                          + extra.get("learned_seconds", 0.0))
         report = mlx_slm.evaluate(model, self.tokenizer, reference=self.reference, **self.evaluate)
@@ -301,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: the e2e method's, by the start)")
     parser.add_argument("--learned-steps", type=int, default=LearnedConfig.steps,
                         help="most steps of the learned recipe (the learned method's other settings as its defaults)")
+    parser.add_argument("--learned-samples", type=int, default=None,
+                        help="windows the learned recipe trains on, of the start's text (default: --num-samples)")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per evaluation window")
     parser.add_argument("--max-windows", type=int, default=8, help="evaluation windows")
     parser.add_argument("--resume", action="store_true", help="keep rows measured with the same settings")

@@ -79,6 +79,27 @@ def test_lowbit_training_learned_recipe_is_the_learned_method(tmp_path):
     assert learned["ppl"] == pytest.approx(expected["ppl"], rel=1e-5)
 
 
+def test_lowbit_training_learned_samples_trains_the_start_on_more_windows(tmp_path):
+    """--learned-samples: the learned recipe trains on that many windows of the start's text, from the
+    start quantized on --num-samples windows (the learned method's split: 1/8 held out)."""
+    import lowbit_training
+
+    folder, out = tiny_model_folder(tmp_path, "llama"), tmp_path / "out"
+    common = ["--model", str(folder), "--rows", "affine:4:64", "--recipes", "start,learned", "--num-samples", "8",
+              "--calib-seq-len", "32", "--learned-steps", "3", "--seq-len", "64", "--max-windows", "1"]
+    runs = {}
+    for samples in ("8", "16"):
+        lowbit_training.main(common + ["--out", str(out / samples), "--learned-samples", samples])
+        runs[samples] = {row["recipe"]: row for row in json.loads((out / samples / "lowbit_training.json")
+                                                                   .read_text())["rows"]}
+    for samples, rows in runs.items():
+        report = rows["learned"]["learned"]
+        assert (report["train_windows"], report["held_out_windows"]) == (int(samples) * 7 // 8, int(samples) // 8)
+        assert rows["learned"]["tokens"] == 3 * 4 * 32 and rows["learned"]["sampling_seconds"] == 0
+    assert runs["8"]["gptq"]["kld"] == runs["16"]["gptq"]["kld"]
+    assert runs["8"]["learned"]["kld"] != runs["16"]["learned"]["kld"]
+
+
 def test_lowbit_training_e2e_then_learned_polishes_the_e2e_result(tmp_path):
     """e2e+learned: the e2e recipe's very training (the same held-out curve), then the learned polish on
     the start's calibration windows from that result; both parts' tokens and seconds count."""
@@ -223,8 +244,9 @@ def test_engine_agreement_compares_both_engines(tmp_path, monkeypatch):
 
 def test_lowbit_summary_keeps_the_last_row_of_each_recipe_and_budget(tmp_path, capsys):
     """The summary reads lowbit_training results oldest first: a later file's row replaces an earlier
-    one; rows run with more windows or end-to-end steps are recipes of their own, the budget named
-    (the steps only where the recipe trains end to end), rows with another rate are left out; rows
+    one; rows run with more windows, end-to-end steps or learned windows are recipes of their own, the
+    budget named (the steps and learned windows only where the recipe has that part), rows with another
+    rate are left out; rows
     trained on the float model's text are a recipe of their own; each target is judged on the best row
     of its format, whatever its budget."""
     import lowbit_summary
@@ -254,6 +276,9 @@ def test_lowbit_summary_keeps_the_last_row_of_each_recipe_and_budget(tmp_path, c
          "rows": [row("affine:2:64", "blockwise+e2e", 48.0, 1.0, curve=[[0, 2.0]])]},
         {"settings": {**default, "start_data": "teacher", "e2e_data": "teacher"},
          "rows": [row("affine:2:64", "gptq", 300.0, 2.5), row("affine:2:64", "e2e", 47.0, 1.0, curve=[[0, 2.0]])]},
+        {"settings": {**default, "learned_samples": 512},
+         "rows": [row("affine:4:64", "gptq", 26.0, 0.049, top1=0.9, bits=4),
+                  row("affine:4:64", "learned", 25.0, 0.045, top1=0.9, bits=4)]},
     ]}))
     lowbit_summary.main([str(older), str(newer), "--out", str(tmp_path / "summary.json")])
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -261,11 +286,12 @@ def test_lowbit_summary_keeps_the_last_row_of_each_recipe_and_budget(tmp_path, c
     assert kept == {("affine:2:64", "gptq"): (391.0, "newer.json"), ("affine:2:64", "blockwise"): (45.0, "newer.json"),
                     ("affine:2:64", "e2e (160 steps)"): (30.0, "newer.json"),  # a budget of its own
                     ("affine:2:64", "gptq/teacher (128 windows)"): (250.0, "newer.json"),
-                    ("affine:2:64", "e2e"): (260.0, "older.json"), ("affine:4:64", "gptq"): (26.0, "older.json"),
+                    ("affine:2:64", "e2e"): (260.0, "older.json"), ("affine:4:64", "gptq"): (26.0, "newer.json"),
                     ("affine:2:64", "e2e/teacher"): (50.0, "newer.json"),  # trained on the float model's text
                     ("affine:2:64", "blockwise/teacher+e2e"): (48.0, "newer.json"),
                     ("affine:2:64", "gptq/teacher"): (300.0, "newer.json"),  # the start calibrated on it
-                    ("affine:2:64", "gptq/teacher+e2e/teacher"): (47.0, "newer.json")}
+                    ("affine:2:64", "gptq/teacher+e2e/teacher"): (47.0, "newer.json"),
+                    ("affine:4:64", "learned (512 learned windows)"): (25.0, "newer.json")}  # not the start's
     goals = {goal["target"].split(":")[0]: goal for goal in summary["targets"]}
     assert goals["2-bit g64"]["best_recipe"] == "e2e (160 steps)" and goals["2-bit g64"]["value"] == 30.0 / 20.0
     assert goals["2-bit g64"]["met"] and goals["4-bit g64"]["met"]
