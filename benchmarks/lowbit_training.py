@@ -22,7 +22,8 @@ reused by every recipe of the row). Recipes:
   and step sizes (the embedding and tied head included) trained through the format on
   random windows of the training part of the text, towards the float model's cached
   top-k logits (KL at temperature 1 over the k tokens and the rest), ending at the best
-  held-out evaluation and kept only if the held-out KL dropped;
+  held-out evaluation and kept only if the held-out KL dropped (the result saved in
+  OUT/e2e-STEPS-DIGEST-START, for ``e2e+learned`` and for ``benchmarks/kl_by_part.py``);
 - ``blockwise+e2e``: the same end-to-end run from the blockwise result (the one the
   ``blockwise`` recipe measured, saved in OUT/blockwise-ROW; its seconds and tokens count);
 - ``learned``: what ``quantize(method="learned")`` does after its start
@@ -30,7 +31,8 @@ reused by every recipe of the row). Recipes:
   towards the float model's logits on the start's calibration windows, or on
   ``--learned-samples`` windows of the same text (``--learned-steps``, the method's other
   defaults), kept only if its held-out windows' KL dropped;
-- ``e2e+learned``: the ``e2e`` recipe, then the ``learned`` one on its result (what
+- ``e2e+learned``: the ``e2e`` recipe (its saved result, trained first if need be), then the
+  ``learned`` one on it (what
   ``quantize(method="learned", learned_options={"start": "e2e"})`` does; affine rows).
 
 Texts: training/calibration on Debian's bible-kjv (its first 95%; the last 5% is the
@@ -49,9 +51,11 @@ measured with the same settings).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import mlx_slm
@@ -150,11 +154,11 @@ class Bench:
         trained = report["steps_run"] * min(config.batch_size, len(tokens)) * tokens.shape[1]
         return {"tokens": trained, "learned_seconds": report["seconds"], "learned_sampling": more, "learned": report}
 
-    def blockwise(self, start_folder: Path, name: str):
+    def blockwise(self, start_folder: Path) -> tuple[Path, dict]:
         """Block-wise reconstruction of the row's start (saved in ``start_folder``) towards the float
-        model: (model, its extra columns). Run once per row and saved (OUT/blockwise-ROW), so
-        ``blockwise+e2e`` starts from the very model the ``blockwise`` row measured, its block-wise
-        seconds and tokens counted."""
+        model: (the folder it is saved in, its extra columns). Run once per row and saved
+        (OUT/blockwise-ROW), so ``blockwise+e2e`` starts from the very model the ``blockwise`` row
+        measured, its block-wise seconds and tokens counted."""
         from mlx_slm.data.teacher_text import window_tokens
         from mlx_slm.data.windows import calibration_windows
         from mlx_slm.quant.blockwise import reconstruct_blocks
@@ -180,9 +184,8 @@ class Bench:
                          extra_files={"blockwise.json": json.dumps({**report, "sampling_seconds": sampling},
                                                                    default=str)})
         report = json.loads(record.read_text())
-        model, _ = mlx_slm.load(folder)
-        return model, {"tokens": report["train_tokens"], "blockwise_seconds": report["seconds"],
-                       "sampling_seconds": report["sampling_seconds"], "blockwise": report}
+        return folder, {"tokens": report["train_tokens"], "blockwise_seconds": report["seconds"],
+                        "sampling_seconds": report["sampling_seconds"], "blockwise": report}
 
     def e2e_config(self, bits: int, start: str):
         """The row's :class:`E2EConfig`: the benchmark's settings, the e2e method's defaults by bits and start."""
@@ -205,14 +208,31 @@ class Bench:
             return *split_text(text, config.held_out), seconds
         return (self.out / "train.txt").read_text(), (self.out / "heldout.txt").read_text(), 0.0
 
-    def end_to_end(self, model, config, train: str, held: str) -> dict:
-        """What ``quantize(method="e2e")`` does after its start (:func:`train_end_to_end`), on this
-        benchmark's training and held-out texts, the teacher cache kept for every row."""
+    def end_to_end(self, base: Path, config) -> tuple[Path, dict]:
+        """What ``quantize(method="e2e")`` does after its start (:func:`train_end_to_end`) to the model
+        saved in ``base``, on this benchmark's training and held-out texts, the teacher cache kept for
+        every row: (the folder the result is saved in, its extra columns). Run once per base and
+        settings and saved (OUT/e2e-STEPS-DIGEST-BASE, the digest of the settings), so ``e2e+learned``
+        polishes the very model the ``e2e`` row measured, its training seconds and tokens counted."""
         from mlx_slm.quant.methods.e2e import train_end_to_end
 
-        report = train_end_to_end(model, self.reference, self.tokenizer, train, held, config,
-                                  self.args.calib_seq_len, cache_dir=self.out / f"cache-{config.data}")
-        return {"tokens": report["train_tokens"], "e2e_heldout_kl": report["held_out_curve"], "e2e": report}
+        settings = json.dumps({**asdict(config), "seq_len": self.args.calib_seq_len}, sort_keys=True)
+        digest = hashlib.sha256(settings.encode()).hexdigest()[:8]
+        folder = self.out / f"e2e-{config.steps}-{digest}-{base.name}"
+        record = folder / "e2e.json"
+        if not record.is_file():
+            model, _ = mlx_slm.load(base)
+            train, held, sampling = self.e2e_texts(config)
+            began = time.perf_counter()
+            report = train_end_to_end(model, self.reference, self.tokenizer, train, held, config,
+                                      self.args.calib_seq_len, cache_dir=self.out / f"cache-{config.data}")
+            seconds = time.perf_counter() - began
+            mlx_slm.save(model, self.tokenizer, folder, overwrite=True, extra_files={"e2e.json": json.dumps(
+                {"report": report, "seconds": seconds, "sampling_seconds": sampling}, default=str)})
+        saved = json.loads(record.read_text())
+        report = saved["report"]
+        return folder, {"tokens": report["train_tokens"], "e2e_heldout_kl": report["held_out_curve"], "e2e": report,
+                        "e2e_seconds": saved["seconds"], "sampling_seconds": saved["sampling_seconds"]}
 
     def teacher_text(self, tokens: int, seed: int) -> tuple[str, float]:
         """Text sampled from the float model, as the methods' ``data="teacher"`` samples it, and the
@@ -232,23 +252,20 @@ class Bench:
         return path.read_text(), float(record.read_text())
 
     def measure(self, row: dict, name: str, recipe: str) -> dict:
-        start_folder, start_seconds = self.start(row, name)
+        folder, start_seconds = self.start(row, name)
         parts = recipe.split("+")
         extra = {"tokens": 0, "blockwise_seconds": 0.0, "sampling_seconds": 0.0}
         if parts[0] == "blockwise":
-            model, extra = self.blockwise(start_folder, name)
-        else:
-            model, _ = mlx_slm.load(start_folder)
+            folder, extra = self.blockwise(folder)
         e2e_seconds = 0.0
         if "e2e" in parts:
             config = self.e2e_config(row["bits"], "blockwise" if parts[0] == "blockwise"
                                      else default_start(row["format"]))
-            train, held, sampling = self.e2e_texts(config)
-            began = time.perf_counter()
-            e2e = self.end_to_end(model, config, train, held)
-            e2e_seconds = time.perf_counter() - began
+            folder, e2e = self.end_to_end(folder, config)
+            e2e_seconds = e2e.pop("e2e_seconds")
             extra = {**extra, **e2e, "tokens": extra["tokens"] + e2e["tokens"],
-                     "sampling_seconds": extra["sampling_seconds"] + sampling}
+                     "sampling_seconds": extra["sampling_seconds"] + e2e["sampling_seconds"]}
+        model, _ = mlx_slm.load(folder)
         if parts[-1] == "learned":
             learned = self.learned(model)
             sampling = learned.pop("learned_sampling")

@@ -101,13 +101,16 @@ def test_lowbit_training_learned_samples_trains_the_start_on_more_windows(tmp_pa
 
 
 def test_lowbit_training_e2e_then_learned_polishes_the_e2e_result(tmp_path):
-    """e2e+learned: the e2e recipe's very training (the same held-out curve), then the learned polish on
-    the start's calibration windows from that result; both parts' tokens and seconds count."""
+    """e2e+learned: the e2e recipe's very result (trained once, saved, the same held-out curve), then the
+    learned polish on the start's calibration windows from that result; both parts' tokens and seconds
+    count. The saved e2e model scores what the e2e row measured."""
     import lowbit_training
 
-    out = tmp_path / "out"
+    import mlx_slm
+
+    out, folder = tmp_path / "out", tiny_model_folder(tmp_path, "llama")
     lowbit_training.main([
-        "--model", str(tiny_model_folder(tmp_path, "llama")), "--out", str(out), "--rows", "affine:4:64",
+        "--model", str(folder), "--out", str(out), "--rows", "affine:4:64",
         "--recipes", "e2e,e2e+learned", "--num-samples", "8", "--calib-seq-len", "32", "--e2e-steps", "2",
         "--e2e-batch-size", "2", "--e2e-top-k", "16", "--e2e-eval-every", "1", "--e2e-eval-windows", "1",
         "--e2e-lr", "1e-3", "--learned-steps", "20", "--seq-len", "64", "--max-windows", "1"])
@@ -116,7 +119,14 @@ def test_lowbit_training_e2e_then_learned_polishes_the_e2e_result(tmp_path):
     assert both["e2e_heldout_kl"] == e2e["e2e_heldout_kl"] and len(e2e["e2e_heldout_kl"]) == 3
     assert both["learned"]["steps_run"] == 20 and not both["learned"]["kept_start"]
     assert both["tokens"] == e2e["tokens"] + 20 * 4 * 32
-    assert both["train_seconds"] > both["learned_seconds"] > 0 and both["kld"] != e2e["kld"]
+    assert both["train_seconds"] - both["learned_seconds"] == pytest.approx(e2e["train_seconds"])
+    assert both["learned_seconds"] > 0 and both["kld"] != e2e["kld"]
+    (saved,) = out.glob("e2e-*")
+    assert saved.name.startswith("e2e-2-") and saved.name.endswith("-start-affine-4-64")
+    model, tokenizer = mlx_slm.load(saved)
+    report = mlx_slm.evaluate(model, tokenizer, out / "eval.txt", reference=mlx_slm.load(folder)[0], seq_len=64,
+                              max_windows=1, decode_tokens=0, progress=False)
+    assert report["kld"] == pytest.approx(e2e["kld"], rel=1e-6)
 
 
 def test_lowbit_training_on_teacher_text_counts_the_sampling_in_every_row(tmp_path, monkeypatch):
