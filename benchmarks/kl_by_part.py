@@ -11,8 +11,11 @@ models are scored against the float model on Debian's fortunes (8 x 512 tokens, 
 benchmarks: KL(float || model) per token, top-1 agreement): the float model with that part's
 quantized layers swapped in ("alone"), and the quantized model with that part's layers swapped
 back to float ("without"). A part whose "alone" KL is a large share of the whole model's, or whose
-"without" KL drops far below it, is where more bits or training pay. Prints a table and writes
-OUT/kl_by_part.json.
+"without" KL drops far below it, is where more bits or training pay. A tied embedding's two roles
+are then scored alone, each in the float model: the input lookup computing with the quantized
+embedding's values and the output head with the float one ("embedding lookup"), and the other way
+round ("output head"); these two run on MLX (the numpy engine knows no split embedding). Prints a
+table and writes OUT/kl_by_part.json.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import sys
 from pathlib import Path
 
 import mlx_slm
+from mlx import nn
 from mlx_slm.data.corpora import local_text
 from mlx_slm.errors import SLMError
 from mlx_slm.io.atomic import atomic_file
@@ -45,6 +49,32 @@ def parts_of(paths: list[str]) -> dict[str, list[str]]:
         if third:
             parts[f"blocks {third[0]}-{third[-1]}"] = [p for p in paths if block_index(p) in third]
     return {name: chosen for name, chosen in parts.items() if chosen}
+
+
+class Roles(nn.Module):
+    """Stands in for a tied embedding: the input lookup reads ``lookup`` [V, D], the output head computes
+    with ``head`` [V, D] (``as_linear``, as mlx-lm's tied models call it)."""
+
+    def __init__(self, lookup, head):
+        super().__init__()
+        self.lookup, self.head = lookup, head
+
+    def __call__(self, ids):
+        return self.lookup[ids]
+
+    def as_linear(self, x):
+        return x @ self.head.T
+
+
+def split_roles(model, quantized_embedding):
+    """(part name, a :class:`Roles` for ``model``'s tied embedding) for each role computed with the
+    quantized embedding's values, the other role with ``model``'s own float weights."""
+    import mlx.core as mx
+
+    own = model.model.embed_tokens.weight
+    values = mx.dequantize(quantized_embedding.weight, quantized_embedding.scales, quantized_embedding.biases,
+                           quantized_embedding.group_size, quantized_embedding.bits).astype(own.dtype)
+    return [("embedding lookup", Roles(values, own)), ("output head", Roles(own, values))]
 
 
 class Swap:
@@ -88,9 +118,9 @@ def measure(quantized_folder: Path, float_folder: Path, text: str, seq_len: int,
         raise SLMError(f"{quantized_folder} was not quantized from {float_folder}: their layers differ")
     record = model_config(quantized)["quantization"]
 
-    def score(model) -> dict:
+    def score(model, engine=None) -> dict:
         report = mlx_slm.evaluate(model, tokenizer, [text], reference=reference, seq_len=seq_len,
-                                  max_windows=max_windows, decode_tokens=0, progress=False)
+                                  max_windows=max_windows, decode_tokens=0, progress=False, cpu_engine=engine)
         return {"kld": report["kld"], "top1": report["top1"], "ppl": report["ppl"]}
 
     weights = {path: int(floats[path].weight.size) for path in layers}
@@ -104,6 +134,13 @@ def measure(quantized_folder: Path, float_folder: Path, text: str, seq_len: int,
             without = score(quantized)
         rows.append({"part": name, "layers": len(paths), "weight_share": sum(weights[p] for p in paths) / total,
                      "alone": alone, "without": without})
+    embedding = "model.embed_tokens"
+    if embedding in layers and model_config(student).get("tie_word_embeddings", True):
+        floats_record = {**record, **{path: False for path in layers}}
+        for name, roles in split_roles(student, layers[embedding]):
+            with Swap(student, {embedding: roles}, floats_record, []):
+                rows.append({"part": name, "layers": 1, "weight_share": weights[embedding] / total,
+                             "alone": score(student, "mlx")})
     return rows
 
 

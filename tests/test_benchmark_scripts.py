@@ -328,7 +328,8 @@ def test_kl_by_part_scores_what_quantize_gives_keeping_the_other_layers_float(tm
     kl_by_part.main([str(tmp_path / "q3"), "--model", str(folder), "--out", str(out), "--seq-len", "64",
                      "--max-windows", "2"])
     rows = {row["part"]: row for row in json.loads((out / "kl_by_part.json").read_text())["rows"]}
-    assert list(rows) == ["all", "embedding+head", "attention", "mlp", "blocks 0-0", "blocks 1-1"]
+    assert list(rows) == ["all", "embedding+head", "attention", "mlp", "blocks 0-0", "blocks 1-1",
+                          "embedding lookup", "output head"]
     assert rows["embedding+head"]["weight_share"] + rows["attention"]["weight_share"] + rows["mlp"][
         "weight_share"] == pytest.approx(1.0)
     reference = mlx_slm.load(folder)[0]
@@ -348,6 +349,24 @@ def test_kl_by_part_scores_what_quantize_gives_keeping_the_other_layers_float(tm
     assert rows["blocks 1-1"]["without"]["kld"] == pytest.approx(kl({"by_name": {"model.layers.1.*": "keep"}}),
                                                                  rel=1e-5)
     assert "KL alone" in capsys.readouterr().out
+
+    def one_role(role: str) -> float:  # the float model untied, one role computing with rtn's values
+        import mlx.core as mx
+        from mlx import nn
+
+        model, _ = mlx_slm.load(folder)
+        own = model.model.embed_tokens.weight
+        rtn = mx.dequantize(*mx.quantize(own, group_size=64, bits=3), group_size=64, bits=3).astype(own.dtype)
+        model.args.tie_word_embeddings = False
+        model.lm_head = nn.Linear(own.shape[1], own.shape[0], bias=False)
+        model.lm_head.weight = rtn if role == "head" else own
+        model.model.embed_tokens.weight = own if role == "head" else rtn
+        return mlx_slm.evaluate(model, tokenizer, [kl_by_part.local_text("eval")[0]], reference=reference,
+                                seq_len=64, max_windows=2, decode_tokens=0, progress=False, cpu_engine="mlx")["kld"]
+
+    assert rows["embedding lookup"]["alone"]["kld"] == pytest.approx(one_role("lookup"), rel=1e-4)
+    assert rows["output head"]["alone"]["kld"] == pytest.approx(one_role("head"), rel=1e-4)
+    assert 0 < rows["embedding lookup"]["alone"]["kld"] != rows["output head"]["alone"]["kld"] > 0
     with pytest.raises(SystemExit) as exit_info:  # the float model itself: nothing to swap
         kl_by_part.main([str(folder), "--model", str(folder), "--out", str(out)])
     assert exit_info.value.code == 2 and "holds no quantized layer" in capsys.readouterr().err
