@@ -14,8 +14,8 @@ back to float ("without"). A part whose "alone" KL is a large share of the whole
 "without" KL drops far below it, is where more bits or training pay. A tied embedding's two roles
 are then scored alone, each in the float model: the input lookup computing with the quantized
 embedding's values and the output head with the float one ("embedding lookup"), and the other way
-round ("output head"); these two run on MLX (the numpy engine knows no split embedding). Prints a
-table and writes OUT/kl_by_part.json.
+round ("output head"); these two run on MLX in float32 (the numpy engine knows no split embedding).
+Prints a table and writes OUT/kl_by_part.json.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import sys
 from pathlib import Path
 
 import mlx_slm
-from mlx import nn
 from mlx_slm.data.corpora import local_text
 from mlx_slm.errors import SLMError
 from mlx_slm.io.atomic import atomic_file
@@ -51,25 +50,24 @@ def parts_of(paths: list[str]) -> dict[str, list[str]]:
     return {name: chosen for name, chosen in parts.items() if chosen}
 
 
-class Roles(nn.Module):
-    """Stands in for a tied embedding: the input lookup reads ``lookup`` [V, D], the output head computes
-    with ``head`` [V, D] (``as_linear``, as mlx-lm's tied models call it)."""
-
-    def __init__(self, lookup, head):
-        super().__init__()
-        self.lookup, self.head = lookup, head
-
-    def __call__(self, ids):
-        return self.lookup[ids]
-
-    def as_linear(self, x):
-        return x @ self.head.T
-
-
-def split_roles(model, quantized_embedding):
-    """(part name, a :class:`Roles` for ``model``'s tied embedding) for each role computed with the
-    quantized embedding's values, the other role with ``model``'s own float weights."""
+def split_roles(model, quantized_embedding) -> list:
+    """(part name, a stand-in for ``model``'s tied embedding) for each role computed with the quantized
+    embedding's values, the other role with ``model``'s own float weights. The stand-in's input lookup
+    reads ``lookup`` [V, D], its output head computes with ``head`` [V, D] (``as_linear``, as mlx-lm's
+    tied models call it); MLX is imported here, after mlx_slm."""
     import mlx.core as mx
+    from mlx import nn
+
+    class Roles(nn.Module):
+        def __init__(self, lookup, head):
+            super().__init__()
+            self.lookup, self.head = lookup, head
+
+        def __call__(self, ids):
+            return self.lookup[ids]
+
+        def as_linear(self, x):
+            return x @ self.head.T
 
     own = model.model.embed_tokens.weight
     values = mx.dequantize(quantized_embedding.weight, quantized_embedding.scales, quantized_embedding.biases,
@@ -118,8 +116,8 @@ def measure(quantized_folder: Path, float_folder: Path, text: str, seq_len: int,
         raise SLMError(f"{quantized_folder} was not quantized from {float_folder}: their layers differ")
     record = model_config(quantized)["quantization"]
 
-    def score(model, engine=None) -> dict:
-        report = mlx_slm.evaluate(model, tokenizer, [text], reference=reference, seq_len=seq_len,
+    def score(model, against=reference, engine=None) -> dict:
+        report = mlx_slm.evaluate(model, tokenizer, [text], reference=against, seq_len=seq_len,
                                   max_windows=max_windows, decode_tokens=0, progress=False, cpu_engine=engine)
         return {"kld": report["kld"], "top1": report["top1"], "ppl": report["ppl"]}
 
@@ -136,12 +134,21 @@ def measure(quantized_folder: Path, float_folder: Path, text: str, seq_len: int,
                      "alone": alone, "without": without})
     embedding = "model.embed_tokens"
     if embedding in layers and model_config(student).get("tie_word_embeddings", True):
-        floats_record = {**record, **{path: False for path in layers}}
-        for name, roles in split_roles(student, layers[embedding]):
-            with Swap(student, {embedding: roles}, floats_record, []):
+        float32, against = (widened(mlx_slm.load(float_folder)[0]) for _ in range(2))
+        for name, roles in split_roles(float32, layers[embedding]):
+            with Swap(float32, {embedding: roles}, {}, []):
                 rows.append({"part": name, "layers": 1, "weight_share": weights[embedding] / total,
-                             "alone": score(student, "mlx")})
+                             "alone": score(float32, against, "mlx")})
     return rows
+
+
+def widened(model):
+    """``model`` computing in float32, as the numpy engine computes a float16 model (MLX's CPU has no fast
+    float16 matmul)."""
+    import mlx.core as mx
+
+    model.set_dtype(mx.float32)
+    return model
 
 
 def table(rows: list[dict]) -> str:

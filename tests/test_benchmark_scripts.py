@@ -355,13 +355,17 @@ def test_kl_by_part_scores_what_quantize_gives_keeping_the_other_layers_float(tm
         from mlx import nn
 
         model, _ = mlx_slm.load(folder)
-        own = model.model.embed_tokens.weight
-        rtn = mx.dequantize(*mx.quantize(own, group_size=64, bits=3), group_size=64, bits=3).astype(own.dtype)
+        stored = model.model.embed_tokens.weight  # rounded as stored (rtn is mx.quantize), then widened
+        rtn = mx.dequantize(*mx.quantize(stored, group_size=64, bits=3), group_size=64, bits=3)
+        model.set_dtype(mx.float32)
+        own, rtn = model.model.embed_tokens.weight, rtn.astype(stored.dtype).astype(mx.float32)
         model.args.tie_word_embeddings = False
         model.lm_head = nn.Linear(own.shape[1], own.shape[0], bias=False)
         model.lm_head.weight = rtn if role == "head" else own
         model.model.embed_tokens.weight = own if role == "head" else rtn
-        return mlx_slm.evaluate(model, tokenizer, [kl_by_part.local_text("eval")[0]], reference=reference,
+        float32 = mlx_slm.load(folder)[0]
+        float32.set_dtype(mx.float32)
+        return mlx_slm.evaluate(model, tokenizer, [kl_by_part.local_text("eval")[0]], reference=float32,
                                 seq_len=64, max_windows=2, decode_tokens=0, progress=False, cpu_engine="mlx")["kld"]
 
     assert rows["embedding lookup"]["alone"]["kld"] == pytest.approx(one_role("lookup"), rel=1e-4)
