@@ -14,7 +14,8 @@ back to float ("without"). A part whose "alone" KL is a large share of the whole
 "without" KL drops far below it, is where more bits or training pay. A tied embedding's two roles
 are then scored alone, each in the float model: the input lookup computing with the quantized
 embedding's values and the output head with the float one ("embedding lookup"), and the other way
-round ("output head"); these two run on MLX in float32 (the numpy engine knows no split embedding).
+round ("output head"; an affine embedding only); these two run on MLX in float32 (the numpy engine
+knows no split embedding).
 Prints a table and writes OUT/kl_by_part.json.
 """
 
@@ -133,7 +134,8 @@ def measure(quantized_folder: Path, float_folder: Path, text: str, seq_len: int,
         rows.append({"part": name, "layers": len(paths), "weight_share": sum(weights[p] for p in paths) / total,
                      "alone": alone, "without": without})
     embedding = "model.embed_tokens"
-    if embedding in layers and model_config(student).get("tie_word_embeddings", True):
+    affine = embedding in layers and "biases" in layers[embedding]  # mx.dequantize reads affine layers only
+    if affine and model_config(student).get("tie_word_embeddings", True):
         float32, against = (widened(mlx_slm.load(float_folder)[0]) for _ in range(2))
         for name, roles in split_roles(float32, layers[embedding]):
             with Swap(float32, {embedding: roles}, {}, []):

@@ -371,6 +371,13 @@ def test_kl_by_part_scores_what_quantize_gives_keeping_the_other_layers_float(tm
     assert rows["embedding lookup"]["alone"]["kld"] == pytest.approx(one_role("lookup"), rel=1e-4)
     assert rows["output head"]["alone"]["kld"] == pytest.approx(one_role("head"), rel=1e-4)
     assert 0 < rows["embedding lookup"]["alone"]["kld"] != rows["output head"]["alone"]["kld"] > 0
+    model, _ = mlx_slm.load(folder)  # a ternary embedding: no role rows (its values are not mx.dequantize's)
+    mlx_slm.quantize(model, method="rtn", format="ternary", bits=2, group_size=0, progress=False)
+    mlx_slm.save(model, tokenizer, tmp_path / "ternary")
+    kl_by_part.main([str(tmp_path / "ternary"), "--model", str(folder), "--out", str(tmp_path / "t"), "--seq-len",
+                     "64", "--max-windows", "1"])
+    parts = [row["part"] for row in json.loads((tmp_path / "t" / "kl_by_part.json").read_text())["rows"]]
+    assert parts[1] == "embedding+head" and "output head" not in parts
     with pytest.raises(SystemExit) as exit_info:  # the float model itself: nothing to swap
         kl_by_part.main([str(folder), "--model", str(folder), "--out", str(out)])
     assert exit_info.value.code == 2 and "holds no quantized layer" in capsys.readouterr().err
