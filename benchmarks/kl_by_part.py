@@ -14,8 +14,7 @@ back to float ("without"). A part whose "alone" KL is a large share of the whole
 "without" KL drops far below it, is where more bits or training pay. A tied embedding's two roles
 are then scored alone, each in the float model: the input lookup computing with the quantized
 embedding's values and the output head with the float one ("embedding lookup"), and the other way
-round ("output head"; an affine embedding only); these two run on MLX in float32 (the numpy engine
-knows no split embedding).
+round ("output head"); these two run on MLX in float32 (the numpy engine knows no split embedding).
 Prints a table and writes OUT/kl_by_part.json.
 """
 
@@ -56,8 +55,9 @@ def split_roles(model, quantized_embedding) -> list:
     embedding's values, the other role with ``model``'s own float weights. The stand-in's input lookup
     reads ``lookup`` [V, D], its output head computes with ``head`` [V, D] (``as_linear``, as mlx-lm's
     tied models call it); MLX is imported here, after mlx_slm."""
-    import mlx.core as mx
     from mlx import nn
+
+    from mlx_slm.runtime import dense_twin
 
     class Roles(nn.Module):
         def __init__(self, lookup, head):
@@ -71,8 +71,7 @@ def split_roles(model, quantized_embedding) -> list:
             return x @ self.head.T
 
     own = model.model.embed_tokens.weight
-    values = mx.dequantize(quantized_embedding.weight, quantized_embedding.scales, quantized_embedding.biases,
-                           quantized_embedding.group_size, quantized_embedding.bits).astype(own.dtype)
+    values = dense_twin(quantized_embedding).weight.astype(own.dtype)  # any format's exact values
     return [("embedding lookup", Roles(values, own)), ("output head", Roles(own, values))]
 
 
@@ -134,9 +133,8 @@ def measure(quantized_folder: Path, float_folder: Path, text: str, seq_len: int,
         rows.append({"part": name, "layers": len(paths), "weight_share": sum(weights[p] for p in paths) / total,
                      "alone": alone, "without": without})
     embedding = "model.embed_tokens"
-    affine = embedding in layers and "biases" in layers[embedding]  # mx.dequantize reads affine layers only
-    if affine and model_config(student).get("tie_word_embeddings", True):
-        float32, against = (widened(mlx_slm.load(float_folder)[0]) for _ in range(2))
+    if embedding in layers and model_config(student).get("tie_word_embeddings", True):
+        float32, against = (in_float32(mlx_slm.load(float_folder)[0]) for _ in range(2))
         for name, roles in split_roles(float32, layers[embedding]):
             with Swap(float32, {embedding: roles}, {}, []):
                 rows.append({"part": name, "layers": 1, "weight_share": weights[embedding] / total,
@@ -144,7 +142,7 @@ def measure(quantized_folder: Path, float_folder: Path, text: str, seq_len: int,
     return rows
 
 
-def widened(model):
+def in_float32(model):
     """``model`` computing in float32, as the numpy engine computes a float16 model (MLX's CPU has no fast
     float16 matmul)."""
     import mlx.core as mx

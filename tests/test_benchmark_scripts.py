@@ -350,34 +350,38 @@ def test_kl_by_part_scores_what_quantize_gives_keeping_the_other_layers_float(tm
                                                                  rel=1e-5)
     assert "KL alone" in capsys.readouterr().out
 
-    def one_role(role: str) -> float:  # the float model untied, one role computing with rtn's values
-        import mlx.core as mx
+    def one_role(role: str, values, windows: int) -> float:  # the float model untied, one role with ``values``
         from mlx import nn
 
         model, _ = mlx_slm.load(folder)
-        stored = model.model.embed_tokens.weight  # rounded as stored (rtn is mx.quantize), then widened
-        rtn = mx.dequantize(*mx.quantize(stored, group_size=64, bits=3), group_size=64, bits=3)
         model.set_dtype(mx.float32)
-        own, rtn = model.model.embed_tokens.weight, rtn.astype(stored.dtype).astype(mx.float32)
+        own = model.model.embed_tokens.weight
         model.args.tie_word_embeddings = False
         model.lm_head = nn.Linear(own.shape[1], own.shape[0], bias=False)
-        model.lm_head.weight = rtn if role == "head" else own
-        model.model.embed_tokens.weight = own if role == "head" else rtn
+        model.lm_head.weight = values if role == "head" else own
+        model.model.embed_tokens.weight = own if role == "head" else values
         float32 = mlx_slm.load(folder)[0]
         float32.set_dtype(mx.float32)
-        return mlx_slm.evaluate(model, tokenizer, [kl_by_part.local_text("eval")[0]], reference=float32,
-                                seq_len=64, max_windows=2, decode_tokens=0, progress=False, cpu_engine="mlx")["kld"]
+        return mlx_slm.evaluate(model, tokenizer, [kl_by_part.local_text("eval")[0]], reference=float32, seq_len=64,
+                                max_windows=windows, decode_tokens=0, progress=False, cpu_engine="mlx")["kld"]
 
-    assert rows["embedding lookup"]["alone"]["kld"] == pytest.approx(one_role("lookup"), rel=1e-4)
-    assert rows["output head"]["alone"]["kld"] == pytest.approx(one_role("head"), rel=1e-4)
+    import mlx.core as mx
+
+    stored = mlx_slm.load(folder)[0].model.embed_tokens.weight  # rtn is mx.quantize; its scales in float32
+    codes, scales, biases = mx.quantize(stored, group_size=64, bits=3)
+    rtn = mx.dequantize(codes, scales.astype(mx.float32), biases.astype(mx.float32), group_size=64, bits=3)
+    assert rows["embedding lookup"]["alone"]["kld"] == pytest.approx(one_role("lookup", rtn, 2), rel=1e-4)
+    assert rows["output head"]["alone"]["kld"] == pytest.approx(one_role("head", rtn, 2), rel=1e-4)
     assert 0 < rows["embedding lookup"]["alone"]["kld"] != rows["output head"]["alone"]["kld"] > 0
-    model, _ = mlx_slm.load(folder)  # a ternary embedding: no role rows (its values are not mx.dequantize's)
+    model, _ = mlx_slm.load(folder)  # a ternary embedding: its roles computing with its trits times scales
     mlx_slm.quantize(model, method="rtn", format="ternary", bits=2, group_size=0, progress=False)
     mlx_slm.save(model, tokenizer, tmp_path / "ternary")
     kl_by_part.main([str(tmp_path / "ternary"), "--model", str(folder), "--out", str(tmp_path / "t"), "--seq-len",
                      "64", "--max-windows", "1"])
-    parts = [row["part"] for row in json.loads((tmp_path / "t" / "kl_by_part.json").read_text())["rows"]]
-    assert parts[1] == "embedding+head" and "output head" not in parts
+    rows = {row["part"]: row for row in json.loads((tmp_path / "t" / "kl_by_part.json").read_text())["rows"]}
+    trits = model.model.embed_tokens.dense_weight().astype(mx.float32)
+    assert rows["output head"]["alone"]["kld"] == pytest.approx(one_role("head", trits, 1), rel=1e-4)
+    assert rows["embedding lookup"]["alone"]["kld"] == pytest.approx(one_role("lookup", trits, 1), rel=1e-4)
     with pytest.raises(SystemExit) as exit_info:  # the float model itself: nothing to swap
         kl_by_part.main([str(folder), "--model", str(folder), "--out", str(out)])
     assert exit_info.value.code == 2 and "holds no quantized layer" in capsys.readouterr().err
