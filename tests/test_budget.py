@@ -10,6 +10,7 @@ from mlx_slm.errors import SLMError
 from mlx_slm.formats import affine
 from mlx_slm.quant.budget import cheapest_plan
 from mlx_slm.quant.sensitivity import error_energies, input_factor, layer_options, rtn_dense
+from mlx_slm.quant.sequential import block_index
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -51,3 +52,12 @@ def test_error_energy_is_the_trace_through_the_input_moments():
         assert energy == pytest.approx(np.trace(delta @ moments @ delta.T), rel=1e-4)
     coarse, fine = options.index({"bits": 2, "group_size": 128}), options.index({"bits": 8, "group_size": 32})
     assert energies[coarse] > energies[fine]
+
+
+@pytest.mark.parametrize("path, block", [("model.layers.3.mlp.up_proj", 3), ("model.layers.11", 11),
+                                         ("language_model.model.layers.12.self_attn.q_proj", 12),
+                                         ("model.embed_tokens", None), ("lm_head", None), ("model.layers", None),
+                                         ("model.norm.layers.x", None)])
+def test_block_index_reads_the_number_after_layers(path, block):
+    # sensitivity and sequential calibration share this rule (mlx-lm's layout, or nested deeper)
+    assert block_index(path) == block

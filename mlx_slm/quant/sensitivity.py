@@ -34,6 +34,7 @@ from ..formats import affine
 from ..formats.dtypes import as_float32
 from ..model_access import access, weight_dtypes
 from ..progress import hidden
+from .sequential import block_index
 
 PROBE = {"bits": 3, "group_size": 64}
 ENERGY_ROWS = 512  # output rows (evenly spaced) on which each setting's error energy is measured
@@ -182,15 +183,9 @@ class FloatRun:
         return mean_kld(self.ref_probs, self.ref_logprobs, self.engine.head(h))
 
 
-def block_of(path: str) -> int | None:
-    """Decoder block index of a layer path ``model.layers.<i>.…`` (None outside the blocks)."""
-    parts = path.split(".")
-    return int(parts[2]) if parts[:2] == ["model", "layers"] and len(parts) > 2 and parts[2].isdigit() else None
-
-
 def roles_of(engine, path: str) -> list[str]:
     """What the layer does: "block" (a projection in a decoder block), "embedding", "head"."""
-    if block_of(path) is not None:
+    if block_index(path) is not None:
         return ["block"]
     roles = (["embedding"] if path == "model.embed_tokens" else []) + (["head"] if path == engine.head_name else [])
     if not roles:
@@ -207,7 +202,7 @@ def probed_kld(run: FloatRun, role: str, path: str, probed: np.ndarray) -> float
         if role == "head":
             return mean_kld(run.ref_probs, run.ref_logprobs, engine.head(run.hidden[-1]))
         if role == "block":
-            block = block_of(path)
+            block = block_index(path)
             return run.kld_from(block, run.hidden[block])
         h = engine.embed(run.tokens)
     finally:
@@ -263,7 +258,7 @@ def measure_sensitivity(model, tokens: np.ndarray, probe: dict | None = None, pr
     dtypes = weight_dtypes(model, shapes)
     engine = view.calibration_engine(cpu_engine)
     layers = {}
-    for path, shape in sorted(shapes.items(), key=lambda item: (block_of(item[0]) is None, item[0])):
+    for path, shape in sorted(shapes.items(), key=lambda item: (block_index(item[0]) is None, item[0])):
         options, unavailable = layer_options(tuple(shape))
         layers[path] = LayerSensitivity(path, tuple(shape), 8 * dtypes[path].itemsize, options, unavailable)
         if options:

@@ -106,10 +106,11 @@ class Choice(NamedTuple):
 
 
 def block_index(name: str) -> int | None:
-    """The decoder block of a layer path ``model.layers.<i>.…``; None outside the blocks (the embedding,
-    an untied head)."""
+    """The decoder block of a layer path ``….layers.<i>.…`` (``model.layers.<i>`` in mlx-lm's layout, nested
+    deeper in a multimodal model's); None outside the blocks (the embedding, an untied head)."""
     parts = name.split(".")
-    return int(parts[parts.index("layers") + 1]) if "layers" in parts else None
+    index = next((parts[i + 1] for i, part in enumerate(parts[:-1]) if part == "layers"), None)
+    return int(index) if index is not None and index.isdigit() else None
 
 
 def sequential_choose(engine, plan: dict, tokens: np.ndarray, method: str, dtypes: dict,
