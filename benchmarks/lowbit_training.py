@@ -11,7 +11,9 @@ A row is FORMAT:BITS:GROUP, or FORMAT:BITS:GROUP:EMBED with the embedding and it
 head stored affine at EMBED bits in groups of 64 (``affine:2:64:4``: a mixed model, its
 bpw counting the embedding). Its ``start`` is the post-training method the training
 recipes start from: gptq for affine and ternary, imatrix for lut (quantized once and
-reused by every recipe of the row). Recipes:
+reused by every recipe of the row; saved in OUT/start-DIGEST-ROW). Every step's result is saved
+once per settings (DIGEST, with settings.json in the folder), so rows share a step only when
+they trained it alike. Recipes:
 
 - ``blockwise``: what ``quantize(method="blockwise")`` does after its start: every
   decoder block's weights and quantization parameters trained through the format's
@@ -23,9 +25,9 @@ reused by every recipe of the row). Recipes:
   random windows of the training part of the text, towards the float model's cached
   top-k logits (KL at temperature 1 over the k tokens and the rest), ending at the best
   held-out evaluation and kept only if the held-out KL dropped (the result saved in
-  OUT/e2e-STEPS-DIGEST-START, for ``e2e+learned`` and for ``benchmarks/kl_by_part.py``);
+  OUT/e2e-DIGEST-BASE, for ``e2e+learned`` and for ``benchmarks/kl_by_part.py``);
 - ``blockwise+e2e``: the same end-to-end run from the blockwise result (the one the
-  ``blockwise`` recipe measured, saved in OUT/blockwise-ROW; its seconds and tokens count);
+  ``blockwise`` recipe measured, saved in OUT/blockwise-DIGEST-START; its seconds and tokens count);
 - ``learned``: what ``quantize(method="learned")`` does after its start
   (:func:`mlx_slm.quant.learned.learn_quantization`): the affine scales and biases alone trained
   towards the float model's logits on the start's calibration windows, or on
@@ -97,6 +99,21 @@ def write_texts(out: Path) -> dict:
     return {"train": f"{calib_source}, first 95%", "heldout": f"{calib_source}, last 5%", "eval": eval_source}
 
 
+def saved_folder(out: Path, kind: str, settings: dict, base: str) -> Path:
+    """OUT/KIND-DIGEST-BASE: where one step of a recipe (the start, the block-wise pass, the end-to-end
+    training) saves its result, once per base and settings (DIGEST: 8 hex digits of the settings' sha256,
+    the settings themselves written in the folder as settings.json). A later run into the same OUT
+    with other settings computes its own instead of reusing a result trained otherwise."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return out / f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:8]}-{base}"
+
+
+def save_step(model, tokenizer, folder: Path, settings: dict, record: str, content: str) -> None:
+    """The step's model in ``folder`` with its settings (settings.json) and its measurements (``record``)."""
+    mlx_slm.save(model, tokenizer, folder, overwrite=True, extra_files={
+        "settings.json": json.dumps(settings, indent=1, sort_keys=True, default=str), record: content})
+
+
 class Bench:
     def __init__(self, args, out: Path):
         self.args, self.out = args, out
@@ -112,8 +129,10 @@ class Bench:
         of its calibration text included). ``--start-data teacher`` calibrates it on text sampled from
         the float model, as ``quantize(calib_data="teacher")`` does; the block-wise pass on teacher
         windows trains on the same windows."""
-        teacher = self.args.start_data == "teacher"
-        folder = self.out / f"start-{name.replace(':', '-')}{'-on-teacher' if teacher else ''}"
+        args = self.args
+        settings = {"row": row, "num_samples": args.num_samples, "calib_seq_len": args.calib_seq_len,
+                    "start_data": args.start_data}
+        folder = saved_folder(self.out, "start", settings, name.replace(":", "-"))
         record = folder / "seconds.txt"
         if not record.is_file():
             model, _ = mlx_slm.load(self.folder)
@@ -121,7 +140,7 @@ class Bench:
             began = time.perf_counter()
             mlx_slm.quantize(model, method=default_start(row["format"]), progress=False, **row, **calibration)
             seconds = time.perf_counter() - began + sampling
-            mlx_slm.save(model, self.tokenizer, folder, overwrite=True, extra_files={"seconds.txt": f"{seconds}"})
+            save_step(model, self.tokenizer, folder, settings, "seconds.txt", f"{seconds}")
         return folder, float(record.read_text())
 
     def start_calibration(self, num_samples: int | None = None) -> tuple[dict, float]:
@@ -156,33 +175,33 @@ class Bench:
 
     def blockwise(self, start_folder: Path) -> tuple[Path, dict]:
         """Block-wise reconstruction of the row's start (saved in ``start_folder``) towards the float
-        model: (the folder it is saved in, its extra columns). Run once per row and saved
-        (OUT/blockwise-ROW), so ``blockwise+e2e`` starts from the very model the ``blockwise`` row
-        measured, its block-wise seconds and tokens counted."""
+        model: (the folder it is saved in, its extra columns). Run once per start and settings and saved
+        (OUT/blockwise-DIGEST-START, :func:`saved_folder`), so ``blockwise+e2e`` starts from the very model
+        the ``blockwise`` row measured, its block-wise seconds and tokens counted."""
         from mlx_slm.data.teacher_text import window_tokens
         from mlx_slm.data.windows import calibration_windows
         from mlx_slm.quant.blockwise import reconstruct_blocks
         from mlx_slm.quant.methods.blockwise import BlockwiseConfig
 
-        teacher = self.args.blockwise_data == "teacher"
-        folder = self.out / f"{start_folder.name.replace('start-', 'blockwise-', 1)}{'-teacher' if teacher else ''}"
+        args = self.args
+        config = BlockwiseConfig(epochs=args.blockwise_epochs, learning_rate=args.blockwise_lr,
+                                 scale_learning_rate=args.blockwise_scale_lr, inputs=args.blockwise_inputs,
+                                 data=args.blockwise_data).check()
+        settings = asdict(config)
+        folder = saved_folder(self.out, "blockwise", settings, start_folder.name)
         record = folder / "blockwise.json"
         if not record.is_file():
             model, _ = mlx_slm.load(start_folder)
-            args = self.args
-            config = BlockwiseConfig(epochs=args.blockwise_epochs, learning_rate=args.blockwise_lr,
-                                     scale_learning_rate=args.blockwise_scale_lr, inputs=args.blockwise_inputs,
-                                     data=args.blockwise_data).check()
             tokens, _ = calibration_windows(**self.calibration)
             sampling = 0.0
-            if teacher:  # the windows quantize(method="blockwise", data="teacher") trains on (Calibration.sampled
-                # at the config's seed), their text sampled once per run: every row's pass trains on the same windows
+            if config.data == "teacher":  # the windows quantize(method="blockwise", data="teacher") trains on
+                # (Calibration.sampled at the config's seed), their text sampled once per run: every row's pass
+                # trains on the same windows
                 text, sampling = self.teacher_text(window_tokens(*tokens.shape), config.seed)
                 tokens = calibration_windows(self.tokenizer, [text], *tokens.shape)[0]
             report = reconstruct_blocks(model, self.reference, tokens, config)
-            mlx_slm.save(model, self.tokenizer, folder, overwrite=True,
-                         extra_files={"blockwise.json": json.dumps({**report, "sampling_seconds": sampling},
-                                                                   default=str)})
+            save_step(model, self.tokenizer, folder, settings, "blockwise.json",
+                      json.dumps({**report, "sampling_seconds": sampling}, default=str))
         report = json.loads(record.read_text())
         return folder, {"tokens": report["train_tokens"], "blockwise_seconds": report["seconds"],
                         "sampling_seconds": report["sampling_seconds"], "blockwise": report}
@@ -212,13 +231,12 @@ class Bench:
         """What ``quantize(method="e2e")`` does after its start (:func:`train_end_to_end`) to the model
         saved in ``base``, on this benchmark's training and held-out texts, the teacher cache kept for
         every row: (the folder the result is saved in, its extra columns). Run once per base and
-        settings and saved (OUT/e2e-STEPS-DIGEST-BASE, the digest of the settings), so ``e2e+learned``
+        settings and saved (OUT/e2e-DIGEST-BASE, :func:`saved_folder`), so ``e2e+learned``
         polishes the very model the ``e2e`` row measured, its training seconds and tokens counted."""
         from mlx_slm.quant.methods.e2e import train_end_to_end
 
-        settings = json.dumps({**asdict(config), "seq_len": self.args.calib_seq_len}, sort_keys=True)
-        digest = hashlib.sha256(settings.encode()).hexdigest()[:8]
-        folder = self.out / f"e2e-{config.steps}-{digest}-{base.name}"
+        settings = {**asdict(config), "seq_len": self.args.calib_seq_len}
+        folder = saved_folder(self.out, "e2e", settings, base.name)
         record = folder / "e2e.json"
         if not record.is_file():
             model, _ = mlx_slm.load(base)
@@ -227,8 +245,8 @@ class Bench:
             report = train_end_to_end(model, self.reference, self.tokenizer, train, held, config,
                                       self.args.calib_seq_len, cache_dir=self.out / f"cache-{config.data}")
             seconds = time.perf_counter() - began
-            mlx_slm.save(model, self.tokenizer, folder, overwrite=True, extra_files={"e2e.json": json.dumps(
-                {"report": report, "seconds": seconds, "sampling_seconds": sampling}, default=str)})
+            save_step(model, self.tokenizer, folder, settings, "e2e.json", json.dumps(
+                {"report": report, "seconds": seconds, "sampling_seconds": sampling}, default=str))
         saved = json.loads(record.read_text())
         report = saved["report"]
         return folder, {"tokens": report["train_tokens"], "e2e_heldout_kl": report["held_out_curve"], "e2e": report,

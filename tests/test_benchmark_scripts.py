@@ -122,7 +122,9 @@ def test_lowbit_training_e2e_then_learned_polishes_the_e2e_result(tmp_path):
     assert both["train_seconds"] - both["learned_seconds"] == pytest.approx(e2e["train_seconds"])
     assert both["learned_seconds"] > 0 and both["kld"] != e2e["kld"]
     (saved,) = out.glob("e2e-*")
-    assert saved.name.startswith("e2e-2-") and saved.name.endswith("-start-affine-4-64")
+    (start,) = out.glob("start-*-affine-4-64")
+    assert saved.name.startswith("e2e-") and saved.name.endswith(f"-{start.name}")
+    assert json.loads((saved / "settings.json").read_text())["steps"] == 2
     model, tokenizer = mlx_slm.load(saved)
     report = mlx_slm.evaluate(model, tokenizer, out / "eval.txt", reference=mlx_slm.load(folder)[0], seq_len=64,
                               max_windows=1, decode_tokens=0, progress=False)
@@ -170,7 +172,8 @@ def test_lowbit_training_can_calibrate_the_start_on_teacher_text(tmp_path, monke
     """--start-data teacher: the start is gptq calibrated on the windows the block-wise pass trains on
     (one sampling for both), bit for bit what quantize does with that text as its calibration; its
     sampling counts in the start's seconds; the block-wise result is kept apart from the calibrated
-    start's."""
+    start's. A later run into the same OUT with the calibration text saves a start of its own (and
+    one block-wise result per start and settings) instead of reusing the one sampled text gave."""
     import lowbit_training
     from mlx.utils import tree_flatten
 
@@ -193,18 +196,26 @@ def test_lowbit_training_can_calibrate_the_start_on_teacher_text(tmp_path, monke
     assert asked == [int(np.ceil(teacher_text.MARGIN * 4 * 32))]
     rows = {r["recipe"]: r for r in json.loads((out / "lowbit_training.json").read_text())["rows"]}
     assert rows["gptq"]["total_seconds"] >= 0.3 and rows["gptq"]["train_seconds"] == 0
-    assert (out / "blockwise-affine-2-64-on-teacher-teacher").is_dir()
+    (on_teacher,) = out.glob("start-*-affine-2-64")
+    assert json.loads((on_teacher / "settings.json").read_text())["start_data"] == "teacher"
+    (blockwise,) = out.glob("blockwise-*")
+    assert blockwise.name.endswith(f"-{on_teacher.name}")
 
     model, tokenizer = mlx_slm.load(folder)
     mlx_slm.quantize(model, method="gptq", bits=2, group_size=64, calib=[sample_text(150, seed=7)],
                      tokenizer=tokenizer, num_samples=4, seq_len=32, progress=False)
     expected = dict(tree_flatten(model.parameters()))
-    saved = dict(tree_flatten(mlx_slm.load(out / "start-affine-2-64-on-teacher")[0].parameters()))
+    saved = dict(tree_flatten(mlx_slm.load(on_teacher)[0].parameters()))
     assert saved.keys() == expected.keys()
     for name, value in expected.items():
         np.testing.assert_array_equal(np.array(saved[name]), np.array(value), err_msg=name)
-    lowbit_training.main(common + ["--recipes", "start", "--out", str(tmp_path / "calib")])
-    on_calib = dict(tree_flatten(mlx_slm.load(tmp_path / "calib" / "start-affine-2-64")[0].parameters()))
+    lowbit_training.main(common + ["--recipes", "start,blockwise"])
+    lowbit_training.main(common + ["--recipes", "blockwise", "--blockwise-epochs", "2"])
+    starts, blockwise = sorted(out.glob("start-*-affine-2-64")), sorted(out.glob("blockwise-*"))
+    assert len(starts) == 2 and len(blockwise) == 3 and len(asked) == 1  # every pass reuses the one sampled text
+    (calib,) = set(starts) - {on_teacher}
+    assert json.loads((calib / "settings.json").read_text())["start_data"] == "calib"
+    on_calib = dict(tree_flatten(mlx_slm.load(calib)[0].parameters()))
     assert any(not np.array_equal(np.array(on_calib[n]), np.array(v)) for n, v in expected.items())
 
 
@@ -221,12 +232,13 @@ def test_a_lowbit_row_can_keep_its_embedding_at_more_bits(tmp_path, capsys):
         "--e2e-batch-size", "2", "--e2e-top-k", "16", "--e2e-eval-every", "1", "--e2e-eval-windows", "1",
         "--seq-len", "64", "--max-windows", "1"])
     rows = {row["recipe"]: row for row in json.loads((out / "lowbit_training.json").read_text())["rows"]}
-    config = json.loads((out / "start-affine-2-64-4" / "config.json").read_text())["quantization"]
+    (start,) = out.glob("start-*-affine-2-64-4")
+    config = json.loads((start / "config.json").read_text())["quantization"]
     assert config["model.embed_tokens"] == {"bits": 4, "group_size": 64, "mode": "affine"}
     assert config["bits"] == 2
     import mlx_slm
 
-    model, _ = mlx_slm.load(out / "start-affine-2-64-4")
+    model, _ = mlx_slm.load(start)
     weights = dict(tree_flatten(model.parameters()))
     assert weights["model.embed_tokens.weight"].shape[1] * 32 == 128 * 4  # 4-bit codes packed in uint32
     for name in ("gptq", "e2e"):
