@@ -21,6 +21,7 @@ from .tokens import check_readable, encode_text, start_with_bos
 DEFAULT_NUM_SAMPLES = 64
 DEFAULT_SEQ_LEN = 256
 SAMPLE_SEED = 0  # the seed of the text a data="teacher" calibration samples
+MISSING_TEXT = "calibration text is missing: pass calib=<.txt/.jsonl path or list of strings> (--calib FILE)"
 
 
 def check_windows(seq_len: int, max_windows: int | None) -> None:
@@ -60,7 +61,7 @@ def calibration_windows(tokenizer, calib, num_samples: int = DEFAULT_NUM_SAMPLES
     sample count, seq_len, token count, sha256 of the text) goes into the saved config.
     """
     if calib is None:
-        raise SLMError("calibration text is missing: pass calib=<.txt/.jsonl path or list of strings> (--calib FILE)")
+        raise SLMError(MISSING_TEXT)
     check_tokenizer(tokenizer)
     if num_samples < 1 or seq_len < 2:
         raise SLMError(f"need num_samples >= 1 and seq_len >= 2, not {num_samples} and {seq_len}")
@@ -124,8 +125,7 @@ class Calibration:
         text's record says so)."""
         if self._cut is None:
             if self.text is None and self.data == "calib":
-                raise SLMError("calibration text is missing: pass calib=<.txt/.jsonl path or list of strings> "
-                               "(--calib FILE), or calibrate on text sampled from the float model: "
+                raise SLMError(f"{MISSING_TEXT}, or calibrate on text sampled from the float model: "
                                "calib_data='teacher' (--calib-data teacher; MLX only)")
             self._cut = calibration_windows(self.tokenizer, self.text, self.num_samples, self.seq_len)
         tokens, record = self._cut
