@@ -18,6 +18,8 @@ import numpy as np
 from mlx import nn
 from mlx.utils import tree_flatten, tree_unflatten
 
+from .errors import SLMError
+
 
 def computes_on_cpu() -> bool:
     return mx.default_device() == mx.cpu or not mx.metal.is_available()
@@ -115,6 +117,15 @@ def quantized_modules(model) -> list[tuple[str, nn.Module]]:
     return [(path, module) for path, module in model.named_modules()
             if (isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding))
                 and getattr(module, "mode", "affine") == "affine") or isinstance(module, LowBitLinear)]
+
+
+def lowest_bits(model) -> int:
+    """The fewest bits per weight any layer of :func:`quantized_modules` stores (a ternary layer counts
+    its plan's bits, 2)."""
+    layers = quantized_modules(model)
+    if not layers:
+        raise SLMError("the model has no quantized layers")
+    return min(module.bits for _, module in layers)
 
 
 def widen_floats(model: nn.Module) -> dict:

@@ -91,13 +91,17 @@ def test_trained_results_export_to_core_ml(tmp_path, fmt, bits, group_size):
     assert np.array(package_tokens)[clear].tolist() == np.array(model_tokens)[clear].tolist()
 
 
-@pytest.mark.parametrize("bits,rate", [(2, 1e-3), (3, 1e-4)])
-def test_default_rate_follows_the_bits(tmp_path, bits, rate):
+EMBEDDING_2BIT = {"by_type": {"embedding": {"format": "affine", "bits": 2, "group_size": 32}}}
+
+
+@pytest.mark.parametrize("bits,config,rate", [(2, None, 1e-3), (3, None, 1e-4), (3, EMBEDDING_2BIT, 1e-3)])
+def test_default_rate_follows_the_fewest_bits(tmp_path, bits, config, rate):
+    """The rate by the start's lowest bits: a 3-bit model whose embedding is 2-bit trains at the 2-bit rate."""
     import mlx_slm
 
     model, tokenizer = mlx_slm.load(tiny_model_folder(tmp_path))
-    mlx_slm.quantize(model, bits=bits, group_size=32, method="e2e", calib=[sample_text(160)], tokenizer=tokenizer,
-                     num_samples=4, seq_len=32, progress=False,
+    mlx_slm.quantize(model, bits=bits, group_size=32, config=config, method="e2e", calib=[sample_text(160)],
+                     tokenizer=tokenizer, num_samples=4, seq_len=32, progress=False,
                      e2e_options={"start": "rtn", "steps": 1, "batch_size": 2, "eval_every": 1, "eval_windows": 2,
                                   "held_out": 0.2})
     assert mlx_slm.model_config(model)["mlx_slm"]["e2e"]["learning_rate"] == rate

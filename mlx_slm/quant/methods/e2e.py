@@ -73,8 +73,9 @@ class E2EConfig(MethodOptions):
 
 
 def default_rate(bits: int) -> float:
-    """The learning rate when none is given: 1e-3 for 2-bit and ternary starts, which are far
-    from the float model, 1e-4 for 3 bits and more."""
+    """The learning rate when none is given, by the fewest bits any layer of the start stores (a mixed
+    plan, ``target_bpw`` or a per-layer config, counts its lowest): 1e-3 for 2-bit and ternary starts,
+    which are far from the float model, 1e-4 for 3 bits and more."""
     return 1e-3 if bits <= 2 else 1e-4
 
 
@@ -149,12 +150,11 @@ def run(model, settings, calibration, progress):
     from ...data.teacher_text import sample_text
     from ...data.text import read_text
     from ...quantize import float_teacher, record_result, run_method
+    from ...runtime import lowest_bits
 
     config = settings.options_of("e2e")
     start = config.start or default_start(settings.format)
-    bits = settings.bits_and_group()[0]
-    config = replace(config, start=start, learning_rate=config.learning_rate or default_rate(bits),
-                     adopt=default_adopt(start) if config.adopt is None else config.adopt)
+    config = replace(config, start=start, adopt=default_adopt(start) if config.adopt is None else config.adopt)
     if calibration.text is None:
         raise SLMError("method 'e2e' needs a calibration text (its start's, and its training text unless "
                        "data='teacher'): pass calib=<.txt/.jsonl or strings> (--calib), or calib_data='teacher' "
@@ -167,6 +167,7 @@ def run(model, settings, calibration, progress):
         text = read_text(calibration.text)
     train_text, held_text = split_text(text, config.held_out)
     run_method(model, replace(settings, method=config.start), calibration, progress)
+    config = replace(config, learning_rate=config.learning_rate or default_rate(lowest_bits(model)))
     report = train_end_to_end(model, teacher, calibration.tokenizer, train_text, held_text, config,
                               calibration.seq_len, progress)
     record_result(model, method="e2e", e2e=report)
