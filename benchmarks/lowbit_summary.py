@@ -68,7 +68,8 @@ def defaults() -> dict:
 
 def at_defaults(settings: dict, row: dict) -> bool:
     """Whether ``row`` was measured at the default budget: the settings the file names are the benchmark's
-    defaults, its end-to-end rate and adoption (if given) the e2e method's for the row's bits and start."""
+    defaults, its end-to-end rate and adoption (if given) the e2e method's for the row's bits and start (a
+    bpw row's planned bits are not in the file: only the method's own rate counts as its default)."""
     from mlx_slm.quant.methods.blockwise import default_start
     from mlx_slm.quant.methods.e2e import default_adopt, default_rate
 
@@ -77,7 +78,7 @@ def at_defaults(settings: dict, row: dict) -> bool:
     if "e2e" not in row["recipe"]:
         return True
     start = "blockwise" if row["recipe"] == "blockwise+e2e" else default_start(row["format"])
-    return (settings.get("e2e_lr") in (None, default_rate(row["bits"]))
+    return (settings.get("e2e_lr") in (None, default_rate(row["bits"]) if "bits" in row else None)
             and settings.get("e2e_adopt") in (None, default_adopt(start)))
 
 

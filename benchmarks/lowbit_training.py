@@ -55,6 +55,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
 import time
 from dataclasses import asdict
@@ -77,8 +78,14 @@ DEFAULT_ROWS = "affine:2:64,affine:2:32,affine:3:64,affine:4:64,lut:3:8,lut:4:8,
 
 
 def parse_row(text: str) -> dict:
-    """FORMAT:BITS:GROUP[:EMBED] -> quantize's settings. EMBED, if given, is the bits of the embedding and
-    the tied head, stored affine in groups of 64 (a mixed model: the row's bpw counts it)."""
+    """FORMAT:BITS:GROUP[:EMBED] or bpw:X -> quantize's settings. EMBED, if given, is the bits of the
+    embedding and the tied head, stored affine in groups of 64 (a mixed model: the row's bpw counts it).
+    bpw:X plans every layer's affine bits and group size to average X bits per weight (quantize's
+    ``target_bpw``, on the start's calibration windows)."""
+    if text.startswith("bpw:"):
+        if not re.fullmatch(r"bpw:\d+(\.\d+)?", text):
+            raise ValueError(f"row {text!r} is not bpw:X (X bits per weight, e.g. bpw:2.5)")
+        return {"format": "affine", "target_bpw": float(text[4:])}
     fields = text.split(":")
     if len(fields) not in (3, 4) or not all(field.isdigit() for field in fields[1:]):
         raise ValueError(f"row {text!r} is not FORMAT:BITS:GROUP[:EMBED]")
@@ -206,13 +213,15 @@ class Bench:
         return folder, {"tokens": report["train_tokens"], "blockwise_seconds": report["seconds"],
                         "sampling_seconds": report["sampling_seconds"], "blockwise": report}
 
-    def e2e_config(self, bits: int, start: str):
-        """The row's :class:`E2EConfig`: the benchmark's settings, the e2e method's defaults by bits and start."""
+    def e2e_config(self, base: Path, start: str):
+        """The :class:`E2EConfig` of end-to-end training from the model saved in ``base``: the benchmark's
+        settings, the e2e method's defaults by the base's fewest bits (a mixed row's lowest) and start."""
         from mlx_slm.quant.methods.e2e import E2EConfig, default_adopt, default_rate
+        from mlx_slm.runtime import lowest_bits
 
         args = self.args
         return E2EConfig(steps=args.e2e_steps, batch_size=args.e2e_batch_size,
-                         learning_rate=args.e2e_lr or default_rate(bits),
+                         learning_rate=args.e2e_lr or default_rate(lowest_bits(mlx_slm.load(base)[0])),
                          top_k=args.e2e_top_k, eval_every=args.e2e_eval_every, eval_windows=args.e2e_eval_windows,
                          data=args.e2e_data,
                          adopt=default_adopt(start) if args.e2e_adopt is None else args.e2e_adopt).check()
@@ -277,8 +286,7 @@ class Bench:
             folder, extra = self.blockwise(folder)
         e2e_seconds = 0.0
         if "e2e" in parts:
-            config = self.e2e_config(row["bits"], "blockwise" if parts[0] == "blockwise"
-                                     else default_start(row["format"]))
+            config = self.e2e_config(folder, "blockwise" if parts[0] == "blockwise" else default_start(row["format"]))
             folder, e2e = self.end_to_end(folder, config)
             e2e_seconds = e2e.pop("e2e_seconds")
             extra = {**extra, **e2e, "tokens": extra["tokens"] + e2e["tokens"],

@@ -52,6 +52,33 @@ def test_lowbit_training_measures_start_blockwise_and_e2e(tmp_path):
         assert rows[name]["bpw"] == 2.5 and np.isfinite(rows[name]["kld"]) and rows[name]["kld"] > 0
 
 
+def test_a_lowbit_row_can_be_a_bits_per_weight_budget(tmp_path, capsys):
+    """bpw:X: the start planned per layer to X bpw (quantize's target_bpw), the end-to-end training at the
+    e2e method's rate for the plan's fewest bits, keeping the plan; a malformed budget fails at once."""
+    import lowbit_training
+
+    import mlx_slm
+    from mlx_slm.quant.methods.e2e import default_rate
+    from mlx_slm.runtime import lowest_bits
+
+    out = tmp_path / "out"
+    lowbit_training.main([
+        "--model", str(tiny_model_folder(tmp_path, "llama")), "--out", str(out), "--rows", "bpw:3",
+        "--recipes", "start,e2e", "--num-samples", "4", "--calib-seq-len", "32", "--e2e-steps", "2",
+        "--e2e-batch-size", "2", "--e2e-top-k", "16", "--e2e-eval-every", "1", "--e2e-eval-windows", "1",
+        "--seq-len", "64", "--max-windows", "1"])
+    rows = {row["recipe"]: row for row in json.loads((out / "lowbit_training.json").read_text())["rows"]}
+    (start,) = out.glob("start-*-bpw-3")
+    model, _ = mlx_slm.load(start)
+    plan = mlx_slm.model_config(model)["mlx_slm"]["plan"]
+    assert len({row["choice"] for row in plan["layers"]}) >= 2
+    assert rows["gptq"]["bpw"] == pytest.approx(3.0, abs=0.01) and rows["e2e"]["bpw"] == rows["gptq"]["bpw"]
+    assert rows["e2e"]["e2e"]["learning_rate"] == default_rate(lowest_bits(model))
+    with pytest.raises(SystemExit) as exit_info:
+        lowbit_training.main(["--out", str(out), "--rows", "bpw:2.5x"])
+    assert exit_info.value.code == 2 and "bpw:X" in capsys.readouterr().err
+
+
 def test_lowbit_training_learned_recipe_is_the_learned_method(tmp_path):
     """The learned recipe trains the start's scales and biases as quantize(method="learned") does, on
     the start's calibration windows: the same model, so the same evaluation."""
