@@ -37,8 +37,8 @@ class E2EConfig(MethodOptions):
     steps: int = option(100, "training steps (each batch_size windows of --seq-len tokens)")
     batch_size: int = option(4, "windows per step")
     learning_rate: float | None = option(None, "Adam's rate, relative to each layer's quantization step "
-                                               "(default: 1e-3 at 2 bits, 1e-4 above, where 1e-3 moves a good "
-                                               "start away from the float model)")
+                                               "(default, by the start's fewest bits: 1e-3 at 2 bits, 1e-4 "
+                                               "above, where 1e-3 moves a good start away from the float model)")
     top_k: int = option(256, "teacher logits cached per position")
     eval_every: int = option(10, "steps between held-out evaluations; training ends in the state of the best")
     patience: int = option(0, "stop after this many evaluations without a lower held-out KL (0: never)")
