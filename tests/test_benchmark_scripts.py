@@ -52,6 +52,22 @@ def test_lowbit_training_measures_start_blockwise_and_e2e(tmp_path):
         assert rows[name]["bpw"] == 2.5 and np.isfinite(rows[name]["kld"]) and rows[name]["kld"] > 0
 
 
+def start_and_e2e(tmp_path, row: str) -> tuple:
+    """lowbit_training's start and e2e recipes for ``row`` on a tiny model, briefly: (OUT, rows by recipe,
+    the saved start's folder)."""
+    import lowbit_training
+
+    out = tmp_path / "out"
+    lowbit_training.main([
+        "--model", str(tiny_model_folder(tmp_path, "llama")), "--out", str(out), "--rows", row,
+        "--recipes", "start,e2e", "--num-samples", "4", "--calib-seq-len", "32", "--e2e-steps", "2",
+        "--e2e-batch-size", "2", "--e2e-top-k", "16", "--e2e-eval-every", "1", "--e2e-eval-windows", "1",
+        "--seq-len", "64", "--max-windows", "1"])
+    rows = {r["recipe"]: r for r in json.loads((out / "lowbit_training.json").read_text())["rows"]}
+    (start,) = out.glob(f"start-*-{row.replace(':', '-')}")
+    return out, rows, start
+
+
 def test_a_lowbit_row_can_be_a_bits_per_weight_budget(tmp_path, capsys):
     """bpw:X: the start planned per layer to X bpw (quantize's target_bpw), the end-to-end training at the
     e2e method's rate for the plan's fewest bits, keeping the plan; a malformed budget fails at once."""
@@ -61,14 +77,7 @@ def test_a_lowbit_row_can_be_a_bits_per_weight_budget(tmp_path, capsys):
     from mlx_slm.quant.methods.e2e import default_rate
     from mlx_slm.runtime import lowest_bits
 
-    out = tmp_path / "out"
-    lowbit_training.main([
-        "--model", str(tiny_model_folder(tmp_path, "llama")), "--out", str(out), "--rows", "bpw:3",
-        "--recipes", "start,e2e", "--num-samples", "4", "--calib-seq-len", "32", "--e2e-steps", "2",
-        "--e2e-batch-size", "2", "--e2e-top-k", "16", "--e2e-eval-every", "1", "--e2e-eval-windows", "1",
-        "--seq-len", "64", "--max-windows", "1"])
-    rows = {row["recipe"]: row for row in json.loads((out / "lowbit_training.json").read_text())["rows"]}
-    (start,) = out.glob("start-*-bpw-3")
+    out, rows, start = start_and_e2e(tmp_path, "bpw:3")
     model, _ = mlx_slm.load(start)
     plan = mlx_slm.model_config(model)["mlx_slm"]["plan"]
     assert len({row["choice"] for row in plan["layers"]}) >= 2
@@ -252,14 +261,7 @@ def test_a_lowbit_row_can_keep_its_embedding_at_more_bits(tmp_path, capsys):
     import lowbit_training
     from mlx.utils import tree_flatten
 
-    out = tmp_path / "out"
-    lowbit_training.main([
-        "--model", str(tiny_model_folder(tmp_path, "llama")), "--out", str(out), "--rows", "affine:2:64:4",
-        "--recipes", "start,e2e", "--num-samples", "4", "--calib-seq-len", "32", "--e2e-steps", "2",
-        "--e2e-batch-size", "2", "--e2e-top-k", "16", "--e2e-eval-every", "1", "--e2e-eval-windows", "1",
-        "--seq-len", "64", "--max-windows", "1"])
-    rows = {row["recipe"]: row for row in json.loads((out / "lowbit_training.json").read_text())["rows"]}
-    (start,) = out.glob("start-*-affine-2-64-4")
+    out, rows, start = start_and_e2e(tmp_path, "affine:2:64:4")
     config = json.loads((start / "config.json").read_text())["quantization"]
     assert config["model.embed_tokens"] == {"bits": 4, "group_size": 64, "mode": "affine"}
     assert config["bits"] == 2
