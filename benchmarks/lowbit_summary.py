@@ -39,10 +39,11 @@ VARIANTS = ("start_data", "blockwise_data", "e2e_data")  # settings a row may di
 # recipe of its own
 TEACHER = "/teacher"  # marks a recipe's part (the start, blockwise, e2e) calibrated or trained on text sampled from
 # the float model
-BUDGETS = (("num_samples", "windows"), ("e2e_steps", "steps"), ("learned_samples", "learned windows"))
+BUDGETS = (("num_samples", "windows"), ("e2e_steps", "steps"), ("learned_samples", "learned windows"),
+           ("learned_steps", "learned steps"))
 # settings a row may differ in and still be shown, named after its recipe (each but the windows only where the
 # recipe has the part it is the budget of)
-PART_OF = {"e2e_steps": "e2e", "learned_samples": "learned"}
+PART_OF = {"e2e_steps": "e2e", "learned_samples": "learned", "learned_steps": "learned"}
 RECIPES = ("blockwise", "e2e", "blockwise+e2e", "learned", "e2e+learned")  # after the start's row
 # (row, what is measured, bound, as the issue words it); "ppl_x" is PPL / fp16's PPL
 TARGETS = (("affine:2:64", "ppl_x", 2.5, "2-bit g64: PPL at most 2.5x fp16"),

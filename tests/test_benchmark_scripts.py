@@ -295,8 +295,8 @@ def test_engine_agreement_compares_both_engines(tmp_path, monkeypatch):
 
 def test_lowbit_summary_keeps_the_last_row_of_each_recipe_and_budget(tmp_path, capsys):
     """The summary reads lowbit_training results oldest first: a later file's row replaces an earlier
-    one; rows run with more windows, end-to-end steps or learned windows are recipes of their own, the
-    budget named (the steps and learned windows only where the recipe has that part), rows with another
+    one; rows run with more windows, end-to-end steps, learned windows or learned steps are recipes of their
+    own, the budget named (each but the windows only where the recipe has that part), rows with another
     rate are left out; rows
     trained on the float model's text are a recipe of their own; each target is judged on the best row
     of its format, whatever its budget."""
@@ -327,7 +327,7 @@ def test_lowbit_summary_keeps_the_last_row_of_each_recipe_and_budget(tmp_path, c
          "rows": [row("affine:2:64", "blockwise+e2e", 48.0, 1.0, curve=[[0, 2.0]])]},
         {"settings": {**default, "start_data": "teacher", "e2e_data": "teacher"},
          "rows": [row("affine:2:64", "gptq", 300.0, 2.5), row("affine:2:64", "e2e", 47.0, 1.0, curve=[[0, 2.0]])]},
-        {"settings": {**default, "learned_samples": 512},
+        {"settings": {**default, "learned_samples": 512, "learned_steps": 400},
          "rows": [row("affine:4:64", "gptq", 26.0, 0.049, top1=0.9, bits=4),
                   row("affine:4:64", "learned", 25.0, 0.045, top1=0.9, bits=4)]},
     ]}))
@@ -342,7 +342,7 @@ def test_lowbit_summary_keeps_the_last_row_of_each_recipe_and_budget(tmp_path, c
                     ("affine:2:64", "blockwise/teacher+e2e"): (48.0, "newer.json"),
                     ("affine:2:64", "gptq/teacher"): (300.0, "newer.json"),  # the start calibrated on it
                     ("affine:2:64", "gptq/teacher+e2e/teacher"): (47.0, "newer.json"),
-                    ("affine:4:64", "learned (512 learned windows)"): (25.0, "newer.json")}  # not the start's
+                    ("affine:4:64", "learned (512 learned windows, 400 learned steps)"): (25.0, "newer.json")}
     goals = {goal["target"].split(":")[0]: goal for goal in summary["targets"]}
     assert goals["2-bit g64"]["best_recipe"] == "e2e (160 steps)" and goals["2-bit g64"]["value"] == 30.0 / 20.0
     assert goals["2-bit g64"]["met"] and goals["4-bit g64"]["met"]
