@@ -229,10 +229,10 @@ class Bench:
     def e2e_texts(self, config) -> tuple[str, str, float]:
         """The end-to-end run's training and held-out texts and the seconds sampling them took (0 for the
         calibration text's split)."""
-        from mlx_slm.quant.methods.e2e import split_text, teacher_tokens
+        from mlx_slm.quant.methods.e2e import split_text
 
         if config.data == "teacher":
-            text, seconds = self.teacher_text(teacher_tokens(config, self.args.calib_seq_len), config.seed)
+            text, seconds = self.teacher_text(config.teacher_tokens(self.args.calib_seq_len, config.seed), config.seed)
             return *split_text(text, config.held_out), seconds
         return (self.out / "train.txt").read_text(), (self.out / "heldout.txt").read_text(), 0.0
 
@@ -265,12 +265,12 @@ class Bench:
         """Text sampled from the float model, as the methods' ``data="teacher"`` samples it, and the
         seconds that took: sampled once per token count and seed and kept in OUT (minutes of generation
         on a CPU), the seconds beside it."""
-        from mlx_slm.data.teacher_text import sample_text
+        from mlx_slm.data.teacher_text import sample_texts
 
         path, record = self.out / f"teacher-{tokens}-{seed}.txt", self.out / f"teacher-{tokens}-{seed}.seconds"
         if not (path.is_file() and record.is_file()):
             began = time.perf_counter()
-            text = sample_text(self.reference, self.tokenizer, tokens, seed)
+            [text] = sample_texts(self.reference, self.tokenizer, [tokens], seed)
             seconds = time.perf_counter() - began
             with atomic_file(path) as tmp:
                 tmp.write_text(text)

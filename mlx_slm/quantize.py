@@ -324,14 +324,16 @@ def quantize(model, settings: QuantizeConfig | None = None, calibration: Calibra
         raise SLMError(f"pass either a QuantizeConfig or keywords, not both (got {sorted(keywords)})")
     settings, calibration = settings.check(), (calibration or Calibration()).check()
     if calibration.data == "teacher" and (get_method(settings.method).calibrated or settings.target_bpw is not None):
-        calibration = sampled_calibration(model, calibration, progress)
+        calibration = sampled_calibration(model, settings, calibration, progress)
     return run_method(model, settings, calibration, progress)
 
 
-def sampled_calibration(model, calibration: Calibration, progress: bool) -> Calibration:
+def sampled_calibration(model, settings: QuantizeConfig, calibration: Calibration, progress: bool) -> Calibration:
     """``calibration`` (``data="teacher"``, checked) on text sampled from the float ``model`` before
-    it is quantized (:meth:`Calibration.sampled`)."""
+    it is quantized (:meth:`Calibration.sampled`), with the other texts the methods ``settings``
+    runs train on at the same seed (:meth:`~mlx_slm.quant.methods.MethodOptions.teacher_tokens`)."""
     check_float(model)
     require_training("calibration on text sampled from the model (calib_data='teacher')", model,
                      reason="the sampler runs MLX models only")
-    return calibration.sampled(model, progress)
+    more = {options.teacher_tokens(calibration.seq_len, calibration.seed) for options in settings.options.values()}
+    return calibration.sampled(model, progress, sorted(more - {0}))

@@ -178,12 +178,12 @@ def test_lowbit_training_on_teacher_text_counts_the_sampling_in_every_row(tmp_pa
 
     asked = []
 
-    def slow_sampler(model, tokenizer, tokens, seed=0, progress=True):
-        asked.append(tokens)
+    def slow_sampler(model, tokenizer, counts, seed=0, progress=True):
+        asked.extend(counts)
         time.sleep(0.3)
-        return sample_text(150, seed=len(asked))
+        return [sample_text(150, seed=len(asked))]
 
-    monkeypatch.setattr(teacher_text, "sample_text", slow_sampler)
+    monkeypatch.setattr(teacher_text, "sample_texts", slow_sampler)
     out = tmp_path / "out"
     lowbit_training.main([
         "--model", str(tiny_model_folder(tmp_path, "llama")), "--out", str(out), "--rows", "affine:2:64,affine:3:64",
@@ -218,12 +218,12 @@ def test_lowbit_training_can_calibrate_the_start_on_teacher_text(tmp_path, monke
 
     asked = []
 
-    def slow_sampler(model, tokenizer, tokens, seed=0, progress=True):
-        asked.append(tokens)
+    def slow_sampler(model, tokenizer, counts, seed=0, progress=True):
+        asked.extend(counts)
         time.sleep(0.3)
-        return sample_text(150, seed=7)
+        return [sample_text(150, seed=7)]
 
-    monkeypatch.setattr(teacher_text, "sample_text", slow_sampler)
+    monkeypatch.setattr(teacher_text, "sample_texts", slow_sampler)
     folder, out = tiny_model_folder(tmp_path, "llama"), tmp_path / "out"
     common = ["--model", str(folder), "--out", str(out), "--rows", "affine:2:64", "--num-samples", "4",
               "--calib-seq-len", "32", "--blockwise-epochs", "1", "--blockwise-data", "teacher", "--seq-len", "64",

@@ -39,6 +39,24 @@ def test_samples_follow_the_model_at_temperature_one(tmp_path):
     assert sample_tokens(model, tokenizer, 200, seed=2, batch_size=8, max_tokens=48, progress=False) != samples[:8]
 
 
+def test_texts_sampled_at_once_are_what_each_sampling_gives(tmp_path):
+    """sample_texts for several token counts samples the longest once; each text equals what sampling
+    that count by itself returns (whole batches of the same seeded draws), the shorter ones first
+    batches of the longer (several batches here: 8 samples of at most 17 tokens each)."""
+    import mlx_slm
+    from mlx_slm.data.teacher_text import sample_texts, sample_tokens
+
+    model, tokenizer = mlx_slm.load(tiny_model_folder(tmp_path))
+    sampling = {"seed": 3, "progress": False, "batch_size": 8, "max_tokens": 16}
+    counts = [400, 40, 200]
+    assert len(sample_tokens(model, tokenizer, counts[0], **sampling)) >= 3 * 8
+    together = sample_texts(model, tokenizer, counts, **sampling)
+    apart = [sample_texts(model, tokenizer, [count], **sampling)[0] for count in counts]
+    assert together == apart
+    assert len(together[0]) > len(together[2]) > len(together[1])
+    assert together[0].startswith(together[2]) and together[2].startswith(together[1])
+
+
 def test_e2e_on_teacher_text_trains_on_it_and_not_on_the_calibration_text(tmp_path, monkeypatch):
     """data="teacher": the trainer gets the split of what the float model's sampler returned (asked for as
     many tokens as the steps read), the calibration text only serves the start; the held-out KL on that
@@ -51,8 +69,8 @@ def test_e2e_on_teacher_text_trains_on_it_and_not_on_the_calibration_text(tmp_pa
 
     sampled, texts = [], []
     real_distill = distill_package.distill
-    monkeypatch.setattr(teacher_text, "sample_text",
-                        lambda *a, **k: (sampled.append((a[2], sample_text(100, seed=5))), sampled[-1][1])[1])
+    monkeypatch.setattr(teacher_text, "sample_texts",
+                        lambda *a, **k: (sampled.append((a[2], sample_text(100, seed=5))), [sampled[-1][1]])[1])
     monkeypatch.setattr(distill_package, "distill",
                         lambda *a, **k: (texts.append((a[3], k["eval_text"])), real_distill(*a, **k))[1])
     model, tokenizer = mlx_slm.load(tiny_model_folder(tmp_path))
@@ -61,8 +79,8 @@ def test_e2e_on_teacher_text_trains_on_it_and_not_on_the_calibration_text(tmp_pa
                      e2e_options={"start": "rtn", "steps": 8, "batch_size": 2, "learning_rate": 1e-2,
                                   "eval_every": 4, "eval_windows": 2, "held_out": 0.2, "data": "teacher"})
     record = mlx_slm.model_config(model)["mlx_slm"]["e2e"]
-    [(tokens, text)] = sampled
-    assert tokens == 8 * 2 * 32 / 0.8 and record["data"] == "teacher"
+    [(counts, text)] = sampled
+    assert counts == [8 * 2 * 32 / 0.8] and record["data"] == "teacher"
     train, held = split_text(text, 0.2)
     assert texts == [([train], [held])]
     assert record["final_kl"] < record["start_kl"] and not record["kept_start"]
@@ -92,13 +110,13 @@ def test_blockwise_on_teacher_text_trains_on_its_windows(tmp_path, monkeypatch):
     readable = sample_text(100, seed=5)
     asked, trained = [], []
     real = blockwise.reconstruct_blocks
-    monkeypatch.setattr(teacher_text, "sample_text", lambda *a, **k: (asked.append(a[2:4]), readable)[1])
+    monkeypatch.setattr(teacher_text, "sample_texts", lambda *a, **k: (asked.append(a[2:4]), [readable])[1])
     monkeypatch.setattr(blockwise, "reconstruct_blocks", lambda *a, **k: (trained.append(a[2]), real(*a, **k))[1])
     model, tokenizer = mlx_slm.load(tiny_model_folder(tmp_path))
     mlx_slm.quantize(model, bits=2, group_size=32, method="blockwise", calib=[sample_text(160)], tokenizer=tokenizer,
                      num_samples=8, seq_len=32, progress=False,
                      blockwise_options={"start": "rtn", "epochs": 1, "batch_size": 2, "data": "teacher", "seed": 3})
-    assert asked == [(int(np.ceil(teacher_text.MARGIN * 8 * 32)), 3)]
+    assert asked == [([int(np.ceil(teacher_text.MARGIN * 8 * 32))], 3)]
     [tokens] = trained
     np.testing.assert_array_equal(tokens, calibration_windows(tokenizer, [readable], 8, 32)[0])
     record = mlx_slm.model_config(model)["mlx_slm"]  # the calibration record stays the start's text's
@@ -121,18 +139,18 @@ def test_gptq_calibrated_on_sampled_text_is_gptq_on_that_text(tmp_path, monkeypa
     readable = sample_text(100, seed=5)
     asked, trained = [], []
 
-    def sampler(model, tokenizer, tokens, seed=0, progress=True):
-        asked.append((tokens, seed, mlx_slm.model_config(model).get("quantization")))
-        return readable
+    def sampler(model, tokenizer, counts, seed=0, progress=True):
+        asked.append((counts, seed, mlx_slm.model_config(model).get("quantization")))
+        return [readable]
 
-    monkeypatch.setattr(teacher_text, "sample_text", sampler)
+    monkeypatch.setattr(teacher_text, "sample_texts", sampler)
     folder = tiny_model_folder(tmp_path)
     settings = {"bits": 3, "group_size": 32, "num_samples": 8, "seq_len": 32, "progress": False}
     for name, calib in (("sampled", {"calib_data": "teacher"}), ("given", {"calib": [readable]})):
         model, tokenizer = mlx_slm.load(folder)
         mlx_slm.quantize(model, method="gptq", tokenizer=tokenizer, **settings, **calib)
         mlx_slm.save(model, tokenizer, tmp_path / name)
-    assert asked == [(int(np.ceil(teacher_text.MARGIN * 8 * 32)), 0, None)]
+    assert asked == [([int(np.ceil(teacher_text.MARGIN * 8 * 32))], 0, None)]
     assert_same_weights(saved_weights(tmp_path / "sampled"), saved_weights(tmp_path / "given"))
     record = mlx_slm.model_config(mlx_slm.load(tmp_path / "sampled")[0])["mlx_slm"]["calibration"]
     assert record["data"] == "teacher" and record["source"] == "text sampled from the float model (seed 0)"
@@ -154,21 +172,33 @@ def test_gptq_calibrated_on_sampled_text_is_gptq_on_that_text(tmp_path, monkeypa
 
 def test_quantize_command_can_be_data_free(tmp_path, monkeypatch):
     """--calib-data teacher with --e2e-data teacher, from the command line: no text at all; the start's
-    calibration text and the end-to-end text are each sampled once, and the record names both."""
+    calibration text and the end-to-end text are sampled at once (one sampling asked for both counts), the
+    end-to-end run trains on the second, and the record names both. At another --e2e-seed the end-to-end
+    text is sampled apart, at that seed."""
     import mlx_slm
+    from mlx_slm import distill as distill_package
     from mlx_slm.cli import main
     from mlx_slm.data import teacher_text
+    from mlx_slm.quant.methods.e2e import split_text
 
-    asked = []
-    monkeypatch.setattr(teacher_text, "sample_text",
-                        lambda *a, **k: (asked.append(a[2]), sample_text(100, seed=5))[1])
-    assert main(["quantize", str(tiny_model_folder(tmp_path)), "-o", str(tmp_path / "q"), "--bits", "4",
-                 "--method", "e2e", "--calib-data", "teacher", "--num-samples", "4", "--seq-len", "32",
-                 "--e2e-data", "teacher", "--e2e-steps", "2", "--e2e-batch-size", "2", "--e2e-eval-every", "1",
-                 "--e2e-eval-windows", "1"]) == 0
-    assert asked == [int(np.ceil(teacher_text.MARGIN * 4 * 32)), math.ceil(2 * 2 * 32 / 0.95)]
+    asked, trained = [], []
+    real_distill = distill_package.distill
+    monkeypatch.setattr(teacher_text, "sample_texts", lambda model, tokenizer, counts, seed, progress: (
+        asked.append((counts, seed)), [sample_text(100, seed=5 + i) for i in range(len(counts))])[1])
+    monkeypatch.setattr(distill_package, "distill", lambda *a, **k: (trained.append(a[3]), real_distill(*a, **k))[1])
+    command = ["quantize", str(tiny_model_folder(tmp_path)), "--bits", "4", "--method", "e2e",
+               "--calib-data", "teacher", "--num-samples", "4", "--seq-len", "32", "--e2e-data", "teacher",
+               "--e2e-steps", "2", "--e2e-batch-size", "2", "--e2e-eval-every", "1", "--e2e-eval-windows", "1"]
+    assert main([*command, "-o", str(tmp_path / "q")]) == 0
+    windows, e2e = int(np.ceil(teacher_text.MARGIN * 4 * 32)), math.ceil(2 * 2 * 32 / 0.95)
+    assert asked == [([windows, e2e], 0)]
+    assert trained == [[split_text(sample_text(100, seed=6), 0.05)[0]]]
     record = mlx_slm.model_config(mlx_slm.load(tmp_path / "q")[0])["mlx_slm"]
     assert record["calibration"]["data"] == "teacher" and record["e2e"]["data"] == "teacher"
+
+    asked.clear()
+    assert main([*command, "-o", str(tmp_path / "q1"), "--e2e-seed", "1"]) == 0
+    assert asked == [([windows], 0), ([e2e], 1)]
 
 
 def test_missing_calibration_text_names_both_ways(tmp_path, capsys):

@@ -22,6 +22,7 @@ from ..progress import hidden
 
 DATA = ("calib", "teacher")  # what a training method trains on: the calibration text, or text sampled here
 SEPARATOR = "\n\n"  # between samples: a paragraph break, so a training window may span two samples
+BATCH_SIZE = 32  # samples drawn at once
 MARGIN = 1.25  # tokens sampled per token needed: decoded without special tokens, the text encodes to fewer
 
 
@@ -31,7 +32,7 @@ def first_tokens(tokenizer) -> np.ndarray:
     return np.array([i for i in range(tokenizer.vocab_size) if i not in special])
 
 
-def sample_tokens(model, tokenizer, tokens: int, seed: int = 0, batch_size: int = 32, max_tokens: int = 384,
+def sample_tokens(model, tokenizer, tokens: int, seed: int = 0, batch_size: int = BATCH_SIZE, max_tokens: int = 384,
                   progress: bool = True) -> list[list[int]]:
     """Samples written by ``model`` (an MLX model; its tokenizer), each its first token and what followed
     up to ``max_tokens`` tokens or up to (not including) an end-of-text token, until they hold at least
@@ -63,11 +64,18 @@ def sample_tokens(model, tokenizer, tokens: int, seed: int = 0, batch_size: int 
     return samples
 
 
-def sample_text(model, tokenizer, tokens: int, seed: int = 0, progress: bool = True) -> str:
-    """:func:`sample_tokens` as text: each sample decoded without its special tokens, joined by
-    :data:`SEPARATOR`."""
-    samples = sample_tokens(model, tokenizer, tokens, seed, progress=progress)
-    return SEPARATOR.join(tokenizer.decode(ids, skip_special_tokens=True) for ids in samples)
+def sample_texts(model, tokenizer, counts, seed: int = 0, progress: bool = True, **sampling) -> list[str]:
+    """For each of ``counts`` tokens, text sampled as :func:`sample_tokens` does (``sampling``: its
+    batch_size and max_tokens), each sample decoded without its special tokens, joined by
+    :data:`SEPARATOR`. The longest is sampled once and the others are its first batches: the sampler
+    draws batch after batch from generators seeded once, so sampling fewer tokens gives exactly those."""
+    batch_size = sampling.setdefault("batch_size", BATCH_SIZE)
+    samples = sample_tokens(model, tokenizer, max(counts), seed, progress=progress, **sampling)
+    decoded = [tokenizer.decode(ids, skip_special_tokens=True) for ids in samples]
+    totals = np.cumsum([len(ids) for ids in samples])
+    # sampling ``count`` tokens stops after the batch of the sample where the total reaches it
+    return [SEPARATOR.join(decoded[: (int(np.argmax(totals >= count)) // batch_size + 1) * batch_size])
+            for count in counts]
 
 
 def window_tokens(num_samples: int, seq_len: int) -> int:

@@ -102,6 +102,8 @@ class Calibration:
     data: str = "calib"
     seed: int = SAMPLE_SEED  # of the sampled text (data="teacher")
     _cut: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    # (tokens, seed) -> text sampled from the float model with this one's (:meth:`sampled`'s ``more``)
+    sampled_texts: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def check(self) -> Calibration:
         if self.data not in DATA:
@@ -111,14 +113,20 @@ class Calibration:
                            "teacher) reads no text: leave out calib (--calib)")
         return self
 
-    def sampled(self, model, progress: bool = True) -> Calibration:
+    def sampled(self, model, progress: bool = True, more=()) -> Calibration:
         """This calibration on text sampled from ``model`` (an MLX float model) at ``seed``,
-        :func:`~mlx_slm.data.teacher_text.window_tokens` tokens of it, cut as any calibration text."""
-        from .teacher_text import sample_text, window_tokens
+        :func:`~mlx_slm.data.teacher_text.window_tokens` tokens of it, cut as any calibration text.
+        ``more``: token counts of the other texts this run's training methods train on at the same seed,
+        sampled with it at once (:func:`~mlx_slm.data.teacher_text.sample_texts`) and kept in
+        ``sampled_texts``."""
+        from .teacher_text import sample_texts, window_tokens
 
         check_tokenizer(self.tokenizer)
-        text = sample_text(model, self.tokenizer, window_tokens(self.num_samples, self.seq_len), self.seed, progress)
-        return Calibration([text], self.tokenizer, self.num_samples, self.seq_len, self.data, self.seed)
+        counts = [window_tokens(self.num_samples, self.seq_len), *more]
+        text, *others = sample_texts(model, self.tokenizer, counts, self.seed, progress)
+        done = Calibration([text], self.tokenizer, self.num_samples, self.seq_len, self.data, self.seed)
+        done.sampled_texts = {(count, self.seed): sampled for count, sampled in zip(more, others)}
+        return done
 
     def windows(self) -> tuple[np.ndarray, dict]:
         """(tokens [num_samples, seq_len] int32, record): :func:`calibration_windows` (a sampled

@@ -29,7 +29,7 @@ def option(default, help: str, **cli):
 
 class MethodOptions:
     """Base of the options dataclasses: ``check()`` (SLMError for bad values, returns self),
-    :meth:`from_options` and :meth:`uses`."""
+    :meth:`from_options`, :meth:`uses` and :meth:`teacher_tokens`."""
 
     def check(self):
         return self
@@ -37,6 +37,12 @@ class MethodOptions:
     def uses(self, weight_format: str) -> tuple[str, ...]:
         """The other methods whose options this run reads (e.g. the method it starts from)."""
         return ()
+
+    def teacher_tokens(self, seq_len: int, seed: int) -> int:
+        """How many tokens of text sampled from the float model at ``seed`` this method trains on beside
+        its calibration windows of ``seq_len`` (0: none). quantize samples them with a sampled
+        calibration's text at its seed (:meth:`~mlx_slm.data.windows.Calibration.sampled`)."""
+        return 0
 
     @classmethod
     def label(cls) -> str:

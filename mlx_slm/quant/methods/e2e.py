@@ -71,6 +71,12 @@ class E2EConfig(MethodOptions):
     def uses(self, weight_format: str) -> tuple[str, ...]:
         return (self.start or default_start(weight_format),)
 
+    def teacher_tokens(self, seq_len: int, seed: int) -> int:
+        """With ``data="teacher"`` at this ``seed``: what the steps read, plus the held-out fraction."""
+        if self.data != "teacher" or seed != self.seed:
+            return 0
+        return math.ceil(self.steps * self.batch_size * seq_len / (1 - self.held_out))
+
 
 def default_rate(bits: int) -> float:
     """The learning rate when none is given, by the fewest bits any layer of the start stores (a mixed
@@ -96,12 +102,6 @@ def split_text(text: str, held_out: float) -> tuple[str, str]:
     line = text.rfind("\n", 0, cut)
     cut = line if line > 0 else cut
     return text[:cut], text[cut:]
-
-
-def teacher_tokens(config: E2EConfig, seq_len: int) -> int:
-    """How many tokens to sample from the teacher for ``data="teacher"``: what the steps read, plus the
-    held-out fraction."""
-    return math.ceil(config.steps * config.batch_size * seq_len / (1 - config.held_out))
 
 
 def train_end_to_end(model, teacher, tokenizer, train_text: str, held_text: str, config: E2EConfig, seq_len: int,
@@ -147,7 +147,7 @@ def train_end_to_end(model, teacher, tokenizer, train_text: str, held_text: str,
 
 
 def run(model, settings, calibration, progress):
-    from ...data.teacher_text import sample_text
+    from ...data.teacher_text import sample_texts
     from ...data.text import read_text
     from ...quantize import float_teacher, record_result, run_method
     from ...runtime import lowest_bits
@@ -161,8 +161,10 @@ def run(model, settings, calibration, progress):
                        "(--calib-data teacher) to sample it from the float model")
     teacher = float_teacher(model)
     if config.data == "teacher":
-        text = sample_text(teacher, calibration.tokenizer, teacher_tokens(config, calibration.seq_len),
-                           config.seed, progress=progress)
+        tokens = config.teacher_tokens(calibration.seq_len, config.seed)
+        text = calibration.sampled_texts.get((tokens, config.seed))  # sampled with a sampled calibration's
+        if text is None:
+            [text] = sample_texts(teacher, calibration.tokenizer, [tokens], config.seed, progress)
     else:
         text = read_text(calibration.text)
     train_text, held_text = split_text(text, config.held_out)
