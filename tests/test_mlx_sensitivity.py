@@ -99,3 +99,44 @@ def test_gemma3_quantizes_to_a_bpw_target(tmp_path):
         cheap = min(same, key=lambda row: row["probe_kld"]["block"])
         if costly["probe_kld"]["block"] > 10 * cheap["probe_kld"]["block"]:
             assert costly["bpw"] >= cheap["bpw"], (costly, cheap)
+
+
+def test_gptq_errors_are_the_ones_gptq_stores(tmp_path):
+    """quantizer="gptq" measures with the errors the gptq method leaves: a first-block layer's probe dKL
+    (block 0 sees the float model's inputs in the pass and in the method) is mlx-lm's KL with that layer as
+    ``quantize(method="gptq")`` stores it at the probe setting, within 1%; the block layers' error energies
+    are below round to nearest's; quantize(method="gptq", target_bpw=...) plans with them and lands on its
+    target."""
+    import mlx.core as mx
+
+    from mlx_slm.data.windows import calibration_windows
+    from mlx_slm.errors import SLMError
+
+    folder = llama_folder(tmp_path, "llama")
+    model, tokenizer = mlx_slm.load(folder, progress=False)
+    text = sample_text(60)
+    tokens, _ = calibration_windows(tokenizer, [text], 4, 32)
+    found = {quantizer: measure_sensitivity(model, tokens, progress=False, quantizer=quantizer)
+             for quantizer in ("rtn", "gptq")}
+    assert found["gptq"].quantizer == "gptq"
+    for path in ("model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"):
+        layer = found["gptq"].layers[path]
+        probe = layer.options[layer.probe]
+        stored, _ = mlx_slm.load(folder, progress=False)
+        mlx_slm.quantize(stored, method="gptq", **probe, calib=[text], tokenizer=tokenizer, num_samples=4,
+                         seq_len=32, progress=False)
+        module = dict(stored.named_modules())[path]
+        dense = mx.dequantize(module.weight, module.scales, module.biases, probe["group_size"], probe["bits"])
+        expected = forward_kld(model, tokens, path, np.array(dense, np.float32))
+        assert abs(layer.probe_kld["block"] - expected) < 0.01 * expected, (path, layer.probe_kld, expected)
+        assert layer.probe_kld["block"] < found["rtn"].layers[path].probe_kld["block"]
+    ratios = [found["gptq"].layers[path].energy["block"] / layer.energy["block"]
+              for path, layer in found["rtn"].layers.items() if "block" in layer.energy]
+    assert np.all(np.concatenate(ratios) < 1), np.concatenate(ratios).max()
+
+    mlx_slm.quantize(model, method="gptq", target_bpw=3.5, calib=[text], tokenizer=tokenizer, num_samples=4,
+                     seq_len=32, progress=False)
+    plan = model_config(model)["mlx_slm"]["plan"]
+    assert plan["sensitivity_quantizer"] == "gptq" and abs(weight_stats(model)["bpw"] - 3.5) <= 0.01
+    with pytest.raises(SLMError, match="quantizer must be one of rtn, gptq"):
+        measure_sensitivity(model, tokens, progress=False, quantizer="awq")
