@@ -81,8 +81,7 @@ class Planner:
             model, _ = mlx_slm.load(self.folder, backend=self.args.backend)
             windows = sensitivity_windows(self.args.num_samples, self.args.calib_seq_len)
             tokens, _ = calibration_windows(self.tokenizer, Path(self.args.out) / "calib.txt", *windows)
-            quantizer = "gptq" if self.args.plan_method == "gptq" else "rtn"  # as quantize's planner measures it
-            self.sensitivity = measure_sensitivity(model, tokens, progress=False, quantizer=quantizer)
+            self.sensitivity = measure_sensitivity(model, tokens, progress=False)
         return plan_for_budget(self.sensitivity, target_bpw)
 
 

@@ -199,17 +199,15 @@ def sensitivity_windows(num_samples: int, seq_len: int) -> tuple[int, int]:
 
 
 def budget_config(model, target_bpw: float, calibration: Calibration, progress: bool,
-                  cpu_engine: str | None = None, quantizer: str = "rtn") -> tuple[dict, dict]:
+                  cpu_engine: str | None = None) -> tuple[dict, dict]:
     """(per-layer config, plan report) meeting ``target_bpw``: sensitivities measured on
     :func:`sensitivity_windows` of the calibration text, on the calibration engine ``cpu_engine``
-    prefers (as the calibrated methods' statistics are), with the errors of ``quantizer`` (what
-    will store the layers: "gptq" for method gptq, else "rtn")."""
+    prefers (as the calibrated methods' statistics are)."""
     from .quant.budget import plan_table, target_bpw_config
 
     windows = sensitivity_windows(calibration.num_samples, calibration.seq_len)
     tokens, record = Calibration(calibration.text, calibration.tokenizer, *windows).windows()
-    config, report = target_bpw_config(model, float(target_bpw), tokens, progress=progress, cpu_engine=cpu_engine,
-                                       quantizer=quantizer)
+    config, report = target_bpw_config(model, float(target_bpw), tokens, progress=progress, cpu_engine=cpu_engine)
     log.info("%s", plan_table(report))
     return config, {**report, "calibration": record}
 
@@ -246,7 +244,7 @@ def post_training(model, settings: QuantizeConfig, calibration: Calibration, pro
     layers_config, plan_report = settings.layers, None
     if settings.target_bpw is not None:
         layers_config, plan_report = budget_config(model, settings.target_bpw, calibration, progress,
-                                                   settings.cpu_engine, "gptq" if method.name == "gptq" else "rtn")
+                                                   settings.cpu_engine)
     bits, group_size = settings.bits_and_group()
     user_config = check_config(read_config_file(layers_config) if isinstance(layers_config, (str, bytes)) or
                                hasattr(layers_config, "__fspath__") else (layers_config or {}))

@@ -1,19 +1,13 @@
 """How much each layer's quantization costs the model: measured once, predicted for every setting.
 
 For calibration tokens ``[S, T]`` the float model's block inputs and final log-probabilities
-are cached. Each candidate layer is then quantized ALONE at a probe setting (affine), the model
-is rerun from that layer's block to the logits, and the mean per-token KL(float || probed) is its
-measured sensitivity. The loss of any other setting ``o`` is predicted from the layer's output
-error energy ``E(o) = tr(dW H dW^T)`` (``H``: second moments of the layer's inputs on the same
-tokens)::
+are cached. Each candidate layer is then quantized ALONE at a probe setting (RTN, affine),
+the model is rerun from that layer's block to the logits, and the mean per-token
+KL(float || probed) is its measured sensitivity. The loss of any other setting ``o`` is
+predicted from the layer's output error energy ``E(o) = tr(dW H dW^T)`` (``H``: second
+moments of the layer's inputs on the same tokens)::
 
     dKL(o) ~= dKL(probe) * E(o) / E(probe)
-
-``dW`` is the error of the quantizer that will store the layers (:data:`QUANTIZERS`): round to
-nearest, or GPTQ on ``H`` (its method's defaults), whose errors shrink by different factors at
-different bits and in different layers, so a plan for gptq is measured with gptq's errors. A
-tied embedding is quantized by GPTQ as the head (on the final norm's outputs), so both its roles
-see that error; an untied input embedding is measured with round to nearest either way.
 
 (KL grows with the square of a small logit change, which is linear in ``dW``; the energy
 carries that square through the layer's own inputs). A tied embedding has two roles, the
@@ -34,18 +28,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from ..calib.hessian import prepare_hessian
 from ..errors import SLMError
 from ..evaluate import log_softmax
 from ..formats import affine
 from ..formats.dtypes import as_float32
 from ..model_access import access, weight_dtypes
 from ..progress import hidden
-from .gptq import gptq_quantize
 from .sequential import block_index
 
 PROBE = {"bits": 3, "group_size": 64}
-QUANTIZERS = ("rtn", "gptq")  # what stores the planned layers, whose errors the probe and energies measure
 ENERGY_ROWS = 512  # output rows (evenly spaced) on which each setting's error energy is measured
 
 
@@ -87,7 +78,6 @@ class Sensitivity:
     tokens: tuple  # (S, T) calibration windows
     seconds: float
     engine: str  # the calibration engine that ran the passes: "numpy" or "mlx"
-    quantizer: str = "rtn"  # whose errors were measured (QUANTIZERS)
 
 
 def layer_options(shape: tuple) -> tuple[list, dict]:
@@ -120,20 +110,6 @@ def rtn_dense(w: np.ndarray, settings: dict) -> np.ndarray:
                                    dtype=np.float32)
 
 
-def gptq_dense(hessian: np.ndarray):
-    """``quantize(w, settings)`` -> float32 [N, K]: GPTQ on ``hessian`` [K, K] at its method's defaults
-    (the Hessian factored once; GPTQ rounds every row on its own, so a subset of rows quantizes as
-    those rows of the whole layer do)."""
-    prepared = prepare_hessian(hessian)
-
-    def quantize(w: np.ndarray, settings: dict) -> np.ndarray:
-        group_size = settings["group_size"]
-        q, scales, biases = gptq_quantize(w, hessian, settings["bits"], group_size, prepared=prepared)
-        return affine.dequantize_codes(q, scales, biases, group_size, dtype=np.float32)
-
-    return quantize
-
-
 def input_factor(x: np.ndarray) -> np.ndarray:
     """F [K, r] with F F^T = x^T x / n for inputs x [n, K] (r = min(n, K))."""
     x = as_float32(x).reshape(-1, x.shape[-1])
@@ -144,14 +120,13 @@ def input_factor(x: np.ndarray) -> np.ndarray:
 
 
 def error_energies(w: np.ndarray, options: list, factor: np.ndarray | None,
-                   row_weights: np.ndarray | None = None, quantize=rtn_dense) -> np.ndarray:
+                   row_weights: np.ndarray | None = None) -> np.ndarray:
     """sum_i r_i ||(Q_o(w) - w)_i F||^2 for each option o: w [n, K] rows, F [K, r] (None: identity),
-    row weights r [n] (None: ones), Q_o ``quantize(w, o)`` (:func:`rtn_dense`, or :func:`gptq_dense`'s).
-    Returns [len(options)] float64."""
+    row weights r [n] (None: ones). Returns [len(options)] float64."""
     w32 = as_float32(w)
     out = np.empty(len(options))
     for i, settings in enumerate(options):
-        delta = quantize(w, settings) - w32
+        delta = rtn_dense(w, settings) - w32
         projected = delta if factor is None else delta @ factor
         per_row = np.einsum("nr,nr->n", projected, projected, dtype=np.float64)
         out[i] = per_row.sum() if row_weights is None else per_row @ row_weights
@@ -235,20 +210,17 @@ def probed_kld(run: FloatRun, role: str, path: str, probed: np.ndarray) -> float
     return run.kld_from(0, h)  # the lookup only: a tied head computes in float
 
 
-def probe_layer(run: FloatRun, layer: LayerSensitivity, w: np.ndarray, quantizer: str = "rtn") -> None:
-    """Measure ``layer``'s probe dKL and error energies per role with ``quantizer``'s errors; ``w`` [N, K]
-    its float weight."""
-    roles = roles_of(run.engine, layer.path)
-    factor = None if roles == ["embedding"] else run.capture.factor(layer.path)  # its inputs' (the head's)
-    quantize = gptq_dense(factor @ factor.T) if quantizer == "gptq" and factor is not None else rtn_dense
-    probed = quantize(w, layer.options[layer.probe])
-    for role in roles:
+def probe_layer(run: FloatRun, layer: LayerSensitivity, w: np.ndarray) -> None:
+    """Measure ``layer``'s probe dKL and error energies per role; ``w`` [N, K] its float weight."""
+    probed = rtn_dense(w, layer.options[layer.probe])
+    for role in roles_of(run.engine, layer.path):
         layer.probe_kld[role] = probed_kld(run, role, layer.path, probed)
         if role == "embedding":
             ids, counts = np.unique(run.tokens, return_counts=True)
-            layer.energy[role] = error_energies(w[ids], layer.options, None, counts / counts.sum(), quantize)
+            layer.energy[role] = error_energies(w[ids], layer.options, None, counts / counts.sum())
         else:
-            layer.energy[role] = error_energies(w[sampled_rows(len(w))], layer.options, factor, quantize=quantize)
+            layer.energy[role] = error_energies(w[sampled_rows(len(w))], layer.options,
+                                                run.capture.factor(layer.path))
 
 
 def matrix_totals(model, candidates) -> tuple[int, int]:
@@ -264,21 +236,17 @@ def matrix_totals(model, candidates) -> tuple[int, int]:
 
 
 def measure_sensitivity(model, tokens: np.ndarray, probe: dict | None = None, progress: bool = True,
-                        cpu_engine: str | None = None, quantizer: str = "rtn") -> Sensitivity:
+                        cpu_engine: str | None = None) -> Sensitivity:
     """Sensitivity of every float 2-D layer of ``model`` on calibration ``tokens`` [S, T].
 
     probe: the setting each layer is measured at (default :data:`PROBE`, 3 bits / group 64;
     a layer where that group does not fit uses the same bits with its largest fitting group).
     cpu_engine: on a CPU, the calibration engine to prefer ("numpy" or "mlx"; None:
     :func:`~mlx_slm.model_access.choose_engine`'s default).
-    quantizer: one of :data:`QUANTIZERS`, what will store the layers.
-    Cost: one float pass, then per layer a rerun from its block to the logits (and with gptq, one
-    GPTQ of the layer and of its sampled rows at every setting).
+    Cost: one float pass, then per layer a rerun from its block to the logits.
     Memory: about 3 * S * T * vocab float32 for the reference distribution.
     """
 
-    if quantizer not in QUANTIZERS:
-        raise SLMError(f"the sensitivity quantizer must be one of {', '.join(QUANTIZERS)}, not {quantizer!r}")
     start = time.perf_counter()
     tokens = np.asarray(tokens, np.int64)
     if tokens.ndim != 2 or tokens.size == 0:
@@ -297,7 +265,6 @@ def measure_sensitivity(model, tokens: np.ndarray, probe: dict | None = None, pr
             layers[path].probe = probe_index(options, probe or PROBE)
     run = FloatRun(engine, tokens)
     for layer in tqdm([s for s in layers.values() if s.options], desc="sensitivity", disable=hidden(progress)):
-        probe_layer(run, layer, engine.weights[f"{layer.path}.weight"].astype(dtypes[layer.path], copy=False),
-                    quantizer)
+        probe_layer(run, layer, engine.weights[f"{layer.path}.weight"].astype(dtypes[layer.path], copy=False))
     weights, fixed = matrix_totals(model, {p for p, s in layers.items() if s.options})
-    return Sensitivity(layers, weights, fixed, tokens.shape, time.perf_counter() - start, engine.backend, quantizer)
+    return Sensitivity(layers, weights, fixed, tokens.shape, time.perf_counter() - start, engine.backend)
