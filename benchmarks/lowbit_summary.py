@@ -13,8 +13,7 @@ replaces an earlier one. Rows calibrated or trained on text sampled from the flo
 parts so done marked "/teacher" (a start so calibrated named in front of every recipe from it).
 Rows run with more (or fewer) calibration windows, end-to-end steps or learned windows are shown too, as recipes
 of their own, the budget named after the recipe ("gptq/teacher+e2e/teacher (128 windows, 120
-steps)"), and so are end-to-end rows with the norms trained (``--e2e-norms``: "norms trained");
-rows run with other settings (another rate, adoption forced, ...) are left out, and the
+steps)"); rows run with other settings (another rate, adoption forced, ...) are left out, and the
 README quotes them where it discusses them. Then each of issue 19's targets against the best row
 of its format, whatever its budget (the tokens column states it).
 """
@@ -45,9 +44,7 @@ BUDGETS = (("num_samples", "windows"), ("e2e_steps", "steps"), ("learned_samples
            ("learned_steps", "learned steps"))
 # settings a row may differ in and still be shown, named after its recipe (each but the windows only where the
 # recipe has the part it is the budget of)
-PART_OF = {"e2e_steps": "e2e", "learned_samples": "learned", "learned_steps": "learned", "e2e_norms": "e2e"}
-SWITCHES = (("e2e_norms", "norms trained"),)  # settings off by default that a row may have on and still be
-# shown, named after its recipe where it has the part they belong to
+PART_OF = {"e2e_steps": "e2e", "learned_samples": "learned", "learned_steps": "learned"}
 RECIPES = ("blockwise", "e2e", "blockwise+e2e", "learned", "e2e+learned")  # after the start's row
 # (row, what is measured, bound, as the issue words it); "ppl_x" is PPL / fp16's PPL
 TARGETS = (("affine:2:64", "ppl_x", 2.5, "2-bit g64: PPL at most 2.5x fp16"),
@@ -67,7 +64,7 @@ def parser_defaults() -> dict:
 
 def defaults() -> dict:
     """The settings a shown row must have at their defaults: all but the variants and budgets."""
-    shown = BY_ROW + VARIANTS + tuple(key for key, _ in BUDGETS + SWITCHES)
+    shown = BY_ROW + VARIANTS + tuple(key for key, _ in BUDGETS)
     return {k: v for k, v in parser_defaults().items() if k not in shown}
 
 
@@ -91,7 +88,7 @@ def label(settings: dict, row: dict) -> str:
     """The row's recipe as the table names it: each part (blockwise, e2e) trained on the float model's text
     marked so ("blockwise/teacher+e2e/teacher"); a start calibrated on it is marked and named first in
     every recipe from it ("gptq/teacher+e2e/teacher"); a budget other than the default is named after
-    it ("e2e (120 steps)"), and so is a switch turned on ("e2e (norms trained)")."""
+    it ("e2e (120 steps)")."""
     from mlx_slm.quant.methods.blockwise import default_start
 
     data = {"blockwise": settings.get("blockwise_data"), "e2e": settings.get("e2e_data")}
@@ -103,7 +100,6 @@ def label(settings: dict, row: dict) -> str:
     usual = parser_defaults()
     budget = [f"{settings[key]} {unit}" for key, unit in BUDGETS
               if settings.get(key, usual[key]) != usual[key] and PART_OF.get(key, "") in row["recipe"]]
-    budget += [name for key, name in SWITCHES if settings.get(key) and PART_OF[key] in row["recipe"]]
     return recipe + (f" ({', '.join(budget)})" if budget else "")
 
 

@@ -5,8 +5,7 @@
         [--recipes start,blockwise,blockwise+e2e,e2e,learned,e2e+learned] [--num-samples 32] [--calib-seq-len 256]
         [--start-data calib|teacher] [--blockwise-epochs 2] [--blockwise-lr 1e-3] [--blockwise-scale-lr 1e-3]
         [--blockwise-data calib|teacher]
-        [--e2e-steps 40] [--e2e-lr LR] [--e2e-data calib|teacher] [--e2e-norms]
-        [--learned-steps 200] [--learned-samples N] [--resume]
+        [--e2e-steps 40] [--e2e-lr LR] [--e2e-data calib|teacher] [--learned-steps 200] [--learned-samples N] [--resume]
 
 A row is FORMAT:BITS:GROUP, or FORMAT:BITS:GROUP:EMBED with the embedding and its tied
 head stored affine at EMBED bits in groups of 64 (``affine:2:64:4``: a mixed model, its
@@ -224,7 +223,7 @@ class Bench:
         return E2EConfig(steps=args.e2e_steps, batch_size=args.e2e_batch_size,
                          learning_rate=args.e2e_lr or default_rate(lowest_bits(mlx_slm.load(base)[0])),
                          top_k=args.e2e_top_k, eval_every=args.e2e_eval_every, eval_windows=args.e2e_eval_windows,
-                         data=args.e2e_data, norms=args.e2e_norms,
+                         data=args.e2e_data,
                          adopt=default_adopt(start) if args.e2e_adopt is None else args.e2e_adopt).check()
 
     def e2e_texts(self, config) -> tuple[str, str, float]:
@@ -351,8 +350,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--e2e-adopt", action=argparse.BooleanOptionalAction, default=None,
                         help="latent weights start at the float model's where those round to the start's codes "
                              "(default: the e2e method's, by the start)")
-    parser.add_argument("--e2e-norms", action="store_true",
-                        help="the end-to-end runs also train the normalization layers' weights (e2e's norms)")
     parser.add_argument("--learned-steps", type=int, default=LearnedConfig.steps,
                         help="most steps of the learned recipe (the learned method's other settings as its defaults)")
     parser.add_argument("--learned-samples", type=int, default=None,

@@ -296,8 +296,8 @@ def test_engine_agreement_compares_both_engines(tmp_path, monkeypatch):
 def test_lowbit_summary_keeps_the_last_row_of_each_recipe_and_budget(tmp_path, capsys):
     """The summary reads lowbit_training results oldest first: a later file's row replaces an earlier
     one; rows run with more windows, end-to-end steps, learned windows or learned steps are recipes of their
-    own, the budget named (each but the windows only where the recipe has that part), and so are rows with
-    the norms trained (named on the e2e row, not on its start's), rows with another rate are left out; rows
+    own, the budget named (each but the windows only where the recipe has that part), rows with another
+    rate are left out; rows
     trained on the float model's text are a recipe of their own; each target is judged on the best row
     of its format, whatever its budget."""
     import lowbit_summary
@@ -327,8 +327,6 @@ def test_lowbit_summary_keeps_the_last_row_of_each_recipe_and_budget(tmp_path, c
          "rows": [row("affine:2:64", "blockwise+e2e", 48.0, 1.0, curve=[[0, 2.0]])]},
         {"settings": {**default, "start_data": "teacher", "e2e_data": "teacher"},
          "rows": [row("affine:2:64", "gptq", 300.0, 2.5), row("affine:2:64", "e2e", 47.0, 1.0, curve=[[0, 2.0]])]},
-        {"settings": {**default, "e2e_norms": True},
-         "rows": [row("affine:2:64", "gptq", 392.0, 2.7), row("affine:2:64", "e2e", 40.0, 0.9, curve=[[0, 2.0]])]},
         {"settings": {**default, "learned_samples": 512, "learned_steps": 400},
          "rows": [row("affine:4:64", "gptq", 26.0, 0.049, top1=0.9, bits=4),
                   row("affine:4:64", "learned", 25.0, 0.045, top1=0.9, bits=4)]},
@@ -336,7 +334,7 @@ def test_lowbit_summary_keeps_the_last_row_of_each_recipe_and_budget(tmp_path, c
     lowbit_summary.main([str(older), str(newer), "--out", str(tmp_path / "summary.json")])
     summary = json.loads((tmp_path / "summary.json").read_text())
     kept = {(r["row"], r["recipe"]): (r["ppl"], r["source"]) for r in summary["rows"]}
-    assert kept == {("affine:2:64", "gptq"): (392.0, "newer.json"), ("affine:2:64", "blockwise"): (45.0, "newer.json"),
+    assert kept == {("affine:2:64", "gptq"): (391.0, "newer.json"), ("affine:2:64", "blockwise"): (45.0, "newer.json"),
                     ("affine:2:64", "e2e (160 steps)"): (30.0, "newer.json"),  # a budget of its own
                     ("affine:2:64", "gptq/teacher (128 windows)"): (250.0, "newer.json"),
                     ("affine:2:64", "e2e"): (260.0, "older.json"), ("affine:4:64", "gptq"): (26.0, "newer.json"),
@@ -344,7 +342,6 @@ def test_lowbit_summary_keeps_the_last_row_of_each_recipe_and_budget(tmp_path, c
                     ("affine:2:64", "blockwise/teacher+e2e"): (48.0, "newer.json"),
                     ("affine:2:64", "gptq/teacher"): (300.0, "newer.json"),  # the start calibrated on it
                     ("affine:2:64", "gptq/teacher+e2e/teacher"): (47.0, "newer.json"),
-                    ("affine:2:64", "e2e (norms trained)"): (40.0, "newer.json"),
                     ("affine:4:64", "learned (512 learned windows, 400 learned steps)"): (25.0, "newer.json")}
     goals = {goal["target"].split(":")[0]: goal for goal in summary["targets"]}
     assert goals["2-bit g64"]["best_recipe"] == "e2e (160 steps)" and goals["2-bit g64"]["value"] == 30.0 / 20.0
@@ -353,8 +350,8 @@ def test_lowbit_summary_keeps_the_last_row_of_each_recipe_and_budget(tmp_path, c
     assert "?, 1.300" in out  # a curve without its start point says so
     shown = [line[14:].split("  ")[0] for line in out.splitlines() if line.startswith("affine:2:64")]
     assert shown == ["gptq", "gptq/teacher", "gptq/teacher (128 windows)", "blockwise", "e2e", "e2e (160 steps)",
-                     "e2e (norms trained)", "e2e/teacher", "gptq/teacher+e2e/teacher", "blockwise/teacher+e2e"]
-    # recipes in the benchmark's order, a start's text before a part's, a larger budget after the default one
+                     "e2e/teacher", "gptq/teacher+e2e/teacher", "blockwise/teacher+e2e"]  # recipes in the
+    # benchmark's order, a start's text before a part's, a larger budget after the default one
 
 
 def test_kl_by_part_scores_what_quantize_gives_keeping_the_other_layers_float(tmp_path, capsys):

@@ -298,7 +298,6 @@ def test_bad_requests_fail_clearly(pair):
         (dict(checkpoint_every=2), "checkpoint_dir"),
         (dict(batch_size=1000), "fewer than one batch"),
         (dict(steps=0), "at least 1"),
-        (dict(train_norms=True), "give train_quantized"),
     ]
     for options, message in cases:
         with pytest.raises(SLMError, match=message):

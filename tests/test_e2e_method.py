@@ -49,43 +49,6 @@ def test_e2e_command_trains_in_the_format_and_saves_what_it_trained(tmp_path, ca
     np.testing.assert_allclose(np.array(stock(x)), np.array(trained(x)), rtol=1e-4, atol=1e-4)
 
 
-def test_e2e_norms_train_the_normalization_weights_beside_the_layers(tmp_path):
-    """--e2e-norms: every RMSNorm weight moves and is saved as trained (stock mlx_lm runs it with the same
-    logits); without it they stay the float model's, bit for bit. Both lower the held-out KL."""
-    import mlx.core as mx
-    import mlx_lm
-    from mlx.utils import tree_flatten
-
-    import mlx_slm
-    from mlx_slm.cli import main
-    from mlx_slm.distill.qat import norm_modules
-
-    (tmp_path / "calib.txt").write_text(sample_text(160))
-    settings = ("--e2e-steps", "10", "--e2e-learning-rate", "1e-2", "--e2e-eval-every", "5")
-    assert main(e2e_cli(tmp_path, "plain", *settings)) == 0
-    assert main(e2e_cli(tmp_path, "norms", *settings, "--e2e-norms")) == 0
-    teacher, _ = mlx_slm.load(tiny_model_folder(tmp_path))
-    paths = [path for path, _ in norm_modules(teacher)]
-    assert len(paths) == 2 * len(teacher.model.layers) + 1
-
-    def norms(model):
-        return {path: np.array(module.weight) for path, module in norm_modules(model)}
-
-    floats = norms(teacher)
-    for name, moved in (("plain", False), ("norms", True)):
-        model = mlx_slm.load(tmp_path / name)[0]
-        record = mlx_slm.model_config(model)["mlx_slm"]["e2e"]
-        assert record["norms"] is moved and record["final_kl"] < record["start_kl"]
-        for path, weight in norms(model).items():
-            assert np.array_equal(weight, floats[path]) is not moved, path
-    stock, _ = mlx_lm.load(str(tmp_path / "norms"))
-    saved = dict(tree_flatten(stock.parameters()))
-    for path, weight in norms(model).items():
-        np.testing.assert_array_equal(np.array(saved[f"{path}.weight"]), weight)
-    x = mx.array(np.arange(32).reshape(1, 32) % 200)
-    np.testing.assert_allclose(np.array(stock(x)), np.array(model(x)), rtol=1e-4, atol=1e-4)
-
-
 def test_e2e_settings_are_checked_before_loading(tmp_path, capsys):
     from mlx_slm.cli import main
 

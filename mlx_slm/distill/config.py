@@ -41,7 +41,6 @@ class DistillConfig:
     train_quantized: bool = False   # a quantized student trains through its twins (mlx_slm.quant.fake_quant)
     adopt: bool = True              # train_quantized: latent weights start at the teacher's where those round
                                     # to the stored codes (Twin.adopt), else at the codes' values
-    train_norms: bool = False       # train_quantized: the normalization layers' weights train too
     sparsity: dict | None = None    # gradual magnitude pruning, see mlx_slm.distill.sparsity
 
     def check(self) -> None:
@@ -53,8 +52,6 @@ class DistillConfig:
             raise SLMError("feature distillation needs the teacher's hidden states: use it without teacher_top_k")
         if self.train_quantized and (self.qat or self.sparsity):
             raise SLMError("train_quantized trains an already-quantized student: give neither qat nor sparsity")
-        if self.train_norms and not self.train_quantized:
-            raise SLMError("train_norms trains a quantized student's norms beside its twins: give train_quantized")
         if (self.keep_best or self.patience) and not self.eval_every:
             raise SLMError("keep_best and patience follow the held-out KL: give eval_every (and eval text)")
         if self.patience < 0:

@@ -13,8 +13,7 @@ already quantized (by gptq, blockwise, ...): each quantized linear layer trains
 through its :mod:`mlx_slm.quant.fake_quant` twin, whose float weights AND the
 format's own parameters (affine scales and biases, lut palettes, ternary scales)
 learn (with the gradients that module describes); at the end every layer is stored back in its format. The other
-parameters stay frozen, except the normalization layers' weights where asked (``norms``): float vectors
-that scale each layer's input channels, a freedom the per-group steps lack.
+parameters (norms, embeddings, head) stay frozen.
 """
 
 from __future__ import annotations
@@ -59,10 +58,10 @@ class QuantizedTraining:
     scalar ``quantized_matmul``.
     """
 
-    def __init__(self, model: nn.Module, reference: nn.Module | None = None, norms: bool = False):
+    def __init__(self, model: nn.Module, reference: nn.Module | None = None):
         from ..quant.fake_quant import make_twin, reference_weights
 
-        self.model, self.norms = model, norms
+        self.model = model
         floats = reference_weights(reference)
         self.layers = [(path, module, twin) for path, module in quantized_modules(model)
                        if (twin := make_twin(module, floats.get(path))) is not None]
@@ -82,9 +81,6 @@ class QuantizedTraining:
             twin.unfreeze()
             if "bias" in twin:
                 twin.freeze(keys=["bias"])
-        if self.norms:
-            for _, norm in norm_modules(self.model):
-                norm.unfreeze()
         return self
 
     def detach(self) -> None:
@@ -96,13 +92,6 @@ class QuantizedTraining:
         self.model.unfreeze()
         for _, module in quantized_modules(self.model):
             module.freeze()  # quantized layers keep their arrays frozen, as mlx-lm builds them
-
-
-def norm_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(path, module) of the model's normalization layers: RMSNorm and LayerNorm, MLX's or a model
-    file's own class of that name (Gemma 3's ``1 + weight`` RMSNorm)."""
-    return [(path, module) for path, module in model.named_modules()
-            if type(module).__name__ in ("RMSNorm", "LayerNorm") and "weight" in module]
 
 
 def check_qat(qat: dict) -> tuple[str, int, int]:

@@ -203,8 +203,7 @@ class Distiller:
         qat_paths = add_fake_quant(self.student, config.qat) if config.qat else []
         quantized = None
         if config.train_quantized:
-            quantized = QuantizedTraining(self.student, self.teacher if config.adopt else None,
-                                          norms=config.train_norms).attach()
+            quantized = QuantizedTraining(self.student, self.teacher if config.adopt else None).attach()
         dtypes = widen_floats(self.student) if computes_on_cpu() else {}
         history, first = [], 0
         if resume:

@@ -51,8 +51,6 @@ class E2EConfig(MethodOptions):
     adopt: bool | None = option(None, "start each layer's latent weights at the float model's wherever those "
                                       "round to the start's codes, else at the codes' values (default: after rtn "
                                       "and imatrix, not after gptq, awq or blockwise; see default_adopt)")
-    norms: bool = option(False, "also train the normalization layers' weights (float, saved as they are), at "
-                                "Adam's rate in their own units")
 
     def check(self) -> E2EConfig:
         if self.start is not None and self.start not in STARTS:
@@ -135,8 +133,7 @@ def train_end_to_end(model, teacher, tokenizer, train_text: str, held_text: str,
                                 alpha=0.0, temperature=1.0, teacher_top_k=config.top_k, top_k_tail=True,
                                 cache_dir=str(cache_dir or work), eval_every=config.eval_every,
                                 eval_windows=config.eval_windows, seed=config.seed, keep_best=True,
-                                patience=config.patience, train_quantized=True, adopt=config.adopt,
-                                train_norms=config.norms)
+                                patience=config.patience, train_quantized=True, adopt=config.adopt)
         history = distill(model, teacher, tokenizer, [train_text], trainer, eval_text=[held_text], progress=progress)
     with fast_cpu(teacher):
         final_kl = held_out_kl(model, teacher, held)
