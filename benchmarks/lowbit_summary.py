@@ -34,7 +34,7 @@ KEPT = ("lowbit_training.json", "lowbit_training_e2e.json", "lowbit_training_128
         "lowbit_training_teacher.json", "lowbit_training_teacher_more.json", "lowbit_training_start_teacher.json",
         "lowbit_training_start_teacher_120steps.json", "lowbit_training_start_teacher_128windows.json",
         "lowbit_training_learned.json", "lowbit_training_e2e_learned.json", "lowbit_training_learned512.json",
-        "lowbit_training_learned400.json", "lowbit_training_bpw25.json")
+        "lowbit_training_learned400.json", "lowbit_training_bpw25.json", "lowbit_training_rerun.json")
 BY_ROW = ("e2e_lr", "e2e_adopt")  # defaults that depend on the row: checked in at_defaults
 VARIANTS = ("start_data", "blockwise_data", "e2e_data")  # settings a row may differ in and still be shown, as a
 # recipe of its own
