@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import threading
 import time
 from pathlib import Path
@@ -71,6 +72,25 @@ class PeakMemory:
     @property
     def grown_bytes(self) -> int:
         return self.peak - self.start
+
+
+def earlier_rows(path: Path, settings: dict, defaults: dict | None = None) -> list[dict]:
+    """``--resume``: the rows of an earlier run written to ``path`` (none without the file). Its
+    settings must be ``settings``, a setting it did not record counting as its ``defaults`` value
+    (an option added since, at its default); otherwise the run exits with status 2 naming what
+    differs, instead of measuring anew and replacing rows it was asked to keep."""
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    theirs = {**(defaults or {}), **earlier.get("settings", {})}
+    differ = sorted(key for key in theirs.keys() | settings.keys() if theirs.get(key, "unset") !=
+                    settings.get(key, "unset"))
+    if differ:
+        changes = ", ".join(f"{key} {theirs.get(key, 'unset')} -> {settings.get(key, 'unset')}" for key in differ)
+        print(f"--resume: {path} was measured with other settings ({changes}); give another --out, or leave "
+              "out --resume to measure everything again", file=sys.stderr)
+        raise SystemExit(2)
+    return earlier["rows"]
 
 
 def quality_table(rows: list[dict]) -> str:

@@ -70,7 +70,7 @@ from mlx_slm.quant.methods.blockwise import default_start
 from mlx_slm.quant.methods.learned import LearnedConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import source_folder
+from _common import earlier_rows, source_folder
 
 RECIPES = ("start", "blockwise", "blockwise+e2e", "e2e", "learned", "e2e+learned")
 DEFAULT_RECIPES = "start,blockwise,blockwise+e2e,e2e"  # learned polishes affine rows only
@@ -375,15 +375,12 @@ def main(argv=None) -> None:
     except ValueError as err:
         parser.error(str(err))
     out = Path(args.out)
+    settings = {k: v for k, v in vars(args).items() if k not in RUN_ONLY}
+    path = out / "lowbit_training.json"
+    rows = earlier_rows(path, settings, {key: parser.get_default(key) for key in settings}) if args.resume else []
     out.mkdir(parents=True, exist_ok=True)
     texts = write_texts(out)
     bench = Bench(args, out)
-    settings = {k: v for k, v in vars(args).items() if k not in RUN_ONLY}
-    path = out / "lowbit_training.json"
-    rows = []
-    if args.resume and path.is_file():
-        earlier = json.loads(path.read_text())
-        rows = earlier["rows"] if earlier.get("settings") == settings else []
     if not any(r["recipe"] == "fp16" for r in rows):
         report = mlx_slm.evaluate(bench.reference, bench.tokenizer, **bench.evaluate)
         rows.insert(0, {"row": "fp16", "recipe": "fp16", "tokens": 0, "train_seconds": 0, "total_seconds": 0,

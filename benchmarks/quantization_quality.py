@@ -36,7 +36,7 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from _common import PeakMemory, quality_table, source_folder, write_texts
+from _common import PeakMemory, earlier_rows, quality_table, source_folder, write_texts
 
 import mlx_slm
 from mlx_slm.io.atomic import atomic_file
@@ -118,17 +118,6 @@ def measure(folder: Path, reference, tokenizer, label: str, bits, options: dict,
             "record": record, **report}
 
 
-def earlier_rows(path: Path, settings: dict) -> list[dict]:
-    """Rows of an earlier run written to ``path`` with the same ``settings`` (else none)."""
-    if not path.is_file():
-        return []
-    earlier = json.loads(path.read_text())
-    if earlier.get("settings") != settings:
-        print(f"--resume: {path} was measured with other settings; measuring everything again")
-        return []
-    return earlier["rows"]
-
-
 def baseline_rows(path: Path) -> list[dict]:
     """mlx-lm's rows from benchmarks/mlx_lm_baselines.py's JSON (none if it is missing)."""
     if not path.is_file():
@@ -169,6 +158,9 @@ def main() -> None:
                         help="keep the rows of OUT/quality.json measured with the same settings; measure the rest")
     args = parser.parse_args()
     out = Path(args.out)
+    settings = {k: getattr(args, k) for k in ("num_samples", "calib_seq_len", "seq_len", "max_windows", "group_size")}
+    defaults = {key: parser.get_default(key) for key in settings}
+    rows = earlier_rows(out / "quality.json", settings, defaults) if args.resume else []
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
@@ -179,8 +171,6 @@ def main() -> None:
     reference, tokenizer = mlx_slm.load(folder, backend=args.backend)
     evaluate = {"text": out / "eval.txt", "seq_len": args.seq_len, "max_windows": args.max_windows,
                 "decode_tokens": 0, "progress": False}
-    settings = {k: getattr(args, k) for k in ("num_samples", "calib_seq_len", "seq_len", "max_windows", "group_size")}
-    rows = earlier_rows(out / "quality.json", settings) if args.resume else []
     done = {(r["method"], r["bits"]) for r in rows}
     if ("fp16", None) not in done:
         base = {"method": "fp16", "bits": None, "group_size": None, "quant_seconds": None, "quant_peak_mb": None}

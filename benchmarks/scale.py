@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import earlier_rows
 
 import mlx_slm
 from mlx_slm import _heap
@@ -239,10 +240,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     result_path = args.out / "scale.json"
     settings = {"num_samples": args.num_samples}
-    rows = []
-    if args.resume and result_path.exists():
-        earlier = json.loads(result_path.read_text())
-        rows = earlier["rows"] if earlier.get("settings") == settings else []
+    rows = earlier_rows(result_path, settings, {"num_samples": parser.get_default("num_samples")}) \
+        if args.resume else []
     for shape in shapes:
         if all(any(r["shape"] == shape and r["step"] == step for r in rows) for step in steps):
             continue  # every step measured already (--resume): no model to generate

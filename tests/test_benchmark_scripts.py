@@ -52,6 +52,31 @@ def test_lowbit_training_measures_start_blockwise_and_e2e(tmp_path):
         assert rows[name]["bpw"] == 2.5 and np.isfinite(rows[name]["kld"]) and rows[name]["kld"] > 0
 
 
+def test_lowbit_training_resumes_only_its_own_settings(tmp_path, capsys):
+    """--resume keeps the rows of a run whose file lacks a setting added since (read as its default), and
+    with another setting exits with status 2 naming it, the file left as it was (not measured anew)."""
+    import lowbit_training
+
+    out = tmp_path / "out"
+    command = ["--model", str(tiny_model_folder(tmp_path, "llama")), "--out", str(out), "--rows", "affine:4:64",
+               "--recipes", "start", "--num-samples", "4", "--calib-seq-len", "32", "--seq-len", "64",
+               "--max-windows", "1"]
+    lowbit_training.main(command)
+    path = out / "lowbit_training.json"
+    written = json.loads(path.read_text())
+    del written["settings"]["learned_samples"]  # as a run from before that option wrote it
+    path.write_text(json.dumps(written))
+    lowbit_training.main(command + ["--resume"])
+    assert json.loads(path.read_text()) == written  # nothing measured again
+    before = path.read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        lowbit_training.main(command + ["--resume", "--num-samples", "8"])
+    assert stop.value.code == 2 and path.read_bytes() == before
+    error = capsys.readouterr().err.strip()
+    assert "num_samples 4 -> 8" in error and "learned_samples" not in error and len(error.splitlines()) == 1
+
+
 def start_and_e2e(tmp_path, row: str) -> tuple:
     """lowbit_training's start and e2e recipes for ``row`` on a tiny model, briefly: (OUT, rows by recipe,
     the saved start's folder)."""
