@@ -33,7 +33,6 @@ import argparse
 import json
 import time
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 
 from _common import PeakMemory, earlier_rows, quality_table, source_folder, write_texts
@@ -75,21 +74,14 @@ class Planner:
         """(per-layer config, plan report) for ``target_bpw``, as ``quantize(target_bpw=...)`` plans it."""
         from mlx_slm.data.windows import calibration_windows
         from mlx_slm.quant.budget import plan_for_budget
-        from mlx_slm.quant.methods.gptq import GPTQConfig
-        from mlx_slm.quant.sensitivity import GPTQErrors, measure_sensitivity
+        from mlx_slm.quant.sensitivity import measure_sensitivity
         from mlx_slm.quantize import sensitivity_windows
 
         if self.sensitivity is None:
             model, _ = mlx_slm.load(self.folder, backend=self.args.backend)
-            calib = Path(self.args.out) / "calib.txt"
             windows = sensitivity_windows(self.args.num_samples, self.args.calib_seq_len)
-            tokens, _ = calibration_windows(self.tokenizer, calib, *windows)
-            gptq = None
-            if self.args.plan_method == "gptq":  # as quantize's planner measures it: gptq's errors
-                gptq_tokens, _ = calibration_windows(self.tokenizer, calib, self.args.num_samples,
-                                                     self.args.calib_seq_len)
-                gptq = GPTQErrors(gptq_tokens, asdict(GPTQConfig()))
-            self.sensitivity = measure_sensitivity(model, tokens, progress=False, gptq=gptq)
+            tokens, _ = calibration_windows(self.tokenizer, Path(self.args.out) / "calib.txt", *windows)
+            self.sensitivity = measure_sensitivity(model, tokens, progress=False)
         return plan_for_budget(self.sensitivity, target_bpw)
 
 

@@ -19,7 +19,6 @@ over the calibration windows, on the calibration engine that computes the other 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
 from typing import NamedTuple
 
 import numpy as np
@@ -200,19 +199,15 @@ def sensitivity_windows(num_samples: int, seq_len: int) -> tuple[int, int]:
 
 
 def budget_config(model, target_bpw: float, calibration: Calibration, progress: bool,
-                  cpu_engine: str | None = None, gptq_options: dict | None = None) -> tuple[dict, dict]:
+                  cpu_engine: str | None = None) -> tuple[dict, dict]:
     """(per-layer config, plan report) meeting ``target_bpw``: sensitivities measured on
     :func:`sensitivity_windows` of the calibration text, on the calibration engine ``cpu_engine``
-    prefers (as the calibrated methods' statistics are); with ``gptq_options`` (the gptq method's,
-    as a dict) the errors are GPTQ's on the calibration windows, else round to nearest's."""
+    prefers (as the calibrated methods' statistics are)."""
     from .quant.budget import plan_table, target_bpw_config
-    from .quant.sensitivity import GPTQErrors
 
     windows = sensitivity_windows(calibration.num_samples, calibration.seq_len)
     tokens, record = Calibration(calibration.text, calibration.tokenizer, *windows).windows()
-    gptq = None if gptq_options is None else GPTQErrors(calibration.windows()[0], gptq_options)
-    config, report = target_bpw_config(model, float(target_bpw), tokens, progress=progress, cpu_engine=cpu_engine,
-                                       gptq=gptq)
+    config, report = target_bpw_config(model, float(target_bpw), tokens, progress=progress, cpu_engine=cpu_engine)
     log.info("%s", plan_table(report))
     return config, {**report, "calibration": record}
 
@@ -248,9 +243,8 @@ def post_training(model, settings: QuantizeConfig, calibration: Calibration, pro
     weight_format = get_format(settings.format)
     layers_config, plan_report = settings.layers, None
     if settings.target_bpw is not None:
-        gptq_options = asdict(settings.options_of("gptq")) if method.name == "gptq" else None  # it stores them
         layers_config, plan_report = budget_config(model, settings.target_bpw, calibration, progress,
-                                                   settings.cpu_engine, gptq_options)
+                                                   settings.cpu_engine)
     bits, group_size = settings.bits_and_group()
     user_config = check_config(read_config_file(layers_config) if isinstance(layers_config, (str, bytes)) or
                                hasattr(layers_config, "__fspath__") else (layers_config or {}))

@@ -2,8 +2,6 @@
 the numpy engine measures on the Llama family, and it runs architectures the numpy engine cannot (Gemma 3),
 where each probe's dKL is the KL of the model's own forward pass with that one layer rounded."""
 
-from dataclasses import asdict
-
 import numpy as np
 import pytest
 from helpers import sample_text
@@ -101,45 +99,3 @@ def test_gemma3_quantizes_to_a_bpw_target(tmp_path):
         cheap = min(same, key=lambda row: row["probe_kld"]["block"])
         if costly["probe_kld"]["block"] > 10 * cheap["probe_kld"]["block"]:
             assert costly["bpw"] >= cheap["bpw"], (costly, cheap)
-
-
-def test_gptq_errors_are_the_ones_gptq_stores(tmp_path):
-    """With GPTQErrors the pass measures the errors the gptq method leaves: a first-block layer's probe dKL
-    (block 0 sees the float model's inputs in the pass and in the method) is mlx-lm's KL with that layer as
-    ``quantize(method="gptq")`` stores it at the probe setting, within 1%; the block layers' error energies
-    (on the same Hessian) are below round to nearest's; quantize(method="gptq", target_bpw=...) plans with
-    them and lands on its target, quantize(method="rtn", ...) with round to nearest's."""
-    import mlx.core as mx
-
-    from mlx_slm.data.windows import calibration_windows
-    from mlx_slm.quant.methods.gptq import GPTQConfig
-    from mlx_slm.quant.sensitivity import GPTQErrors
-
-    folder = llama_folder(tmp_path, "llama")
-    model, tokenizer = mlx_slm.load(folder, progress=False)
-    text = sample_text(60)
-    tokens, _ = calibration_windows(tokenizer, [text], 4, 32)
-    found = {"rtn": measure_sensitivity(model, tokens, progress=False),
-             "gptq": measure_sensitivity(model, tokens, progress=False, gptq=GPTQErrors(tokens, asdict(GPTQConfig())))}
-    assert {name: s.quantizer for name, s in found.items()} == {"rtn": "rtn", "gptq": "gptq"}
-    for path in ("model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"):
-        layer = found["gptq"].layers[path]
-        probe = layer.options[layer.probe]
-        stored, _ = mlx_slm.load(folder, progress=False)
-        mlx_slm.quantize(stored, method="gptq", **probe, calib=[text], tokenizer=tokenizer, num_samples=4,
-                         seq_len=32, progress=False)
-        module = dict(stored.named_modules())[path]
-        dense = mx.dequantize(module.weight, module.scales, module.biases, probe["group_size"], probe["bits"])
-        expected = forward_kld(model, tokens, path, np.array(dense, np.float32))
-        assert abs(layer.probe_kld["block"] - expected) < 0.01 * expected, (path, layer.probe_kld, expected)
-        assert layer.probe_kld["block"] < found["rtn"].layers[path].probe_kld["block"]
-    ratios = np.concatenate([found["gptq"].layers[path].energy["block"] / layer.energy["block"]
-                             for path, layer in found["rtn"].layers.items() if "block" in layer.energy])
-    assert np.all(ratios < 1), ratios.max()
-
-    for method in ("gptq", "rtn"):
-        quantized, _ = mlx_slm.load(folder, progress=False)
-        mlx_slm.quantize(quantized, method=method, target_bpw=3.5, calib=[text], tokenizer=tokenizer, num_samples=4,
-                         seq_len=32, progress=False)
-        plan = model_config(quantized)["mlx_slm"]["plan"]
-        assert plan["sensitivity_quantizer"] == method and abs(weight_stats(quantized)["bpw"] - 3.5) <= 0.01

@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from ..errors import SLMError
-from .sensitivity import GPTQErrors, Sensitivity, measure_sensitivity
+from .sensitivity import Sensitivity, measure_sensitivity
 
 MAX_UNITS = 1 << 18  # budget steps of the dynamic program
 FLOAT = "fp16"  # the qconfig word for "keep this layer in float"
@@ -121,20 +121,18 @@ def plan_for_budget(sensitivity: Sensitivity, target_bpw: float, keep_float: boo
                           for (path, settings, _, _), option in zip(table, plan)}}
     report = {"target_bpw": target_bpw, "bpw": spent / sensitivity.matrix_weights, "range_bpw": [low, high],
               "predicted_kld": predicted, "calibration_tokens": list(sensitivity.tokens),
-              "sensitivity_engine": sensitivity.engine, "sensitivity_quantizer": sensitivity.quantizer,
-              "sensitivity_seconds": round(sensitivity.seconds, 1),
+              "sensitivity_engine": sensitivity.engine, "sensitivity_seconds": round(sensitivity.seconds, 1),
               "layers": rows}
     return config, report
 
 
 def target_bpw_config(model, target_bpw: float, tokens: np.ndarray, probe: dict | None = None,
-                      keep_float: bool = True, progress: bool = True, cpu_engine: str | None = None,
-                      gptq: GPTQErrors | None = None) -> tuple[dict, dict]:
+                      keep_float: bool = True, progress: bool = True,
+                      cpu_engine: str | None = None) -> tuple[dict, dict]:
     """Measure ``model``'s sensitivity on calibration ``tokens`` [S, T] (a few windows of
-    64-128 tokens suffice; ``cpu_engine`` and ``gptq`` as :func:`~.sensitivity.measure_sensitivity`
-    takes them) and plan ``target_bpw``: see :func:`plan_for_budget`."""
-    sensitivity = measure_sensitivity(model, tokens, probe, progress, cpu_engine, gptq)
-    return plan_for_budget(sensitivity, target_bpw, keep_float)
+    64-128 tokens suffice; ``cpu_engine`` as :func:`~.sensitivity.measure_sensitivity` takes it)
+    and plan ``target_bpw``: see :func:`plan_for_budget`."""
+    return plan_for_budget(measure_sensitivity(model, tokens, probe, progress, cpu_engine), target_bpw, keep_float)
 
 
 def plan_table(report: dict) -> str:
@@ -143,8 +141,7 @@ def plan_table(report: dict) -> str:
              f"(achievable {report['range_bpw'][0]:.3f}-{report['range_bpw'][1]:.3f}); "
              f"predicted KL {report['predicted_kld']:.4f}; sensitivity on "
              f"{report['calibration_tokens'][0]}x{report['calibration_tokens'][1]} tokens "
-             f"({report['sensitivity_engine']} engine, {report['sensitivity_quantizer']} errors) in "
-             f"{report['sensitivity_seconds']:.0f} s",
+             f"({report['sensitivity_engine']} engine) in {report['sensitivity_seconds']:.0f} s",
              f"{'layer':44} {'shape':>12} {'choice':>9} {'bpw':>6} {'probe dKL':>22} {'pred dKL':>9}  unavailable"]
     for row in report["layers"]:
         probe = ", ".join(f"{role} {kld:.4f}" for role, kld in row["probe_kld"].items())

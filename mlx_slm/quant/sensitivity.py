@@ -9,16 +9,6 @@ moments of the layer's inputs on the same tokens)::
 
     dKL(o) ~= dKL(probe) * E(o) / E(probe)
 
-``dW`` is the error of what will store the layers: round to nearest, or (given :class:`GPTQErrors`)
-GPTQ, whose errors shrink by different factors at different bits and in different layers. GPTQ
-then runs, for the probe and for every setting's energy, on the layer's input Hessian over the
-windows the gptq method calibrates on (the float model's inputs, gathered one block at a time),
-and the energy is measured with that Hessian too: on the pass's few tokens GPTQ could hide a wide
-layer's error where those tokens have no inputs (a down projection has more input columns than
-the pass has tokens), which looks cheap and is not. A tied embedding is quantized by GPTQ as the
-head (on the final norm's outputs), so both its roles see that error; an untied input embedding
-is measured with round to nearest either way.
-
 (KL grows with the square of a small logit change, which is linear in ``dW``; the energy
 carries that square through the layer's own inputs). A tied embedding has two roles, the
 input lookup and the output head; each is probed and predicted on its own and the two add.
@@ -38,15 +28,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from ..calib.blocks import arrays_of, calibrate_blocks
-from ..calib.statistics import InputStatistics
 from ..errors import SLMError
 from ..evaluate import log_softmax
 from ..formats import affine
 from ..formats.dtypes import as_float32
 from ..model_access import access, weight_dtypes
 from ..progress import hidden
-from .gptq import gptq_quantize
 from .sequential import block_index
 
 PROBE = {"bits": 3, "group_size": 64}
@@ -91,16 +78,6 @@ class Sensitivity:
     tokens: tuple  # (S, T) calibration windows
     seconds: float
     engine: str  # the calibration engine that ran the passes: "numpy" or "mlx"
-    quantizer: str = "rtn"  # whose errors were measured: "rtn" or "gptq"
-
-
-@dataclass
-class GPTQErrors:
-    """Measure with GPTQ's errors instead of round to nearest's: the windows the gptq method
-    calibrates on and its options (:class:`~mlx_slm.quant.methods.gptq.GPTQConfig` as a dict)."""
-
-    tokens: np.ndarray  # [S, T] calibration windows
-    options: dict  # gptq_quantize's keywords: damp, block_size, act_order, grid, refit
 
 
 def layer_options(shape: tuple) -> tuple[list, dict]:
@@ -133,43 +110,23 @@ def rtn_dense(w: np.ndarray, settings: dict) -> np.ndarray:
                                    dtype=np.float32)
 
 
-def gptq_dense(hessian: np.ndarray, prepared, options: dict, dtype):
-    """``quantize(w, settings)`` -> float32 [N, K]: GPTQ on ``hessian`` [K, K] (``prepared``: its
-    :func:`~mlx_slm.calib.hessian.prepare_hessian`) with the method's ``options``, scales and biases in
-    ``dtype``. GPTQ rounds every row on its own, so a subset of rows quantizes as those rows of the
-    whole layer do."""
-
-    def quantize(w: np.ndarray, settings: dict) -> np.ndarray:
-        group_size = settings["group_size"]
-        chosen = gptq_quantize(w, hessian, settings["bits"], group_size, dtype, prepared=prepared, **options)
-        return affine.dequantize_codes(*chosen, group_size, dtype=np.float32)
-
-    return quantize
-
-
-def hessian_factor(hessian: np.ndarray) -> np.ndarray:
-    """F [K, K] with F F^T = ``hessian`` [K, K] (symmetric; negative rounding errors dropped)."""
-    values, vectors = np.linalg.eigh(hessian.astype(np.float64))
-    return (vectors * np.sqrt(np.maximum(values, 0))).astype(np.float32)
-
-
 def input_factor(x: np.ndarray) -> np.ndarray:
     """F [K, r] with F F^T = x^T x / n for inputs x [n, K] (r = min(n, K))."""
     x = as_float32(x).reshape(-1, x.shape[-1])
     if len(x) <= x.shape[1]:
         return x.T / np.float32(np.sqrt(len(x)))
-    return hessian_factor(x.T.astype(np.float64) @ x / len(x))
+    values, vectors = np.linalg.eigh(x.T.astype(np.float64) @ x / len(x))
+    return (vectors * np.sqrt(np.maximum(values, 0))).astype(np.float32)
 
 
 def error_energies(w: np.ndarray, options: list, factor: np.ndarray | None,
-                   row_weights: np.ndarray | None = None, quantize=rtn_dense) -> np.ndarray:
+                   row_weights: np.ndarray | None = None) -> np.ndarray:
     """sum_i r_i ||(Q_o(w) - w)_i F||^2 for each option o: w [n, K] rows, F [K, r] (None: identity),
-    row weights r [n] (None: ones), Q_o ``quantize(w, o)`` (:func:`rtn_dense` or :func:`gptq_dense`'s).
-    Returns [len(options)] float64."""
+    row weights r [n] (None: ones). Returns [len(options)] float64."""
     w32 = as_float32(w)
     out = np.empty(len(options))
     for i, settings in enumerate(options):
-        delta = quantize(w, settings) - w32
+        delta = rtn_dense(w, settings) - w32
         projected = delta if factor is None else delta @ factor
         per_row = np.einsum("nr,nr->n", projected, projected, dtype=np.float64)
         out[i] = per_row.sum() if row_weights is None else per_row @ row_weights
@@ -253,56 +210,17 @@ def probed_kld(run: FloatRun, role: str, path: str, probed: np.ndarray) -> float
     return run.kld_from(0, h)  # the lookup only: a tied head computes in float
 
 
-def probe_layer(run: FloatRun, layer: LayerSensitivity, w: np.ndarray, quantize=rtn_dense,
-                factor: np.ndarray | None = None) -> None:
-    """Measure ``layer``'s probe dKL and error energies per role, its errors ``quantize``'s
-    (:func:`error_energies`); ``w`` [N, K] its float weight; ``factor`` [K, r] of its inputs' second
-    moments (a tied embedding's: the head's; default: the pass's inputs)."""
-    probed = quantize(w, layer.options[layer.probe])
+def probe_layer(run: FloatRun, layer: LayerSensitivity, w: np.ndarray) -> None:
+    """Measure ``layer``'s probe dKL and error energies per role; ``w`` [N, K] its float weight."""
+    probed = rtn_dense(w, layer.options[layer.probe])
     for role in roles_of(run.engine, layer.path):
         layer.probe_kld[role] = probed_kld(run, role, layer.path, probed)
         if role == "embedding":
             ids, counts = np.unique(run.tokens, return_counts=True)
-            layer.energy[role] = error_energies(w[ids], layer.options, None, counts / counts.sum(), quantize)
+            layer.energy[role] = error_energies(w[ids], layer.options, None, counts / counts.sum())
         else:
-            factor = run.capture.factor(layer.path) if factor is None else factor
-            layer.energy[role] = error_energies(w[sampled_rows(len(w))], layer.options, factor, quantize=quantize)
-
-
-def probe_with_gptq(run: FloatRun, layers: list, weight, gptq: GPTQErrors, dtypes: dict, progress: bool) -> None:
-    """:func:`probe_layer` for every layer of ``layers`` with GPTQ's errors (:class:`GPTQErrors`): the
-    Hessians gathered on ``gptq.tokens`` one block at a time (the float model's; a block's dropped
-    once its layers are probed), the head's on the final norm's outputs. A layer outside the blocks
-    and the head (an untied input embedding) is probed with round to nearest. ``weight(path)``: the
-    layer's float weight [N, K]."""
-    engine = run.engine
-    by_path = {layer.path: layer for layer in layers}
-    factors = {}  # id(Hessian) -> its factor: layers sharing an input share both
-
-    def probe(path: str, stats: InputStatistics) -> None:
-        hessian = stats.hessian(path)
-        if id(hessian) not in factors:
-            factors[id(hessian)] = hessian_factor(hessian)
-        prepared = stats.factor(path, gptq.options.get("damp", 0.01), gptq.options.get("act_order", True))
-        quantize = gptq_dense(hessian, prepared, gptq.options, dtypes[path])
-        probe_layer(run, by_path.pop(path), weight(path), quantize, factors[id(hessian)])
-
-    def update(block_names, stats):
-        for path in block_names:
-            probe(path, stats)
-        factors.clear()
-
-    blocks = [path for path in by_path if block_index(path) is not None]
-    h = calibrate_blocks(engine, blocks, gptq.tokens, True, update, "sensitivity (gptq errors)", progress=progress)
-    head = engine.head_name
-    if head in by_path:
-        stats = InputStatistics([head], True, arrays_of(engine))
-        for i in range(0, len(h), 4):
-            stats(head, engine.head_input(h[i : i + 4]))
-        stats.release()
-        probe(head, stats)
-    for layer in list(by_path.values()):
-        probe_layer(run, layer, weight(layer.path))
+            layer.energy[role] = error_energies(w[sampled_rows(len(w))], layer.options,
+                                                run.capture.factor(layer.path))
 
 
 def matrix_totals(model, candidates) -> tuple[int, int]:
@@ -318,17 +236,14 @@ def matrix_totals(model, candidates) -> tuple[int, int]:
 
 
 def measure_sensitivity(model, tokens: np.ndarray, probe: dict | None = None, progress: bool = True,
-                        cpu_engine: str | None = None, gptq: GPTQErrors | None = None) -> Sensitivity:
+                        cpu_engine: str | None = None) -> Sensitivity:
     """Sensitivity of every float 2-D layer of ``model`` on calibration ``tokens`` [S, T].
 
     probe: the setting each layer is measured at (default :data:`PROBE`, 3 bits / group 64;
     a layer where that group does not fit uses the same bits with its largest fitting group).
     cpu_engine: on a CPU, the calibration engine to prefer ("numpy" or "mlx"; None:
     :func:`~mlx_slm.model_access.choose_engine`'s default).
-    gptq: measure GPTQ's errors (:class:`GPTQErrors`; None: round to nearest's).
-    Cost: one float pass, then per layer a rerun from its block to the logits (with ``gptq``, also
-    a float pass over its windows and GPTQ of each layer at the probe and of its sampled rows at
-    every setting).
+    Cost: one float pass, then per layer a rerun from its block to the logits.
     Memory: about 3 * S * T * vocab float32 for the reference distribution.
     """
 
@@ -349,16 +264,7 @@ def measure_sensitivity(model, tokens: np.ndarray, probe: dict | None = None, pr
         if options:
             layers[path].probe = probe_index(options, probe or PROBE)
     run = FloatRun(engine, tokens)
-
-    def weight(path: str) -> np.ndarray:
-        return engine.weights[f"{path}.weight"].astype(dtypes[path], copy=False)
-
-    measured = [s for s in layers.values() if s.options]
-    if gptq is None:
-        for layer in tqdm(measured, desc="sensitivity", disable=hidden(progress)):
-            probe_layer(run, layer, weight(layer.path))
-    else:
-        probe_with_gptq(run, measured, weight, gptq, dtypes, progress)
+    for layer in tqdm([s for s in layers.values() if s.options], desc="sensitivity", disable=hidden(progress)):
+        probe_layer(run, layer, engine.weights[f"{layer.path}.weight"].astype(dtypes[layer.path], copy=False))
     weights, fixed = matrix_totals(model, {p for p, s in layers.items() if s.options})
-    return Sensitivity(layers, weights, fixed, tokens.shape, time.perf_counter() - start, engine.backend,
-                       "rtn" if gptq is None else "gptq")
+    return Sensitivity(layers, weights, fixed, tokens.shape, time.perf_counter() - start, engine.backend)
