@@ -74,15 +74,15 @@ class PeakMemory:
         return self.peak - self.start
 
 
-def earlier_rows(path: Path, settings: dict, defaults: dict | None = None) -> list[dict]:
+def earlier_rows(path: Path, settings: dict, parser) -> list[dict]:
     """``--resume``: the rows of an earlier run written to ``path`` (none without the file). Its
-    settings must be ``settings``, a setting it did not record counting as its ``defaults`` value
-    (an option added since, at its default); otherwise the run exits with status 2 naming what
-    differs, instead of measuring anew and replacing rows it was asked to keep."""
+    settings must be ``settings`` (``parser``'s options by their names), a setting it did not record
+    counting as the parser's default (an option added since); otherwise the run exits with status 2
+    naming what differs, instead of measuring anew and replacing rows it was asked to keep."""
     if not path.is_file():
         return []
     earlier = json.loads(path.read_text())
-    theirs = {**(defaults or {}), **earlier.get("settings", {})}
+    theirs = {**{key: parser.get_default(key) for key in settings}, **earlier.get("settings", {})}
     differ = sorted(key for key in theirs.keys() | settings.keys() if theirs.get(key, "unset") !=
                     settings.get(key, "unset"))
     if differ:

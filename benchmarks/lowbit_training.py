@@ -377,7 +377,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     settings = {k: v for k, v in vars(args).items() if k not in RUN_ONLY}
     path = out / "lowbit_training.json"
-    rows = earlier_rows(path, settings, {key: parser.get_default(key) for key in settings}) if args.resume else []
+    rows = earlier_rows(path, settings, parser) if args.resume else []
     out.mkdir(parents=True, exist_ok=True)
     texts = write_texts(out)
     bench = Bench(args, out)

@@ -151,8 +151,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     settings = {k: getattr(args, k) for k in ("num_samples", "calib_seq_len", "seq_len", "max_windows", "group_size")}
-    defaults = {key: parser.get_default(key) for key in settings}
-    rows = earlier_rows(out / "quality.json", settings, defaults) if args.resume else []
+    rows = earlier_rows(out / "quality.json", settings, parser) if args.resume else []
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 

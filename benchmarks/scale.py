@@ -240,8 +240,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     result_path = args.out / "scale.json"
     settings = {"num_samples": args.num_samples}
-    rows = earlier_rows(result_path, settings, {"num_samples": parser.get_default("num_samples")}) \
-        if args.resume else []
+    rows = earlier_rows(result_path, settings, parser) if args.resume else []
     for shape in shapes:
         if all(any(r["shape"] == shape and r["step"] == step for r in rows) for step in steps):
             continue  # every step measured already (--resume): no model to generate
